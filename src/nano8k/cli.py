@@ -1,0 +1,136 @@
+"""The `nano8k` command: a thin Typer tree.
+
+`train` and `decode` hand every remaining argument to an untouched `@hydra.main` app (so overrides,
+`+stage=`, `-m`, launchers, `--cfg`, `--info`, `-cd` and completion all work as in Hydra); the
+other commands are plain Typer commands. Nothing here imports torch or funasr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nano8k import __version__
+
+app = typer.Typer(
+    name="nano8k",
+    help="Fine-tune, decode and score Fun-ASR-Nano for 8 kHz telephone speech.",
+    no_args_is_help=True,
+    add_completion=False,  # Hydra's completion is used instead: see main()
+    pretty_exceptions_enable=False,
+)
+
+# Click must not consume anything after the Hydra subcommand, not even --help.
+HYDRA_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+HYDRA_APPS = ("train", "decode")
+
+
+def _hydra_main(name: str):
+    # Imported lazily so that `nano8k --help` and `nano8k align` stay fast.
+    if name == "train":
+        from nano8k.train import main
+    else:
+        from nano8k.decode import main
+    return main
+
+
+def _run_hydra_app(name: str, args: list[str]) -> None:
+    from nano8k import config
+    from nano8k.errors import reported
+
+    with reported():
+        config.check_overrides(name, args)
+    saved, sys.argv = sys.argv, [sys.argv[0], *args]  # keep argv[0]: `-sc install` uses its name
+    try:
+        _hydra_main(name)()
+    finally:
+        sys.argv = saved
+
+
+@app.command(context_settings=HYDRA_PASSTHROUGH, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Fine-tune Fun-ASR-Nano. Everything after `train` is Hydra's: see `nano8k train --help`.
+
+    Example: nano8k train +stage=stage1 model_dir=DIR train_data_set_list=train.jsonl
+    valid_data_set_list=dev.jsonl optim_conf.lr=5e-5
+    """
+    _run_hydra_app("train", ctx.args)
+
+
+@app.command(context_settings=HYDRA_PASSTHROUGH, add_help_option=False)
+def decode(ctx: typer.Context) -> None:
+    """Decode audio with a (fine-tuned) model. Everything after `decode` is Hydra's."""
+    _run_hydra_app("decode", ctx.args)
+
+
+class ReportFormat(str, Enum):
+    md = "md"
+    json = "json"
+
+
+@app.command()
+def align(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides applied to every stage."),
+    stage: Optional[list[str]] = typer.Option(
+        None, "--stage", "-s", help="Stage to compare (repeatable). Default: config_8k_telephone and stage1_encoder_adapt."
+    ),
+    against: Optional[Path] = typer.Option(
+        None, "--against", help="Baseline: a model directory (its config.yaml) or any YAML. Default: the pretrained base."
+    ),
+    fmt: ReportFormat = typer.Option(ReportFormat.md, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
+) -> None:
+    """Alignment report: base value, effective value per stage, and ALIGNED/MODIFIED/NEW/OMITTED."""
+    from nano8k import align as alignment
+    from nano8k.errors import reported
+
+    with reported():
+        report = alignment.build(stages=stage or list(alignment.DEFAULT_STAGES), overrides=overrides or [], against=against)
+        text = alignment.render_json(report) if fmt is ReportFormat.json else alignment.render_markdown(report)
+    if output:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def version() -> None:
+    """Print nano8k's version."""
+    typer.echo(__version__)
+
+
+def _complete(args: list[str]) -> bool:
+    """Shell completion router: bash/zsh/fish call `nano8k -sc query=SHELL` with COMP_LINE set.
+
+    For `nano8k train ...` the line is rewritten without the subcommand and handed to that Hydra app,
+    which completes groups and keys; otherwise the subcommand names are completed.
+    """
+    if not (len(args) == 2 and args[0] in ("-sc", "--shell-completion") and args[1].startswith("query=")):
+        return False
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    if len(words) >= 2 and words[1] in HYDRA_APPS and (len(words) > 2 or line.endswith(" ")):
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (" " if line.endswith(" ") else "")
+        saved, sys.argv = sys.argv, [sys.argv[0], *args]
+        try:
+            _hydra_main(words[1])()
+        finally:
+            sys.argv = saved
+        return True
+    typed = words[1] if len(words) == 2 and not line.endswith(" ") else ""
+    commands = [c.name or "" for c in app.registered_commands]
+    print(" ".join(c for c in commands if c.startswith(typed)))
+    return True
+
+
+def main() -> None:
+    """Console-script entry point (`nano8k`, `python -m nano8k`)."""
+    if _complete(sys.argv[1:]):
+        return
+    app()

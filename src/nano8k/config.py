@@ -1,0 +1,636 @@
+"""The typed schema of nano8k's composed configs, their validation, and composition helpers.
+
+The composed config keeps FunASR's own keys and spelling, so it can be handed to FunASR unchanged.
+FunASR itself accepts any key (its model takes `**kwargs`, its trainer reads `kwargs.get(...)`), so a
+typo silently does nothing. nano8k checks every key against the schema below — the keys FunASR
+1.4.16 actually reads for Fun-ASR-Nano, taken from its code — before anything runs.
+
+Each field carries `effect` metadata: USED (changes what FunASR does), IGNORED (FunASR reads or
+stores it but it has no effect for FunASRNano) or NANO8K (nano8k's own setting). `nano8k align`
+lists the IGNORED ones. Nothing here imports torch or funasr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from nano8k.errors import UserError
+
+USED, IGNORED, NANO8K = "used", "ignored", "nano8k"
+
+
+def key(note: str = "", effect: str = USED) -> Any:
+    """A schema field. Defaults are never injected into the composed config: a key left out stays
+    out, so FunASR applies its own default, exactly as it would without nano8k."""
+    return field(default=None, metadata={"effect": effect, "note": note})
+
+
+def ignored(note: str) -> Any:
+    return key(note, IGNORED)
+
+
+# --------------------------------------------------------------------------------------------
+# FunASR sections. Sources: funasr 1.4.16 (file:line in shared/research/funasr-internals.md).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConf:
+    lsm_weight: Optional[float] = ignored("label smoothing: never read by FunASRNano")
+    length_normalized_loss: Optional[bool] = key("loss weight by token count (only used under DDP)")
+
+
+@dataclass
+class AudioEncoderConf:
+    """SenseVoiceEncoderSmall's constructor arguments plus the flags FunASRNano reads."""
+
+    output_size: Optional[int] = key()
+    attention_heads: Optional[int] = key()
+    linear_units: Optional[int] = key()
+    num_blocks: Optional[int] = key()
+    tp_blocks: Optional[int] = key()
+    dropout_rate: Optional[float] = key()
+    positional_dropout_rate: Optional[float] = key()
+    attention_dropout_rate: Optional[float] = key()
+    stochastic_depth_rate: Optional[float] = key()
+    input_layer: Optional[str] = ignored("SenseVoiceEncoderSmall always uses its own input layer")
+    pos_enc_class: Optional[str] = ignored("SenseVoiceEncoderSmall always uses SinusoidalPositionEncoder")
+    normalize_before: Optional[bool] = key()
+    concat_after: Optional[bool] = key()
+    positionwise_layer_type: Optional[str] = key()
+    positionwise_conv_kernel_size: Optional[int] = key()
+    padding_idx: Optional[int] = key()
+    kernel_size: Optional[int] = key()
+    sanm_shfit: Optional[int] = key()
+    selfattention_layer_type: Optional[str] = key()
+    feat_permute: Optional[bool] = ignored("swallowed by the encoder's **kwargs")
+    freeze: Optional[bool] = key("freeze the encoder (FunASR default true)")
+    freeze_layer_num: Optional[int] = ignored("read by FunASRNano, never used")
+    activation_checkpoint: Optional[bool] = key("gradient checkpointing of the encoder")
+    hub: Optional[str] = key("'ms' loads the encoder from a hub model instead")
+
+
+@dataclass
+class LoraConf:
+    freeze_lora: Optional[bool] = ignored("not read by FunASR's own LoRA")
+    task_type: Optional[str] = ignored("not read by FunASR's own LoRA")
+    r: Optional[int] = key()
+    lora_alpha: Optional[int] = key()
+    lora_dropout: Optional[float] = key()
+    bias: Optional[str] = ignored("not read by FunASR's own LoRA")
+    target_modules: Optional[list[str]] = key()
+    init_param_path: Optional[str] = ignored("not read by FunASR's own LoRA")
+
+
+@dataclass
+class LlmConf:
+    hub: Optional[str] = ignored("the LLM is always built from init_param_path's config.json")
+    freeze: Optional[bool] = key("freeze the LLM (FunASR default true)")
+    llm_dtype: Optional[str] = key("fp32, bf16 or fp16")
+    init_param_path: Optional[str] = key("directory with the LLM's config.json and tokenizer")
+    use_lora: Optional[bool] = key()
+    lora_conf: Optional[LoraConf] = key()
+    activation_checkpoint: Optional[bool] = key("gradient checkpointing of the LLM")
+    load_kwargs: Optional[dict[str, Any]] = key("extra kwargs for AutoModelForCausalLM.from_config")
+
+
+@dataclass
+class AdaptorConf:
+    """funasr.models.llm_asr.adaptor.Transformer's arguments plus FunASRNano's freeze flag."""
+
+    downsample_rate: Optional[int] = key()
+    use_low_frame_rate: Optional[bool] = key()
+    ffn_dim: Optional[int] = key()
+    llm_dim: Optional[int] = key("overwritten with the LLM's hidden size")
+    encoder_dim: Optional[int] = key("overwritten with the encoder's output size")
+    n_layer: Optional[int] = key()
+    freeze: Optional[bool] = key()
+    init_param_path: Optional[str] = key("separate state dict for this module")
+
+
+@dataclass
+class CtcConf:
+    dropout_rate: Optional[float] = key()
+    ctc_type: Optional[str] = key()
+    reduce: Optional[bool] = key()
+    ignore_nan_grad: Optional[bool] = key()
+    blank_id: Optional[int] = key()
+
+
+@dataclass
+class FrontendConf:
+    """WavFrontend's constructor arguments."""
+
+    fs: Optional[int] = key("feature sample rate; audio is resampled to it")
+    window: Optional[str] = key()
+    n_mels: Optional[int] = key()
+    frame_length: Optional[int] = key()
+    frame_shift: Optional[int] = key()
+    filter_length_min: Optional[int] = key()
+    filter_length_max: Optional[int] = key()
+    lfr_m: Optional[int] = key()
+    lfr_n: Optional[int] = key()
+    dither: Optional[float] = key()
+    snip_edges: Optional[bool] = key()
+    upsacle_samples: Optional[bool] = key()
+    cmvn_file: Optional[str] = key()
+
+
+@dataclass
+class SpecAugConf:
+    """SpecAugLFR's constructor arguments (it has no **kwargs)."""
+
+    apply_time_warp: Optional[bool] = key()
+    time_warp_window: Optional[int] = key()
+    time_warp_mode: Optional[str] = key()
+    apply_freq_mask: Optional[bool] = key()
+    freq_mask_width_range: Optional[list[int]] = key()
+    lfr_rate: Optional[int] = key("lfr_m - 1: stacked frames per LFR vector, minus one")
+    num_freq_mask: Optional[int] = key()
+    apply_time_mask: Optional[bool] = key()
+    time_mask_width_range: Optional[list[int]] = key()
+    time_mask_width_ratio_range: Optional[list[float]] = key()
+    num_time_mask: Optional[int] = key()
+
+
+@dataclass
+class TrainConf:
+    accum_grad: Optional[int] = key()
+    grad_clip: Optional[float] = key()
+    grad_clip_type: Optional[float] = key()
+    max_epoch: Optional[int] = key()
+    log_interval: Optional[int] = key()
+    validate_interval: Optional[int] = key()
+    save_checkpoint_interval: Optional[int] = key()
+    keep_nbest_models: Optional[int] = key()
+    avg_keep_nbest_models_type: Optional[str] = key("acc or loss")
+    avg_nbest_model: Optional[int] = key()
+    resume: Optional[bool] = key()
+    effective_save_name_excludes: Optional[Union[list[str], str]] = key("parameter prefixes left out of checkpoints")
+    save_init_model: Optional[bool] = key()
+    use_fp16: Optional[bool] = key()
+    use_bf16: Optional[bool] = key()
+    use_ddp: Optional[bool] = key()
+    use_fsdp: Optional[bool] = key()
+    use_deepspeed: Optional[bool] = key()
+    deepspeed_config: Optional[str] = key()
+    find_unused_parameters: Optional[bool] = key()
+    early_stopping_patience: Optional[int] = key()
+    reset_gpu_cache: Optional[bool] = key()
+    use_wandb: Optional[bool] = key()
+    wandb_token: Optional[str] = key()
+    wandb_project: Optional[str] = key()
+    wandb_team: Optional[str] = key()
+    wandb_exp_name: Optional[str] = key()
+
+
+@dataclass
+class OptimConf:
+    """torch.optim.AdamW / Adam / SGD keyword arguments."""
+
+    lr: Optional[float] = key()
+    betas: Optional[list[float]] = key()
+    eps: Optional[float] = key()
+    weight_decay: Optional[float] = key()
+    amsgrad: Optional[bool] = key()
+    momentum: Optional[float] = key("SGD only")
+    nesterov: Optional[bool] = key("SGD only")
+    foreach: Optional[bool] = key()
+    fused: Optional[bool] = key()
+
+
+@dataclass
+class SchedulerConf:
+    warmup_steps: Optional[int] = key()
+
+
+@dataclass
+class PromptConf:
+    max_neg_hotwords_num: Optional[int] = key()
+    min_neg_hotwords_num: Optional[int] = key()
+    use_hist: Optional[bool] = key()
+    use_one_pass_result: Optional[bool] = key()
+    use_hotwords: Optional[bool] = key()
+    use_asr_hotwords: Optional[bool] = key()
+    chinese_hotwords_list: Optional[str] = key()
+    english_hotwords_list: Optional[str] = key()
+
+
+@dataclass
+class CtcTokenizerConf:
+    vocab_path: Optional[str] = key("tiktoken rank file (multilingual.tiktoken in model_dir)")
+    is_multilingual: Optional[bool] = key()
+    num_languages: Optional[int] = key()
+    language: Optional[str] = key()
+    task: Optional[str] = key()
+
+
+@dataclass
+class DatasetConf:
+    index_ds: Optional[str] = key()
+    batch_sampler: Optional[str] = key()
+    batch_type: Optional[str] = key("token or example")
+    batch_size: Optional[int] = key()
+    max_token_length: Optional[int] = key("samples over it are skipped by the sampler")
+    shuffle: Optional[bool] = key()
+    sort_size: Optional[int] = key()
+    batch_size_scale_ratio_max: Optional[float] = ignored("stored by the sampler, never used")
+    num_workers: Optional[int] = key()
+    pin_memory: Optional[bool] = key()
+    persistent_workers: Optional[bool] = key()
+    prefetch_factor: Optional[int] = key()
+    drop_last: Optional[bool] = key()
+    audio_adaptor_downsample_rate: Optional[int] = ignored("read only by the llm_asr models")
+    audio_encoder_downsample_rate: Optional[int] = ignored("read only by the llm_asr models")
+    audio_downsample_rate: Optional[int] = key("only for the logged hours")
+    data_split_num: Optional[int] = key("splits of a list file; a single .jsonl is re-read per split")
+    batch_size_sample_max: Optional[int] = key()
+    retry: Optional[int] = key()
+    batch_size_token_max: Optional[int] = key()
+    max_source_length: Optional[int] = key()
+    max_target_length: Optional[int] = key()
+    min_source_length: Optional[int] = key()
+    min_target_length: Optional[int] = key()
+    batch_size_scale_threshold: Optional[int] = ignored("never read")
+    prompt_classes: Optional[str] = key()
+    prompt_conf: Optional[PromptConf] = key()
+    ctc_tokenizer: Optional[str] = key()
+    ctc_target_normalize: Optional[bool] = ignored("never read")
+    ctc_tokenizer_conf: Optional[CtcTokenizerConf] = key()
+    use_dynamic_output_ratio: Optional[float] = key()
+    multiturn_num_max: Optional[int] = key()
+    do_think: Optional[bool] = key()
+    sys_prompt: Optional[bool] = key()
+
+
+@dataclass
+class TokenizerConf:
+    init_param_path: Optional[str] = key("directory with the LLM tokenizer files")
+    unk_symbol: Optional[str] = ignored("HuggingfaceTokenizer does not read it")
+
+
+# --------------------------------------------------------------------------------------------
+# The composed configs of the two Hydra apps.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    # nano8k's own settings
+    model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
+
+    # FunASR's top-level keys
+    model: Optional[str] = key()
+    model_conf: Optional[ModelConf] = key()
+    audio_encoder: Optional[str] = key()
+    audio_encoder_conf: Optional[AudioEncoderConf] = key()
+    llm: Optional[str] = ignored("the LLM class comes from llm_conf.init_param_path's config.json")
+    llm_conf: Optional[LlmConf] = key()
+    audio_adaptor: Optional[str] = key()
+    audio_adaptor_conf: Optional[AdaptorConf] = key()
+    ctc_decoder: Optional[str] = key()
+    ctc_decoder_conf: Optional[AdaptorConf] = key()
+    detach_ctc_decoder: Optional[bool] = ignored("stored by FunASRNano, never used")
+    ctc_weight: Optional[float] = ignored("stored by FunASRNano, never used: no CTC loss")
+    ctc_conf: Optional[CtcConf] = key()
+    ctc_vocab_size: Optional[int] = key("CTC output size (60515 for the released model)")
+    ctc_tokenizer: Optional[str] = key()
+    ctc_tokenizer_conf: Optional[CtcTokenizerConf] = key()
+    frontend: Optional[str] = key()
+    frontend_conf: Optional[FrontendConf] = key()
+    specaug: Optional[str] = ignored("FunASRNano never applies SpecAug")
+    specaug_conf: Optional[SpecAugConf] = ignored("FunASRNano never applies SpecAug")
+    normalize: Optional[str] = key()
+    normalize_conf: Optional[dict[str, Any]] = key()
+    train_conf: Optional[TrainConf] = key()
+    optim: Optional[str] = key()
+    optim_conf: Optional[OptimConf] = key()
+    scheduler: Optional[str] = key()
+    scheduler_conf: Optional[SchedulerConf] = key()
+    dataset: Optional[str] = key()
+    dataset_conf: Optional[DatasetConf] = key()
+    tokenizer: Optional[str] = key()
+    tokenizer_conf: Optional[TokenizerConf] = key()
+    init_param: Optional[str] = key("checkpoint to start from; null: model_dir's model.pt")
+    ignore_init_mismatch: Optional[bool] = key()
+    excludes: Optional[Union[list[str], str]] = key()
+    freeze_param: Optional[str] = key("comma list of parameter prefixes to freeze")
+    lora_only: Optional[bool] = key()
+    lora_bias: Optional[str] = key()
+    output_dir: Optional[str] = key("null: Hydra's run directory")
+    train_data_set_list: Optional[str] = key()
+    valid_data_set_list: Optional[str] = key()
+    enable_tf32: Optional[bool] = key()
+    debug: Optional[bool] = key()
+    seed: Optional[int] = key()
+    device: Optional[str] = key()
+    backend: Optional[str] = key()
+    ncpu: Optional[int] = key()
+    use_ddp: Optional[bool] = key()
+    use_fsdp: Optional[bool] = key()
+    use_deepspeed: Optional[bool] = key()
+    deepspeed_config: Optional[str] = key()
+    cudnn_enabled: Optional[bool] = key()
+    cudnn_benchmark: Optional[bool] = key()
+    cudnn_deterministic: Optional[bool] = key()
+
+
+@dataclass
+class DecodeConfig:
+    model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
+    checkpoint: Optional[str] = key("checkpoint file or training run directory", NANO8K)
+    input: Optional[str] = key("JSONL, Kaldi directory, audio list or audio file", NANO8K)
+    device: Optional[str] = key("auto, cpu, cuda or cuda:N", NANO8K)
+    batch_size: Optional[int] = key("utterances per batch", NANO8K)
+
+
+SCHEMAS: dict[str, type] = {"train": TrainConfig, "decode": DecodeConfig}
+
+
+# --------------------------------------------------------------------------------------------
+# Schema walking
+# --------------------------------------------------------------------------------------------
+
+ANY = object()  # marks "any value accepted below this point"
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else Union[tuple(args)]
+    return tp
+
+
+def _hints(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
+def schema_fields(schema: type, prefix: str = "") -> Iterator[tuple[str, Any, dict]]:
+    """Every dotted key of a schema, depth first: (dotted key, type, metadata)."""
+    hints = _hints(schema)
+    for f in dataclasses.fields(schema):
+        dotted = f"{prefix}{f.name}"
+        yield dotted, hints[f.name], dict(f.metadata)
+        inner = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(inner):
+            yield from schema_fields(inner, dotted + ".")
+
+
+def field_effects(app: str = "train") -> dict[str, dict]:
+    """Dotted key -> {"effect", "note"} for every key of an app's schema."""
+    return {k: meta for k, _, meta in schema_fields(SCHEMAS[app])}
+
+
+def _type_name(tp: Any) -> str:
+    tp = _unwrap_optional(tp)
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"list of {_type_name(inner)}" if inner is not Any else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Does a plain YAML value fit a schema type? (None is always allowed: every key is optional.)"""
+    if value is None or tp is Any:
+        return True
+    if isinstance(value, str) and "${" in value:
+        return True  # an unresolved interpolation: checked once resolved
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp) or origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if origin is list or tp is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, (list, tuple)) and all(_matches(v, inner) for v in value)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return isinstance(value, tp)
+
+
+def _all_keys(schema: type) -> list[str]:
+    return [k for k, _, _ in schema_fields(schema)]
+
+
+def _suggest(dotted: str, schema: type) -> str:
+    """`; did you mean X?` with the closest valid key: a sibling first, then any key."""
+    parent, _, leaf = dotted.rpartition(".")
+    keys = _all_keys(schema)
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
+    if close:
+        best = f"{parent}.{close[0]}" if parent else close[0]
+    else:
+        matches = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
+        if not matches:  # e.g. `lr` -> `optim_conf.lr`: match the leaf against every key's leaf
+            leaves = {k.rpartition(".")[2]: k for k in reversed(keys)}
+            hit = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.8)
+            matches = [leaves[hit[0]]] if hit else []
+        best = matches[0] if matches else ""
+    return f"; did you mean {best}?" if best else ""
+
+
+def lookup_type(dotted: str, schema: type) -> Any:
+    """The schema type at a dotted key, ANY below a free-form mapping, or None when unknown."""
+    tp: Any = schema
+    for part in dotted.split("."):
+        inner = _unwrap_optional(tp)
+        if inner is Any or typing.get_origin(inner) is dict or inner is dict:
+            return ANY
+        if not dataclasses.is_dataclass(inner):
+            return None
+        hints = _hints(inner)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+def _problems(value: Any, tp: Any, dotted: str, schema: type) -> Iterator[str]:
+    inner = _unwrap_optional(tp)
+    if dataclasses.is_dataclass(inner) and isinstance(value, dict):
+        hints = _hints(inner)
+        for k, v in value.items():
+            child = f"{dotted}.{k}" if dotted else str(k)
+            if k not in hints:
+                yield f"{child}: unknown key{_suggest(child, schema)}"
+            else:
+                yield from _problems(v, hints[k], child, schema)
+    elif not _matches(value, tp):
+        hint = f" (quote it to pass a string: {dotted}='{value}')" if _type_name(tp) == "str" and not isinstance(value, (list, dict)) else ""
+        yield f"{dotted}: expected {_type_name(tp)}, got {_describe(value)}{hint}"
+
+
+def problems(container: dict, app: str = "train") -> list[str]:
+    """All schema violations of a composed, resolved config (without its `hydra` node)."""
+    schema = SCHEMAS[app]
+    return list(_problems({k: v for k, v in container.items() if k != "hydra"}, schema, "", schema))
+
+
+def validate(cfg: Any, app: str = "train") -> dict:
+    """Check a composed config against the schema; returns it as a resolved plain dict.
+
+    Raises UserError with one line per problem, e.g.
+    `optim_conf.lrr: unknown key; did you mean optim_conf.lr?`.
+    """
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(cfg, DictConfig):
+        try:
+            container = OmegaConf.to_container(cfg, resolve=True, exclude_structured_config=False)
+        except OmegaConfBaseException as err:
+            raise UserError(f"{getattr(err, 'full_key', '') or 'config'}: {err.msg if hasattr(err, 'msg') else err}") from None
+        container.pop("hydra", None)
+    else:
+        container = dict(cfg)
+    found = problems(container, app)
+    if found:
+        raise UserError("\n".join(found))
+    return container
+
+
+def require(container: dict, keys: Iterable[str], action: str) -> None:
+    """Required values for an action, e.g. the data lists for training."""
+    for dotted in keys:
+        node: Any = container
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node in (None, ""):
+            raise UserError(f"{dotted}: required for {action}; set {dotted}=PATH")
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line overrides, checked before Hydra composes (so `--cfg job` and `-m` are covered too)
+# --------------------------------------------------------------------------------------------
+
+
+def config_groups(extra_dirs: Sequence[str] = ()) -> set[str]:
+    """Names of config groups: folders of the packaged conf/ and of any `-cd` directory."""
+    from importlib.resources import files
+
+    groups: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir() and not child.name.startswith(("_", ".")):
+                groups.add(prefix + child.name)
+                walk(child, prefix + child.name + "/")
+
+    walk(files("nano8k.conf"), "")
+    for d in extra_dirs:
+        if Path(d).is_dir():
+            walk(Path(d), "")
+    return groups
+
+
+def _override_values(override: Any) -> list[Any]:
+    if not override.is_sweep_override():
+        return [override.value()]
+    sweep = override.value()
+    name = type(sweep).__name__
+    if name == "ChoiceSweep":
+        return list(sweep.list)
+    if name == "RangeSweep":
+        return [sweep.start]
+    if name == "IntervalSweep":
+        return [float(sweep.start)]
+    return []  # glob: applies to groups only
+
+
+def check_overrides(app: str, argv: Sequence[str]) -> None:
+    """Reject unknown keys and wrong types among an app's command-line overrides.
+
+    Malformed arguments are left to Hydra, which reports them in its own words.
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return
+    schema = SCHEMAS[app]
+    groups = config_groups([args.config_dir] if args.config_dir else [])
+    parser = OverridesParser.create()
+    errors = []
+    for text in args.overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except HydraException:
+            continue
+        dotted = override.key_or_group
+        if dotted == "stage" and override.package is None and not override.is_sweep_override():
+            known = stage_names([args.config_dir] if args.config_dir else [])
+            if override.value() not in known:
+                errors.append(f"stage: unknown stage {override.value()!r}; available: {', '.join(known)}")
+            continue
+        if override.package is not None or dotted in groups or dotted.split(".")[0] == "hydra" or "/" in dotted:
+            continue
+        tp = lookup_type(dotted, schema)
+        if tp is None:
+            errors.append(f"{dotted}: unknown key{_suggest(dotted, schema)}")
+        elif tp is not ANY and not override.is_delete():
+            for value in _override_values(override):
+                errors.extend(_problems(value, tp, dotted, schema))
+    if errors:
+        raise UserError("\n".join(errors))
+
+
+# --------------------------------------------------------------------------------------------
+# Composition without running an app (alignment report, tests)
+# --------------------------------------------------------------------------------------------
+
+
+def compose(app: str = "train", overrides: Sequence[str] = (), stage_only: bool = False) -> Any:
+    """Compose an app's config with Hydra's Compose API (no run directory, no logging).
+
+    With stage_only, the primary config is left out: the result holds only what the overrides'
+    config groups (e.g. `+stage=stage1`) set, which is how `align` tells explicit keys from
+    inherited ones.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_module(config_module="nano8k.conf", version_base="1.3"):
+            return hydra_compose(config_name=None if stage_only else app, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(str(err).strip().splitlines()[0] if str(err).strip() else repr(err)) from None
+
+
+def stage_names(extra_dirs: Sequence[str] = ()) -> list[str]:
+    """The options of the `stage` group (packaged, plus those of `-cd` directories)."""
+    from importlib.resources import files
+
+    folders: list[Any] = [files("nano8k.conf").joinpath("stage"), *(Path(d) / "stage" for d in extra_dirs)]
+    return sorted({p.name[: -len(".yaml")] for f in folders if f.is_dir() for p in f.iterdir() if p.name.endswith(".yaml")})
