@@ -124,7 +124,7 @@ def _complete(args: list[str]) -> bool:
             sys.argv = saved
         return True
     typed = words[1] if len(words) == 2 and not line.endswith(" ") else ""
-    commands = [c.name or "" for c in app.registered_commands]
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands if c.callback]
     print(" ".join(c for c in commands if c.startswith(typed)))
     return True
 

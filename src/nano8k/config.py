@@ -285,6 +285,7 @@ class TokenizerConf:
 class TrainConfig:
     # nano8k's own settings
     model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
+    dry_run: Optional[bool] = key("validate and write the resolved config, then stop", NANO8K)
 
     # FunASR's top-level keys
     model: Optional[str] = key()
@@ -442,17 +443,17 @@ def _suggest(dotted: str, schema: type) -> str:
     """`; did you mean X?` with the closest valid key: a sibling first, then any key."""
     parent, _, leaf = dotted.rpartition(".")
     keys = _all_keys(schema)
-    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
-    close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
-    if close:
+    leaves = {k.rpartition(".")[2]: k for k in reversed(keys)}  # leaf -> shallowest key with it
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    if leaf in leaves:  # right name, wrong section: `lsm_weight` -> `model_conf.lsm_weight`
+        best = leaves[leaf]
+    elif close:
         best = f"{parent}.{close[0]}" if parent else close[0]
     else:
         matches = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
-        if not matches:  # e.g. `lr` -> `optim_conf.lr`: match the leaf against every key's leaf
-            leaves = {k.rpartition(".")[2]: k for k in reversed(keys)}
-            hit = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.8)
-            matches = [leaves[hit[0]]] if hit else []
-        best = matches[0] if matches else ""
+        hit = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.8)
+        best = matches[0] if matches else leaves[hit[0]] if hit else ""
     return f"; did you mean {best}?" if best else ""
 
 
@@ -504,7 +505,7 @@ def validate(cfg: Any, app: str = "train") -> dict:
 
     if isinstance(cfg, DictConfig):
         try:
-            container = OmegaConf.to_container(cfg, resolve=True, exclude_structured_config=False)
+            container = OmegaConf.to_container(cfg, resolve=True)
         except OmegaConfBaseException as err:
             raise UserError(f"{getattr(err, 'full_key', '') or 'config'}: {err.msg if hasattr(err, 'msg') else err}") from None
         container.pop("hydra", None)

@@ -1,0 +1,47 @@
+"""Shared test helpers: the CLI in-process, the CLI as a subprocess, and the seed spec's location."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nano8k.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SEED_SPEC = SHARED / "spec" / "config-alignment.md"
+NANO8K = Path(sys.executable).with_name("nano8k")
+
+
+class Result:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def invoke(*args: str) -> Result:
+    """Run `nano8k ARGS` in-process (Typer's CliRunner), with stdout and stderr kept apart."""
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120) -> Result:
+    """Run the installed `nano8k` console script as a real subprocess."""
+    proc = subprocess.run([str(NANO8K), *args], capture_output=True, text=True, cwd=cwd or REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def seed_spec() -> Path:
+    if not SEED_SPEC.is_file():
+        pytest.skip(f"the seed spec is not beside the repository ({SEED_SPEC})")
+    return SEED_SPEC
