@@ -135,6 +135,7 @@ BAD_OVERRIDES = [
     ("model_dir=[a,b]", "model_dir: expected str, got list ['a', 'b']"),
     ("model_dir=123", "model_dir: expected str, got int 123 (quote it to pass a string: model_dir='123')"),
     ("optim_conf.lr=1e-4,oops", "optim_conf.lr: expected float, got str 'oops'"),
+    ("++ctc_conf.blank_id=3", "ctc_conf.blank_id: not accepted: FunASR passes it to CTC() twice, so any value crashes; the blank is ctc_vocab_size - 1"),
     ("+stage=stage9", "stage: unknown stage 'stage9'; available: config_8k_telephone, stage1, stage1_encoder_adapt"),
 ]
 
@@ -169,7 +170,7 @@ def test_typo_inside_a_user_stage_file_is_rejected_at_run_time(tmp_path):
 
 @pytest.mark.parametrize("override", ["optim_conf.lr=2e-4", "+optim_conf.eps=1e-8", "++specaug_conf.time_warp_window=5",
                                       "train_conf.effective_save_name_excludes=null", "dataset_conf.batch_size=2000",
-                                      "optim_conf.lr=1", "+normalize_conf.foo=1", "frontend_conf.cmvn_file=am.mvn"])
+                                      "optim_conf.lr=1", "+dataset_conf.preprocessor_noise_conf.snr=5", "frontend_conf.cmvn_file=am.mvn"])
 def test_valid_overrides_pass(override):
     result = invoke("train", "--cfg", "job", "+stage=stage1", override)
     assert result.code == 0, result.output

@@ -45,6 +45,7 @@ def ignored(note: str) -> Any:
 class ModelConf:
     lsm_weight: Optional[float] = ignored("label smoothing: never read by FunASRNano")
     length_normalized_loss: Optional[bool] = key("loss weight by token count (only used under DDP)")
+    input_size: Optional[int] = ignored("overwritten with the front end's output size")
 
 
 @dataclass
@@ -57,19 +58,19 @@ class AudioEncoderConf:
     num_blocks: Optional[int] = key()
     tp_blocks: Optional[int] = key()
     dropout_rate: Optional[float] = key()
-    positional_dropout_rate: Optional[float] = key()
+    positional_dropout_rate: Optional[float] = ignored("accepted by the encoder, never used")
     attention_dropout_rate: Optional[float] = key()
-    stochastic_depth_rate: Optional[float] = key()
+    stochastic_depth_rate: Optional[float] = ignored("accepted by the encoder, never used")
     input_layer: Optional[str] = ignored("SenseVoiceEncoderSmall always uses its own input layer")
     pos_enc_class: Optional[str] = ignored("SenseVoiceEncoderSmall always uses SinusoidalPositionEncoder")
-    normalize_before: Optional[bool] = key()
-    concat_after: Optional[bool] = key()
-    positionwise_layer_type: Optional[str] = key()
-    positionwise_conv_kernel_size: Optional[int] = key()
-    padding_idx: Optional[int] = key()
+    normalize_before: Optional[bool] = ignored("stored by the encoder, not passed to its layers")
+    concat_after: Optional[bool] = ignored("accepted by the encoder, never used")
+    positionwise_layer_type: Optional[str] = ignored("accepted by the encoder, never used")
+    positionwise_conv_kernel_size: Optional[int] = ignored("accepted by the encoder, never used")
+    padding_idx: Optional[int] = ignored("accepted by the encoder, never used")
     kernel_size: Optional[int] = key()
     sanm_shfit: Optional[int] = key()
-    selfattention_layer_type: Optional[str] = key()
+    selfattention_layer_type: Optional[str] = ignored("the encoder always uses SANM attention")
     feat_permute: Optional[bool] = ignored("swallowed by the encoder's **kwargs")
     freeze: Optional[bool] = key("freeze the encoder (FunASR default true)")
     freeze_layer_num: Optional[int] = ignored("read by FunASRNano, never used")
@@ -106,22 +107,40 @@ class AdaptorConf:
     """funasr.models.llm_asr.adaptor.Transformer's arguments plus FunASRNano's freeze flag."""
 
     downsample_rate: Optional[int] = key()
-    use_low_frame_rate: Optional[bool] = key()
+    use_low_frame_rate: Optional[bool] = key("changes the number of audio tokens at inference only")
     ffn_dim: Optional[int] = key()
-    llm_dim: Optional[int] = key("overwritten with the LLM's hidden size")
-    encoder_dim: Optional[int] = key("overwritten with the encoder's output size")
+    llm_dim: Optional[int] = ignored("overwritten with the LLM's hidden size")
+    encoder_dim: Optional[int] = ignored("overwritten with the encoder's output size")
     n_layer: Optional[int] = key()
-    freeze: Optional[bool] = key()
-    init_param_path: Optional[str] = key("separate state dict for this module")
+    attention_heads: Optional[int] = key("must divide the LLM hidden size")
+    attention_dropout_rate: Optional[float] = key()
+    dropout_rate: Optional[float] = key()
+    freeze: Optional[bool] = key("freeze the adaptor (FunASR default false)")
+
+
+@dataclass
+class CtcDecoderConf:
+    """The CTC side decoder: the same Transformer adaptor class, built from ctc_decoder_conf."""
+
+    downsample_rate: Optional[int] = key()
+    ffn_dim: Optional[int] = key()
+    llm_dim: Optional[int] = key("the decoder's width; must equal the encoder's output_size")
+    encoder_dim: Optional[int] = ignored("overwritten with the encoder's output size")
+    n_layer: Optional[int] = key()
+    attention_heads: Optional[int] = key("must divide llm_dim")
+    attention_dropout_rate: Optional[float] = key()
+    dropout_rate: Optional[float] = key()
+    freeze: Optional[bool] = key("FunASR freezes the decoder only; its output layer stays trainable")
+    init_param_path: Optional[str] = key("separate state dict for the CTC decoder")
 
 
 @dataclass
 class CtcConf:
-    dropout_rate: Optional[float] = key()
-    ctc_type: Optional[str] = key()
-    reduce: Optional[bool] = key()
-    ignore_nan_grad: Optional[bool] = key()
-    blank_id: Optional[int] = key()
+    # blank_id is deliberately absent: FunASR passes it twice to CTC(), so any value crashes.
+    dropout_rate: Optional[float] = ignored("stored by CTC, never applied")
+    ctc_type: Optional[str] = ignored("swallowed by CTC's **kwargs")
+    reduce: Optional[bool] = ignored("FunASRNano computes no CTC loss")
+    ignore_nan_grad: Optional[bool] = ignored("swallowed by CTC's **kwargs")
 
 
 @dataclass
@@ -133,8 +152,8 @@ class FrontendConf:
     n_mels: Optional[int] = key()
     frame_length: Optional[int] = key()
     frame_shift: Optional[int] = key()
-    filter_length_min: Optional[int] = key()
-    filter_length_max: Optional[int] = key()
+    filter_length_min: Optional[int] = ignored("stored by WavFrontend, never used")
+    filter_length_max: Optional[int] = ignored("stored by WavFrontend, never used")
     lfr_m: Optional[int] = key()
     lfr_n: Optional[int] = key()
     dither: Optional[float] = key()
@@ -145,7 +164,8 @@ class FrontendConf:
 
 @dataclass
 class SpecAugConf:
-    """SpecAugLFR's constructor arguments (it has no **kwargs)."""
+    """SpecAugLFR's constructor arguments (it has no **kwargs). FunASRNano never builds it: the
+    whole section has no effect in FunASR (the top-level `specaug` key is marked so)."""
 
     apply_time_warp: Optional[bool] = key()
     time_warp_window: Optional[int] = key()
@@ -174,16 +194,16 @@ class TrainConf:
     avg_nbest_model: Optional[int] = key()
     resume: Optional[bool] = key()
     effective_save_name_excludes: Optional[Union[list[str], str]] = key("parameter prefixes left out of checkpoints")
-    save_init_model: Optional[bool] = key()
+    save_init_model: Optional[bool] = ignored("never read")
     use_fp16: Optional[bool] = key()
     use_bf16: Optional[bool] = key()
-    use_ddp: Optional[bool] = key()
+    use_ddp: Optional[bool] = ignored("never read: DDP is on whenever WORLD_SIZE > 1")
     use_fsdp: Optional[bool] = key()
     use_deepspeed: Optional[bool] = key()
     deepspeed_config: Optional[str] = key()
     find_unused_parameters: Optional[bool] = key()
     early_stopping_patience: Optional[int] = key()
-    reset_gpu_cache: Optional[bool] = key()
+    reset_gpu_cache: Optional[bool] = ignored("stored, never used")
     use_wandb: Optional[bool] = key()
     wandb_token: Optional[str] = key()
     wandb_project: Optional[str] = key()
@@ -203,12 +223,16 @@ class OptimConf:
     momentum: Optional[float] = key("SGD only")
     nesterov: Optional[bool] = key("SGD only")
     foreach: Optional[bool] = key()
+    maximize: Optional[bool] = key()
+    capturable: Optional[bool] = key()
+    differentiable: Optional[bool] = key()
     fused: Optional[bool] = key()
 
 
 @dataclass
 class SchedulerConf:
     warmup_steps: Optional[int] = key()
+    last_epoch: Optional[int] = key()
 
 
 @dataclass
@@ -219,17 +243,18 @@ class PromptConf:
     use_one_pass_result: Optional[bool] = key()
     use_hotwords: Optional[bool] = key()
     use_asr_hotwords: Optional[bool] = key()
-    chinese_hotwords_list: Optional[str] = key()
-    english_hotwords_list: Optional[str] = key()
+    chinese_hotwords_list: Optional[str] = key("a file path, not a list")
+    english_hotwords_list: Optional[str] = key("a file path, not a list")
+    use_multi_lingual_prompt: Optional[bool] = ignored("only MultiContextPromptNew reads it")
 
 
 @dataclass
 class CtcTokenizerConf:
     vocab_path: Optional[str] = key("tiktoken rank file (multilingual.tiktoken in model_dir)")
-    is_multilingual: Optional[bool] = key()
+    is_multilingual: Optional[bool] = key("picks the default vocabulary when vocab_path is null")
     num_languages: Optional[int] = key()
-    language: Optional[str] = key()
-    task: Optional[str] = key()
+    language: Optional[str] = ignored("only used for an unused start-of-transcript sequence")
+    task: Optional[str] = ignored("only used for an unused start-of-transcript sequence")
 
 
 @dataclass
@@ -249,7 +274,7 @@ class DatasetConf:
     drop_last: Optional[bool] = key()
     audio_adaptor_downsample_rate: Optional[int] = ignored("read only by the llm_asr models")
     audio_encoder_downsample_rate: Optional[int] = ignored("read only by the llm_asr models")
-    audio_downsample_rate: Optional[int] = key("only for the logged hours")
+    audio_downsample_rate: Optional[int] = ignored("only scales the logged hours")
     data_split_num: Optional[int] = key("splits of a list file; a single .jsonl is re-read per split")
     batch_size_sample_max: Optional[int] = key()
     retry: Optional[int] = key()
@@ -257,7 +282,7 @@ class DatasetConf:
     max_source_length: Optional[int] = key()
     max_target_length: Optional[int] = key()
     min_source_length: Optional[int] = key()
-    min_target_length: Optional[int] = key()
+    min_target_length: Optional[int] = ignored("stored, never used")
     batch_size_scale_threshold: Optional[int] = ignored("never read")
     prompt_classes: Optional[str] = key()
     prompt_conf: Optional[PromptConf] = key()
@@ -268,6 +293,22 @@ class DatasetConf:
     multiturn_num_max: Optional[int] = key()
     do_think: Optional[bool] = key()
     sys_prompt: Optional[bool] = key()
+    dataloader: Optional[str] = key("dataloader registry name")
+    length_scale_source: Optional[float] = key("example sampler only")
+    min_mask_token_len: Optional[int] = key("dynamic output masking")
+    min_non_mask_token_len: Optional[int] = key("dynamic output masking")
+    int_pad_value: Optional[int] = key()
+    float_pad_value: Optional[float] = key()
+    preprocessor_noise: Optional[str] = key("waveform noise augmentation class")
+    preprocessor_noise_conf: Optional[dict[str, Any]] = key()
+    preprocessor_speech: Optional[str] = ignored("built but never applied")
+    preprocessor_speech_conf: Optional[dict[str, Any]] = ignored("built but never applied")
+    rank_split: Optional[bool] = ignored("accepted, logic commented out")
+    num_replicas: Optional[int] = ignored("overwritten by the world size")
+    rank: Optional[int] = ignored("overwritten by the rank")
+    save_meta: Optional[bool] = ignored("keeps the raw line in memory only")
+    sos: Optional[str] = ignored("stored, never used")
+    eos: Optional[str] = ignored("stored, never used")
 
 
 @dataclass
@@ -297,7 +338,7 @@ class TrainConfig:
     audio_adaptor: Optional[str] = key()
     audio_adaptor_conf: Optional[AdaptorConf] = key()
     ctc_decoder: Optional[str] = key()
-    ctc_decoder_conf: Optional[AdaptorConf] = key()
+    ctc_decoder_conf: Optional[CtcDecoderConf] = key()
     detach_ctc_decoder: Optional[bool] = ignored("stored by FunASRNano, never used")
     ctc_weight: Optional[float] = ignored("stored by FunASRNano, never used: no CTC loss")
     ctc_conf: Optional[CtcConf] = key()
@@ -308,8 +349,6 @@ class TrainConfig:
     frontend_conf: Optional[FrontendConf] = key()
     specaug: Optional[str] = ignored("FunASRNano never applies SpecAug")
     specaug_conf: Optional[SpecAugConf] = ignored("FunASRNano never applies SpecAug")
-    normalize: Optional[str] = key()
-    normalize_conf: Optional[dict[str, Any]] = key()
     train_conf: Optional[TrainConf] = key()
     optim: Optional[str] = key()
     optim_conf: Optional[OptimConf] = key()
@@ -334,13 +373,22 @@ class TrainConfig:
     device: Optional[str] = key()
     backend: Optional[str] = key()
     ncpu: Optional[int] = key()
-    use_ddp: Optional[bool] = key()
+    use_ddp: Optional[bool] = ignored("never read: DDP is on whenever WORLD_SIZE > 1")
     use_fsdp: Optional[bool] = key()
     use_deepspeed: Optional[bool] = key()
     deepspeed_config: Optional[str] = key()
     cudnn_enabled: Optional[bool] = key()
     cudnn_benchmark: Optional[bool] = key()
     cudnn_deterministic: Optional[bool] = key()
+    scope_map: Optional[Union[list[str], str]] = key("src,dst prefix pairs when loading init_param")
+    disable_update: Optional[bool] = key("skip FunASR's version check")
+    log_level: Optional[str] = key()
+    input_size: Optional[int] = ignored("overwritten with the front end's output size")
+    vocab_size: Optional[int] = ignored("overwritten with the tokenizer's size")
+    hub: Optional[str] = ignored("hub download only; nano8k resolves model_dir itself")
+    model_revision: Optional[str] = ignored("hub download only; nano8k resolves model_dir itself")
+    trust_remote_code: Optional[bool] = ignored("hub download only; nano8k resolves model_dir itself")
+    remote_code: Optional[str] = ignored("hub download only; nano8k resolves model_dir itself")
 
 
 @dataclass
@@ -360,6 +408,22 @@ SCHEMAS: dict[str, type] = {"train": TrainConfig, "decode": DecodeConfig}
 # --------------------------------------------------------------------------------------------
 
 ANY = object()  # marks "any value accepted below this point"
+
+# Keys FunASR reads but cannot take: setting them crashes it (duplicate keyword arguments).
+FORBIDDEN = {
+    "ctc_conf.blank_id": "FunASR passes it to CTC() twice, so any value crashes; the blank is ctc_vocab_size - 1",
+    "audio_encoder_conf.input_size": "FunASR sets it from the front end (n_mels * lfr_m); setting it crashes",
+    **{f"dataset_conf.{k}": "FunASR sets it itself; setting it crashes the dataset"
+       for k in ("is_training", "start_step", "path", "frontend", "tokenizer", "data_split_i")},
+    **{f"train_conf.{k}": "FunASR sets it itself; setting it crashes the trainer"
+       for k in ("device", "output_dir", "excludes", "rank", "local_rank", "world_size")},
+}
+
+
+def _unknown(dotted: str, schema: type) -> str:
+    if dotted in FORBIDDEN:
+        return f"{dotted}: not accepted: {FORBIDDEN[dotted]}"
+    return f"{dotted}: unknown key{_suggest(dotted, schema)}"
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -451,7 +515,8 @@ def _suggest(dotted: str, schema: type) -> str:
     elif close:
         best = f"{parent}.{close[0]}" if parent else close[0]
     else:
-        matches = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.6)
+        ancestors = {dotted.rsplit(".", n)[0] for n in range(1, dotted.count(".") + 1)}
+        matches = difflib.get_close_matches(dotted, [k for k in keys if k not in ancestors], n=1, cutoff=0.6)
         hit = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.8)
         best = matches[0] if matches else leaves[hit[0]] if hit else ""
     return f"; did you mean {best}?" if best else ""
@@ -480,7 +545,7 @@ def _problems(value: Any, tp: Any, dotted: str, schema: type) -> Iterator[str]:
         for k, v in value.items():
             child = f"{dotted}.{k}" if dotted else str(k)
             if k not in hints:
-                yield f"{child}: unknown key{_suggest(child, schema)}"
+                yield _unknown(child, schema)
             else:
                 yield from _problems(v, hints[k], child, schema)
     elif not _matches(value, tp):
@@ -597,7 +662,7 @@ def check_overrides(app: str, argv: Sequence[str]) -> None:
             continue
         tp = lookup_type(dotted, schema)
         if tp is None:
-            errors.append(f"{dotted}: unknown key{_suggest(dotted, schema)}")
+            errors.append(_unknown(dotted, schema))
         elif tp is not ANY and not override.is_delete():
             for value in _override_values(override):
                 errors.extend(_problems(value, tp, dotted, schema))
