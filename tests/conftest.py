@@ -35,8 +35,9 @@ def invoke(*args: str) -> Result:
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120) -> Result:
     """Run the installed `nano8k` console script as a real subprocess."""
+    base = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # `import funasr` sets it
     proc = subprocess.run([str(NANO8K), *args], capture_output=True, text=True, cwd=cwd or REPO,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env={**base, **(env or {})}, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -45,6 +45,7 @@ def _run_hydra_app(name: str, args: list[str]) -> None:
 
     with reported():
         config.check_overrides(name, args)
+    args = config.presets_last(args)
     saved, sys.argv = sys.argv, [sys.argv[0], *args]  # keep argv[0]: `-sc install` uses its name
     try:
         _hydra_main(name)()
@@ -97,6 +98,27 @@ def align(
         typer.echo(f"wrote {output}", err=True)
     else:
         typer.echo(text)
+
+
+model_app = typer.Typer(help="Model directories: write a tiny offline model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("tiny")
+def model_tiny(
+    directory: Path = typer.Argument(..., help="Directory to write (created; existing files are replaced)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights (same seed, same model)."),
+) -> None:
+    """Write a tiny Fun-ASR-Nano (same classes, small dims, random weights) for offline CPU runs.
+
+    Train with it: nano8k train +stage=stage1 +preset=tiny model_dir=DIRECTORY ...
+    """
+    from nano8k.errors import reported
+    from nano8k.tiny import write_tiny_model
+
+    with reported():
+        path = write_tiny_model(directory, seed=seed)
+    typer.echo(f"wrote a tiny Fun-ASR-Nano to {path} (seed {seed}); use it with +preset=tiny model_dir={path}")
 
 
 @app.command()

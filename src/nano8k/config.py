@@ -327,6 +327,7 @@ class TrainConfig:
     # nano8k's own settings
     model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
     dry_run: Optional[bool] = key("validate and write the resolved config, then stop", NANO8K)
+    allow_drops: Optional[bool] = key("train even if FunASR would drop samples", NANO8K)
 
     # FunASR's top-level keys
     model: Optional[str] = key()
@@ -370,7 +371,7 @@ class TrainConfig:
     enable_tf32: Optional[bool] = key()
     debug: Optional[bool] = key()
     seed: Optional[int] = key()
-    device: Optional[str] = key()
+    device: Optional[str] = key("auto (nano8k), cpu, cuda or cuda:N")
     backend: Optional[str] = key()
     ncpu: Optional[int] = key()
     use_ddp: Optional[bool] = ignored("never read: DDP is on whenever WORLD_SIZE > 1")
@@ -668,6 +669,19 @@ def check_overrides(app: str, argv: Sequence[str]) -> None:
                 errors.extend(_problems(value, tp, dotted, schema))
     if errors:
         raise UserError("\n".join(errors))
+
+
+def presets_last(argv: Sequence[str]) -> list[str]:
+    """Move `+preset=...` after every `+stage=...`.
+
+    Hydra applies appended groups in command-line order, so `+preset=tiny +stage=stage1` would let
+    the stage put its full-size dimensions back. A preset is meant to apply on top of any stage.
+    """
+    presets = [a for a in argv if a.startswith(("+preset=", "preset="))]
+    if not presets:
+        return list(argv)
+    rest = [a for a in argv if a not in presets]
+    return rest + presets
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,297 @@
+"""Every place where nano8k does what the config says and FunASR 1.4.16 does not.
+
+Each item names what FunASR does and what nano8k does instead. The README's table "What FunASR does
+with each key" is the user-facing summary of this module.
+
+1. SPECAUG — FunASR: FunASRNano swallows `specaug`/`specaug_conf` in **kwargs; no augmentation.
+   nano8k: builds the configured class (SpecAugLFR) from FunASR's registry and applies it to the LFR
+   features inside `encode`, in training mode only.
+2. CTC LOSS — FunASR: the CTC decoder and output layer are built but forward() never uses them, so
+   they get no gradient; `ctc_weight`, `detach_ctc_decoder` and `ctc_conf` are stored and ignored.
+   nano8k: loss = LLM loss + ctc_weight * CTC loss, the CTC targets being the transcript through the
+   model's CTC tokenizer. With detach_ctc_decoder the CTC gradient reaches only the CTC decoder and
+   output layer; without it, the encoder too. ctc_conf.dropout_rate and .reduce are honoured.
+3. LABEL SMOOTHING / NORMALISATION — FunASR: HF's plain cross-entropy, averaged over tokens;
+   `model_conf.lsm_weight` is never read and `length_normalized_loss` only changes a DDP weight.
+   nano8k: cross-entropy with label_smoothing = lsm_weight, divided by the number of target tokens
+   when length_normalized_loss is true, else by the number of utterances (ESPnet's convention).
+4. CTC OUTPUT LAYER FREEZE — FunASR: `ctc_decoder_conf.freeze` freezes the decoder only; `ctc.ctc_lo`
+   stays trainable. nano8k: the output layer follows the decoder's flag (model.freeze_policy).
+5. FROZEN MEANS FROZEN — FunASR: modules frozen at build are put back in train mode by the
+   trainer's model.train(), so their dropout stays active. nano8k keeps frozen modules in eval mode.
+6. WEIGHTS — FunASR: a missing init_param prints a line and trains a random model; shape mismatches
+   are skipped silently; a checkpoint saved without `llm.*` loads a random LLM; an incomplete CTC
+   branch is deleted. nano8k: the base model.pt is loaded first and the checkpoint over it; a missing
+   file, a shape mismatch or a key no source provides is an error; a CTC branch absent from every
+   source is trained from scratch when the stage trains it and removed (with a warning) otherwise.
+7. CHECKPOINTS — FunASR writes with torch.save directly (a crash leaves a truncated file). nano8k
+   writes a temporary file and renames it (atomic on POSIX).
+8. CPU — FunASR's funasr-train-ds forces CUDA device 0; nano8k picks the device itself (`device`).
+9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide and prints a banner;
+   nano8k imports it through quiet_funasr_import(), which undoes both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import types
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nano8k.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CTC_OUTPUT_LAYER_FREEZE = "the CTC output layer follows ctc_decoder_conf.freeze"
+
+
+def quiet_funasr_import() -> None:
+    """Import funasr without its side effects on the process.
+
+    FunASR prints an "ffmpeg is not installed" banner (soundfile reads audio here) and sets
+    HYDRA_FULL_ERROR=1 for the whole process (funasr/__init__.py), which turns every later
+    one-line Hydra error, in this process and its children, into a traceback.
+    """
+    import contextlib
+    import io
+
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    with contextlib.redirect_stdout(io.StringIO()):
+        import funasr  # noqa: F401
+    if before is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def cpu_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------
+# 1-3: the training objective
+# --------------------------------------------------------------------------------------------
+
+
+def attach_objective(model: Any, cfg: dict) -> None:
+    """Install SpecAug, the CTC loss and the smoothed LLM loss on a built FunASRNano instance.
+
+    Works by wrapping three bound methods of this one instance (`encode`, `llm.forward`,
+    `forward`), so the model's parameters, state_dict keys and FunASR's own forward stay untouched.
+    """
+    import torch
+
+    model._nano8k_specaug = _build_specaug(cfg)
+    model._nano8k_encoder_out = None
+    original_encode = model.encode
+
+    def encode(speech, speech_lengths):
+        if model.training and model._nano8k_specaug is not None:
+            speech, speech_lengths = model._nano8k_specaug(speech, speech_lengths)
+        out = original_encode(speech, speech_lengths)
+        model._nano8k_encoder_out = out
+        return out
+
+    model.encode = encode
+
+    lsm_weight = float((cfg.get("model_conf") or {}).get("lsm_weight") or 0.0)
+    by_tokens = bool((cfg.get("model_conf") or {}).get("length_normalized_loss", False))
+    original_llm_forward = model.llm.forward
+
+    def llm_forward(*args, labels=None, **kwargs):
+        out = original_llm_forward(*args, **kwargs)  # no labels: HF computes no loss of its own
+        if labels is not None:
+            out.loss = llm_loss(out.logits, labels, lsm_weight, by_tokens)
+        return out
+
+    model.llm.forward = llm_forward
+
+    ctc_weight = float(cfg.get("ctc_weight", 0.3) if cfg.get("ctc_weight") is not None else 0.3)
+    detach = bool(cfg.get("detach_ctc_decoder", True))
+    ctc_conf = cfg.get("ctc_conf") or {}
+    funasr_forward = type(model).forward
+
+    def forward(self, **batch):
+        fbank_beg = batch.get("fbank_beg")
+        turns = None if fbank_beg is None else (fbank_beg > 0).tolist()
+        loss, stats, weight = funasr_forward(self, **batch)
+        if self.ctc_decoder is not None and ctc_weight > 0 and self._nano8k_encoder_out is not None:
+            texts = [turn_text for item, used in zip(batch.get("item") or [], turns or [])
+                     for turn_text, has_speech in zip(item["assistant"], used) if has_speech]
+            encoder_out, encoder_lens = self._nano8k_encoder_out
+            ctc = ctc_loss(self, encoder_out, encoder_lens, texts, detach, ctc_conf)
+            loss = loss + ctc_weight * ctc
+            stats["loss_llm"] = stats["loss"]
+            stats["loss_ctc"] = ctc.detach()
+            stats["loss"] = loss.detach()
+        self._nano8k_encoder_out = None
+        return loss, stats, weight
+
+    model.forward = types.MethodType(forward, model)
+    model._nano8k_objective = {"lsm_weight": lsm_weight, "length_normalized": by_tokens,
+                               "ctc_weight": ctc_weight, "detach_ctc_decoder": detach,
+                               "specaug": model._nano8k_specaug is not None}
+    del torch
+
+
+def _build_specaug(cfg: dict) -> Any:
+    name = cfg.get("specaug")
+    if not name:
+        return None
+    from funasr.register import tables
+
+    specaug_class = tables.specaug_classes.get(name)
+    if specaug_class is None:
+        raise UserError(f"specaug: unknown class {name!r}; FunASR has {', '.join(sorted(tables.specaug_classes))}")
+    try:
+        return specaug_class(**(cfg.get("specaug_conf") or {}))
+    except (TypeError, ValueError, AssertionError) as err:
+        raise UserError(f"specaug_conf: {name} rejects it: {err}") from None
+
+
+def llm_loss(logits: Any, labels: Any, lsm_weight: float, by_tokens: bool) -> Any:
+    """Next-token cross-entropy with label smoothing over labelled positions (label -100 ignored)."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    total = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                            ignore_index=-100, label_smoothing=lsm_weight, reduction="sum")
+    denominator = (shift_labels != -100).sum().clamp(min=1) if by_tokens else labels.size(0)
+    return total / denominator
+
+
+def ctc_targets(model: Any, texts: Sequence[str]) -> list[list[int]]:
+    tokenizer = model.ctc_tokenizer
+    return [list(tokenizer.encode(text)) for text in texts]
+
+
+def ctc_loss(model: Any, encoder_out: Any, encoder_lens: Any, texts: Sequence[str], detach: bool,
+             ctc_conf: dict) -> Any:
+    """CTC loss of the side branch: encoder -> ctc_decoder -> ctc.ctc_lo, against the transcripts."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(texts) != encoder_out.size(0):
+        raise RuntimeError(f"CTC: {len(texts)} transcripts for {encoder_out.size(0)} utterances")
+    hidden = encoder_out.detach() if detach else encoder_out
+    hidden, hidden_lens = model.ctc_decoder(hidden, encoder_lens)
+    hidden = F.dropout(hidden, p=float(ctc_conf.get("dropout_rate") or 0.0), training=model.training)
+    log_probs = model.ctc.log_softmax(hidden).float()
+    targets = ctc_targets(model, texts)
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long, device=log_probs.device)
+    target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long, device=log_probs.device)
+    losses = F.ctc_loss(log_probs.transpose(0, 1), flat, hidden_lens.long(), target_lens,
+                        blank=model.ctc.blank_id, reduction="none", zero_infinity=True)
+    return losses.sum() / losses.numel() if ctc_conf.get("reduce", True) else losses
+
+
+# --------------------------------------------------------------------------------------------
+# 5: frozen modules stay in eval mode
+# --------------------------------------------------------------------------------------------
+
+
+def set_train_mode(model: Any, policy: dict[str, bool], training: bool) -> None:
+    model.train(training)
+    if training:
+        for name, frozen in policy.items():
+            module = getattr(model, name, None)
+            if frozen and module is not None:
+                module.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# 6: weights
+# --------------------------------------------------------------------------------------------
+
+
+def checkpoint_in(path: Path) -> Path:
+    """A checkpoint file as is; a run directory -> its averaged, else best, else latest checkpoint."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        averaged = sorted(path.glob("model.pt.avg*"), key=lambda p: int(re.sub(r"\D", "", p.name[len("model.pt.avg"):]) or 0))
+        for candidate in [*reversed(averaged), path / "model.pt.best", path / "model.pt"]:
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"init_param: no checkpoint in {path} (looked for model.pt.avg*, model.pt.best, model.pt)")
+    raise UserError(f"init_param: {path} does not exist")
+
+
+def state_dict_of(path: Path) -> dict:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-liner
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:100]})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str] = (), partial: bool = False) -> dict[str, str]:
+    """Load checkpoints in order (later ones win) strictly; returns key -> source it came from.
+
+    With partial, keys no source holds keep their current values (resuming over a built model)."""
+    import torch
+
+    target = model.state_dict()
+    origin: dict[str, str] = {}
+    for source in sources:
+        state = state_dict_of(source)
+        unexpected = [k for k in state if k not in target]
+        for key, value in state.items():
+            if key not in target:
+                continue
+            if tuple(value.shape) != tuple(target[key].shape):
+                raise UserError(f"{source}: {key} has shape {tuple(value.shape)}, the model {tuple(target[key].shape)}"
+                                " (architecture differs from the config)")
+            origin[key] = str(source)
+        with torch.no_grad():
+            model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
+        if unexpected:
+            log.warning("%s: %d tensors not in this model (e.g. %s) were ignored", source, len(unexpected), unexpected[0])
+    missing = [] if partial else [k for k in target if k not in origin]
+    ctc_missing = [k for k in missing if k.startswith(("ctc_decoder.", "ctc."))]
+    other = [k for k in missing if k not in ctc_missing]
+    if other:
+        why = " (the checkpoint excluded them and model_dir has no model.pt)" if all(
+            k.startswith(tuple(excluded_ok)) for k in other) and excluded_ok else ""
+        raise UserError(f"no weights for {len(other)} tensors, e.g. {other[0]}{why}")
+    if ctc_missing:
+        _handle_missing_ctc(model, ctc_missing)
+    return origin
+
+
+def _handle_missing_ctc(model: Any, missing: list[str]) -> None:
+    trainable = any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("ctc_decoder.", "ctc.")))
+    decoder_frozen = model.ctc_decoder is not None and not any(p.requires_grad for p in model.ctc_decoder.parameters())
+    if decoder_frozen or not trainable:
+        log.warning("the checkpoints hold no CTC branch (%d tensors) and this stage does not train it: "
+                    "the CTC branch is removed, as FunASR does", len(missing))
+        model.ctc_decoder = model.ctc = None
+    else:
+        log.warning("the checkpoints hold no CTC branch (%d tensors): it starts from random weights and is trained",
+                    len(missing))
+
+
+# --------------------------------------------------------------------------------------------
+# 7: atomic checkpoint files
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

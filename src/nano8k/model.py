@@ -1,0 +1,229 @@
+"""Fun-ASR-Nano as nano8k uses it: find the model directory, build FunASRNano through FunASR's own
+registry from the composed config, load weights, apply the freeze policy, count parameters.
+
+torch and funasr are imported inside the functions: this module is imported by the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nano8k import config, funasr_gaps
+from nano8k.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+# Keys that fix tensor shapes: a checkpoint only loads into a model that agrees on all of them.
+ARCHITECTURE_KEYS = (
+    "model", "audio_encoder", "audio_adaptor", "ctc_decoder", "ctc_vocab_size",
+    "audio_encoder_conf.output_size", "audio_encoder_conf.attention_heads", "audio_encoder_conf.linear_units",
+    "audio_encoder_conf.num_blocks", "audio_encoder_conf.tp_blocks", "audio_encoder_conf.kernel_size",
+    "audio_adaptor_conf.downsample_rate", "audio_adaptor_conf.ffn_dim", "audio_adaptor_conf.n_layer",
+    "ctc_decoder_conf.downsample_rate", "ctc_decoder_conf.ffn_dim", "ctc_decoder_conf.llm_dim",
+    "ctc_decoder_conf.n_layer", "frontend_conf.n_mels", "frontend_conf.lfr_m",
+)
+
+# Parameter groups of the table, in display order; `lora` is carved out of `llm`.
+MODULES = ("audio_encoder", "audio_adaptor", "ctc_decoder", "ctc", "llm", "lora")
+
+
+def _get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# The model directory
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """A local directory as is; anything else is a ModelScope id, taken from the cache or downloaded."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") != 1:
+        raise UserError(f"model_dir: directory not found: {spec}")
+    from modelscope import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: try the hub below
+        pass
+    log.info("downloading %s from ModelScope", spec)
+    try:
+        return Path(snapshot_download(spec))
+    except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"model_dir: cannot download {spec} from ModelScope ({reason}); on a machine with network run "
+            f"`modelscope download --model {spec} --local_dir DIR`, copy DIR here and pass model_dir=DIR"
+        ) from None
+
+
+def _resolve_path(value: str | None, model_dir: Path, what: str) -> str | None:
+    """A relative path in a model's config means relative to the model directory (as on the hub)."""
+    if value in (None, ""):
+        return value
+    path = Path(value).expanduser()
+    for candidate in ([path] if path.is_absolute() else [model_dir / path, path]):
+        if candidate.exists():
+            return str(candidate.resolve())
+    raise UserError(f"{what}: {value} not found (looked in {model_dir})")
+
+
+def runtime_config(settings: dict, model_dir: Path) -> dict:
+    """The config FunASR receives: nano8k's own keys removed, relative paths resolved against
+    model_dir, the CTC vocabulary defaulting to the model's multilingual.tiktoken."""
+    own = {k for k, meta in config.field_effects("train").items() if meta["effect"] == config.NANO8K and "." not in k}
+    cfg = copy.deepcopy({k: v for k, v in settings.items() if k not in own and k != "hydra"})
+    llm_conf = cfg.setdefault("llm_conf", {})
+    llm_conf["init_param_path"] = _resolve_path(llm_conf.get("init_param_path"), model_dir, "llm_conf.init_param_path")
+    tok = cfg.get("tokenizer_conf") or {}
+    if tok.get("init_param_path"):
+        tok["init_param_path"] = _resolve_path(tok["init_param_path"], model_dir, "tokenizer_conf.init_param_path")
+    if cfg.get("ctc_decoder"):
+        for holder in (cfg, cfg.get("dataset_conf") or {}):
+            conf = holder.get("ctc_tokenizer_conf")
+            if isinstance(conf, dict):
+                vocab = conf.get("vocab_path") or "multilingual.tiktoken"
+                conf["vocab_path"] = _resolve_path(vocab, model_dir, "ctc_tokenizer_conf.vocab_path")
+    return cfg
+
+
+def check_architecture(cfg: dict, model_dir: Path) -> None:
+    """Refuse to load a model whose config.yaml disagrees with the composed config on a shape."""
+    path = model_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"model_dir: {path} is missing (every Fun-ASR-Nano model directory has one)")
+    try:
+        released = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    mismatches = [
+        f"{key} is {_get(released, key)!r} there but {_get(cfg, key)!r} here"
+        for key in ARCHITECTURE_KEYS
+        if _get(released, key) is not None and _get(cfg, key) is not None and _get(released, key) != _get(cfg, key)
+    ]
+    if mismatches:
+        hint = " (a tiny model needs +preset=tiny)" if _get(released, "audio_encoder_conf.num_blocks") == 2 else ""
+        raise UserError(f"{path}: architecture mismatch: {'; '.join(mismatches)}{hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# Building and loading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    model: Any
+    tokenizer: Any
+    frontend: Any
+    funasr_config: dict
+    model_dir: Path
+    loaded_from: list[str] = field(default_factory=list)
+
+
+def build(settings: dict, init_param: str | None = None) -> Built:
+    """Build FunASRNano from the composed config and load its weights.
+
+    Weights: `<model_dir>/model.pt` (the pretrained model), then `init_param` over it when given —
+    a checkpoint file or a nano8k/FunASR run directory. Keys a checkpoint left out (e.g. `llm.`
+    under effective_save_name_excludes) therefore keep the base model's values, never random ones.
+    """
+    model_dir = resolve_model_dir(str(settings.get("model_dir")))
+    cfg = runtime_config(settings, model_dir)
+    check_architecture(cfg, model_dir)
+    base = model_dir / "model.pt"
+    sources = [base] if base.is_file() else []
+    if init_param:
+        sources.append(funasr_gaps.checkpoint_in(Path(init_param)))
+    if not sources:
+        raise UserError(f"model_dir: {base} is missing and init_param is not set: no weights to start from")
+
+    funasr_gaps.quiet_funasr_import()
+    from funasr.auto.auto_model import AutoModel
+
+    build_cfg = {**copy.deepcopy(cfg), "init_param": None, "device": "cpu", "disable_update": True,
+                 "ncpu": _get(cfg, "ncpu") or funasr_gaps.cpu_threads()}
+    model, kwargs = AutoModel.build_model(**build_cfg)
+    funasr_gaps.load_weights(model, sources, excluded_ok=_excluded_prefixes(cfg))
+    return Built(model, kwargs["tokenizer"], kwargs["frontend"], cfg, model_dir, [str(s) for s in sources])
+
+
+def _excluded_prefixes(cfg: dict) -> tuple[str, ...]:
+    excludes = _get(cfg, "train_conf.effective_save_name_excludes") or ()
+    if isinstance(excludes, str):
+        excludes = [e for e in excludes.split(",") if e and e != "None"]
+    return tuple(excludes)
+
+
+# --------------------------------------------------------------------------------------------
+# Freeze policy and the parameter table
+# --------------------------------------------------------------------------------------------
+
+
+def module_of(name: str) -> str:
+    """The parameter-table row a parameter belongs to."""
+    if "lora_" in name:
+        return "lora"
+    return name.split(".", 1)[0]
+
+
+def freeze_policy(cfg: dict) -> dict[str, bool]:
+    """Module -> frozen, from the composed config, with FunASR's defaults where a flag is absent.
+
+    The CTC output layer (`ctc`) follows ctc_decoder_conf.freeze: FunASR leaves it trainable even
+    when the decoder is frozen (see funasr_gaps.CTC_OUTPUT_LAYER_FREEZE).
+    """
+    ctc_frozen = bool(_get(cfg, "ctc_decoder_conf.freeze") or False)
+    return {
+        "audio_encoder": _get(cfg, "audio_encoder_conf.freeze") is not False,
+        "audio_adaptor": bool(_get(cfg, "audio_adaptor_conf.freeze") or False),
+        "ctc_decoder": ctc_frozen,
+        "ctc": ctc_frozen,
+        "llm": _get(cfg, "llm_conf.freeze") is not False,
+        "lora": False,
+    }
+
+
+def apply_freeze_policy(model: Any, cfg: dict) -> dict[str, bool]:
+    """Set requires_grad on every parameter from the policy (and FunASR's freeze_param / lora_only)."""
+    policy = freeze_policy(cfg)
+    extra = [p.strip() for p in str(cfg.get("freeze_param") or "").split(",") if p.strip()]
+    lora_only = bool(cfg.get("lora_only"))
+    for name, param in model.named_parameters():
+        row = module_of(name)
+        frozen = policy.get(row, False) or any(name.startswith(p) for p in extra) or (lora_only and row != "lora")
+        param.requires_grad = not frozen
+    return policy
+
+
+def parameter_table(model: Any) -> list[tuple[str, int, int]]:
+    """(module, total, trainable) rows in MODULES order, then any other top-level module."""
+    totals: dict[str, list[int]] = {}
+    for name, param in model.named_parameters():
+        row = totals.setdefault(module_of(name), [0, 0])
+        row[0] += param.numel()
+        row[1] += param.numel() if param.requires_grad else 0
+    order = [m for m in MODULES if m in totals] + sorted(set(totals) - set(MODULES))
+    return [(m, totals[m][0], totals[m][1]) for m in order]
+
+
+def write_parameter_table(rows: list[tuple[str, int, int]], path: Path) -> None:
+    lines = ["module\ttotal\ttrainable"] + [f"{m}\t{t}\t{tr}" for m, t, tr in rows]
+    total, trainable = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    lines.append(f"total\t{total}\t{trainable}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
