@@ -100,6 +100,57 @@ def align(
         typer.echo(text)
 
 
+data_app = typer.Typer(help="Data: prepare manifests FunASR reads, check them as FunASR will.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: Path = typer.Argument(..., help="A Kaldi data directory (wav.scp, text) or a source/target JSONL."),
+    output: Path = typer.Argument(..., help="The Nano JSONL to write (rejected lines go beside it)."),
+    model_dir: str = typer.Option(..., "--model-dir", help="Model directory or ModelScope id: its tokenizer counts text_length."),
+    prompt: str = typer.Option("语音转写：", "--prompt", help="User prompt before the audio (decoding's default)."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Parallel workers."),
+    allow_pipes: bool = typer.Option(False, "--allow-pipes", help="Run `cmd |` entries of wav.scp."),
+) -> None:
+    """Write the Nano JSONL (messages, key, speech_length, text_length) FunASR trains on."""
+    from nano8k import data, model
+    from nano8k.errors import reported
+
+    with reported():
+        tokenizer = model.tokenizer_dir(model.resolve_model_dir(model_dir))
+        report = data.prepare(source, output, tokenizer, prompt=prompt, workers=workers, allow_pipes=allow_pipes)
+    typer.echo(report.summary())
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@data_app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def data_check(
+    ctx: typer.Context,
+    manifest: Path = typer.Argument(..., help="A Nano JSONL."),
+    allow_drops: bool = typer.Option(False, "--allow-drops", help="Exit 0 even when FunASR would drop samples."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Where to write rejects.jsonl (default: beside MANIFEST)."),
+) -> None:
+    """Apply FunASR's own filters for the composed config (extra args: Hydra overrides, e.g. +stage=stage1)."""
+    from omegaconf import OmegaConf
+
+    from nano8k import config, data
+    from nano8k.errors import reported
+
+    with reported():
+        config.check_overrides("train", ctx.args)
+        settings = OmegaConf.to_container(config.compose("train", config.presets_last(ctx.args)), resolve=True)
+        fs = (settings.get("frontend_conf") or {}).get("fs")
+        report = data.check(manifest, settings.get("dataset_conf") or {}, expected_fs=fs, frontend_fs=fs)
+    typer.echo(report.summary())
+    target = rejects or manifest.with_name(manifest.stem + ".rejects.jsonl")
+    data.write_rejects(report, target)
+    typer.echo(f"rejects: {target}")
+    if report.fatal or (report.survivors < report.lines and not allow_drops):
+        raise typer.Exit(1)
+
+
 model_app = typer.Typer(help="Model directories: write a tiny offline model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

@@ -10,7 +10,10 @@ with each key" is the user-facing summary of this module.
    they get no gradient; `ctc_weight`, `detach_ctc_decoder` and `ctc_conf` are stored and ignored.
    nano8k: loss = LLM loss + ctc_weight * CTC loss, the CTC targets being the transcript through the
    model's CTC tokenizer. With detach_ctc_decoder the CTC gradient reaches only the CTC decoder and
-   output layer; without it, the encoder too. ctc_conf.dropout_rate and .reduce are honoured.
+   output layer; without it, the encoder too. ctc_conf.dropout_rate and .reduce are honoured. When
+   no trainable parameter can receive the CTC gradient (stage1: CTC frozen and detached), the CTC
+   loss is still computed and reported (`loss_ctc`) but left out of the optimised loss, where it
+   would be a constant.
 3. LABEL SMOOTHING / NORMALISATION — FunASR: HF's plain cross-entropy, averaged over tokens;
    `model_conf.lsm_weight` is never read and `length_normalized_loss` only changes a DDP weight.
    nano8k: cross-entropy with label_smoothing = lsm_weight, divided by the number of target tokens
@@ -27,17 +30,23 @@ with each key" is the user-facing summary of this module.
 7. CHECKPOINTS — FunASR writes with torch.save directly (a crash leaves a truncated file). nano8k
    writes a temporary file and renames it (atomic on POSIX).
 8. CPU — FunASR's funasr-train-ds forces CUDA device 0; nano8k picks the device itself (`device`).
+10. DATA SPLITS — FunASR slices a *list file* of manifests into data_split_num parts, but with a
+   single .jsonl every "slice" is the whole file, so data_split_num: 512 (config_8k_telephone)
+   means 512 passes per epoch. nano8k iterates the slices of a list file and reads a single
+   manifest once per epoch (data_splits()).
 9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide and prints a banner;
    nano8k imports it through quiet_funasr_import(), which undoes both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +64,6 @@ def quiet_funasr_import() -> None:
     HYDRA_FULL_ERROR=1 for the whole process (funasr/__init__.py), which turns every later
     one-line Hydra error, in this process and its children, into a traceback.
     """
-    import contextlib
-    import io
-
     before = os.environ.get("HYDRA_FULL_ERROR")
     with contextlib.redirect_stdout(io.StringIO()):
         import funasr  # noqa: F401
@@ -65,6 +71,24 @@ def quiet_funasr_import() -> None:
         os.environ.pop("HYDRA_FULL_ERROR", None)
     else:
         os.environ["HYDRA_FULL_ERROR"] = before
+
+
+@contextlib.contextmanager
+def funasr_prints_to_log() -> Iterator[None]:
+    """FunASR reports with print() (sample counts, missing keys); send those lines to the log."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        yield
+    for line in buffer.getvalue().splitlines():
+        if line.strip():
+            log.debug("funasr: %s", line.strip())
+
+
+def data_splits(train_list: str, dataset_conf: dict) -> int:
+    """How many slices one epoch goes through: data_split_num for a list file, 1 for a manifest."""
+    if str(train_list).endswith((".jsonl", ".json")):
+        return 1
+    return max(1, int(dataset_conf.get("data_split_num", 1) or 1))
 
 
 def cpu_threads() -> int:
@@ -122,11 +146,14 @@ def attach_objective(model: Any, cfg: dict) -> None:
             texts = [turn_text for item, used in zip(batch.get("item") or [], turns or [])
                      for turn_text, has_speech in zip(item["assistant"], used) if has_speech]
             encoder_out, encoder_lens = self._nano8k_encoder_out
-            ctc = ctc_loss(self, encoder_out, encoder_lens, texts, detach, ctc_conf)
-            loss = loss + ctc_weight * ctc
+            learns = ctc_learns(self, detach)
+            with torch.set_grad_enabled(learns and torch.is_grad_enabled()):
+                ctc = ctc_loss(self, encoder_out, encoder_lens, texts, detach, ctc_conf)
             stats["loss_llm"] = stats["loss"]
             stats["loss_ctc"] = ctc.detach()
-            stats["loss"] = loss.detach()
+            if learns:
+                loss = loss + ctc_weight * ctc
+                stats["loss"] = loss.detach()
         self._nano8k_encoder_out = None
         return loss, stats, weight
 
@@ -134,7 +161,12 @@ def attach_objective(model: Any, cfg: dict) -> None:
     model._nano8k_objective = {"lsm_weight": lsm_weight, "length_normalized": by_tokens,
                                "ctc_weight": ctc_weight, "detach_ctc_decoder": detach,
                                "specaug": model._nano8k_specaug is not None}
-    del torch
+
+
+def ctc_learns(model: Any, detach: bool) -> bool:
+    """Can the CTC loss move any parameter? (the CTC branch trains, or the encoder does undetached)"""
+    branch = [*model.ctc_decoder.parameters(), *model.ctc.parameters()]
+    return any(p.requires_grad for p in branch) or (not detach and any(p.requires_grad for p in model.audio_encoder.parameters()))
 
 
 def _build_specaug(cfg: dict) -> Any:

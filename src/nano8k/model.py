@@ -102,6 +102,16 @@ def runtime_config(settings: dict, model_dir: Path) -> dict:
     return cfg
 
 
+def tokenizer_dir(model_dir: Path) -> Path:
+    """The LLM tokenizer of a model directory (tokenizer_conf.init_param_path, as FunASR reads it)."""
+    path = model_dir / "config.yaml"
+    released = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    spec = _get(released, "tokenizer_conf.init_param_path") or _get(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
+    if isinstance(spec, str) and spec.startswith("${"):
+        spec = _get(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
+    return Path(_resolve_path(spec, model_dir, "tokenizer_conf.init_param_path"))
+
+
 def check_architecture(cfg: dict, model_dir: Path) -> None:
     """Refuse to load a model whose config.yaml disagrees with the composed config on a shape."""
     path = model_dir / "config.yaml"

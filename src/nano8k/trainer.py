@@ -1,0 +1,451 @@
+"""The training loop: FunASR's data pipeline and checkpoint format, nano8k's objective and policy.
+
+nano8k owns the loop (rather than FunASR's Trainer) because FunASR's trainers force CUDA
+(trainer_ds), write checkpoints non-atomically, and call the model in a way that leaves the CTC
+branch and SpecAug unused. What is kept from FunASR: the `FunASR` dataset and `BatchSampler` token
+batching (DataloaderMapStyle), its optimizers and schedulers, and its checkpoint files
+(`model.pt`, `model.pt.ep*`, `model.pt.best`, `model.pt.avg{N}`) with the same fields, so FunASR's
+own tools can read a nano8k run directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nano8k import data, funasr_gaps, model as nano_model
+from nano8k.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    run_dir: str
+    steps: int = 0
+    epochs: int = 0
+    wall_s: float = 0.0
+    final_train_loss: float | None = None
+    best_val_loss: float | None = None
+    best_val_acc: float | None = None
+    best_checkpoint: str | None = None
+    averaged_model: str | None = None
+    loss_curve: list[dict] = field(default_factory=list)  # every log_interval steps
+    epochs_log: list[dict] = field(default_factory=list)  # per epoch: mean train loss, validation
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    requested = (requested or "auto").lower()
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={requested}: no CUDA GPU is available here; use device=cpu or device=auto")
+    return requested
+
+
+def _rank() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def fit(cfg: DictConfig, run_dir: Path) -> float | None:
+    """Train under the composed config; returns the best validation loss."""
+    return Trainer(OmegaConf.to_container(cfg, resolve=True), run_dir).fit()
+
+
+class Trainer:
+    def __init__(self, settings: dict, run_dir: Path):
+        settings.pop("hydra", None)
+        self.settings = settings
+        self.train_conf = settings.get("train_conf") or {}
+        self.run_dir = Path(settings.get("output_dir") or run_dir)
+        self.rank, self.local_rank, self.world_size = _rank()
+        self.is_main = self.rank == 0
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _check_data(self, funasr_cfg: dict) -> None:
+        """Count what FunASR would silently drop; refuse to start unless allowed (allow_drops)."""
+        fs = (funasr_cfg.get("frontend_conf") or {}).get("fs")
+        for key in ("train_data_set_list", "valid_data_set_list"):
+            path = Path(str(self.settings[key]))
+            if not path.is_file():
+                raise UserError(f"{key}: {path} not found")
+            report = data.check(path, funasr_cfg.get("dataset_conf") or {}, expected_fs=fs, frontend_fs=fs)
+            log.info("%s", report.summary())
+            if report.fatal or report.survivors == 0:
+                raise UserError(f"{key}: FunASR cannot train on {path}: " + report.summary().replace("\n", ";"))
+            dropped = report.lines - report.survivors
+            if dropped:
+                rejects = self.run_dir / f"rejects.{key.split('_')[0]}.jsonl"
+                if self.is_main:
+                    data.write_rejects(report, rejects)
+                message = f"{key}: FunASR would silently drop {dropped} of {report.lines} samples of {path}; listed in {rejects}"
+                if not self.settings.get("allow_drops"):
+                    raise UserError(message + "; fix the data or pass allow_drops=true")
+                log.warning(message)
+
+    def _setup(self) -> None:
+        import torch
+
+        funasr_gaps.quiet_funasr_import()
+        self.device = _device(self.settings.get("device"))
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(self.local_rank if self.world_size > 1 else torch.device(self.device).index or 0)
+            torch.backends.cuda.matmul.allow_tf32 = bool(self.settings.get("enable_tf32", True))
+            torch.backends.cudnn.allow_tf32 = bool(self.settings.get("enable_tf32", True))
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend="nccl" if self.device.startswith("cuda") else "gloo")
+        torch.manual_seed(int(self.settings.get("seed") or 0) + self.rank)
+
+        self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
+        self.funasr_cfg = self.built.funasr_config
+        self._check_data(self.funasr_cfg)
+        net = self.built.model
+        self.policy = nano_model.apply_freeze_policy(net, self.funasr_cfg)
+        funasr_gaps.attach_objective(net, self.funasr_cfg)
+        net.to(self.device)
+        self.net = net
+        self.trainable = [p for p in net.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise UserError("nothing to train: every module is frozen by the composed config")
+        self.params = nano_model.parameter_table(net)
+
+        from funasr.optimizers import optim_classes
+        from funasr.schedulers import scheduler_classes
+
+        optim_name = self.settings.get("optim", "adam")
+        if optim_name not in optim_classes:
+            raise UserError(f"optim: unknown optimizer {optim_name!r}; FunASR has {', '.join(sorted(optim_classes))}")
+        self.optimizer = optim_classes[optim_name](self.trainable, **(self.settings.get("optim_conf") or {}))
+        scheduler_name = self.settings.get("scheduler", "warmuplr")
+        if scheduler_name not in scheduler_classes:
+            raise UserError(f"scheduler: unknown scheduler {scheduler_name!r}; FunASR has {', '.join(sorted(scheduler_classes))}")
+        self.scheduler = scheduler_classes[scheduler_name](self.optimizer, **(self.settings.get("scheduler_conf") or {}))
+        self.ddp = None
+        if self.world_size > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.local_rank] if self.device.startswith("cuda") else None,
+                find_unused_parameters=bool(self.train_conf.get("find_unused_parameters", False)))
+
+        from funasr.register import tables
+
+        dataloader_class = tables.dataloader_classes.get((self.funasr_cfg.get("dataset_conf") or {}).get("dataloader", "DataloaderMapStyle"))
+        with funasr_gaps.funasr_prints_to_log():
+            self.dataloader = dataloader_class(**{**self.funasr_cfg, "frontend": self.built.frontend,
+                                                  "tokenizer": self.built.tokenizer})
+        self.splits = funasr_gaps.data_splits(self.settings["train_data_set_list"], self.funasr_cfg.get("dataset_conf") or {})
+        self.autocast_dtype = None
+        if self.train_conf.get("use_bf16") and self.device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            self.autocast_dtype = torch.bfloat16
+        elif self.train_conf.get("use_fp16") and self.device.startswith("cuda"):
+            self.autocast_dtype = torch.float16
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> float | None:
+        import torch
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        self._setup()
+        state = self._resume()
+        if self.is_main:
+            nano_model.write_parameter_table(self.params, self.run_dir / "params.tsv")
+            _print_parameter_table(self.params, self.policy, self.built)
+        writer = _tensorboard(self.run_dir / "tensorboard") if self.is_main else None
+        metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") if self.is_main else None
+        max_epoch = int(self.train_conf.get("max_epoch", 100))
+        accum = int(self.train_conf.get("accum_grad", 1))
+        log_interval = int(self.train_conf.get("log_interval", 50))
+        save_interval = int(self.train_conf.get("save_checkpoint_interval", 5000))
+        validate_interval = int(self.train_conf.get("validate_interval", save_interval))
+        grad_clip = float(self.train_conf.get("grad_clip", 10.0))
+        summary = Summary(run_dir=str(self.run_dir))
+        module = self.ddp or self.net
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]}"),
+                            TimeElapsedColumn(), disable=not self.is_main, transient=False)
+        with progress:
+            for epoch in range(state["epoch"], max_epoch):
+                train_loader, total = self._epoch_batches(epoch)
+                task = progress.add_task("train", total=total, epoch=f"{epoch + 1}/{max_epoch}", loss="-", lr="-", speed="")
+                funasr_gaps.set_train_mode(self.net, self.policy, True)
+                window: list[float] = []
+                tick = time.perf_counter()
+                step_in_epoch = 0
+                for step_in_epoch, batch in enumerate(train_loader, start=1):
+                    if not batch:
+                        continue
+                    batch = _to_device(batch, self.device)
+                    with torch.autocast(device_type="cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                        loss, stats, _ = module(**batch)
+                    if not torch.isfinite(loss):
+                        log.warning("epoch %d step %d: non-finite loss %s skipped", epoch + 1, step_in_epoch, loss.item())
+                        self.optimizer.zero_grad(set_to_none=True)
+                        continue
+                    (loss / accum).backward()
+                    if step_in_epoch % accum == 0:
+                        torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip)
+                        self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        state["step"] += 1
+                    window.append(loss.item())
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    progress.update(task, advance=1, loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
+                                    speed=f"{1.0 / max(time.perf_counter() - tick, 1e-9):.1f} it/s")
+                    tick = time.perf_counter()
+                    if self.is_main and (state["step"] % log_interval == 0 or step_in_epoch == 1):
+                        record = {"epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": lr,
+                                  **{k: float(v) for k, v in stats.items() if k.startswith(("loss_", "acc")) and _is_number(v)}}
+                        _emit(record, "train", writer, metrics_file, state["step"])
+                        summary.loss_curve.append({"step": state["step"], "loss": round(loss.item(), 4)})
+                    if validate_interval > 0 and step_in_epoch % validate_interval == 0:
+                        self._validate_and_save(state, epoch, step_in_epoch, writer, metrics_file)
+                        funasr_gaps.set_train_mode(self.net, self.policy, True)
+                summary.final_train_loss = sum(window) / len(window) if window else None
+                state["epoch"] = epoch + 1
+                val_loss, val_acc = self._validate_and_save(state, epoch, None, writer, metrics_file)
+                summary.epochs_log.append({"epoch": epoch + 1, "train_loss": summary.final_train_loss,
+                                           "val_loss": val_loss, "val_acc": val_acc})
+                progress.update(task, completed=step_in_epoch, total=step_in_epoch)
+        if self.is_main:
+            summary.averaged_model = self._average(state)
+        summary.steps, summary.epochs = state["step"], state["epoch"]
+        summary.best_val_loss, summary.best_val_acc = state.get("best_val_loss"), state.get("best_val_acc")
+        summary.best_checkpoint = str(self.run_dir / "model.pt.best") if (self.run_dir / "model.pt.best").exists() else None
+        summary.wall_s = round(time.perf_counter() - started, 2)
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+            _print_summary(summary)
+        if writer:
+            writer.close()
+        if metrics_file:
+            metrics_file.close()
+        if self.world_size > 1:
+            torch.distributed.destroy_process_group()
+        return summary.best_val_loss
+
+    def _epoch_batches(self, epoch: int) -> tuple[Any, int | None]:
+        """The epoch's training batches: every slice of a list file in turn, each slice's loader built
+        only when reached (FunASR's DataloaderMapStyle re-reads a slice per build_iter)."""
+        with funasr_gaps.funasr_prints_to_log():
+            first, self.valid_loader = self.dataloader.build_iter(epoch=epoch, data_split_i=0)
+        if self.splits == 1:
+            return first, _safe_len(first)
+
+        def rest():
+            for split in range(1, self.splits):
+                with funasr_gaps.funasr_prints_to_log():
+                    loader, _ = self.dataloader.build_iter(epoch=epoch, data_split_i=split)
+                yield from loader
+
+        return itertools.chain(first, rest()), None
+
+    # -- validation and checkpoints -----------------------------------------------------------
+
+    def _validate(self) -> tuple[float, float]:
+        import torch
+
+        funasr_gaps.set_train_mode(self.net, self.policy, False)
+        total_loss = total_acc = 0.0
+        count = 0
+        with torch.no_grad():
+            for batch in self.valid_loader:
+                if not batch:
+                    continue
+                batch = _to_device(batch, self.device)
+                loss, stats, _ = self.net(**batch)
+                size = int(batch["input_ids"].shape[0])
+                total_loss += float(loss) * size
+                total_acc += float(stats.get("acc", 0.0)) * size
+                count += size
+        if self.world_size > 1:
+            sums = torch.tensor([total_loss, total_acc, count], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(sums)
+            total_loss, total_acc, count = sums.tolist()
+        if not count:
+            raise UserError("valid_data_set_list: no validation batch was produced")
+        return total_loss / count, total_acc / count
+
+    def _validate_and_save(self, state: dict, epoch: int, step_in_epoch: int | None, writer,
+                           metrics_file) -> tuple[float, float]:
+        val_loss, val_acc = self._validate()
+        name = f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
+        state["val_loss_step_or_epoch"][name] = val_loss
+        state["val_acc_step_or_epoch"][name] = val_acc
+        if self.is_main:
+            _emit({"epoch": epoch + 1, "step": state["step"], "val_loss": val_loss, "val_acc": val_acc, "checkpoint": name},
+                  "valid", writer, metrics_file, state["step"])
+        metric = self.train_conf.get("avg_keep_nbest_models_type", "acc")
+        better = state.get("best_val_loss") is None or (
+            _score(metric, val_acc, val_loss) > _score(metric, state["best_val_acc"], state["best_val_loss"]))
+        if better:
+            state.update(best_val_loss=val_loss, best_val_acc=val_acc, best_step_or_epoch=name)
+        if not self.is_main:
+            return val_loss, val_acc
+        checkpoint = self._checkpoint(state, epoch, step_in_epoch)
+        funasr_gaps.atomic_save(checkpoint, self.run_dir / name)
+        state["saved_ckpts"][name] = val_loss
+        funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt")
+        if better:
+            funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt.best")
+        self._prune(state, metric)
+        return val_loss, val_acc
+
+    def _checkpoint(self, state: dict, epoch: int, step_in_epoch: int | None) -> dict:
+        excludes = nano_model._excluded_prefixes(self.funasr_cfg)
+        weights = OrderedDict((k, v.detach().cpu()) for k, v in self.net.state_dict().items() if not k.startswith(excludes))
+        return {
+            "epoch": epoch + 1 if step_in_epoch is None else epoch, "step": state["step"],
+            "step_in_epoch": step_in_epoch or 0, "state_dict": weights,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "saved_ckpts": state["saved_ckpts"], "val_acc_step_or_epoch": state["val_acc_step_or_epoch"],
+            "val_loss_step_or_epoch": state["val_loss_step_or_epoch"], "best_step_or_epoch": state.get("best_step_or_epoch", ""),
+            "avg_keep_nbest_models_type": self.train_conf.get("avg_keep_nbest_models_type", "acc"),
+            "data_split_i": 0, "data_split_num": 1, "batch_total": state["step"],
+            "best_val_loss": state.get("best_val_loss"), "best_val_acc": state.get("best_val_acc"),
+            "excluded_prefixes": list(excludes), "nano8k": True,
+        }
+
+    def _ranked(self, state: dict, metric: str) -> list[str]:
+        """Saved checkpoints, best first (accuracy ties broken by loss, and the other way round)."""
+        acc, loss = state["val_acc_step_or_epoch"], state["val_loss_step_or_epoch"]
+        names = [n for n in acc if (self.run_dir / n).exists()]
+        return sorted(names, key=lambda n: _score(metric, acc[n], loss[n]), reverse=True)
+
+    def _prune(self, state: dict, metric: str) -> None:
+        keep = int(self.train_conf.get("keep_nbest_models", 500))
+        for name in self._ranked(state, metric)[keep:]:
+            (self.run_dir / name).unlink(missing_ok=True)
+            state["saved_ckpts"].pop(name, None)
+
+    def _average(self, state: dict) -> str | None:
+        """model.pt.avg{N}: the mean of the N best checkpoints (by the validation metric)."""
+        import torch
+
+        n = int(self.train_conf.get("avg_nbest_model", 10))
+        metric = self.train_conf.get("avg_keep_nbest_models_type", "acc")
+        chosen = self._ranked(state, metric)[:n]
+        if not chosen:
+            return None
+        states = [funasr_gaps.state_dict_of(self.run_dir / name) for name in chosen]
+        averaged = OrderedDict()
+        for key in states[0]:
+            tensors = [s[key] for s in states]
+            averaged[key] = torch.stack([t.float() for t in tensors]).mean(0).to(tensors[0].dtype) \
+                if tensors[0].is_floating_point() else tensors[0]
+        path = self.run_dir / f"model.pt.avg{n}"
+        funasr_gaps.atomic_save({"state_dict": averaged, "averaged": chosen,
+                                 "excluded_prefixes": list(nano_model._excluded_prefixes(self.funasr_cfg))}, path)
+        log.info("averaged %d checkpoints (%s) into %s", len(chosen), ", ".join(chosen), path)
+        return str(path)
+
+    def _resume(self) -> dict:
+        state = {"epoch": 0, "step": 0, "saved_ckpts": {}, "val_acc_step_or_epoch": {}, "val_loss_step_or_epoch": {}}
+        latest = self.run_dir / "model.pt"
+        if not (self.train_conf.get("resume", True) and latest.is_file()):
+            return state
+        import torch
+
+        checkpoint = torch.load(latest, map_location="cpu", weights_only=False)
+        funasr_gaps.load_weights(self.net, [latest], partial=True)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        for key in ("saved_ckpts", "val_acc_step_or_epoch", "val_loss_step_or_epoch"):
+            state[key] = dict(checkpoint.get(key) or {})
+        state.update(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
+                     best_val_loss=checkpoint.get("best_val_loss"), best_val_acc=checkpoint.get("best_val_acc"),
+                     best_step_or_epoch=checkpoint.get("best_step_or_epoch"))
+        log.info("resumed from %s at epoch %d, step %d", latest, state["epoch"], state["step"])
+        return state
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _score(metric: str, acc: float, loss: float) -> tuple[float, float]:
+    """Higher is better: (accuracy, -loss) when ranking by accuracy, else (-loss, accuracy)."""
+    return (acc, -loss) if metric == "acc" else (-loss, acc)
+
+
+def _safe_len(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _to_device(batch: dict, device: str) -> dict:
+    import torch
+
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _tensorboard(path: Path) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path))
+
+
+def _emit(record: dict, split: str, writer: Any, metrics_file: Any, step: int) -> None:
+    metrics_file.write(json.dumps({"split": split, **record}) + "\n")
+    metrics_file.flush()
+    if writer is not None:
+        for key, value in record.items():
+            if key not in ("epoch", "step", "checkpoint") and _is_number(value):
+                writer.add_scalar(f"{split}/{key}", float(value), step)
+    if split == "valid":
+        log.info("validation at step %d: loss %.4f acc %.4f (%s)", step, record["val_loss"], record["val_acc"], record["checkpoint"])
+
+
+def _print_parameter_table(rows: list[tuple[str, int, int]], policy: dict, built: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Parameters ({built.model_dir})")
+    table.add_column("module")
+    table.add_column("total", justify="right")
+    table.add_column("trainable", justify="right")
+    table.add_column("policy")
+    for module, total, trainable in rows:
+        table.add_row(module, f"{total:,}", f"{trainable:,}", "frozen" if policy.get(module) else "trains")
+    table.add_row("total", f"{sum(r[1] for r in rows):,}", f"{sum(r[2] for r in rows):,}", "", style="bold")
+    Console(stderr=True).print(table)
+    log.info("parameters: %s", "; ".join(f"{m} {t}/{tr}" for m, t, tr in rows))
+
+
+def _print_summary(summary: Summary) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(f"[bold]done[/] in {summary.wall_s:.1f}s: {summary.epochs} epochs, {summary.steps} steps")
+    for row in summary.epochs_log:
+        train = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
+        console.print(f"  epoch {row['epoch']}: train loss {train}, validation loss {row['val_loss']:.4f}, "
+                      f"accuracy {row['val_acc']:.4f}")
+    console.print(f"run directory: {summary.run_dir}")
+    if summary.averaged_model:
+        console.print(f"averaged model: {summary.averaged_model}")
