@@ -214,7 +214,11 @@ def test_stage1_freezes_the_whole_ctc_branch(env):
     assert policy == {"audio_encoder": False, "audio_adaptor": True, "ctc_decoder": True, "ctc": True,
                       "llm": True, "lora": False}
     loss, stats = _train_step(built, policy, env.batch(STAGE1, built))
-    assert math.isfinite(float(loss.detach())) and "loss_ctc" in stats
+    assert math.isfinite(float(loss.detach()))
+    # The frozen, detached CTC branch cannot learn: its loss is reported, not added to the objective.
+    assert float(stats["loss_ctc"]) > 0
+    assert math.isclose(float(loss.detach()), float(stats["loss_llm"]), rel_tol=1e-6)
+    assert math.isclose(float(stats["loss"]), float(stats["loss_llm"]), rel_tol=1e-6)
     for row in (*CTC_ROWS, "audio_adaptor", "llm"):
         params = _params(model, row)
         assert params, row
@@ -315,8 +319,9 @@ def _smoothed_ce_sum(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> 
 def _ctc_by_hand(model, encoder, texts: list[str]) -> torch.Tensor:
     """Mean over utterances of the CTC loss of encoder -> ctc_decoder -> ctc_lo, padded targets."""
     encoder_out, encoder_lens = encoder
-    hidden, hidden_lens = model.ctc_decoder(encoder_out, encoder_lens)
-    log_probs = torch.log_softmax(model.ctc.ctc_lo(hidden).double(), dim=-1)
+    with torch.no_grad():
+        hidden, hidden_lens = model.ctc_decoder(encoder_out, encoder_lens)
+        log_probs = torch.log_softmax(model.ctc.ctc_lo(hidden).double(), dim=-1)
     targets = [model.ctc_tokenizer.encode(text) for text in texts]
     padded = torch.zeros(len(targets), max(map(len, targets)), dtype=torch.long)
     for i, seq in enumerate(targets):
@@ -389,3 +394,10 @@ def test_lsm_weight_changes_the_loss(env):
         assert math.isclose(float(loss), float(total / n_tokens), rel_tol=1e-5)
         losses[eps] = float(loss)
     assert len({round(v, 6) for v in losses.values()}) == 3, losses
+
+
+def test_ctc_reduce_false_is_refused_in_one_line(env):
+    from nano8k.errors import UserError
+
+    with pytest.raises(UserError, match="ctc_conf.reduce: false gives one CTC loss per utterance"):
+        env.build(TELEPHONE, "++ctc_conf.reduce=false")

@@ -10,7 +10,7 @@ with each key" is the user-facing summary of this module.
    they get no gradient; `ctc_weight`, `detach_ctc_decoder` and `ctc_conf` are stored and ignored.
    nano8k: loss = LLM loss + ctc_weight * CTC loss, the CTC targets being the transcript through the
    model's CTC tokenizer. With detach_ctc_decoder the CTC gradient reaches only the CTC decoder and
-   output layer; without it, the encoder too. ctc_conf.dropout_rate and .reduce are honoured. When
+   output layer; without it, the encoder too. ctc_conf.dropout_rate is honoured; reduce must be true. When
    no trainable parameter can receive the CTC gradient (stage1: CTC frozen and detached), the CTC
    loss is still computed and reported (`loss_ctc`) but left out of the optimised loss, where it
    would be a constant.
@@ -136,6 +136,9 @@ def attach_objective(model: Any, cfg: dict) -> None:
     ctc_weight = float(cfg.get("ctc_weight", 0.3) if cfg.get("ctc_weight") is not None else 0.3)
     detach = bool(cfg.get("detach_ctc_decoder", True))
     ctc_conf = cfg.get("ctc_conf") or {}
+    if ctc_conf.get("reduce") is False:
+        raise UserError("ctc_conf.reduce: false gives one CTC loss per utterance, which cannot be trained on; "
+                        "nano8k sums them and divides by the batch size (reduce: true)")
     funasr_forward = type(model).forward
 
     def forward(self, **batch):
@@ -211,14 +214,14 @@ def ctc_loss(model: Any, encoder_out: Any, encoder_lens: Any, texts: Sequence[st
         raise RuntimeError(f"CTC: {len(texts)} transcripts for {encoder_out.size(0)} utterances")
     hidden = encoder_out.detach() if detach else encoder_out
     hidden, hidden_lens = model.ctc_decoder(hidden, encoder_lens)
-    hidden = F.dropout(hidden, p=float(ctc_conf.get("dropout_rate") or 0.0), training=model.training)
+    hidden = F.dropout(hidden, p=float(ctc_conf.get("dropout_rate") or 0.0), training=model.ctc.training)
     log_probs = model.ctc.log_softmax(hidden).float()
     targets = ctc_targets(model, texts)
     flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long, device=log_probs.device)
     target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long, device=log_probs.device)
     losses = F.ctc_loss(log_probs.transpose(0, 1), flat, hidden_lens.long(), target_lens,
                         blank=model.ctc.blank_id, reduction="none", zero_infinity=True)
-    return losses.sum() / losses.numel() if ctc_conf.get("reduce", True) else losses
+    return losses.sum() / losses.numel()
 
 
 # --------------------------------------------------------------------------------------------

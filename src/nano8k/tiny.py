@@ -342,6 +342,10 @@ def build_model(directory: Path, init_param: Union[bool, str, Path] = True, **ov
     drops the CTC branch when the checkpoint lacks any ctc_decoder.* / ctc.* tensor.
     """
     import torch
+
+    from nano8k.funasr_gaps import quiet_funasr_import
+
+    quiet_funasr_import()
     from funasr.auto.auto_model import AutoModel
 
     kwargs = model_kwargs(directory, init_param=init_param)

@@ -82,7 +82,7 @@ class Trainer:
             path = Path(str(self.settings[key]))
             if not path.is_file():
                 raise UserError(f"{key}: {path} not found")
-            report = data.check(path, funasr_cfg.get("dataset_conf") or {}, expected_fs=fs, frontend_fs=fs)
+            report = data.check(path, funasr_cfg.get("dataset_conf") or {}, frontend_fs=fs)
             log.info("%s", report.summary())
             if report.fatal or report.survivors == 0:
                 raise UserError(f"{key}: FunASR cannot train on {path}: " + report.summary().replace("\n", ";"))
@@ -111,6 +111,7 @@ class Trainer:
 
         self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
         self.funasr_cfg = self.built.funasr_config
+        log.info("weights: %s", ", then ".join(self.built.loaded_from))
         self._check_data(self.funasr_cfg)
         net = self.built.model
         self.policy = nano_model.apply_freeze_policy(net, self.funasr_cfg)

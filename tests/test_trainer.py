@@ -1,0 +1,177 @@
+"""`nano8k train` end to end on the tiny model and the bundled corpus: real subprocesses, real FunASR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_cli
+
+torch = pytest.importorskip("torch")
+
+STAGE_POLICY = {  # module -> trains?
+    "stage1": {"audio_encoder": True, "audio_adaptor": False, "ctc_decoder": False, "ctc": False, "llm": False},
+    "config_8k_telephone": {"audio_encoder": True, "audio_adaptor": False, "ctc_decoder": True, "ctc": True,
+                            "llm": False},
+}
+
+
+def kaldi_subset(source: Path, target: Path, n: int) -> Path:
+    target.mkdir(parents=True)
+    for name in ("wav.scp", "text"):
+        lines = (source / name).read_text().splitlines()[:n]
+        (target / name).write_text("\n".join(lines) + "\n")
+    return target
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("trainer")
+    model_dir = root / "model"
+    assert run_cli("model", "tiny", str(model_dir)).code == 0
+    out = {"root": root, "model_dir": model_dir}
+    for split, n in (("train", 16), ("dev", 4)):
+        kaldi = kaldi_subset(REPO / "data" / "demo" / split, root / f"kaldi_{split}", n)
+        result = run_cli("data", "prepare", str(kaldi), str(root / f"{split}.jsonl"), "--model-dir", str(model_dir))
+        assert result.code == 0, result.output
+        out[split] = root / f"{split}.jsonl"
+    return out
+
+
+def train(corpus: dict, run_dir: Path, stage: str, *extra: str):
+    return run_cli("train", f"+stage={stage}", "+preset=tiny", f"model_dir={corpus['model_dir']}",
+                   f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
+                   "train_conf.max_epoch=1", "scheduler_conf.warmup_steps=2", f"hydra.run.dir={run_dir}", *extra,
+                   timeout=300)
+
+
+def weights(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state.get("state_dict", state)
+
+
+def module(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_POLICY))
+def test_frozen_tensors_stay_bit_identical_and_trainable_ones_move(corpus, tmp_path, stage):
+    run = tmp_path / stage
+    # keep every tensor in the checkpoint (the LLM is excluded by default) so all can be compared
+    result = train(corpus, run, stage, "train_conf.effective_save_name_excludes=null")
+    assert result.code == 0, result.output
+    before, after = weights(corpus["model_dir"] / "model.pt"), weights(run / "model.pt")
+    assert set(after) == set(before)
+    for key, start in before.items():
+        trains = STAGE_POLICY[stage][module(key)]
+        same = torch.equal(start, after[key])
+        assert same is not trains, f"{stage}: {key} {'did not change' if trains else 'changed'}"
+    table = [line.split("\t") for line in (run / "params.tsv").read_text().splitlines()[1:]]
+    trainable = {row[0]: int(row[2]) for row in table}
+    for name, trains in STAGE_POLICY[stage].items():
+        assert (trainable[name] > 0) is trains, (name, trainable)
+
+
+def test_run_directory_and_stage_chaining(corpus, tmp_path):
+    stage1 = tmp_path / "stage1"
+    first = train(corpus, stage1, "stage1", "train_conf.avg_nbest_model=1")
+    assert first.code == 0, first.output
+    for name in ("config.yaml", "params.tsv", "train.log", "metrics.jsonl", "summary.json", "model.pt",
+                 "model.pt.ep1", "model.pt.best", "model.pt.avg1"):
+        assert (stage1 / name).is_file(), name
+    assert list((stage1 / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(stage1.glob(".*.tmp-*")), "a temporary checkpoint was left behind"
+    assert yaml.safe_load((stage1 / "config.yaml").read_text())["frontend_conf"]["fs"] == 8000
+    summary = json.loads((stage1 / "summary.json").read_text())
+    assert summary["steps"] > 0 and summary["averaged_model"].endswith("model.pt.avg1")
+    assert summary["best_val_loss"] is not None and len(summary["epochs_log"]) == 1
+    assert "llm." not in "".join(weights(stage1 / "model.pt.avg1"))  # effective_save_name_excludes: [llm.]
+    assert "audio_encoder" in first.stderr and "trainable" in first.stderr  # the parameter table is shown
+
+    telephone = tmp_path / "telephone"
+    second = train(corpus, telephone, "config_8k_telephone", f"init_param={stage1}",
+                   "train_conf.effective_save_name_excludes=null", "train_conf.max_epoch=1")
+    assert second.code == 0, second.output
+    # the LLM came from the base model (stage1 saved none), never from a random init
+    base, chained = weights(corpus["model_dir"] / "model.pt"), weights(telephone / "model.pt")
+    assert all(torch.equal(base[k], chained[k]) for k in base if k.startswith("llm."))
+    log = (telephone / "train.log").read_text()
+    assert str(stage1 / "model.pt.avg1") in log
+
+
+def test_loading_a_run_directory_restores_the_llm_from_base(corpus, tmp_path):
+    from omegaconf import OmegaConf
+
+    from nano8k import config, model
+
+    run = tmp_path / "run"
+    assert train(corpus, run, "stage1", "train_conf.avg_nbest_model=1").code == 0
+    settings = OmegaConf.to_container(config.compose("train", ["+stage=config_8k_telephone", "+preset=tiny",
+                                                               f"model_dir={corpus['model_dir']}"]), resolve=True)
+    built = model.build(settings, init_param=str(run))
+    state = built.model.state_dict()
+    averaged, base = weights(run / "model.pt.avg1"), weights(corpus["model_dir"] / "model.pt")
+    assert built.loaded_from == [str(corpus["model_dir"] / "model.pt"), str(run / "model.pt.avg1")]
+    assert all(torch.equal(state[k], v) for k, v in averaged.items())
+    assert all(torch.equal(state[k], v) for k, v in base.items() if k.startswith("llm."))
+
+
+def test_resume_continues_the_run(corpus, tmp_path):
+    run = tmp_path / "run"
+    assert train(corpus, run, "stage1").code == 0
+    steps = json.loads((run / "summary.json").read_text())["steps"]
+    again = train(corpus, run, "stage1", "train_conf.max_epoch=2")
+    assert again.code == 0, again.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * steps
+    assert "resumed from" in (run / "train.log").read_text()
+    assert (run / "model.pt.ep2").is_file()
+
+
+def test_samples_funasr_would_drop_stop_the_run_unless_allowed(corpus, tmp_path):
+    lines = corpus["train"].read_text().splitlines()
+    too_long = json.loads(lines[0])
+    too_long["speech_length"] = 5000  # over the preset's max_token_length (2000): FunASR skips it silently
+    empty = json.loads(lines[1])
+    empty["text_length"] = 0
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join([json.dumps(too_long), json.dumps(empty), *lines[2:]]) + "\n")
+    data = {**corpus, "train": manifest}
+    refused = train(data, tmp_path / "refused", "stage1")
+    assert refused.code == 2
+    assert "FunASR would silently drop 2 of 16 samples" in refused.stderr and "allow_drops=true" in refused.stderr
+    assert "Traceback" not in refused.output
+    rejects = [json.loads(line) for line in (tmp_path / "refused" / "rejects.train.jsonl").read_text().splitlines()]
+    assert {r["line"] for r in rejects} == {1, 2}
+    allowed = train(data, tmp_path / "allowed", "stage1", "allow_drops=true")
+    assert allowed.code == 0, allowed.output
+
+
+@pytest.mark.parametrize("override,message", [
+    ("device=cuda", "device=cuda: no CUDA GPU is available here"),
+    ("train_data_set_list=/nonexistent/train.jsonl", "train_data_set_list: /nonexistent/train.jsonl not found"),
+    ("model_dir=/nonexistent/model", "model_dir: directory not found: /nonexistent/model"),
+    ("init_param=/nonexistent/run", "init_param: /nonexistent/run does not exist"),
+])
+def test_bad_input_is_one_line(corpus, tmp_path, override, message):
+    if override.startswith("device=cuda") and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = train(corpus, tmp_path / "run", "stage1", override)
+    assert result.code == 2
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_model_dir_missing_a_file_names_it(corpus, tmp_path):
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(corpus["model_dir"], broken)
+    (broken / "multilingual.tiktoken").unlink()
+    result = run_cli("train", "+stage=stage1", "+preset=tiny", f"model_dir={broken}",
+                     f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
+                     f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    assert result.code == 2
+    assert "ctc_tokenizer_conf.vocab_path: multilingual.tiktoken not found" in result.stderr
