@@ -401,3 +401,39 @@ def test_ctc_reduce_false_is_refused_in_one_line(env):
 
     with pytest.raises(UserError, match="ctc_conf.reduce: false gives one CTC loss per utterance"):
         env.build(TELEPHONE, "++ctc_conf.reduce=false")
+
+
+# --------------------------------------------------------------------------------------------
+# In-memory arrays carry their sample rate (FunASR assumes 16 kHz for arrays)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frontend_fs", [8000, 16000])
+def test_an_8k_array_gives_the_features_of_the_same_8k_file(tmp_path, frontend_fs):
+    import numpy as np
+    import soundfile
+    from funasr.register import tables
+    from funasr.utils.load_utils import extract_fbank, load_audio_text_image_video
+
+    from nano8k.errors import UserError
+
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(8000 * 2)).astype(np.float32)  # 2 s at 8 kHz
+    path = tmp_path / "a.wav"
+    soundfile.write(path, audio, 8000, subtype="FLOAT")
+    frontend = tables.frontend_classes["WavFrontend"](fs=frontend_fs, n_mels=80, lfr_m=7, lfr_n=6, dither=0.0)
+
+    # FunASR's own path for a file: read at its rate, resampled to the front end's
+    from_file, file_lens = extract_fbank(load_audio_text_image_video(str(path), fs=frontend_fs),
+                                         data_type="sound", frontend=frontend, is_final=True)
+    ours, our_lens = funasr_gaps.fbank(audio, frontend, sample_rate=8000)
+    assert torch.equal(our_lens, file_lens)
+    assert torch.allclose(ours, from_file, atol=1e-3)
+    assert torch.equal(funasr_gaps.fbank(path, frontend)[0], ours)
+
+    # FunASR's path for an array without its rate: taken as 16 kHz, half the duration at 8 kHz
+    naive, naive_lens = extract_fbank(load_audio_text_image_video(audio, fs=frontend_fs), data_type="sound",
+                                      frontend=frontend, is_final=True)
+    assert int(naive_lens[0]) < int(our_lens[0]) * 0.6
+    with pytest.raises(UserError, match="needs its sample rate"):
+        funasr_gaps.waveform(audio, frontend_fs)

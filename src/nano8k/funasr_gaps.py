@@ -34,6 +34,10 @@ with each key" is the user-facing summary of this module.
    single .jsonl every "slice" is the whole file, so data_split_num: 512 (config_8k_telephone)
    means 512 passes per epoch. nano8k iterates the slices of a list file and reads a single
    manifest once per epoch (data_splits()).
+11. SAMPLE RATE OF ARRAYS — FunASR resamples audio files to frontend_conf.fs, but an in-memory array
+   is assumed to be 16 kHz unless `audio_fs` is passed, so an 8 kHz array is read at double speed.
+   nano8k's waveform()/fbank() take the array's rate explicitly (refusing an array without one) and
+   resample to the front end's rate with soxr, as FunASR's loader does for files.
 9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide and prints a banner;
    nano8k imports it through quiet_funasr_import(), which undoes both.
 """
@@ -222,6 +226,43 @@ def ctc_loss(model: Any, encoder_out: Any, encoder_lens: Any, texts: Sequence[st
     losses = F.ctc_loss(log_probs.transpose(0, 1), flat, hidden_lens.long(), target_lens,
                         blank=model.ctc.blank_id, reduction="none", zero_infinity=True)
     return losses.sum() / losses.numel()
+
+
+# --------------------------------------------------------------------------------------------
+# 11: audio at the front end's rate
+# --------------------------------------------------------------------------------------------
+
+
+def waveform(audio: Any, frontend_fs: int, sample_rate: int | None = None) -> Any:
+    """Mono float32 samples at `frontend_fs` from a file path or an array of a stated rate."""
+    import numpy as np
+    import soundfile
+
+    from nano8k import channel
+
+    if isinstance(audio, (str, Path)):
+        try:
+            samples, sample_rate = soundfile.read(str(audio), dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError) as err:
+            raise UserError(f"{audio}: unreadable audio ({err})") from None
+        samples = samples.mean(axis=1)
+    else:
+        if sample_rate is None:
+            raise UserError("an in-memory audio array needs its sample rate (FunASR would assume 16000 Hz)")
+        samples = np.asarray(audio, dtype=np.float32)
+        samples = samples.mean(axis=1) if samples.ndim == 2 else samples  # [samples, channels]
+    if int(sample_rate) != int(frontend_fs):
+        samples = channel.resample(samples, int(sample_rate), int(frontend_fs)).astype(np.float32)
+    return samples
+
+
+def fbank(audio: Any, frontend: Any, sample_rate: int | None = None) -> tuple[Any, Any]:
+    """FunASR's features (fbank + LFR, as its dataset computes them) of a file or a rated array."""
+    import torch
+    from funasr.utils.load_utils import extract_fbank
+
+    samples = torch.from_numpy(waveform(audio, frontend.fs, sample_rate))
+    return extract_fbank(samples, data_type="sound", frontend=frontend, is_final=True)
 
 
 # --------------------------------------------------------------------------------------------
