@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nano8k-installed
 
-.PHONY: install demo test test-all check-configs bench clean
+.PHONY: install demo test test-fast test-all check-configs bench clean
 
 # torch goes in first and alone: the pin takes the CPU wheel on a CPU machine and the CUDA build on
 # a GPU machine; installing it with the package could let a resolver pick another build.
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -m "not slow" -q
+
+# configs, validation, CLI, alignment, channel DSP: no FunASR model is built (under 2 minutes)
+test-fast: install
+	$(PY) -m pytest -m "not slow and not funasr" -q
 
 test-all: install
 	$(PY) -m pytest -q

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
 import soundfile as sf
 
 from nano8k import data

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("funasr")
 

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
 import yaml
 
 torch = pytest.importorskip("torch")

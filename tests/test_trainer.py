@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
 import yaml
 
 from conftest import REPO, run_cli
