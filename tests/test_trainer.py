@@ -177,3 +177,36 @@ def test_model_dir_missing_a_file_names_it(corpus, tmp_path):
                      f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
     assert result.code == 2
     assert "ctc_tokenizer_conf.vocab_path: multilingual.tiktoken not found" in result.stderr
+
+
+def test_empty_training_list_names_the_key(corpus, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = train({**corpus, "train": empty}, tmp_path / "run", "stage1")
+    assert result.code == 2
+    assert result.stderr.startswith("error: train_data_set_list: FunASR cannot train on") and "Traceback" not in result.output
+
+
+def test_unreadable_audio_is_reported_with_key_and_path(corpus, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....not a wave file")
+    lines = corpus["train"].read_text().splitlines()
+    first = json.loads(lines[0])
+    original = first["messages"][1]["content"].split("!", 1)[1].split("<|endofspeech|>")[0]
+    first["messages"][1]["content"] = first["messages"][1]["content"].replace(original, str(broken))
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    result = train({**corpus, "train": manifest}, tmp_path / "run", "stage1")
+    assert result.code == 2 and "Traceback" not in result.output
+    assert "FunASR would silently drop 1 of 16 samples" in result.stderr
+    (reject,) = [json.loads(line) for line in (tmp_path / "run" / "rejects.train.jsonl").read_text().splitlines()]
+    assert reject["key"] == first["key"] and reject["line"] == 1 and str(broken) in json.dumps(reject)
+
+
+def test_architecture_mismatch_is_caught_before_loading(corpus, tmp_path):
+    result = run_cli("train", "+stage=stage1", f"model_dir={corpus['model_dir']}",  # no +preset=tiny
+                     f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
+                     f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    assert result.code == 2 and "Traceback" not in result.output
+    assert "architecture mismatch: audio_encoder_conf.output_size is 64 there but 512 here" in result.stderr
+    assert "(a tiny model needs +preset=tiny)" in result.stderr

@@ -354,31 +354,6 @@ def build_model(directory: Path, init_param: Union[bool, str, Path] = True, **ov
     return AutoModel.build_model(**kwargs)
 
 
-def parameter_counts(model: Any) -> dict[str, int]:
-    """Parameters per top-level module (audio_encoder, audio_adaptor, ctc_decoder, ctc, llm)."""
-    counts: dict[str, int] = {}
-    for name, module in model.named_children():
-        counts[name] = sum(p.numel() for p in module.parameters())
-    counts["total"] = sum(p.numel() for p in model.parameters())
-    return counts
-
-
-# --------------------------------------------------------------------------------------------
-# A matching toy data set
-# --------------------------------------------------------------------------------------------
-
-SENTENCES = (
-    "你好，请问有什么可以帮您？",
-    "hello thank you for calling customer service",
-    "我想查询一下我的账户余额。",
-    "please hold the line",
-    "好的，谢谢，再见。",
-    "my number is one two three four",
-)
-SYSTEM_PROMPT = "You are a helpful assistant."
-USER_PROMPT = "语音转写："
-
-
 def write_tiny_dataset(
     directory: Path, model_dir: Path, n: int = 4, fs: int = 8000, seed: int = 0, name: str = "data.jsonl"
 ) -> Path:
