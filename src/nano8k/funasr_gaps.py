@@ -70,7 +70,7 @@ def quiet_funasr_import() -> None:
     """
     before = os.environ.get("HYDRA_FULL_ERROR")
     with contextlib.redirect_stdout(io.StringIO()):
-        import funasr  # noqa: F401
+        import funasr  # noqa: F401  (imported for its side effects, undone below)
     if before is None:
         os.environ.pop("HYDRA_FULL_ERROR", None)
     else:

@@ -354,6 +354,22 @@ def build_model(directory: Path, init_param: Union[bool, str, Path] = True, **ov
     return AutoModel.build_model(**kwargs)
 
 
+# --------------------------------------------------------------------------------------------
+# A matching toy data set
+# --------------------------------------------------------------------------------------------
+
+SENTENCES = (
+    "你好，请问有什么可以帮您？",
+    "hello thank you for calling customer service",
+    "我想查询一下我的账户余额。",
+    "please hold the line",
+    "好的，谢谢，再见。",
+    "my number is one two three four",
+)
+SYSTEM_PROMPT = "You are a helpful assistant."
+USER_PROMPT = "语音转写："
+
+
 def write_tiny_dataset(
     directory: Path, model_dir: Path, n: int = 4, fs: int = 8000, seed: int = 0, name: str = "data.jsonl"
 ) -> Path:

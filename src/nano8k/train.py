@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from nano8k import config
-from nano8k.errors import UserError, reported
+from nano8k.errors import reported
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,8 @@ def run(cfg: DictConfig) -> float | None:
             log.info("dry run: the config is valid; resolved config written to %s", resolved)
             return None
         config.require(settings, ("train_data_set_list", "valid_data_set_list"), action="training")
-        try:
-            from nano8k import trainer
-        except ImportError as err:
-            raise UserError(f"the trainer is not available in this build ({err})") from None
+        from nano8k import trainer  # torch and funasr load here, not before
+
         return trainer.fit(cfg, run_dir)
 
 
