@@ -41,7 +41,7 @@ def _hydra_main(name: str):
 
 def _run_hydra_app(name: str, args: list[str]) -> None:
     from nano8k import config
-    from nano8k.errors import reported
+    from nano8k.errors import UserError, reported
 
     with reported():
         config.check_overrides(name, args)
@@ -49,6 +49,11 @@ def _run_hydra_app(name: str, args: list[str]) -> None:
     saved, sys.argv = sys.argv, [sys.argv[0], *args]  # keep argv[0]: `-sc install` uses its name
     try:
         _hydra_main(name)()
+    except ValueError as err:
+        if not str(err).startswith("Only one of"):  # Hydra's conflicting-flags message, raised bare
+            raise
+        with reported():
+            raise UserError(str(err)) from None
     finally:
         sys.argv = saved
 
@@ -149,6 +154,30 @@ def data_check(
     typer.echo(f"rejects: {target}")
     if report.fatal or (report.survivors < report.lines and not allow_drops):
         raise typer.Exit(1)
+
+
+sweep_app = typer.Typer(help="Sweeps: summarise a Hydra multirun directory.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+
+@sweep_app.command("summary")
+def sweep_summary(
+    sweep_dir: Path = typer.Argument(..., help="A multirun directory (hydra.sweep.dir)."),
+    sort: str = typer.Option("best_val_loss", "--sort", help="best_val_loss, best_val_acc, cer, wer, wall_s or steps."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="CSV to write (default: SWEEP_DIR/summary.csv)."),
+) -> None:
+    """One row per job: overrides, best validation loss / accuracy, CER where decoded, steps, wall time."""
+    from rich.console import Console
+
+    from nano8k import sweep
+    from nano8k.errors import reported
+
+    with reported():
+        rows = sweep.sort_rows(sweep.collect(sweep_dir), sort)
+    target = csv_path or sweep_dir / "summary.csv"
+    sweep.write_csv(rows, target)
+    Console().print(sweep.render(rows, f"{sweep_dir} (sorted by {sort})"))
+    typer.echo(f"csv: {target}")
 
 
 model_app = typer.Typer(help="Model directories: write a tiny offline model.", no_args_is_help=True)

@@ -328,6 +328,7 @@ class TrainConfig:
     model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
     dry_run: Optional[bool] = key("validate and write the resolved config, then stop", NANO8K)
     allow_drops: Optional[bool] = key("train even if FunASR would drop samples", NANO8K)
+    nproc_per_node: Optional[int] = key("processes of this job; >1 re-executes it under torchrun", NANO8K)
 
     # FunASR's top-level keys
     model: Optional[str] = key()
@@ -631,6 +632,32 @@ def _override_values(override: Any) -> list[Any]:
     return []  # glob: applies to groups only
 
 
+# Launcher and sweeper options -> (the plugin module that provides them, the pip extra)
+PLUGINS = {
+    "hydra/launcher": {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+                       "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                       "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                       "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                       "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+                       "ray_aws": ("hydra_plugins.hydra_ray_launcher", "ray")},
+    "hydra/sweeper": {"optuna": ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+                      "lr_specaug_search": ("hydra_plugins.hydra_optuna_sweeper", "sweep")},
+}
+
+
+def _missing_plugin(group: str, option: str) -> str | None:
+    import importlib.util
+
+    module, extra = PLUGINS.get(group, {}).get(option, (None, None))
+    if module is None:
+        return None
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    return None if found else f"{group}={option} needs its Hydra plugin: pip install 'nano8k[{extra}]'"
+
+
 def check_overrides(app: str, argv: Sequence[str]) -> None:
     """Reject unknown keys and wrong types among an app's command-line overrides.
 
@@ -654,6 +681,11 @@ def check_overrides(app: str, argv: Sequence[str]) -> None:
         except HydraException:
             continue
         dotted = override.key_or_group
+        if dotted in PLUGINS and not override.is_sweep_override():
+            missing = _missing_plugin(dotted, str(override.value()))
+            if missing:
+                errors.append(missing)
+            continue
         if dotted == "stage" and override.package is None and not override.is_sweep_override():
             known = stage_names([args.config_dir] if args.config_dir else [])
             if override.value() not in known:

@@ -1,8 +1,16 @@
 """Training data for Fun-ASR-Nano: build the manifest FunASR reads (`prepare`) and predict what
-FunASR will do with it (`check`).
+FunASR will do with it (`check`, `check_cached`).
 
-`prepare(source, output, tokenizer_dir)` reads a Kaldi data directory (wav.scp + text) or a
-`source`/`target` JSONL (the seed's "simple" format; `audio`/`text` are accepted as key names)
+`prepare(source, output, tokenizer_dir)` reads one of
+
+* a Kaldi data directory: ``wav.scp`` + ``text``, optional ``segments`` (``utt rec start end``,
+  seconds) and ``utt2spk``. Pipe entries (``cmd |``) are refused unless ``allow_pipes``;
+* a ``source``/``target`` JSONL (the seed's "simple" format; ``audio``/``text`` are accepted too);
+* a CSV/TSV file with a header: named columns for the audio, the transcript and (optionally) the key
+  (defaults: the first of audio|path|wav|source, text|transcript|target|sentence, key|id|utt);
+* a folder of audio files (wav/flac/ogg/opus/mp3/sph that soundfile reads), searched recursively,
+  each with a same-stem ``.txt`` transcript; the key is the relative path without extension,
+
 and writes the Nano JSONL of FunASR 1.4.16 (`dataset: FunASR`, `index_ds: FunASR`)::
 
     {"key": "utt001",
@@ -10,6 +18,9 @@ and writes the Nano JSONL of FunASR 1.4.16 (`dataset: FunASR`, `index_ds: FunASR
                   {"role": "user", "content": "语音转写：<|startofspeech|>!/abs/utt001.wav<|endofspeech|>"},
                   {"role": "assistant", "content": "hello"}],
      "speech_length": 298, "text_length": 1, "duration": 3.0, "sample_rate": 8000}
+
+(plus ``"speaker"`` when utt2spk names one). Output lines follow the input's order (wav.scp or
+segments order for Kaldi, sorted relative paths for a folder) whatever the number of workers.
 
 * ``speech_length`` is the number of 10 ms fbank frames FunASR's ``WavFrontend`` computes for the
   file (25 ms window, snip_edges): ``1 + (N - 25 ms) // 10 ms`` on the waveform *after* FunASR's
@@ -28,13 +39,37 @@ and writes the Nano JSONL of FunASR 1.4.16 (`dataset: FunASR`, `index_ds: FunASR
   off. The one-token difference in `max_target_length`/`max_token_length` budgets is immaterial.
 * Sample rates are recorded, never changed: FunASR's loader resamples every file to the front
   end's rate. ``check(expected_fs=...)`` reports a differing rate as a note (see there).
+* The prompt is the one FunASR's decoding builds (``FunASRNano.get_prompt``, model.py:725-745):
+  ``语音转写：`` without a language, ``语音转写成{language}：`` with one, where ``language`` is the
+  name FunASR's ``generate(language=...)`` takes (中文, 英文, 日文, ...). ``decoding_prompt``
+  accepts those names and the ISO codes of LANGUAGES. Training on the prompt decoding uses is the
+  point: docs/finetune.md's English prompts ("Speech transcription:") are not what
+  ``get_prompt`` produces, so they are not defaults (pass ``prompt=`` for any literal prompt).
+* Stereo (``channel``): ``"mix"`` (default) writes the file as it is; FunASR's loader averages
+  the channels (load_utils.py:136-139), so no copy is made. ``"A"``/``"B"`` (or 0/1) pick one
+  channel and ``"split"`` writes one line per channel transcript: a Kaldi key/folder stem ``K``
+  whose transcripts are ``K-A``/``K-B`` (text keys, ``K-A.txt``/``K-B.txt``) gives the lines
+  ``K-A`` (channel 0) and ``K-B`` (channel 1); in a JSONL/CSV a row keyed ``K-A``/``K-B`` takes
+  that channel of its audio. A stereo recording with one transcript for both channels cannot be
+  split and is rejected (``split_needs_channel_text``); mono files are written as they are.
+* Audio that is not a whole file (a Kaldi segment, one channel of a stereo file, a pipe's
+  output) is written as a WAV file under ``<output stem>.audio/``, named after the key
+  (sanitized, plus 8 hex digits of its SHA-1: keys are unique, so names cannot collide), in the
+  source's own sample format when WAV holds it losslessly (PCM 8-32 bit, float, mu-law, A-law),
+  else PCM 16. Segment bounds are rounded to the nearest sample; an end past the recording by
+  at most ``segment_tolerance`` (Kaldi's extract-segments --max-overshoot, 0.5 s) is cut at the
+  recording's end, further is a reject.
 
 Every input line that cannot become a manifest line is reported with file, line, key and reason
-and written to ``rejects_path(output)``; the good lines are written all the same.
+and written, with the input line itself, to ``rejects_path(output)``; the good lines are written
+all the same (one bad file never stops a run). Lines that are not UTF-8 are rejects too. Folder
+inputs have no lines: their problems name the audio or transcript file, with line 0.
 
 `check(manifest, dataset_conf)` applies, line by line, the rules FunASR's index, batch sampler and
 dataset apply (with FunASR's own defaults for absent keys; see RULES and DEFAULTS below), plus audio
-checks, and returns counts by reason, the problems, and how many samples each stage keeps.
+checks (existence, header, samples, sample rate, clipping, silence) and text checks, and returns
+counts by reason, the problems, and how many samples each stage keeps. `check_cached` is the same,
+cached under the manifest's content hash (see there).
 
 torch, funasr and transformers are imported inside functions: the CLI imports this module.
 """
@@ -42,16 +77,22 @@ torch, funasr and transformers are imported inside functions: the CLI imports th
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +102,11 @@ __all__ = [
     "DEFAULT_PROMPT",
     "DEFAULT_SYSTEM",
     "DEFAULT_FRONTEND_FS",
+    "LANGUAGES",
+    "CHANNEL_MODES",
+    "CLIP_FRACTION",
+    "SILENCE_DBFS",
+    "SEGMENT_TOLERANCE",
     "RULES",
     "DEFAULTS",
     "Problem",
@@ -68,8 +114,13 @@ __all__ = [
     "CheckReport",
     "prepare",
     "check",
+    "check_cached",
+    "check_key",
+    "default_cache_dir",
+    "decoding_prompt",
     "write_rejects",
     "rejects_path",
+    "check_rejects_path",
     "fbank_frames",
     "resampled_length",
     "fake_token_len",
@@ -81,6 +132,40 @@ __all__ = [
 DEFAULT_PROMPT = "语音转写："
 DEFAULT_SYSTEM = "You are a helpful assistant."
 DEFAULT_FRONTEND_FS = 16000  # WavFrontend's default fs and the released Fun-ASR-Nano's frontend_conf.fs
+TELEPHONE_FS = 8000  # what the telephone stages expect their audio at (`nano8k data check`'s default)
+
+# ISO 639 codes -> the language names FunASR's decoding puts into its prompt (get_prompt,
+# model.py:739-742: f"语音转写成{language}："), as Fun-ASR-Nano / MLT-Nano's model cards spell them.
+# Any other name is used verbatim: decoding_prompt("英文") == decoding_prompt("en").
+LANGUAGES: dict[str, str] = {
+    "zh": "中文", "en": "英文", "ja": "日文", "yue": "粤语", "ko": "韩文", "vi": "越南语",
+    "id": "印尼语", "th": "泰语", "ms": "马来语", "tl": "菲律宾语", "ar": "阿拉伯语", "hi": "印地语",
+    "de": "德语", "fr": "法语", "es": "西班牙语", "it": "意大利语", "pt": "葡萄牙语", "ru": "俄语",
+    "nl": "荷兰语", "pl": "波兰语", "sv": "瑞典语", "da": "丹麦语", "fi": "芬兰语", "el": "希腊语",
+    "cs": "捷克语", "hu": "匈牙利语", "ro": "罗马尼亚语", "bg": "保加利亚语", "hr": "克罗地亚语",
+    "sk": "斯洛伐克语", "sl": "斯洛文尼亚语", "et": "爱沙尼亚语", "lv": "拉脱维亚语", "lt": "立陶宛语",
+    "ga": "爱尔兰语", "mt": "马耳他语",
+}
+
+# prepare(channel=...): "mix" keeps every channel (FunASR averages them), "A"/"B" pick one,
+# "split" writes one line per channel transcript (keys <key>-A, <key>-B).
+CHANNEL_MODES = ("mix", "A", "B", "split")
+CHANNEL_SUFFIXES = ("A", "B")  # channel 0, channel 1
+
+# check()'s audio-content thresholds (notes: FunASR trains on such audio as it is).
+CLIP_FRACTION = 0.001  # clipped: at least 0.1 % of the samples of some channel at full scale
+SILENCE_DBFS = -60.0  # silent: RMS of the channel mix FunASR computes below -60 dB full scale
+# prepare(): a segment ending at most this far past its recording is cut at the recording's end
+# (Kaldi's extract-segments --max-overshoot default); further is a reject.
+SEGMENT_TOLERANCE = 0.5
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".sph"})
+# Sample formats a WAV file holds as they are (decoded samples come back bit-exact when rewritten).
+LOSSLESS_WAV_SUBTYPES = {"PCM_U8": "int16", "PCM_16": "int16", "PCM_24": "int32", "PCM_32": "int32",
+                         "FLOAT": "float32", "DOUBLE": "float64", "ULAW": "int16", "ALAW": "int16"}
+# Largest magnitude a sample format can hold, as soundfile's float reading returns it.
+FULL_SCALE = {"ULAW": 32124 / 32768, "ALAW": 32256 / 32768, "PCM_U8": 127 / 128, "PCM_S8": 127 / 128}
+FULL_SCALE_DEFAULT = 32767 / 32768
 
 SPEECH_BEGIN = "<|startofspeech|>"
 SPEECH_END = "<|endofspeech|>"
@@ -102,12 +187,14 @@ MULTITURN_NUM_MAX = 5  # datasets.py:84 (dataset default)
 #   sampler  the batch sampler skips the sample silently (it is never in a batch).
 #   load     the dataset fails on the sample at __getitem__ and silently retries with a *random
 #            other* sample (datasets.py:153-160): the line is never trained on.
+#   data     the sample is trained on as it is, but its content is wrong (an empty transcript,
+#            mis-decoded text): counted with the drops by `CheckReport.failed`.
 #   batch    the sample is trained, but breaks the token budget (see over_batch_size).
 #   note     no effect on what is trained; worth knowing.
 # A line gets at most one problem with a removing effect (fatal/index/sampler/load): the first one
-# FunASR meets, as FunASR never looks further. Notes and `batch` accumulate.
+# FunASR meets, as FunASR never looks further. `data`, `batch` and notes accumulate.
 
-EFFECTS = ("fatal", "index", "sampler", "load", "batch", "note")
+EFFECTS = ("fatal", "index", "sampler", "load", "data", "batch", "note")
 REMOVING = frozenset({"fatal", "index", "sampler", "load"})
 
 
@@ -120,6 +207,8 @@ class Rule:
 
 RULES: dict[str, Rule] = {
     # --- the index (`index_ds: FunASR`, datasets.py:391-569), in its order ---------------------
+    "invalid_utf8": Rule("fatal", "datasets.py:436-437", "the line is not UTF-8: FunASR reads the manifest as "
+                         "utf-8 text and the run ends with UnicodeDecodeError"),
     "json_error": Rule("index", "datasets.py:439-445", "line is not valid JSON: logged and dropped"),
     "no_messages": Rule("fatal", "datasets.py:447", "no 'messages' (or not an object): KeyError/TypeError ends the run"),
     "bad_length": Rule("fatal", "datasets.py:448-455", "speech_length/text_length not int()-convertible: the run crashes"),
@@ -138,6 +227,9 @@ RULES: dict[str, Rule] = {
     "no_assistant_turn": Rule("load", "datasets.py:168-170", "no assistant turn: the dataset retries with a random other sample"),
     "missing_audio": Rule("load", "datasets.py:226-250 + load_utils.py:104-116", "audio file does not exist: retried with a random other sample"),
     "unreadable_audio": Rule("load", "datasets.py:226-250 + load_utils.py:127-146", "soundfile cannot read the audio (no torchaudio; ffmpeg fallback): retried with a random other sample"),
+    "corrupt_audio": Rule("load", "datasets.py:226-250 + load_utils.py:127-146",
+                          "soundfile reads the header but not the samples (ffmpeg, FunASR's last resort, is "
+                          "not modelled): retried with a random other sample"),
     "empty_audio": Rule("load", "datasets.py:234-250 + wav_frontend.py:169-181", "audio has no samples: the front end raises, retried with a random other sample"),
     "input_ids_over_max_token_length": Rule(
         "load", "datasets.py:81, 333-337",
@@ -148,7 +240,16 @@ RULES: dict[str, Rule] = {
         "token batches: source_len > batch_size: trained alone in an over-budget batch; when it is the first "
         "sample the sampler meets (buffer sampler: the shortest of a sort buffer) the first batch is empty "
         "and the collator fails with KeyError 'input_ids' (datasets.py:343-378)"),
+    # --- data: trained on as it is, but wrong ------------------------------------------------------
+    "empty_text": Rule("data", "datasets.py:286-287", "the assistant turn is empty or whitespace while text_length >= 1: "
+                       "FunASR trains the model to answer this audio with nothing"),
+    "undecodable_text": Rule("data", "datasets.py:286-287", "the transcript holds U+FFFD or control characters (text "
+                             "decoded with the wrong encoding upstream): FunASR trains on it as it is"),
     # --- notes ----------------------------------------------------------------------------------
+    "clipped": Rule("note", "load_utils.py:132-139", f"at least {CLIP_FRACTION:.1%} of a channel's samples at full "
+                    "scale: FunASR trains on it as it is"),
+    "silent": Rule("note", "load_utils.py:132-139", f"RMS of the channel mix below {SILENCE_DBFS:g} dBFS: FunASR "
+                   "trains on it as it is (a transcript for silence is usually a pairing error)"),
     "no_speech": Rule("note", "datasets.py:209-259", "no `<|startofspeech|>!path<|endofspeech|>` in the user turn: a text-only sample"),
     "url_audio": Rule("note", "load_utils.py:98-101", "audio is a URL: FunASR downloads it at every load; not checked"),
     "sample_rate_differs": Rule("note", "load_utils.py:179-187", "sample rate differs from the expected rate: FunASR resamples it to the front end's rate"),
@@ -187,15 +288,24 @@ FACTORY_SAMPLERS = frozenset({
 
 # prepare()'s reasons for not writing an input line (all have effect "reject").
 PREPARE_REASONS: dict[str, str] = {
-    "malformed_line": "the line cannot be parsed (bad JSON, not an object, a field of the wrong type, no path)",
+    "malformed_line": "the line cannot be parsed (bad JSON, not an object, a field of the wrong type, no path, "
+                      "a segments line that is not `utt rec start end` with 0 <= start < end)",
+    "undecodable_text": "the line is not UTF-8",
     "duplicate_key": "the key was already used by an earlier line (the first one is kept)",
-    "no_audio": "a transcript without audio (no wav.scp entry / no source field)",
-    "no_text": "audio without a transcript (no text entry / no target field)",
+    "no_audio": "a transcript without audio (no wav.scp/segments entry, no source field, no audio file)",
+    "no_text": "audio without a transcript (no text entry / no target field / no .txt file)",
+    "unused_text": "channel=split: a transcript for the whole recording beside per-channel ones (<key>-A/-B)",
     "empty_text": "the transcript is empty",
+    "no_recording": "a segment of a recording that wav.scp does not have",
+    "segment_out_of_range": "a segment starting at or ending (beyond segment_tolerance) after the recording's end",
     "missing_audio": "the audio file does not exist",
     "unreadable_audio": "soundfile cannot read the audio",
+    "corrupt_audio": "soundfile reads the header but not the samples",
+    "no_such_channel": "the channel asked for (A/B) is not in the file",
+    "split_needs_channel_text": "channel=split on a multi-channel file with one transcript: give <key>-A/<key>-B",
     "audio_too_short": "the audio is shorter than one 25 ms fbank window (speech_length would be 0)",
     "pipe_failed": "the wav.scp command failed or did not write readable audio",
+    "write_failed": "the cut audio could not be written under <output stem>.audio/",
 }
 
 
@@ -263,6 +373,25 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     return counts
 
 
+def decoding_prompt(language: str | None = None, itn: bool = True) -> str:
+    """The user prompt FunASR's decoding builds without hotwords (FunASRNano.get_prompt,
+    model.py:725-745): 语音转写： / 语音转写成{language}： / ...，不进行文本规整：. `language` is a
+    FunASR language name (中文, 英文, ...) or an ISO code of LANGUAGES (zh, en, ...)."""
+    prompt = "语音转写"
+    if language is not None and str(language).strip():
+        name = str(language).strip()
+        if name.lower() in LANGUAGES:
+            name = LANGUAGES[name.lower()]
+        elif name.isascii():
+            known = ", ".join(sorted(LANGUAGES))
+            raise UserError(f"language {name!r}: not a known code ({known}); give FunASR's own name of the "
+                            "language (e.g. 英文) or a literal prompt")
+        prompt += f"成{name}"
+    if not itn:
+        prompt += "，不进行文本规整"
+    return prompt + "："
+
+
 # ---------------------------------------------------------------------------------------------
 # Problems and reports
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +407,7 @@ class Problem:
     reason: str
     detail: str = ""
     effect: str = "reject"  # prepare: "reject"; check: one of EFFECTS
+    input: str | None = None  # the input line itself (rejects files keep it: nothing is lost)
 
     @property
     def where(self) -> str:
@@ -285,7 +415,12 @@ class Problem:
 
     def to_json(self) -> dict:
         return {"file": self.file, "line": self.line, "key": self.key, "reason": self.reason,
-                "effect": self.effect, "detail": self.detail}
+                "effect": self.effect, "detail": self.detail, "input": self.input}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Problem:
+        return cls(file=obj["file"], line=int(obj["line"]), key=obj.get("key"), reason=obj["reason"],
+                   detail=obj.get("detail", ""), effect=obj.get("effect", "reject"), input=obj.get("input"))
 
     def __str__(self) -> str:
         key = f" [{self.key}]" if self.key is not None else ""
@@ -297,13 +432,15 @@ class PrepareReport:
     source: Path
     output: Path
     rejects_file: Path
-    format: str  # "kaldi" or "jsonl"
+    format: str  # "kaldi", "jsonl", "table" (CSV/TSV) or "folder"
     written: int = 0
     rejects: list[Problem] = field(default_factory=list)
     total_duration: float = 0.0  # seconds of audio written
     sample_rates: dict[int, int] = field(default_factory=dict)  # rate -> lines written
     multichannel: int = 0  # lines written whose audio has more than one channel (FunASR averages)
     frontend_fs: int | None = DEFAULT_FRONTEND_FS
+    materialized: int = 0  # lines whose audio was written under audio_dir (cuts, channels, pipes)
+    audio_dir: Path | None = None
 
     @property
     def rejected(self) -> int:
@@ -330,6 +467,8 @@ class PrepareReport:
             lines.append(f"{self.rejected} rejected ({reasons}): see {self.rejects_file}")
         if self.multichannel:
             lines.append(f"{self.multichannel} multi-channel files: FunASR averages their channels")
+        if self.materialized:
+            lines.append(f"{self.materialized} audio files written under {self.audio_dir}")
         return "\n".join(lines)
 
 
@@ -345,6 +484,7 @@ class CheckReport:
     config_problems: list[str] = field(default_factory=list)  # the run crashes or trains nothing
     config_notes: list[str] = field(default_factory=list)
     sample_rates: dict[int, int] = field(default_factory=dict)  # rate -> readable audio files
+    cached: bool = False  # check_cached(): this report came from the cache
 
     @property
     def counts(self) -> Counter:
@@ -361,13 +501,41 @@ class CheckReport:
         return Counter(p.reason for p in self.problems if p.effect in REMOVING)
 
     @property
+    def flagged(self) -> Counter:
+        """Lines per reason, for the reasons of effect `data`: trained on, but the content is wrong."""
+        return Counter(p.reason for p in self.problems if p.effect == "data")
+
+    @property
     def fatal(self) -> bool:
         return bool(self.config_problems) or any(p.effect == "fatal" for p in self.problems)
 
     @property
     def ok(self) -> bool:
-        """No crash predicted and every line is trained on."""
-        return not self.fatal and self.survivors == self.lines
+        """No crash predicted, every line is trained on, and no line's content is wrong."""
+        return not self.fatal and self.survivors == self.lines and not self.flagged
+
+    def failed(self, allow_drops: bool = False) -> bool:
+        """What `nano8k data check` and `nano8k train` refuse: a predicted crash, no sample at all,
+        or (unless allow_drops) any line dropped or trained on with wrong content."""
+        if self.fatal or self.survivors == 0:
+            return True
+        return not allow_drops and not self.ok
+
+    def to_json(self) -> dict:
+        return {"manifest": str(self.manifest), "lines": self.lines,
+                "problems": [p.to_json() for p in self.problems], "index_kept": self.index_kept,
+                "sampler_kept": self.sampler_kept, "survivors": self.survivors, "settings": self.settings,
+                "config_problems": self.config_problems, "config_notes": self.config_notes,
+                "sample_rates": {str(k): v for k, v in self.sample_rates.items()}}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CheckReport:
+        return cls(manifest=Path(obj["manifest"]), lines=int(obj["lines"]),
+                   problems=[Problem.from_json(p) for p in obj["problems"]], index_kept=int(obj["index_kept"]),
+                   sampler_kept=int(obj["sampler_kept"]), survivors=int(obj["survivors"]),
+                   settings=dict(obj["settings"]), config_problems=list(obj["config_problems"]),
+                   config_notes=list(obj["config_notes"]),
+                   sample_rates={int(k): int(v) for k, v in obj["sample_rates"].items()})
 
     def rows(self) -> list[tuple[int, str | None, str]]:
         """(line, key, reason) for every problem."""
@@ -388,6 +556,12 @@ class CheckReport:
 def rejects_path(output: Path) -> Path:
     """Where prepare() writes the rejects of `output`: train.jsonl -> train.rejects.jsonl."""
     return _sibling(output, ".rejects.jsonl")
+
+
+def check_rejects_path(manifest: Path) -> Path:
+    """Where `nano8k data check` writes its rejects: train.jsonl -> train.check.rejects.jsonl (not
+    prepare's train.rejects.jsonl, which it would otherwise overwrite)."""
+    return _sibling(manifest, ".check.rejects.jsonl")
 
 
 def _sibling(output: Path, suffix: str) -> Path:
@@ -421,6 +595,12 @@ class _Entry:
     audio: str | None  # path as written (or the command of a pipe entry)
     text: str | None
     pipe: bool = False
+    raw: str | None = None  # the input line, for the rejects file
+    segment: tuple[Fraction, Fraction] | None = None  # (start, end) in seconds: a Kaldi segment
+    recording: str | None = None  # the wav.scp key of a segment
+    channel: int | None = None  # 0 (A) or 1 (B): that channel alone; None: all channels
+    mono_only: bool = False  # channel=split with one transcript: right for mono audio only
+    speaker: str | None = None
 
 
 @dataclass
@@ -429,57 +609,102 @@ class _Audio:
     frames: int = 0
     sample_rate: int = 0
     channels: int = 0
+    subtype: str = ""
     problem: tuple[str, str] | None = None  # (reason, detail)
+    materialized: bool = False  # written under the audio directory
+    clipped: float | None = None  # check(): fraction of full-scale samples in the worst channel
+    rms_dbfs: float | None = None  # check(): RMS of the channel mix, dB full scale
+
+
+@dataclass
+class _Keyed:
+    """A `key value` line of a Kaldi file (or a folder's transcript)."""
+
+    value: str
+    file: str
+    line: int
+    raw: str
 
 
 def prepare(
     source: Path,
     output: Path,
     tokenizer_dir: Path,
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str | None = None,
     system: str = DEFAULT_SYSTEM,
     workers: int = 1,
     allow_pipes: bool = False,
     frontend_fs: int | None = DEFAULT_FRONTEND_FS,
+    *,
+    language: str | None = None,
+    itn: bool = True,
+    channel: str | int = "mix",
+    source_format: str | None = None,
+    audio_column: str | None = None,
+    text_column: str | None = None,
+    key_column: str | None = None,
+    audio_root: Path | None = None,
+    segment_tolerance: float = SEGMENT_TOLERANCE,
 ) -> PrepareReport:
-    """Write the Nano JSONL manifest for a Kaldi data directory or a source/target JSONL.
+    """Write the Nano JSONL manifest for a Kaldi data directory, a source/target JSONL, a CSV/TSV
+    file or a folder of audio files with .txt transcripts (see the module docstring).
 
-    Lines come out in input order (wav.scp order for Kaldi). Rejected lines go to the report and to
-    `rejects_path(output)` (always written, empty when nothing was rejected); everything else is
-    written. Relative audio paths are resolved against the current directory, as Kaldi and FunASR
-    do; written paths are absolute. Pipe entries (`cmd |`) in wav.scp are refused unless
-    `allow_pipes`: then each command is run and its audio stored under `<output stem>.audio/`.
-    `frontend_fs` is the front end's rate (frontend_conf.fs) that speech_length is counted at.
+    Lines come out in input order whatever `workers` is. Rejected lines go to the report and, with
+    the input line, to `rejects_path(output)` (always written, empty when nothing was rejected);
+    everything else is written: no single input line or audio file stops the run. Relative audio
+    paths are resolved against `audio_root`, by default the current directory (as Kaldi and FunASR
+    do); written paths are absolute. Pipe entries (`cmd |`) in wav.scp are refused unless
+    `allow_pipes`. `prompt` defaults to decoding's (`decoding_prompt(language, itn)`); give
+    `prompt` or `language`, not both. `channel` is "mix", "A"/0, "B"/1 or "split". `source_format`
+    (kaldi, jsonl, csv, tsv, folder) overrides the detection by name. `frontend_fs` is the front
+    end's rate (frontend_conf.fs) that speech_length is counted at.
     """
     source, output = Path(source), Path(output)
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     if frontend_fs is not None and int(frontend_fs) <= 0:
         raise UserError(f"frontend_fs must be a positive sample rate, got {frontend_fs}")
-    fmt, location = _detect_source(source)
+    if not segment_tolerance >= 0:
+        raise UserError(f"segment_tolerance must be >= 0 seconds, got {segment_tolerance}")
+    mode = _channel_mode(channel)
+    if prompt is not None and (language is not None or not itn):
+        raise UserError("give a literal prompt or a language (and itn), not both: the prompt is then decoding's")
+    if prompt is None:
+        prompt = decoding_prompt(language, itn)
+    root = Path(audio_root) if audio_root is not None else None
+    if root is not None and not root.is_dir():
+        raise UserError(f"audio_root {root}: no such directory")
+    fmt, location, delimiter = _detect_source(source, source_format)
     if output.is_dir():
         raise UserError(f"{output}: is a directory; give the manifest's file name (e.g. {output / 'train.jsonl'})")
-    if fmt == "jsonl" and output.resolve() == location.resolve():
+    if location.is_file() and output.resolve() == location.resolve():
         raise UserError(f"{output}: the output would overwrite the input")
+    audio_dir = _sibling(output, ".audio")
 
     if fmt == "kaldi":
-        entries, rejects = _read_kaldi(location, allow_pipes)
+        entries, rejects = _read_kaldi(location, allow_pipes, mode)
+    elif fmt == "jsonl":
+        entries, rejects = _read_source_jsonl(location, mode)
+    elif fmt == "table":
+        entries, rejects = _read_table(location, mode, delimiter, audio_column, text_column, key_column)
     else:
-        entries, rejects = _read_source_jsonl(location)
+        entries, rejects = _read_folder(location, mode, exclude=audio_dir)
+    entries = _unique_keys(entries, rejects)
     tokenizer = load_tokenizer(tokenizer_dir)
 
-    audio_dir = _sibling(output, ".audio") if allow_pipes else None
+    groups = _group_by_audio(entries, root)
 
-    def probe(entry: _Entry) -> _Audio:
-        if entry.pipe:
-            return _materialize_pipe(entry, audio_dir)
-        return _probe_path(entry.audio)
+    def work(indices: list[int]) -> list[_Audio]:
+        return _process_group([entries[i] for i in indices], root, audio_dir, segment_tolerance, frontend_fs)
 
-    audios = _map_ordered(probe, entries, workers, "probing audio")
+    audios: list[_Audio] = [_Audio()] * len(entries)
+    for indices, results in zip(groups, _map_ordered(work, groups, workers, "reading audio")):
+        for i, audio in zip(indices, results):
+            audios[i] = audio
     lengths = count_tokens(tokenizer, [e.text or "" for e in entries])
 
     report = PrepareReport(source=source, output=output, rejects_file=rejects_path(output), format=fmt,
-                           frontend_fs=frontend_fs)
+                           frontend_fs=frontend_fs, audio_dir=audio_dir)
     records = []
     rates: Counter = Counter()
     for entry, audio, text_length in zip(entries, audios, lengths):
@@ -489,10 +714,10 @@ def prepare(
             if speech_length < 1:
                 problem = ("audio_too_short", f"{audio.frames} samples at {audio.sample_rate} Hz, {audio.path}")
         if problem is not None:
-            rejects.append(Problem(entry.file, entry.line, entry.key, problem[0], problem[1]))
+            rejects.append(Problem(entry.file, entry.line, entry.key, problem[0], problem[1], input=entry.raw))
             continue
         duration = audio.frames / audio.sample_rate
-        records.append({
+        record = {
             "key": entry.key,
             "messages": [
                 {"role": "system", "content": system},
@@ -503,10 +728,14 @@ def prepare(
             "text_length": text_length,
             "duration": round(duration, 6),
             "sample_rate": audio.sample_rate,
-        })
+        }
+        if entry.speaker is not None:
+            record["speaker"] = entry.speaker
+        records.append(record)
         report.total_duration += duration
         rates[audio.sample_rate] += 1
         report.multichannel += audio.channels > 1
+        report.materialized += audio.materialized
 
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_jsonl_atomic(output, records)
@@ -517,97 +746,231 @@ def prepare(
     return report
 
 
-def _detect_source(source: Path) -> tuple[str, Path]:
+def _channel_mode(channel: str | int) -> str | int:
+    """"mix" | 0 | 1 | "split" from what users write (mix, A, B, 0, 1, split; any case)."""
+    text = str(channel).strip()
+    lowered = text.lower()
+    if lowered in ("mix", "split"):
+        return lowered
+    if text.upper() in CHANNEL_SUFFIXES:
+        return CHANNEL_SUFFIXES.index(text.upper())
+    if text in ("0", "1"):
+        return int(text)
+    raise UserError(f"channel {channel!r}: use mix, A (or 0), B (or 1) or split")
+
+
+def _detect_source(source: Path, source_format: str | None = None) -> tuple[str, Path, str | None]:
+    """(format, location, CSV delimiter or None)."""
     if not source.exists():
         raise UserError(f"{source}: no such file or directory")
     if source.is_file() and source.name == "wav.scp":
         source = source.parent
+    wanted = source_format.lower().strip() if source_format else None
+    if wanted not in (None, "kaldi", "jsonl", "csv", "tsv", "folder"):
+        raise UserError(f"source format {source_format!r}: use kaldi, jsonl, csv, tsv or folder")
     if source.is_dir():
-        if not (source / "wav.scp").is_file():
-            raise UserError(f"{source}: neither a Kaldi data directory (no wav.scp) nor a JSONL file")
-        if not (source / "text").is_file():
-            raise UserError(f"{source}: Kaldi data directory without a text file")
-        if (source / "segments").is_file():
-            raise UserError(f"{source}: has a segments file; Nano manifests take one audio file per utterance, "
-                            "so cut the segments into files first")
-        return "kaldi", source
-    if source.suffix in (".jsonl", ".json"):
-        return "jsonl", source
+        if wanted not in (None, "kaldi", "folder"):
+            raise UserError(f"{source}: a directory cannot be read as {wanted}")
+        if wanted != "folder" and (source / "wav.scp").is_file():
+            if not (source / "text").is_file():
+                raise UserError(f"{source}: Kaldi data directory without a text file")
+            return "kaldi", source, None
+        if wanted == "kaldi":
+            raise UserError(f"{source}: not a Kaldi data directory (no wav.scp)")
+        if any(True for _ in _audio_files(source, exclude=None)):
+            return "folder", source, None
+        raise UserError(f"{source}: neither a Kaldi data directory (no wav.scp) nor a folder of audio files "
+                        f"({', '.join(sorted(AUDIO_SUFFIXES))}) with .txt transcripts")
+    if wanted in ("kaldi", "folder"):
+        raise UserError(f"{source}: a file cannot be read as {wanted}; give the directory")
+    suffix = source.suffix.lower()
+    if wanted == "jsonl" or (wanted is None and suffix in (".jsonl", ".json")):
+        return "jsonl", source, None
+    if wanted in ("csv", "tsv") or suffix in (".csv", ".tsv", ".tab"):
+        kind = wanted or ("tsv" if suffix in (".tsv", ".tab") else "csv")
+        return "table", source, "\t" if kind == "tsv" else ","
     with open(source, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"{"):
-        return "jsonl", source
-    raise UserError(f"{source}: neither a Kaldi data directory (wav.scp + text) nor a JSONL file")
+        return "jsonl", source, None
+    raise UserError(f"{source}: neither a Kaldi data directory (wav.scp + text), a JSONL file nor a .csv/.tsv "
+                    "file (give the format with source_format / --format)")
 
 
 def _read_lines(path: Path, encoding: str = "utf-8-sig") -> list[str]:
     """Lines as FunASR's `for line in open(path, encoding=...)` sees them: universal newlines only
-    (str.splitlines would also split on U+2028 and friends, which JSON strings may hold raw)."""
+    (str.splitlines would also split on U+2028 and friends, which JSON strings may hold raw).
+    Bytes that are not UTF-8 come back as lone surrogates (surrogateescape): see _undecodable."""
+    with open(path, encoding=encoding, errors="surrogateescape") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _undecodable(text: str) -> bool:
+    """True when `text` holds bytes that were not UTF-8 (read with surrogateescape)."""
     try:
-        with open(path, encoding=encoding) as f:
-            return [line.rstrip("\n") for line in f]
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shown(text: str) -> str:
+    """`text` with its undecodable bytes as \\xNN escapes: printable, and valid in a JSON file."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _bad_bytes(text: str) -> str:
+    raw = text.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        return f"not UTF-8: {err.reason} at byte {err.start} ({raw[err.start:err.start + 1]!r})"
+    return "not UTF-8"
 
 
-def _read_kaldi(directory: Path, allow_pipes: bool) -> tuple[list[_Entry], list[Problem]]:
-    """wav.scp + text -> entries in wav.scp order; pairing problems as rejects."""
-    scp, text = directory / "wav.scp", directory / "text"
+def _read_keyed(path: Path, rejects: list[Problem], value_name: str | None) -> dict[str, _Keyed]:
+    """`key value` lines of a Kaldi file. `value_name`: the value must be there (a malformed line
+    otherwise); None: it may be empty (a transcript: reported as empty where it is used)."""
+    out: dict[str, _Keyed] = {}
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        if _undecodable(line):
+            rejects.append(Problem(str(path), lineno, _shown(key), "undecodable_text", _bad_bytes(line), input=_shown(line)))
+            continue
+        if value_name is not None and not value:
+            rejects.append(Problem(str(path), lineno, key, "malformed_line", f"no {value_name} after the key", input=line))
+            continue
+        if key in out:
+            rejects.append(Problem(str(path), lineno, key, "duplicate_key", f"first at {path}:{out[key].line}", input=line))
+            continue
+        out[key] = _Keyed(value, str(path), lineno, line)
+    return out
+
+
+def _pair_transcripts(
+    unit: _Entry, transcripts: dict[str, _Keyed], used: set[str], mode: str | int, missing: str,
+    speakers: Mapping[str, _Keyed], entries: list[_Entry], rejects: list[Problem],
+) -> None:
+    """Entries for one audio unit (a wav.scp line, a segment, a folder's file) keyed `unit.key`,
+    with transcripts looked up by key; channel=split looks for `<key>-A`/`<key>-B` first."""
+
+    def pair(key: str, channel: int | None, mono_only: bool, note: str = "") -> None:
+        found = transcripts.get(key)
+        if found is None:
+            rejects.append(Problem(unit.file, unit.line, key, "no_text", f"{key} is not in {missing}{note}", input=unit.raw))
+            return
+        used.add(key)
+        if not found.value:
+            rejects.append(Problem(found.file, found.line, key, "empty_text", "no words after the key" if found.line
+                                   else "the transcript file is empty", input=found.raw))
+            return
+        speaker = speakers.get(key) or speakers.get(unit.key)
+        entries.append(_Entry(unit.file, unit.line, key, unit.audio, found.value, unit.pipe, raw=unit.raw,
+                              segment=unit.segment, recording=unit.recording, channel=channel, mono_only=mono_only,
+                              speaker=speaker.value if speaker else None))
+
+    if mode == "split":
+        per_channel = [f"{unit.key}-{suffix}" for suffix in CHANNEL_SUFFIXES]
+        if any(key in transcripts for key in per_channel):
+            for channel, key in enumerate(per_channel):
+                pair(key, channel, False, " (channel=split: one transcript per channel, "
+                                          f"{per_channel[0]} and {per_channel[1]})")
+            whole = transcripts.get(unit.key)
+            if whole is not None:
+                used.add(unit.key)
+                rejects.append(Problem(whole.file, whole.line, unit.key, "unused_text",
+                                       f"channel=split uses {per_channel[0]}/{per_channel[1]}; this transcript of "
+                                       "the whole recording is not written", input=whole.raw))
+        else:
+            pair(unit.key, None, True)
+    else:
+        pair(unit.key, mode if isinstance(mode, int) else None, False)
+
+
+def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> tuple[list[_Entry], list[Problem]]:
+    """wav.scp + text (+ segments, utt2spk) -> entries in wav.scp order (segments order when there
+    is a segments file); pairing problems as rejects."""
+    scp, text, seg, spk = (directory / name for name in ("wav.scp", "text", "segments", "utt2spk"))
     rejects: list[Problem] = []
+    transcripts = _read_keyed(text, rejects, None)
+    speakers = _read_keyed(spk, rejects, "speaker") if spk.is_file() else {}
+    recordings = _read_keyed(scp, rejects, "audio path")
 
-    transcripts: dict[str, tuple[str, int]] = {}
-    for lineno, line in enumerate(_read_lines(text), 1):
-        if not line.strip():
-            continue
-        parts = line.strip().split(maxsplit=1)
-        key, words = parts[0], (parts[1] if len(parts) > 1 else "")
-        if key in transcripts:
-            rejects.append(Problem(str(text), lineno, key, "duplicate_key", f"first at {text}:{transcripts[key][1]}"))
-            continue
-        transcripts[key] = (words.strip(), lineno)
-
-    entries: list[_Entry] = []
-    seen: dict[str, int] = {}
-    pipes: list[tuple[int, str]] = []
-    for lineno, line in enumerate(_read_lines(scp), 1):
-        if not line.strip():
-            continue
-        parts = line.strip().split(maxsplit=1)
-        key = parts[0]
-        if len(parts) < 2:
-            rejects.append(Problem(str(scp), lineno, key, "malformed_line", "no audio path after the key"))
-            continue
-        if key in seen:
-            rejects.append(Problem(str(scp), lineno, key, "duplicate_key", f"first at {scp}:{seen[key]}"))
-            continue
-        seen[key] = lineno
-        location = parts[1].strip()
-        pipe = location.endswith("|")
-        if pipe:
-            location = location[:-1].strip()
-            pipes.append((lineno, key))
-        words, text_line = transcripts.get(key, (None, 0))
-        if words is None:
-            rejects.append(Problem(str(scp), lineno, key, "no_text", f"{key} is not in {text}"))
-            continue
-        if not words:
-            rejects.append(Problem(str(text), text_line, key, "empty_text", "no words after the key"))
-            continue
-        entries.append(_Entry(str(scp), lineno, key, location, words, pipe))
-
+    pipes = [(r.line, key) for key, r in recordings.items() if r.value.endswith("|")]
     if pipes and not allow_pipes:
         lineno, key = pipes[0]
         more = f" and {len(pipes) - 1} more" if len(pipes) > 1 else ""
         raise UserError(f"{scp}:{lineno}: '{key}' is a pipe command ('... |'){more}; commands in data files are "
                         "not run unless pipes are allowed (allow_pipes / --allow-pipes)")
 
-    for key, (_, text_line) in transcripts.items():
-        if key not in seen:
-            rejects.append(Problem(str(text), text_line, key, "no_audio", f"{key} is not in {scp}"))
+    def location(rec: _Keyed) -> tuple[str, bool]:
+        pipe = rec.value.endswith("|")
+        return (rec.value[:-1].strip() if pipe else rec.value), pipe
+
+    units: list[_Entry] = []
+    if seg.is_file():
+        seen: dict[str, int] = {}
+        for lineno, line in enumerate(_read_lines(seg), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            where = (str(seg), lineno)
+            if _undecodable(line):
+                rejects.append(Problem(*where, _shown(parts[0]), "undecodable_text", _bad_bytes(line), input=_shown(line)))
+                continue
+            key = parts[0]
+            try:
+                if len(parts) != 4:
+                    raise ValueError(f"{len(parts)} fields, not 4 (utt rec start end)")
+                start, end = Fraction(parts[2]), Fraction(parts[3])
+                if start < 0 or end <= start:
+                    raise ValueError(f"start {parts[2]} and end {parts[3]}: need 0 <= start < end")
+            except (ValueError, ZeroDivisionError) as err:
+                rejects.append(Problem(*where, key, "malformed_line", _one_line(err), input=line))
+                continue
+            if key in seen:
+                rejects.append(Problem(*where, key, "duplicate_key", f"first at {seg}:{seen[key]}", input=line))
+                continue
+            seen[key] = lineno
+            rec = recordings.get(parts[1])
+            if rec is None:
+                rejects.append(Problem(*where, key, "no_recording", f"recording {parts[1]} is not in {scp}", input=line))
+                continue
+            audio, pipe = location(rec)
+            units.append(_Entry(*where, key, audio, None, pipe, raw=line, segment=(start, end), recording=parts[1]))
+        missing = str(text)
+    else:
+        for key, rec in recordings.items():
+            audio, pipe = location(rec)
+            units.append(_Entry(rec.file, rec.line, key, audio, None, pipe, raw=rec.raw))
+        missing = str(text)
+
+    entries: list[_Entry] = []
+    used: set[str] = set()
+    for unit in units:
+        _pair_transcripts(unit, transcripts, used, mode, missing, speakers, entries, rejects)
+    audio_file = seg if seg.is_file() else scp
+    for key, found in transcripts.items():
+        if key not in used:
+            rejects.append(Problem(found.file, found.line, key, "no_audio", f"{key} is not in {audio_file}", input=found.raw))
     return entries, rejects
 
 
-def _read_source_jsonl(path: Path) -> tuple[list[_Entry], list[Problem]]:
+def _row_channel(key: str, mode: str | int) -> tuple[int | None, bool]:
+    """(channel, mono_only) of a JSONL/CSV row: with channel=split, a key ending in -A/-B takes
+    that channel of its audio; any other key must have mono audio."""
+    if isinstance(mode, int):
+        return mode, False
+    if mode == "split":
+        match = re.fullmatch(r".+-([AB])", key)
+        return (CHANNEL_SUFFIXES.index(match[1]), False) if match else (None, True)
+    return None, False
+
+
+def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[_Entry], list[Problem]]:
     """The seed's {"key", "source"|"audio", "target"|"text"} lines -> entries in file order."""
     entries: list[_Entry] = []
     rejects: list[Problem] = []
@@ -617,13 +980,16 @@ def _read_source_jsonl(path: Path) -> tuple[list[_Entry], list[Problem]]:
         if not line.strip():
             continue
         where = (str(path), lineno)
+        if _undecodable(line):
+            rejects.append(Problem(*where, _json_key(_shown(line)), "undecodable_text", _bad_bytes(line), input=_shown(line)))
+            continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            rejects.append(Problem(*where, None, "malformed_line", f"invalid JSON: {err.msg} at column {err.colno}"))
+            rejects.append(Problem(*where, None, "malformed_line", f"invalid JSON: {err.msg} at column {err.colno}", input=line))
             continue
         if not isinstance(obj, dict):
-            rejects.append(Problem(*where, None, "malformed_line", f"a JSON {type(obj).__name__}, not an object"))
+            rejects.append(Problem(*where, None, "malformed_line", f"a JSON {type(obj).__name__}, not an object", input=line))
             continue
         if not checked_format:
             checked_format = True
@@ -635,84 +1001,388 @@ def _read_source_jsonl(path: Path) -> tuple[list[_Entry], list[Problem]]:
         elif isinstance(key, (list, tuple)) and len(key) == 1:
             key = key[0]
         if not isinstance(key, (str, int)) or isinstance(key, bool) or str(key).strip() == "":
-            rejects.append(Problem(*where, None, "malformed_line", f"key {key!r} is not a non-empty string"))
+            rejects.append(Problem(*where, None, "malformed_line", f"key {key!r} is not a non-empty string", input=line))
             continue
         key = str(key).strip()
         if key in seen:
-            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}"))
+            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}", input=line))
             continue
         seen[key] = lineno
 
         audio_field = "source" if "source" in obj else "audio"
         text_field = "target" if "target" in obj else "text"
         audio, text = obj.get(audio_field), obj.get(text_field)
+        problem = None
         if audio is None or (isinstance(audio, str) and not audio.strip()):
-            rejects.append(Problem(*where, key, "no_audio", "no 'source' (or 'audio') field"))
+            problem = ("no_audio", "no 'source' (or 'audio') field")
+        elif not isinstance(audio, str):
+            problem = ("malformed_line", f"'{audio_field}' is a {type(audio).__name__}, not a path")
+        elif text is None:
+            problem = ("no_text", "no 'target' (or 'text') field")
+        elif not isinstance(text, str):
+            problem = ("malformed_line", f"'{text_field}' is a {type(text).__name__}, not a string")
+        elif not text.strip():
+            problem = ("empty_text", f"'{text_field}' is empty")
+        if problem is not None:
+            rejects.append(Problem(*where, key, *problem, input=line))
             continue
-        if not isinstance(audio, str):
-            rejects.append(Problem(*where, key, "malformed_line", f"'{audio_field}' is a {type(audio).__name__}, not a path"))
-            continue
-        if text is None:
-            rejects.append(Problem(*where, key, "no_text", "no 'target' (or 'text') field"))
-            continue
-        if not isinstance(text, str):
-            rejects.append(Problem(*where, key, "malformed_line", f"'{text_field}' is a {type(text).__name__}, not a string"))
-            continue
-        if not text.strip():
-            rejects.append(Problem(*where, key, "empty_text", f"'{text_field}' is empty"))
-            continue
-        entries.append(_Entry(str(path), lineno, key, audio.strip(), text.strip()))
+        channel, mono_only = _row_channel(key, mode)
+        entries.append(_Entry(*where, key, audio.strip(), text.strip(), raw=line, channel=channel, mono_only=mono_only))
     return entries, rejects
 
 
-def _probe_path(location: str) -> _Audio:
-    if re.match(r"^[a-z][a-z0-9+.-]*://", location, re.I):
+def _json_key(line: str) -> str | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    key = obj.get("key") if isinstance(obj, dict) else None
+    return str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else None
+
+
+TABLE_COLUMNS = {
+    "audio": ("audio", "path", "wav", "source", "audio_path", "wav_path", "audio_filepath", "file"),
+    "text": ("text", "transcript", "target", "sentence", "transcription"),
+    "key": ("key", "id", "utt", "utt_id", "uttid"),
+}
+
+
+def _read_table(
+    path: Path, mode: str | int, delimiter: str | None, audio_column: str | None = None,
+    text_column: str | None = None, key_column: str | None = None,
+) -> tuple[list[_Entry], list[Problem]]:
+    """A CSV/TSV file with a header row -> entries in file order. Columns are matched by name,
+    case-insensitively; without a key column the key is sample_<line>."""
+    content = path.read_bytes().decode("utf-8", "surrogateescape")
+    if content.startswith("\ufeff"):
+        content = content[1:]
+    if delimiter is None:
+        try:
+            delimiter = csv.Sniffer().sniff(content[:65536], delimiters=",\t;|").delimiter
+        except csv.Error:
+            delimiter = ","
+    physical = content.splitlines()
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    rejects: list[Problem] = []
+    entries: list[_Entry] = []
+    header: list[str] | None = None
+    columns: dict[str, int | None] = {}
+    seen: dict[str, int] = {}
+    end = 0
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:  # e.g. a NUL byte or an unterminated quote at the end
+            end = reader.line_num
+            rejects.append(Problem(str(path), start, None, "malformed_line", f"CSV: {_one_line(err)}",
+                                   input=_shown("\n".join(physical[start - 1:end]))))
+            continue
+        end = reader.line_num
+        raw = "\n".join(physical[start - 1:end])
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip() for cell in row]
+            columns = _table_columns(path, header, audio_column, text_column, key_column)
+            continue
+        where = (str(path), start)
+        if _undecodable(raw):
+            key_at = columns["key"]
+            key = _shown(row[key_at]).strip() if key_at is not None and key_at < len(row) else None
+            rejects.append(Problem(*where, key, "undecodable_text", _bad_bytes(raw), input=_shown(raw)))
+            continue
+        if len(row) != len(header):
+            rejects.append(Problem(*where, None, "malformed_line", f"{len(row)} fields, the header has {len(header)}",
+                                   input=raw))
+            continue
+        key = row[columns["key"]].strip() if columns["key"] is not None else f"sample_{start:08d}"
+        if not key:
+            rejects.append(Problem(*where, None, "malformed_line", f"empty {header[columns['key']]!r}", input=raw))
+            continue
+        if key in seen:
+            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}", input=raw))
+            continue
+        seen[key] = start
+        audio, text = row[columns["audio"]].strip(), row[columns["text"]].strip()
+        if not audio:
+            rejects.append(Problem(*where, key, "no_audio", f"empty {header[columns['audio']]!r}", input=raw))
+            continue
+        if not text:
+            rejects.append(Problem(*where, key, "empty_text", f"empty {header[columns['text']]!r}", input=raw))
+            continue
+        channel, mono_only = _row_channel(key, mode)
+        entries.append(_Entry(*where, key, audio, text, raw=raw, channel=channel, mono_only=mono_only))
+    if header is None:
+        raise UserError(f"{path}: no header row (a CSV/TSV file needs named columns)")
+    return entries, rejects
+
+
+def _table_columns(path: Path, header: list[str], audio: str | None, text: str | None, key: str | None) -> dict[str, int | None]:
+    lowered = [name.lower() for name in header]
+    found: dict[str, int | None] = {}
+    for role, given in (("audio", audio), ("text", text), ("key", key)):
+        if given is not None:
+            if given.strip().lower() not in lowered:
+                raise UserError(f"{path}: no column {given!r} for the {role} (columns: {', '.join(header)})")
+            found[role] = lowered.index(given.strip().lower())
+            continue
+        found[role] = next((lowered.index(name) for name in TABLE_COLUMNS[role] if name in lowered), None)
+        if found[role] is None and role != "key":
+            raise UserError(f"{path}: no {role} column (looked for {', '.join(TABLE_COLUMNS[role])}; columns: "
+                            f"{', '.join(header)}); name it with {role}_column / --{role}-column")
+    if found["audio"] == found["text"]:
+        raise UserError(f"{path}: the audio and the text column are both {header[found['audio']]!r}")
+    return found
+
+
+def _audio_files(directory: Path, exclude: Path | None) -> Iterable[Path]:
+    """Audio files under `directory`, recursively, sorted by relative path; hidden files and
+    directories, and `exclude` (the output's own audio directory), are skipped."""
+    skip = os.path.abspath(exclude) if exclude is not None else None
+    for current, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (skip is None or os.path.abspath(os.path.join(current, d)) != skip))
+        for name in sorted(files):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_SUFFIXES:
+                yield Path(current) / name
+
+
+def _folder_key(relative: Path) -> str:
+    """Key of a file in a folder input: its relative path without extension, '/'-separated,
+    whitespace replaced by '_' (Kaldi keys hold no whitespace)."""
+    return re.sub(r"\s+", "_", relative.with_suffix("").as_posix())
+
+
+def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None = None) -> tuple[list[_Entry], list[Problem]]:
+    """Audio files with same-stem .txt transcripts (stem-A.txt/stem-B.txt for channel=split)."""
+    rejects: list[Problem] = []
+    units: list[_Entry] = []
+    owners: dict[str, Path] = {}
+    for path in _audio_files(directory, exclude):
+        key = _folder_key(path.relative_to(directory))
+        if key in owners:
+            rejects.append(Problem(str(path), 0, key, "duplicate_key", f"{owners[key]} has the same key (and transcript)"))
+            continue
+        owners[key] = path
+        units.append(_Entry(str(path), 0, key, str(path.absolute()), None, raw=str(path)))
+
+    transcripts: dict[str, _Keyed] = {}
+    for current, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in sorted(files):
+            if name.startswith(".") or not name.lower().endswith(".txt"):
+                continue
+            path = Path(current) / name
+            key = _folder_key(path.relative_to(directory))
+            content = path.read_bytes()
+            try:
+                text = content.decode("utf-8-sig")
+            except UnicodeDecodeError as err:
+                rejects.append(Problem(str(path), 0, key, "undecodable_text",
+                                       f"not UTF-8: {err.reason} at byte {err.start}",
+                                       input=content.decode("utf-8", "backslashreplace")))
+                continue
+            transcripts[key] = _Keyed(" ".join(text.split()), str(path), 0, text)
+
+    entries: list[_Entry] = []
+    used: set[str] = set()
+    for unit in units:
+        _pair_transcripts(unit, transcripts, used, mode, "the folder (no .txt transcript)", {}, entries, rejects)
+    for key, found in sorted(transcripts.items()):
+        if key not in used:
+            rejects.append(Problem(found.file, 0, key, "no_audio", "no audio file with this stem", input=found.raw))
+    return entries, rejects
+
+
+def _unique_keys(entries: list[_Entry], rejects: list[Problem]) -> list[_Entry]:
+    """Drop entries whose key an earlier entry already has (after channel=split suffixing)."""
+    seen: dict[str, _Entry] = {}
+    kept = []
+    for entry in entries:
+        first = seen.get(entry.key)
+        if first is not None:
+            rejects.append(Problem(entry.file, entry.line, entry.key, "duplicate_key",
+                                   f"the key of {first.file}:{first.line}", input=entry.raw))
+            continue
+        seen[entry.key] = entry
+        kept.append(entry)
+    return kept
+
+
+def _resolve(location: str, root: Path | None) -> str:
+    return os.path.abspath(os.path.join(root, location) if root is not None else location)
+
+
+def _group_by_audio(entries: list[_Entry], root: Path | None) -> list[list[int]]:
+    """Entry indices per audio source (a file or a pipe command), sources in order of first use:
+    a recording is opened (a pipe run) once for all its segments and channels."""
+    groups: dict[tuple[bool, str], list[int]] = {}
+    for i, entry in enumerate(entries):
+        source = entry.audio if entry.pipe or _is_url(entry.audio) else _resolve(entry.audio, root)
+        groups.setdefault((entry.pipe, source), []).append(i)
+    return list(groups.values())
+
+
+def _is_url(location: str | None) -> bool:
+    return bool(location) and re.match(r"^[a-z][a-z0-9+.-]*://", location, re.I) is not None
+
+
+def _probe_path(location: str, root: Path | None = None) -> _Audio:
+    if _is_url(location):
         return _Audio(problem=("missing_audio", f"{location}: URLs are not supported; download the audio first"))
-    path = os.path.abspath(location)
+    path = _resolve(location, root)
     if not os.path.isfile(path):
         hint = " (Kaldi ark offsets are not supported)" if re.search(r"\.ark:\d+$", location) else ""
         return _Audio(path=path, problem=("missing_audio", f"{path} does not exist{hint}"))
     try:
-        frames, rate, channels = _audio_info(path)
+        frames, rate, channels, subtype = _audio_info(path)
     except Exception as err:  # noqa: BLE001 -- soundfile raises several types
         return _Audio(path=path, problem=("unreadable_audio", f"{path}: {_one_line(err)}"))
-    return _Audio(path=path, frames=frames, sample_rate=rate, channels=channels)
+    return _Audio(path=path, frames=frames, sample_rate=rate, channels=channels, subtype=subtype)
 
 
-def _audio_info(path: str | io.BytesIO) -> tuple[int, int, int]:
-    """(frames, sample rate, channels) from soundfile, the reader FunASR falls back to here."""
+def _audio_info(path: str | io.BytesIO) -> tuple[int, int, int, str]:
+    """(frames, sample rate, channels, subtype) from soundfile, the reader FunASR falls back to here."""
     import soundfile as sf
 
     info = sf.info(path)
     if info.samplerate <= 0:
         raise ValueError(f"invalid sample rate {info.samplerate}")
-    return int(info.frames), int(info.samplerate), int(info.channels)
+    return int(info.frames), int(info.samplerate), int(info.channels), str(info.subtype)
 
 
-def _materialize_pipe(entry: _Entry, audio_dir: Path | None) -> _Audio:
-    """Run a wav.scp command and store its audio as a WAV file FunASR can open."""
-    import soundfile as sf
-
-    assert audio_dir is not None
+def _run_pipe(command: str) -> tuple[bytes | None, tuple[str, str] | None]:
     try:
-        proc = subprocess.run(entry.audio, shell=True, capture_output=True, timeout=600)  # noqa: S602 -- opted in
+        proc = subprocess.run(command, shell=True, capture_output=True, timeout=600)  # noqa: S602 -- opted in
     except subprocess.TimeoutExpired:
-        return _Audio(problem=("pipe_failed", f"'{entry.audio}' ran longer than 600 s"))
+        return None, ("pipe_failed", f"'{command}' ran longer than 600 s")
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        return _Audio(problem=("pipe_failed", f"'{entry.audio}' exited with {proc.returncode}"
-                                              + (f": {err[-1]}" if err else "")))
+        return None, ("pipe_failed", f"'{command}' exited with {proc.returncode}" + (f": {err[-1]}" if err else ""))
+    return proc.stdout, None
+
+
+def _process_group(
+    group: list[_Entry], root: Path | None, audio_dir: Path, tolerance: float, frontend_fs: int | None,
+) -> list[_Audio]:
+    """The audio of every entry of one source: its header, and for cuts, channel picks and pipes
+    the samples, written under `audio_dir`. Never raises: a failure is each entry's problem."""
+    first = group[0]
+    label = f"'{first.audio}'" if first.pipe else str(first.audio)
     try:
-        info = sf.info(io.BytesIO(proc.stdout))
-        data, rate = sf.read(io.BytesIO(proc.stdout), always_2d=True, dtype="float32")
+        if first.pipe:
+            output, problem = _run_pipe(first.audio or "")
+            if problem is not None:
+                return [_Audio(problem=problem)] * len(group)
+            assert output is not None
+            try:
+                frames, rate, channels, subtype = _audio_info(io.BytesIO(output))
+            except Exception as err:  # noqa: BLE001
+                return [_Audio(problem=("pipe_failed", f"{label} did not write readable audio: {_one_line(err)}"))] * len(group)
+            header = _Audio(path=None, frames=frames, sample_rate=rate, channels=channels, subtype=subtype)
+
+            def opener() -> Any:
+                return io.BytesIO(output)
+        else:
+            header = _probe_path(first.audio or "", root)
+            if header.problem is not None:
+                return [header] * len(group)
+            label = str(header.path)
+
+            def opener() -> Any:
+                return header.path
+        return [_entry_audio(entry, header, opener, label, audio_dir, tolerance, frontend_fs) for entry in group]
+    except Exception as err:  # noqa: BLE001 -- one bad file never stops the run
+        reason = "pipe_failed" if first.pipe else "unreadable_audio"
+        return [_Audio(problem=(reason, f"{label}: {type(err).__name__}: {_one_line(err)}"))] * len(group)
+
+
+def _entry_audio(
+    entry: _Entry, header: _Audio, opener: Callable[[], Any], label: str, audio_dir: Path, tolerance: float,
+    frontend_fs: int | None,
+) -> _Audio:
+    import soundfile as sf
+
+    def reject(reason: str, detail: str) -> _Audio:
+        return _Audio(path=header.path, problem=(reason, detail))
+
+    rate, total = header.sample_rate, header.frames
+    if entry.channel is not None and entry.channel >= header.channels:
+        return reject("no_such_channel", f"channel {CHANNEL_SUFFIXES[entry.channel]} of a {header.channels}-channel "
+                                         f"file: {label}")
+    if entry.mono_only and header.channels > 1:
+        return reject("split_needs_channel_text",
+                      f"{header.channels}-channel audio with one transcript, {entry.key}; channel=split needs "
+                      f"{entry.key}-A and {entry.key}-B: {label}")
+    pick = entry.channel is not None and header.channels > 1
+    if not (entry.pipe or entry.segment or pick):
+        return header
+    start, stop = 0, total
+    if entry.segment is not None:
+        start, stop = (_nearest_sample(t, rate) for t in entry.segment)
+        length = f"recording {entry.recording} is {total / rate:.3f} s ({total} samples at {rate} Hz): {label}"
+        if start >= total:
+            return reject("segment_out_of_range", f"starts at {float(entry.segment[0]):g} s; the {length}")
+        if stop > total:
+            if stop - total > tolerance * rate:
+                return reject("segment_out_of_range", f"ends at {float(entry.segment[1]):g} s, "
+                                                      f"{(stop - total) / rate:.3f} s past the end (tolerance "
+                                                      f"{tolerance:g} s); the {length}")
+            stop = total
+    count = stop - start
+    if fbank_frames(count, rate, frontend_fs) < 1:
+        return reject("audio_too_short", f"{count} samples at {rate} Hz, {label}")
+    dtype = LOSSLESS_WAV_SUBTYPES.get(header.subtype, "float32")
+    subtype = header.subtype if header.subtype in LOSSLESS_WAV_SUBTYPES and sf.check_format("WAV", header.subtype) else "PCM_16"
+    try:
+        with sf.SoundFile(opener()) as f:
+            if start:
+                f.seek(start)
+            samples = f.read(count, dtype=dtype, always_2d=True)
+    except Exception as err:  # noqa: BLE001 -- soundfile raises several types
+        return reject("pipe_failed" if entry.pipe else "corrupt_audio", f"{label}: {_one_line(err)}")
+    if len(samples) < count:
+        return reject("pipe_failed" if entry.pipe else "corrupt_audio",
+                      f"{label}: read {len(samples)} of {count} samples from sample {start}")
+    if pick:
+        samples = samples[:, [entry.channel]]
+    target = (audio_dir / _audio_name(entry.key)).absolute()
+    try:
+        _write_wav_atomic(target, samples, rate, subtype)
     except Exception as err:  # noqa: BLE001
-        return _Audio(problem=("pipe_failed", f"'{entry.audio}' did not write readable audio: {_one_line(err)}"))
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", entry.key)[:80]
-    path = (audio_dir / f"{entry.line:08d}-{safe}.wav").absolute()
-    subtype = info.subtype if sf.check_format("WAV", info.subtype) else "PCM_16"
-    sf.write(str(path), data, rate, subtype=subtype)
-    return _Audio(path=str(path), frames=len(data), sample_rate=int(rate), channels=data.shape[1])
+        return reject("write_failed", f"{target}: {_one_line(err)}")
+    return _Audio(path=str(target), frames=len(samples), sample_rate=rate, channels=samples.shape[1],
+                  subtype=subtype, materialized=True)
+
+
+def _nearest_sample(seconds: Fraction, rate: int) -> int:
+    """The sample index nearest to `seconds` (halves round up), exactly."""
+    return math.floor(seconds * rate + Fraction(1, 2))
+
+
+def _audio_name(key: str) -> str:
+    """File name of an utterance's audio under the audio directory: the key, sanitized, plus 8 hex
+    digits of its SHA-1 (keys are unique, so two keys that sanitize alike still differ)."""
+    safe = re.sub(r"[^\w.-]+", "_", key).strip("._")[:80] or "utt"
+    return f"{safe}-{hashlib.sha1(key.encode('utf-8')).hexdigest()[:8]}.wav"
+
+
+def _write_wav_atomic(path: Path, samples: Any, rate: int, subtype: str) -> None:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, samples, rate, subtype=subtype, format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from nano8k import config
+from nano8k import config, launch
 from nano8k.errors import UserError, reported
+
+launch.register_resolvers()
 
 
 def run(cfg: DictConfig) -> None:

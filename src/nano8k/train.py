@@ -6,34 +6,80 @@ pickle it by reference; heavy imports (torch, funasr) happen only inside it.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nano8k import config
-from nano8k.errors import reported
+from nano8k import config, launch
+from nano8k.errors import UserError, reported
 
 log = logging.getLogger(__name__)
+launch.register_resolvers()
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Train one job of a run or a sweep; returns the best validation loss (for sweepers)."""
-    with reported():
-        settings = config.validate(cfg, app="train")
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """Train one job of a run or a sweep; returns the best validation loss (for sweepers).
+
+    Every job leaves status.json (completed or failed, with the error). In a sweep, a failed job is
+    logged and recorded and the others go on (Hydra's basic launcher would stop the sweep at the
+    first exception); the sweep's exit status then says a job failed. In a single run, an
+    expected failure is one line and exit 2.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    started = time.time()
+    main_rank = launch.rank() == 0
+    try:
+        result = _run(cfg, run_dir, overrides)
+    except UserError as err:
+        if main_rank:
+            launch.write_status(run_dir, "failed", started, overrides, error=str(err))
+        if in_sweep:
+            log.error("job failed: %s", err)
+            return None
+        with reported():
+            raise
+    except Exception as err:
+        if main_rank:
+            launch.write_status(run_dir, "failed", started, overrides, error=f"{type(err).__name__}: {err}")
+        if in_sweep:
+            log.exception("job failed")
+            return None
+        raise
+    if main_rank:
+        launch.write_status(run_dir, "completed", started, overrides, result=result)
+    return result
+
+
+def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
+    launch.export_slurm_environment()
+    settings = config.validate(cfg, app="train")
+    if launch.rank() == 0:
         resolved = run_dir / "config.yaml"
         resolved.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        if settings.get("dry_run"):
-            log.info("dry run: the config is valid; resolved config written to %s", resolved)
-            return None
-        config.require(settings, ("train_data_set_list", "valid_data_set_list"), action="training")
-        from nano8k import trainer  # torch and funasr load here, not before
+    if settings.get("dry_run"):
+        log.info("dry run: the config is valid; resolved config written to %s", run_dir / "config.yaml")
+        return None
+    config.require(settings, ("train_data_set_list", "valid_data_set_list"), action="training")
+    nproc = int(settings.get("nproc_per_node") or 1)
+    if nproc > 1 and not launch.under_torchrun():
+        launch.check_processes(nproc, settings.get("device"))
+        status = launch.reexec_under_torchrun(nproc, overrides, run_dir)
+        if status != 0:
+            raise UserError(f"torchrun exited with status {status}; see {run_dir / 'train.log'}")
+        return json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
+    from nano8k import trainer  # torch and funasr load here, not before
 
-        return trainer.fit(cfg, run_dir)
+    return trainer.fit(cfg, run_dir)
 
 
 main = hydra.main(config_path="pkg://nano8k.conf", config_name="train", version_base="1.3")(run)

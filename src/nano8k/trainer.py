@@ -239,8 +239,22 @@ class Trainer:
         if metrics_file:
             metrics_file.close()
         if self.world_size > 1:
+            agree = self._ranks_agree()
+            log.log(logging.INFO if agree else logging.ERROR, "parameters identical across %d ranks: %s",
+                    self.world_size, "yes" if agree else "NO")
             torch.distributed.destroy_process_group()
         return summary.best_val_loss
+
+    def _ranks_agree(self) -> bool:
+        """Do all ranks hold the same trainable parameters? (DDP should guarantee it.)"""
+        import torch
+
+        flat = torch.cat([p.detach().flatten().double() for p in self.trainable])
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+        mine = torch.stack([flat.sum(), (flat * weights).sum()])
+        every = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        torch.distributed.all_gather(every, mine)
+        return all(torch.equal(every[0], other) for other in every[1:])
 
     def _epoch_batches(self, epoch: int) -> tuple[Any, int | None]:
         """The epoch's training batches: every slice of a list file in turn, each slice's loader built

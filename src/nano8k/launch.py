@@ -1,0 +1,135 @@
+"""How a job is launched: ranks, rank-safe run directories, re-execution under torchrun, and the
+sweep-level report. Nothing here imports torch at module level.
+
+Rules (shared/research/design.md §4): one Hydra job per sweep point, distribution inside the job
+(torchrun, or SLURM tasks through the submitit launcher). Never `torchrun ... nano8k train -m`:
+every rank would run the whole sweep and the second job's process group fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from nano8k.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+
+
+def rank() -> int:
+    """This process's global rank under torchrun, SLURM (submitit) or submitit's local launcher."""
+    for name in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def run_id() -> str:
+    """An id all ranks of one launch share, for the run directory (each rank composes its own config,
+    and `${now:}` may differ between them by a second)."""
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if elastic and elastic != "none":  # torchrun's static rendezvous leaves the literal "none"
+        return elastic
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("several ranks but no shared run id: pass torchrun --rdzv-id=ID (or --standalone), "
+                        "or set hydra.run.dir=DIR")
+    return time.strftime("%H-%M-%S")
+
+
+def register_resolvers() -> None:
+    """`${nano8k_run_id:}` (the run directory's last part) and `${nano8k_log_file:PATH}` (PATH on
+    rank 0, /dev/null elsewhere: one log per job, not per rank) for the Hydra configs."""
+    if not OmegaConf.has_resolver("nano8k_run_id"):
+        OmegaConf.register_new_resolver("nano8k_run_id", run_id)
+    if not OmegaConf.has_resolver("nano8k_log_file"):
+        OmegaConf.register_new_resolver("nano8k_log_file", lambda path: path if rank() == 0 else os.devnull)
+
+
+def export_slurm_environment() -> None:
+    """Under SLURM with several tasks (submitit launcher, one task per GPU), export torchrun's
+    variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) for init_process_group."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError:
+        raise UserError("a multi-task SLURM job needs submitit: pip install 'nano8k[slurm]'") from None
+    TorchDistributedEnvironment().export()
+
+
+# --------------------------------------------------------------------------------------------
+# Local multi-GPU inside a job: re-execute under torchrun
+# --------------------------------------------------------------------------------------------
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def check_processes(nproc: int, device: str | None) -> None:
+    import torch
+
+    if nproc < 1:
+        raise UserError(f"nproc_per_node={nproc}: must be at least 1")
+    on_cpu = (device or "auto") == "cpu" or ((device or "auto") == "auto" and not torch.cuda.is_available())
+    if on_cpu:
+        if (device or "auto") == "auto":
+            raise UserError(f"nproc_per_node={nproc}: no GPU here; set device=cpu to run {nproc} CPU processes (gloo)")
+        return
+    gpus = torch.cuda.device_count()
+    if nproc > gpus:
+        raise UserError(f"nproc_per_node={nproc}: only {gpus} GPU(s) visible (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+
+
+def reexec_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> int:
+    """Run this job again as `torchrun --standalone --nproc_per_node N -m nano8k train ...`, pinned
+    to this job's run directory, and wait for it; returns torchrun's exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "nano8k", "train", *overrides, f"hydra.run.dir={run_dir}"]
+    log.info("re-executing under torchrun: %s", " ".join(command[1:]))
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(command, env=env).returncode
+
+
+# --------------------------------------------------------------------------------------------
+# Job status and the sweep report
+# --------------------------------------------------------------------------------------------
+
+
+def write_status(run_dir: Path, status: str, started: float, overrides: list[str], result: Any = None,
+                 error: str | None = None) -> None:
+    record = {"status": status, "overrides": overrides, "wall_s": round(time.time() - started, 2),
+              "result": result, "error": error}
+    (run_dir / STATUS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+from hydra.experimental.callback import Callback  # noqa: E402  (Hydra is already loaded by the apps)
+
+
+class SweepReport(Callback):
+    """Hydra callback: at the end of a multirun, count the jobs' outcomes from their status files,
+    print one line, and make the command's exit status say whether any job failed."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        statuses = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"))]
+        failed = [s for s in statuses if s["status"] != "completed"]
+        print(f"sweep: {len(statuses)} jobs, {len(statuses) - len(failed)} completed, {len(failed)} failed; "
+              f"nano8k sweep summary {sweep_dir}", file=sys.stderr)
+        for job in failed:
+            print(f"  failed: {' '.join(job['overrides'])}: {job['error']}", file=sys.stderr)
+        if failed:
+            raise SystemExit(1)
