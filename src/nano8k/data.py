@@ -1414,16 +1414,24 @@ def check(
     frontend_fs: int | None = DEFAULT_FRONTEND_FS,
     check_audio: bool = True,
     workers: int = 1,
+    check_content: bool = True,
+    clip_fraction: float = CLIP_FRACTION,
+    silence_dbfs: float = SILENCE_DBFS,
 ) -> CheckReport:
     """Predict, line by line, what FunASR 1.4.16 does with `manifest` under `dataset_conf`.
 
-    Applies RULES in FunASR's order, with FunASR's defaults (DEFAULTS) for absent keys, and, with
-    `check_audio`, reads each audio file's header. A file whose rate differs from `expected_fs` is
-    a note, not a drop: FunASR's loader resamples it to the front end's rate (librosa/soxr), so it
-    trains; but in an 8 kHz corpus it is usually a file from another channel (a wideband file
-    keeps its upper band at a 16 kHz front end), which is worth knowing. `frontend_fs` is the rate
-    the speech_length cross-check counts at. Returns a CheckReport (counts by reason, problems as
-    (line, key, reason), how many lines the index / sampler / dataset keep).
+    Applies RULES in FunASR's order, with FunASR's defaults (DEFAULTS) for absent keys. With
+    `check_audio` each audio file's header is read, and with `check_content` too its samples
+    (corrupt_audio when they cannot be read; clipped and silent notes, see CLIP_FRACTION and
+    SILENCE_DBFS: FunASR trains on such audio as it is). A file whose rate differs from
+    `expected_fs` is a note, not a drop: FunASR's loader resamples it to the front end's rate
+    (librosa/soxr), so it trains; but in an 8 kHz corpus it is usually a file from another channel
+    (a wideband file keeps its upper band at a 16 kHz front end), which is worth knowing.
+    `frontend_fs` is the rate the speech_length cross-check counts at. Transcripts that are empty
+    or hold U+FFFD/control characters are `data` problems (trained on, but wrong); a line that is
+    not UTF-8 is fatal (FunASR's reader raises). Returns a CheckReport (counts by reason, problems
+    as (line, key, reason) with the input line for all but notes, how many lines the index /
+    sampler / dataset keep).
     """
     manifest = Path(manifest)
     if not manifest.is_file():
@@ -1453,7 +1461,12 @@ def check(
     states: list[dict] = []
     keys_seen: dict[str, int] = {}
     for lineno, line in parsed:
-        state = _index_rules(lineno, line, settings)
+        if _undecodable(line):
+            state = {"stage": "fatal", "problems": [("invalid_utf8", _bad_bytes(line))], "key": _json_key(_shown(line)),
+                     "audio": []}
+        else:
+            state = _index_rules(lineno, line, settings)
+            _text_rules(state)
         states.append(state)
         key = state.get("key")
         if key is not None:
@@ -1465,14 +1478,18 @@ def check(
             for path in state["audio"]:
                 audio_jobs.append((len(states) - 1, path))
 
-    # Pass 2: audio headers (parallel, results in order).
-    headers = _map_ordered(lambda job: _probe_path(job[1]), audio_jobs, workers, "reading audio headers")
+    # Pass 2: audio headers and samples (parallel, results in order).
+    def inspect(job: tuple[int, str]) -> _Audio:
+        return _inspect_audio(job[1], check_content)
+
+    label = "reading audio" if check_content else "reading audio headers"
+    headers = _map_ordered(inspect, audio_jobs, workers, label)
     rates: Counter = Counter()
     for (pos, path), audio in zip(audio_jobs, headers):
         state = states[pos]
         if state["stage"] != "kept":
             continue  # an earlier file of this line already failed
-        if audio.problem is not None:
+        if audio.problem is not None and audio.problem[0] != "corrupt_audio":
             state["problems"].append(audio.problem)
             state["stage"] = "load"
             continue
@@ -1482,15 +1499,25 @@ def check(
             state["problems"].append(("empty_audio", f"0 samples: {audio.path}"))
             state["stage"] = "load"
             continue
+        if audio.problem is not None:  # corrupt: the header was fine
+            state["problems"].append(audio.problem)
+            state["stage"] = "load"
+            continue
         if expected_fs is not None and audio.sample_rate != int(expected_fs):
             how = f"resampled to {frontend_fs} Hz" if frontend_fs else "resampled to the front end's rate"
             state["problems"].append(("sample_rate_differs", f"{audio.sample_rate} Hz, expected {expected_fs} Hz "
                                       f"({how} by FunASR's loader): {audio.path}"))
         if audio.channels > 1:
             state["problems"].append(("multichannel", f"{audio.channels} channels, averaged: {audio.path}"))
+        if audio.clipped is not None and audio.clipped >= clip_fraction:
+            state["problems"].append(("clipped", f"{audio.clipped:.2%} of the samples of a channel at full scale: "
+                                                 f"{audio.path}"))
+        if audio.rms_dbfs is not None and audio.rms_dbfs < silence_dbfs:
+            level = "digital silence" if audio.rms_dbfs == -math.inf else f"RMS {audio.rms_dbfs:.1f} dBFS"
+            state["problems"].append(("silent", f"{level} (below {silence_dbfs:g} dBFS): {audio.path}"))
 
     # Pass 3: what the dataset does with the rest; counts.
-    for (lineno, _), state in zip(parsed, states):
+    for (lineno, line), state in zip(parsed, states):
         if state["stage"] == "kept":
             _dataset_rules(state, settings, check_audio)
         stage = state["stage"]
@@ -1498,13 +1525,183 @@ def check(
         report.sampler_kept += stage in ("kept", "load")
         report.survivors += stage == "kept"
         for reason, detail in state["problems"]:
-            report.problems.append(Problem(str(manifest), lineno, state.get("key"), reason, detail, RULES[reason].effect))
+            effect = RULES[reason].effect
+            report.problems.append(Problem(str(manifest), lineno, state.get("key"), reason, detail, effect,
+                                           input=None if effect == "note" else _shown(line)))
 
     report.sample_rates = dict(sorted(rates.items()))
     if settings.sampler is not None and not report.fatal:
         problems, notes = _batch_crash(states, settings)
         report.config_problems += problems
         report.config_notes += notes
+    return report
+
+
+def _text_rules(state: dict) -> None:
+    """The transcripts of a line FunASR indexes: empty, or holding text that was mis-decoded."""
+    for content in state.get("assistants") or []:
+        if not isinstance(content, str):
+            continue
+        if not content.strip():
+            state["problems"].append(("empty_text", f"assistant content {content!r} with text_length "
+                                                    f"{state.get('text_length')}"))
+        else:
+            bad = sorted({c for c in content if c == "\ufffd" or unicodedata.category(c) == "Cc"})
+            if bad:
+                shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
+                state["problems"].append(("undecodable_text", f"{shown} in {content[:80]!r}"))
+        return  # the first assistant turn: what a one-turn ASR line trains on
+
+
+def _inspect_audio(location: str, content: bool) -> _Audio:
+    """check()'s view of one file: its header and, with `content`, its samples' clipping and level."""
+    audio = _probe_path(location)
+    if audio.problem is not None or not content or audio.frames == 0:
+        return audio
+    import numpy as np
+    import soundfile as sf
+
+    level = FULL_SCALE.get(audio.subtype, FULL_SCALE_DEFAULT) - 1e-6
+    clipped = np.zeros(audio.channels, dtype=np.int64)
+    energy, count = 0.0, 0
+    try:
+        with sf.SoundFile(audio.path) as f:
+            for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                clipped += (np.abs(block) >= level).sum(axis=0)
+                mix = block.mean(axis=1, dtype=np.float64) if block.shape[1] > 1 else block[:, 0].astype(np.float64)
+                energy += float(np.dot(mix, mix))
+                count += len(block)
+    except Exception as err:  # noqa: BLE001 -- soundfile raises several types
+        audio.problem = ("corrupt_audio", f"the header reads, the samples do not: {audio.path}: {_one_line(err)}")
+        return audio
+    if count < audio.frames:
+        audio.problem = ("corrupt_audio", f"read {count} of the {audio.frames} samples the header announces: {audio.path}")
+        return audio
+    audio.clipped = float(clipped.max()) / count
+    rms = math.sqrt(energy / count)
+    audio.rms_dbfs = 20 * math.log10(rms) if rms > 0 else -math.inf
+    return audio
+
+
+
+# ---------------------------------------------------------------------------------------------
+# check, cached
+# ---------------------------------------------------------------------------------------------
+
+CHECK_CACHE_FORMAT = 1  # bump when check() changes what it reports
+# The dataset_conf keys check() reads; other keys (num_workers, shuffle, ...) do not change the report.
+CHECK_CONF_KEYS = ("index_ds", "batch_sampler", "batch_type", "batch_size", "sort_size", "max_token_length",
+                   "length_scale_source", "batch_size_sample_max", "min_source_length", "max_source_length",
+                   "max_target_length", "data_split_num")
+
+
+def default_cache_dir() -> Path:
+    """$NANO8K_CACHE_DIR/checks, else $XDG_CACHE_HOME/nano8k/checks, else ~/.cache/nano8k/checks."""
+    if os.environ.get("NANO8K_CACHE_DIR"):
+        return Path(os.environ["NANO8K_CACHE_DIR"]) / "checks"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nano8k" / "checks"
+
+
+def check_key(
+    manifest: Path,
+    dataset_conf: Mapping[str, Any],
+    expected_fs: int | None = None,
+    frontend_fs: int | None = DEFAULT_FRONTEND_FS,
+    check_audio: bool = True,
+    check_content: bool = True,
+    clip_fraction: float = CLIP_FRACTION,
+    silence_dbfs: float = SILENCE_DBFS,
+) -> str:
+    """SHA-256 of everything a check() report depends on: the manifest's bytes, its absolute path
+    and the working directory (relative audio paths), the dataset_conf keys check() reads, the
+    options and thresholds, nano8k's version, and, with `check_audio`, the (path, size, mtime) of
+    every audio file the manifest names: a file replaced under the same name changes the key."""
+    from nano8k import __version__
+
+    manifest = Path(manifest)
+    digest = hashlib.sha256()
+    with open(manifest, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    conf = _plain(dataset_conf)
+    settings = {
+        "format": CHECK_CACHE_FORMAT, "nano8k": __version__, "manifest": os.path.abspath(manifest),
+        "cwd": os.getcwd(), "content": digest.hexdigest(),
+        "conf": {k: conf[k] for k in CHECK_CONF_KEYS if k in conf},
+        "expected_fs": expected_fs, "frontend_fs": frontend_fs, "check_audio": check_audio,
+        "check_content": check_content, "clip_fraction": clip_fraction, "silence_dbfs": silence_dbfs,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
+    if check_audio:
+        seen: set[str] = set()
+        for line in _read_lines(manifest, encoding="utf-8"):
+            for path in _line_audio_paths(line):
+                if path in seen:
+                    continue
+                seen.add(path)
+                try:
+                    st = os.stat(path)
+                    stamp = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                except OSError:
+                    stamp = f"{os.path.abspath(path)}\0-\n"
+                key.update(stamp.encode("utf-8", "surrogateescape"))
+    return key.hexdigest()
+
+
+def _line_audio_paths(line: str) -> list[str]:
+    """Audio paths of any user turn of a manifest line (a superset of what check() reads)."""
+    if SPEECH_BEGIN not in line:
+        return []
+    try:
+        obj = json.loads(line)
+        users = [m.get("content") for m in obj["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+    except Exception:  # noqa: BLE001 -- a line check() reports; it has no audio to stat
+        return []
+    return [p for p in audio_paths(users) if not re.match(r"^https?://", p)]
+
+
+def check_cached(
+    manifest: Path,
+    dataset_conf: Mapping[str, Any],
+    expected_fs: int | None = None,
+    frontend_fs: int | None = DEFAULT_FRONTEND_FS,
+    check_audio: bool = True,
+    workers: int = 1,
+    check_content: bool = True,
+    clip_fraction: float = CLIP_FRACTION,
+    silence_dbfs: float = SILENCE_DBFS,
+    cache_dir: Path | None = None,
+) -> CheckReport:
+    """check(), with its report stored under `cache_dir` (default: default_cache_dir()) as
+    `<check_key>.json`. A hit returns the stored report with `cached=True`. An unwritable or
+    unreadable cache is no error: the check just runs (and is not stored)."""
+    options = dict(expected_fs=expected_fs, frontend_fs=frontend_fs, check_audio=check_audio,
+                   check_content=check_content, clip_fraction=clip_fraction, silence_dbfs=silence_dbfs)
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise UserError(f"{manifest}: manifest not found")
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = check_key(manifest, dataset_conf, **options)
+    path = directory / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            report = CheckReport.from_json(stored["report"])
+            report.cached = True
+            return report
+    report = check(manifest, dataset_conf, workers=workers, **options)
+    with contextlib.suppress(OSError):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"key": key, "report": report.to_json()}, f, ensure_ascii=False, default=str)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return report
 
 
@@ -1748,20 +1945,26 @@ R = TypeVar("R")
 
 
 def _map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, label: str) -> list[R]:
-    """fn over items, results in input order; threads and a rich progress bar when workers > 1."""
-    if workers <= 1 or len(items) < 2:
+    """fn over items, results in input order (whatever order the threads finish in); `workers`
+    threads, and a rich progress bar on stderr when there are workers or stderr is a terminal."""
+    if len(items) < 2 or (workers <= 1 and not sys.stderr.isatty()):
         return [fn(item) for item in items]
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     results: list[R] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress, \
-            ThreadPoolExecutor(max_workers=workers) as pool:
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(label, total=len(items))
-        for result in pool.map(fn, items):
-            results.append(result)
-            progress.advance(task)
+        if workers <= 1:
+            for item in items:
+                results.append(fn(item))
+                progress.advance(task)
+            return results
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(fn, items):  # map yields in input order
+                results.append(result)
+                progress.advance(task)
     return results
 
 

@@ -991,7 +991,7 @@ def _row(table: Any, *cells: Any) -> None:
     """Add a row of plain text: keys, texts and "[low, high]" must not be read as rich markup."""
     from rich.text import Text
 
-    _row(table, *(Text(str(c)) for c in cells))
+    table.add_row(*(Text(str(c)) for c in cells))
 
 
 def _note(text: str) -> Any:

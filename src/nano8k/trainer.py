@@ -101,6 +101,14 @@ class Trainer:
 
         funasr_gaps.quiet_funasr_import()
         self.device = _device(self.settings.get("device"))
+        # FunASR reads these at top level or in train_conf, top level winning (train_ds.py:43-72)
+        deepspeed = self.settings.get("use_deepspeed", self.train_conf.get("use_deepspeed"))
+        if deepspeed:
+            raise UserError("train_conf.use_deepspeed: true is not supported by nano8k's trainer yet (the pretrained "
+                            "base enables it; the telephone stages disable it); set train_conf.use_deepspeed=false")
+        if self.settings.get("use_fsdp", self.train_conf.get("use_fsdp")):
+            raise UserError("train_conf.use_fsdp: true is not supported (FunASR cannot save FSDP checkpoints either); "
+                            "set train_conf.use_fsdp=false")
         if self.device.startswith("cuda"):
             torch.cuda.set_device(self.local_rank if self.world_size > 1 else torch.device(self.device).index or 0)
             torch.backends.cuda.matmul.allow_tf32 = bool(self.settings.get("enable_tf32", True))
