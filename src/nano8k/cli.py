@@ -156,6 +156,82 @@ def data_check(
         raise typer.Exit(1)
 
 
+class Lang(str, Enum):
+    auto = "auto"
+    zh = "zh"
+    ja = "ja"
+    en = "en"
+    mixed = "mixed"
+
+
+LANG_HELP = "Language: zh/ja score CER, en WER, mixed MER (CJK characters + words); auto detects from the references."
+
+
+@app.command()
+def score(
+    ref: Path = typer.Argument(..., help="References: Kaldi text (`key text...`) or JSONL. Alone: a results JSONL with ref and hyp."),
+    hyp: Optional[Path] = typer.Argument(None, help="Hypotheses: Kaldi text or JSONL, matched to REF by key."),
+    lang: Lang = typer.Option(Lang.auto, "--lang", "-l", help=LANG_HELP),
+    numbers: bool = typer.Option(False, "--numbers", help="Spell out digits before scoring (English words; Chinese 汉字, basic)."),
+    keywords: Optional[Path] = typer.Option(
+        None, "--keywords", "-k", help="Keyword list, one a line (blank lines and # comments skipped): precision, recall, F1."
+    ),
+    ref_field: Optional[str] = typer.Option(None, "--ref-field", help="JSONL reference field (default: ref, text, target, reference, the assistant turn)."),
+    hyp_field: Optional[str] = typer.Option(None, "--hyp-field", help="JSONL hypothesis field (default: hyp, text, hypothesis)."),
+    key_field: Optional[str] = typer.Option(None, "--key-field", help="JSONL key field (default: key, id, utt_id, utt)."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Leave out references without a hypothesis (default: score them as empty)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (per-utterance counts) as JSON here."),
+) -> None:
+    """Corpus CER/WER/MER on normalized text (errors summed over utterances), S/D/I, SER; keyword P/R/F1."""
+    from rich.console import Console
+
+    from nano8k import score as scoring
+    from nano8k.errors import reported
+
+    with reported():
+        scores = scoring.score_files(ref, hyp, lang=lang.value, numbers=numbers, ref_field=ref_field, hyp_field=hyp_field,
+                                     key_field=key_field, missing="skip" if skip_missing else "empty")
+        report = scoring.keyword_metrics(scores, scoring.read_keywords(keywords)) if keywords else None
+    Console().print(*scoring.score_tables(scores, report), sep="\n")
+    if json_out:
+        with reported():
+            scoring.write_json(json_out, {**scores.to_dict(), **({"keywords": report.to_dict()} if report else {})})
+        typer.echo(f"wrote {json_out}", err=True)
+
+
+@app.command()
+def compare(
+    results_a: Path = typer.Argument(..., help="Baseline results JSONL (key, ref, hyp, duration, manifest fields)."),
+    results_b: Path = typer.Argument(..., help="Candidate results JSONL; deltas are B - A."),
+    bucket: Optional[list[str]] = typer.Option(
+        None, "--bucket", "-b", help="Bucket by `duration` or any field (repeatable); FIELD:E1,E2,... bins a number. Default: duration."
+    ),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Paired bootstrap resamples (0: no confidence interval)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed (same seed, same interval)."),
+    top: int = typer.Option(20, "--top", min=0, help="Worse utterances to list (the JSON report has all)."),
+    lang: Lang = typer.Option(Lang.auto, "--lang", "-l", help=LANG_HELP),
+    numbers: bool = typer.Option(False, "--numbers", help="Spell out digits before scoring (English words; Chinese 汉字, basic)."),
+    fail_if_worse: bool = typer.Option(False, "--fail-if-worse", help="Exit 1 when B is worse with 95% confidence (CI above 0)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full comparison (every worse utterance) as JSON here."),
+) -> None:
+    """A/B: CER/WER/MER deltas overall and per bucket, paired bootstrap 95% CI, utterances that got worse."""
+    from rich.console import Console
+
+    from nano8k import score as scoring
+    from nano8k.errors import reported
+
+    with reported():
+        result = scoring.compare(results_a, results_b, bucket_by=bucket or ["duration"], n_boot=n_boot, seed=seed,
+                                 lang=lang.value, numbers=numbers)
+    Console().print(*scoring.compare_tables(result, top=top), sep="\n")
+    if json_out:
+        with reported():
+            scoring.write_json(json_out, result.to_dict())
+        typer.echo(f"wrote {json_out}", err=True)
+    if fail_if_worse and result.overall[result.primary].ci_low > 0:
+        raise typer.Exit(1)
+
+
 sweep_app = typer.Typer(help="Sweeps: summarise a Hydra multirun directory.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 

@@ -53,6 +53,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -313,10 +314,11 @@ class Scores:
     utterances: list[Utterance]
     lang: str  # resolved: zh, ja, en or mixed
     numbers: bool = False
+    tags: bool = True
     missing: list[str] = field(default_factory=list)  # reference keys without a hypothesis
     unmatched: list[str] = field(default_factory=list)  # hypothesis keys without a reference
 
-    @property
+    @cached_property
     def totals(self) -> dict[str, Counts]:
         return {unit: sum((u.counts[unit] for u in self.utterances), Counts()) for unit in UNITS}
 
@@ -404,7 +406,7 @@ def _align(refs: list[str], hyps: list[str], unit: str) -> list[Counts]:
 def resolve_lang(lang: str, refs: Iterable[str]) -> str:
     if lang not in LANGS:
         raise UserError(f"unknown language {lang!r}; use one of {', '.join(LANGS)}")
-    return detect_lang(normalize(r) for r in refs) if lang == "auto" else lang
+    return detect_lang(normalize(r) for r in refs) if lang == "auto" else lang  # normalize: no numbers needed
 
 
 Pair = Union[tuple[str, str, str], tuple[str, str, str, Mapping[str, Any]]]
@@ -416,24 +418,31 @@ def score(pairs: Iterable[Pair], lang: str = "auto", numbers: bool = False, tags
     rows = [tuple(p) for p in pairs]
     if not rows:
         raise UserError("nothing to score: no utterances")
-    resolved = resolve_lang(lang, (r[1] for r in rows))
-    keys, refs, hyps = [], [], []
-    for row in rows:
-        keys.append(str(row[0]))
-        refs.append(normalize(row[1] or "", resolved, numbers, tags))
-        hyps.append(normalize(row[2] or "", resolved, numbers, tags))
+    keys = [str(row[0]) for row in rows]
+    if numbers:  # the reading of digits depends on the language: resolve it first
+        resolved = resolve_lang(lang, (r[1] or "" for r in rows))
+        refs = [normalize(r[1] or "", resolved, numbers, tags) for r in rows]
+    else:  # without numbers, normalization does not depend on the language
+        refs = [normalize(r[1] or "", "auto", False, tags) for r in rows]
+        resolved = detect_lang(refs) if lang == "auto" else resolve_lang(lang, ())
+    hyps = [normalize(r[2] or "", resolved, numbers, tags) for r in rows]
     per_unit = {unit: _align(refs, hyps, unit) for unit in UNITS}
     utterances = [
         Utterance(key, ref, hyp, {unit: per_unit[unit][i] for unit in UNITS}, dict(row[3]) if len(row) > 3 else {})
         for i, (key, ref, hyp, row) in enumerate(zip(keys, refs, hyps, rows))
     ]
-    return Scores(utterances, resolved, numbers)
+    return Scores(utterances, resolved, numbers, tags)
 
 
-def score_records(records: Iterable[Mapping[str, Any]], lang: str = "auto", numbers: bool = False) -> Scores:
+def _record_pairs(records: Iterable[Mapping[str, Any]]) -> Iterable[Pair]:
+    for r in records:
+        yield r["key"], r["ref"], r["hyp"], {k: v for k, v in r.items() if k not in ("key", "ref", "hyp")}
+
+
+def score_records(records: Iterable[Mapping[str, Any]], lang: str = "auto", numbers: bool = False,
+                  tags: bool = True) -> Scores:
     """Score results.jsonl records ({"key", "ref", "hyp", ...}); the other fields are kept."""
-    return score(((r["key"], r["ref"], r["hyp"], {k: v for k, v in r.items() if k not in ("key", "ref", "hyp")})
-                  for r in records), lang=lang, numbers=numbers)
+    return score(_record_pairs(records), lang=lang, numbers=numbers, tags=tags)
 
 
 def score_texts(refs: Mapping[str, str], hyps: Mapping[str, str], lang: str = "auto", numbers: bool = False,
@@ -574,6 +583,8 @@ def read_results(path: Path, ref_field: Optional[str] = None, hyp_field: Optiona
     "key", "ref", "hyp" and every other field kept (duration, decode_time, codec, snr...)."""
     path = Path(path)
     lines = _lines(path)
+    if not _is_jsonl(path, lines):
+        raise UserError(f"{path}: not a results JSONL (one JSON object a line with key, ref and hyp)")
     records, seen = [], set()
     for lineno, obj in _jsonl_objects(path, lines):
         where = f"{path}:{lineno}"
@@ -602,13 +613,25 @@ def read_keywords(path: Path) -> list[str]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    """Strict JSON (UTF-8, not ASCII-escaped): NaN and infinite rates (an empty reference set with
+    insertions) are written as null."""
+    text = json.dumps(_jsonable(obj), ensure_ascii=False, indent=2, allow_nan=False)
+    try:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{path}: cannot write ({err.strerror})") from None
 
 
-def _json_default(obj: Any) -> Any:
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 # --------------------------------------------------------------------------- keywords
@@ -706,17 +729,18 @@ def keyword_metrics(pairs: Union[Scores, Iterable[Pair]], keywords: Iterable[str
     normalized reference and hypothesis: TP = min(r, h), FN = max(r - h, 0), FP = max(h - r, 0)
     (occurrence counting per utterance, not alignment: a keyword said in the wrong place of the right
     utterance still counts). Given Scores, its normalized texts and settings are used."""
+    tags = True
     if isinstance(pairs, Scores):
-        lang, numbers = pairs.lang, pairs.numbers
+        lang, numbers, tags = pairs.lang, pairs.numbers, pairs.tags
         texts = [(u.ref, u.hyp) for u in pairs.utterances]
     else:
         rows = [tuple(p) for p in pairs]
-        lang = resolve_lang(lang, (r[1] for r in rows))
+        lang = resolve_lang(lang, (r[1] or "" for r in rows))
         texts = [(normalize(r[1] or "", lang, numbers), normalize(r[2] or "", lang, numbers)) for r in rows]
     stats: list[KeywordStat] = []
     seen: set[str] = set()
     for word in keywords:
-        norm = normalize(word, lang, numbers)
+        norm = normalize(word, lang, numbers, tags)
         if not norm:
             raise UserError(f"keyword {word!r} is empty after normalization")
         if norm not in seen:
@@ -818,14 +842,17 @@ def paired_bootstrap(errors_a: np.ndarray, n_a: np.ndarray, errors_b: np.ndarray
         nan = np.full(units, np.nan)
         return nan, nan, nan
     rng = np.random.default_rng(seed)
+    columns = np.concatenate(arrays).T  # (n, 4 * units): errors A, N A, errors B, N B
     deltas = np.empty((units, n_boot))
     chunk = max(1, min(n_boot, 1_000_000 // n))
     with np.errstate(divide="ignore", invalid="ignore"):
         for start in range(0, n_boot, chunk):
-            stop = min(n_boot, start + chunk)
-            idx = rng.integers(0, n, size=(stop - start, n))
-            ea, na, eb, nb = (np.stack([row[idx].sum(axis=1) for row in arr]) for arr in arrays)
-            deltas[:, start:stop] = eb / nb - ea / na
+            size = min(n_boot, start + chunk) - start
+            idx = rng.integers(0, n, size=(size, n))  # the resampled utterance indices
+            times = np.bincount((idx + n * np.arange(size)[:, None]).ravel(), minlength=size * n).reshape(size, n)
+            sums = (times @ columns).T  # (4 * units, size): each resample's corpus totals (exact integers)
+            ea, na, eb, nb = np.split(sums, 4)
+            deltas[:, start:start + size] = eb / nb - ea / na
     finite = np.where(np.isfinite(deltas), deltas, np.nan)
     if np.isnan(finite).all():
         nan = np.full(units, np.nan)
@@ -918,21 +945,30 @@ def compare(results_a: Union[Scores, Path, str, Sequence[Mapping[str, Any]]],
     a_keys = [u.key for u in a_in.utterances] if isinstance(a_in, Scores) else [str(r["key"]) for r in a_in]
     b_keys = [u.key for u in b_in.utterances] if isinstance(b_in, Scores) else [str(r["key"]) for r in b_in]
     b_set, a_set = set(b_keys), set(a_keys)
+    for name, keys, unique in (("A", a_keys, a_set), ("B", b_keys, b_set)):
+        if len(unique) != len(keys):
+            raise UserError(f"{name} has duplicate keys (e.g. {next(k for k in keys if keys.count(k) > 1)!r})")
     common = [k for k in a_keys if k in b_set]
     only_a = [k for k in a_keys if k not in b_set]
     only_b = [k for k in b_keys if k not in a_set]
     if not common:
         raise UserError(f"no key is in both results (A has {len(a_keys)}, B has {len(b_keys)})")
 
-    def subset(inp: Union[Scores, list], resolved: Optional[str]) -> Scores:
+    def subset(inp: Union[Scores, list], like: Optional[Scores]) -> Scores:
         if isinstance(inp, Scores):
             by_key = {u.key: u for u in inp.utterances}
-            return Scores([by_key[k] for k in common], inp.lang, inp.numbers)
+            return Scores([by_key[k] for k in common], inp.lang, inp.numbers, inp.tags)
         by_key = {str(r["key"]): r for r in inp}
-        return score_records([by_key[k] for k in common], lang=resolved or lang, numbers=numbers)
+        chosen = [by_key[k] for k in common]
+        if like is None:
+            return score_records(chosen, lang=lang, numbers=numbers)
+        return score_records(chosen, like.lang, like.numbers, like.tags)
 
     a = subset(a_in, None)
-    b = subset(b_in, a.lang)
+    b = subset(b_in, a)  # B is normalized exactly as A
+    if (a.lang, a.numbers, a.tags) != (b.lang, b.numbers, b.tags):
+        raise UserError(f"A and B were scored differently (lang/numbers/tags {a.lang}/{a.numbers}/{a.tags} vs "
+                        f"{b.lang}/{b.numbers}/{b.tags}); score both the same way")
     resolved = a.lang
     overall = _deltas(a.utterances, b.utterances, n_boot, seed)
 
@@ -1019,13 +1055,14 @@ def score_tables(scores: Scores, keywords: Optional[KeywordReport] = None) -> li
     notes = []
     if scores.missing:
         scored = {u.key for u in scores.utterances}
-        how = "scored as empty" if scores.missing[0] in scored else "left out"
-        notes.append(f"{len(scores.missing)} references had no hypothesis: {how}")
+        how = "scored as empty hypotheses" if scores.missing[0] in scored else "left out"
+        notes.append(f"references without a hypothesis: {len(scores.missing)} ({how}; e.g. {scores.missing[0]})")
     if scores.unmatched:
-        notes.append(f"{len(scores.unmatched)} hypotheses had no reference and were ignored")
+        notes.append(f"hypotheses without a reference: {len(scores.unmatched)} (ignored; e.g. {scores.unmatched[0]})")
     if "rtf" in m:
         notes.append(f"RTF {m['rtf']:.3f} over {m['audio_hours']:.2f} h of audio")
-    out.extend(_note(n) for n in notes)
+    if notes:
+        out.append(_note("\n".join(notes)))
     if keywords is not None:
         out.append(keyword_table(keywords))
     return out
