@@ -41,6 +41,12 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_check_cache(tmp_path_factory) -> None:
+    """`nano8k train` caches its data check; keep the tests' cache out of the user's ~/.cache."""
+    os.environ["NANO8K_CACHE_DIR"] = str(tmp_path_factory.mktemp("nano8k-cache"))
+
+
 @pytest.fixture
 def seed_spec() -> Path:
     if not SEED_SPEC.is_file():

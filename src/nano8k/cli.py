@@ -109,22 +109,60 @@ data_app = typer.Typer(help="Data: prepare manifests FunASR reads, check them as
 app.add_typer(data_app, name="data")
 
 
+class ChannelMode(str, Enum):
+    mix = "mix"
+    A = "A"
+    B = "B"
+    split = "split"
+
+
+class SourceFormat(str, Enum):
+    kaldi = "kaldi"
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+    folder = "folder"
+
+
 @data_app.command("prepare")
 def data_prepare(
-    source: Path = typer.Argument(..., help="A Kaldi data directory (wav.scp, text) or a source/target JSONL."),
-    output: Path = typer.Argument(..., help="The Nano JSONL to write (rejected lines go beside it)."),
+    source: Path = typer.Argument(
+        ..., help="A Kaldi data directory (wav.scp, text; optional segments, utt2spk), a source/target JSONL, "
+                  "a CSV/TSV with a header, or a folder of audio files with same-stem .txt transcripts."),
+    output: Path = typer.Argument(..., help="The Nano JSONL to write (rejected lines go beside it: OUTPUT.rejects.jsonl)."),
     model_dir: str = typer.Option(..., "--model-dir", help="Model directory or ModelScope id: its tokenizer counts text_length."),
-    prompt: str = typer.Option("语音转写：", "--prompt", help="User prompt before the audio (decoding's default)."),
-    workers: int = typer.Option(1, "--workers", "-j", help="Parallel workers."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Literal user prompt before the audio. Default: decoding's, 语音转写："),
+    language: Optional[str] = typer.Option(
+        None, "--language", "-l", help="Decoding's per-language prompt 语音转写成{language}：, by code (zh, en, ja, yue, ...) or FunASR's name (英文)."),
+    itn: bool = typer.Option(True, "--itn/--no-itn", help="--no-itn: decoding's ，不进行文本规整 prompt (transcripts without text normalization)."),
+    channel: ChannelMode = typer.Option(
+        ChannelMode.mix, "--channel", "-c", case_sensitive=False, help="Stereo: mix (FunASR averages; no copy), A or B (one channel), split "
+                                                 "(a line per channel: transcripts KEY-A / KEY-B)."),
+    fmt: Optional[SourceFormat] = typer.Option(None, "--format", case_sensitive=False, help="Input format, when the name does not tell."),
+    audio_column: Optional[str] = typer.Option(None, "--audio-column", help="CSV/TSV audio column (default: audio, path, wav, source, ...)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="CSV/TSV transcript column (default: text, transcript, target, sentence, ...)."),
+    key_column: Optional[str] = typer.Option(None, "--key-column", help="CSV/TSV key column (default: key, id, utt, ...; none: sample_LINE)."),
+    audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="Directory relative audio paths are resolved against (default: the current one)."),
+    segment_tolerance: float = typer.Option(0.5, "--segment-tolerance", min=0.0, help="Seconds a segment may end past its recording (cut there)."),
+    frontend_fs: int = typer.Option(16000, "--frontend-fs", help="Front-end rate speech_length is counted at (8 kHz files: the same at 8000 and 16000)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel workers (the output order does not change)."),
     allow_pipes: bool = typer.Option(False, "--allow-pipes", help="Run `cmd |` entries of wav.scp."),
 ) -> None:
-    """Write the Nano JSONL (messages, key, speech_length, text_length) FunASR trains on."""
+    """Write the Nano JSONL (messages, key, speech_length, text_length, duration, sample_rate) FunASR trains on.
+
+    Exits 1 when any input line was rejected (all good lines are still written; the rejects file keeps
+    each rejected line with its file, line number, key and reason).
+    """
     from nano8k import data, model
     from nano8k.errors import reported
 
     with reported():
         tokenizer = model.tokenizer_dir(model.resolve_model_dir(model_dir))
-        report = data.prepare(source, output, tokenizer, prompt=prompt, workers=workers, allow_pipes=allow_pipes)
+        report = data.prepare(
+            source, output, tokenizer, prompt=prompt, language=language, itn=itn, channel=channel.value,
+            source_format=fmt.value if fmt else None, audio_column=audio_column, text_column=text_column,
+            key_column=key_column, audio_root=audio_root, segment_tolerance=segment_tolerance,
+            frontend_fs=frontend_fs, workers=workers, allow_pipes=allow_pipes)
     typer.echo(report.summary())
     if report.rejected:
         raise typer.Exit(1)
@@ -134,10 +172,15 @@ def data_prepare(
 def data_check(
     ctx: typer.Context,
     manifest: Path = typer.Argument(..., help="A Nano JSONL."),
-    allow_drops: bool = typer.Option(False, "--allow-drops", help="Exit 0 even when FunASR would drop samples."),
-    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Where to write rejects.jsonl (default: beside MANIFEST)."),
+    allow_drops: bool = typer.Option(False, "--allow-drops", help="Exit 0 even when FunASR would drop samples or train on broken text."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Where to write the rejects (default: MANIFEST.check.rejects.jsonl)."),
+    expected_fs: int = typer.Option(8000, "--expected-fs", help="Sample rate the audio should have (telephone: 8000); 0: do not check."),
+    audio: bool = typer.Option(True, "--audio/--no-audio", help="--no-audio: apply FunASR's rules to the manifest alone, open no file."),
+    content: bool = typer.Option(True, "--content/--headers-only", help="--headers-only: read audio headers, not samples (no corrupt/clipped/silent)."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel workers reading audio."),
 ) -> None:
-    """Apply FunASR's own filters for the composed config (extra args: Hydra overrides, e.g. +stage=stage1)."""
+    """Apply FunASR's own filters for the composed config (extra args: Hydra overrides, e.g. +stage=stage1)
+    and check the audio and text; print counts by reason, write the rejects (line, key, reason, input line)."""
     from omegaconf import OmegaConf
 
     from nano8k import config, data
@@ -147,12 +190,53 @@ def data_check(
         config.check_overrides("train", ctx.args)
         settings = OmegaConf.to_container(config.compose("train", config.presets_last(ctx.args)), resolve=True)
         fs = (settings.get("frontend_conf") or {}).get("fs")
-        report = data.check(manifest, settings.get("dataset_conf") or {}, expected_fs=fs, frontend_fs=fs)
+        report = data.check(manifest, settings.get("dataset_conf") or {}, expected_fs=expected_fs or None,
+                            frontend_fs=fs, check_audio=audio, check_content=content, workers=workers)
     typer.echo(report.summary())
-    target = rejects or manifest.with_name(manifest.stem + ".rejects.jsonl")
-    data.write_rejects(report, target)
-    typer.echo(f"rejects: {target}")
-    if report.fatal or (report.survivors < report.lines and not allow_drops):
+    target = rejects or data.check_rejects_path(manifest)
+    with reported():
+        written = data.write_rejects(report, target)
+    typer.echo(f"rejects: {written} lines in {target}")
+    if report.failed(allow_drops):
+        raise typer.Exit(1)
+
+class SimulateFormat(str, Enum):
+    same = "same"
+    kaldi = "kaldi"
+    jsonl = "jsonl"
+    nano = "nano"
+
+
+@data_app.command("simulate")
+def data_simulate(
+    source: Path = typer.Argument(..., help="Clean corpus at any rate: a Kaldi dir, a source/target JSONL, a CSV/TSV, "
+                                            "a folder of audio + .txt, or a Nano JSONL."),
+    out_dir: Path = typer.Argument(..., help="Output directory (new or empty): wav/, the manifest, rejects.jsonl."),
+    preset: str = typer.Option("clean_g711", "--preset", "-p", help="clean_g711, clean_g711a, noisy_call, lossy_voip, "
+                                                                    "gsm, amr_nb, seed_like, or a YAML file of settings."),
+    codec: Optional[str] = typer.Option(None, "--codec", help="mulaw, alaw, gsm, amr-nb (gsm/amr-nb need sox) or none."),
+    out_rate: Optional[int] = typer.Option(None, "--out-rate", help="8000, or 16000 for the upsampling recipe."),
+    noise_dir: Optional[Path] = typer.Option(None, "--noise-dir", help="Folder of background-noise audio to mix in."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE setting (repeatable), e.g. "
+                                                                      "line_snr_db=15:25, loss_rate=0.01:0.05, hum_prob=0.5."),
+    fmt: SimulateFormat = typer.Option(SimulateFormat.same, "--format", "-f", help="Manifest format (same: the input's)."),
+    seed: int = typer.Option(0, "--seed", help="Global seed; each utterance's draws come from (seed, key)."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Parallel worker processes (output is the same for any number)."),
+    allow_pipes: bool = typer.Option(False, "--allow-pipes", help="Run `cmd |` entries of wav.scp."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty OUT_DIR."),
+) -> None:
+    """Simulate a telephone channel: 8 kHz, band-pass, G.711/GSM/AMR-NB, line noise, hum, packet loss, background noise."""
+    from nano8k import simulate
+    from nano8k.errors import reported
+
+    with reported():
+        settings = simulate.resolve_settings(preset, codec=codec, out_rate=out_rate, noise_dir=noise_dir,
+                                             overrides=overrides or [])
+        report = simulate.simulate_corpus(source, out_dir, settings, workers=workers, seed=seed,
+                                          output_format=None if fmt is SimulateFormat.same else fmt.value,
+                                          allow_pipes=allow_pipes, overwrite=overwrite)
+    typer.echo(report.summary())
+    if report.rejected:
         raise typer.Exit(1)
 
 

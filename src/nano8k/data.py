@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -290,7 +291,8 @@ FACTORY_SAMPLERS = frozenset({
 PREPARE_REASONS: dict[str, str] = {
     "malformed_line": "the line cannot be parsed (bad JSON, not an object, a field of the wrong type, no path, "
                       "a segments line that is not `utt rec start end` with 0 <= start < end)",
-    "undecodable_text": "the line is not UTF-8",
+    "undecodable_text": "the line is not UTF-8, or its transcript holds U+FFFD or control characters (tabs and "
+                        "line breaks inside a transcript become spaces)",
     "duplicate_key": "the key was already used by an earlier line (the first one is kept)",
     "no_audio": "a transcript without audio (no wav.scp/segments entry, no source field, no audio file)",
     "no_text": "audio without a transcript (no text entry / no target field / no .txt file)",
@@ -787,8 +789,9 @@ def _detect_source(source: Path, source_format: str | None = None) -> tuple[str,
     if wanted == "jsonl" or (wanted is None and suffix in (".jsonl", ".json")):
         return "jsonl", source, None
     if wanted in ("csv", "tsv") or suffix in (".csv", ".tsv", ".tab"):
-        kind = wanted or ("tsv" if suffix in (".tsv", ".tab") else "csv")
-        return "table", source, "\t" if kind == "tsv" else ","
+        if wanted == "tsv" or (wanted is None and suffix in (".tsv", ".tab")):
+            return "table", source, "\t"
+        return "table", source, "," if suffix == ".csv" else None  # None: sniffed
     with open(source, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"{"):
@@ -819,6 +822,29 @@ def _shown(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+_CONTROL_WHITESPACE = re.compile(r"[\t\n\r\x0b\x0c]+")
+
+
+def _bad_characters(text: str) -> str:
+    """'U+FFFD, U+0007' for the replacement and control characters in `text` ('' when none): the
+    marks of text decoded with the wrong encoding (or of binary junk)."""
+    bad = sorted({c for c in text if c == "\ufffd" or unicodedata.category(c) == "Cc"})
+    return ", ".join(f"U+{ord(c):04X}" for c in bad)
+
+
+def _clean_transcript(text: str) -> tuple[str, str]:
+    """(transcript, problem): tabs and line breaks inside become spaces, the ends are stripped;
+    the problem names any replacement or other control character left ('' when none)."""
+    text = _CONTROL_WHITESPACE.sub(" ", text).strip()
+    bad = _bad_characters(text)
+    return text, (f"{bad} in the transcript (decoded with the wrong encoding?)" if bad else "")
+
+
+def _replaced(text: str) -> str:
+    """`text` with its undecodable bytes as U+FFFD (what a lenient reader makes of them)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _bad_bytes(text: str) -> str:
     raw = text.encode("utf-8", "surrogateescape")
     try:
@@ -828,10 +854,14 @@ def _bad_bytes(text: str) -> str:
     return "not UTF-8"
 
 
-def _read_keyed(path: Path, rejects: list[Problem], value_name: str | None) -> dict[str, _Keyed]:
+def _read_keyed(
+    path: Path, rejects: list[Problem], value_name: str | None, claimed: set[str] | None = None,
+) -> dict[str, _Keyed]:
     """`key value` lines of a Kaldi file. `value_name`: the value must be there (a malformed line
-    otherwise); None: it may be empty (a transcript: reported as empty where it is used)."""
+    otherwise); None: it may be empty (a transcript: reported as empty where it is used). Keys of
+    rejected lines go to `claimed`: their transcripts are not reported a second time."""
     out: dict[str, _Keyed] = {}
+    claimed = set() if claimed is None else claimed
     for lineno, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
@@ -839,9 +869,11 @@ def _read_keyed(path: Path, rejects: list[Problem], value_name: str | None) -> d
         key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
         if _undecodable(line):
             rejects.append(Problem(str(path), lineno, _shown(key), "undecodable_text", _bad_bytes(line), input=_shown(line)))
+            claimed.add(key)
             continue
         if value_name is not None and not value:
             rejects.append(Problem(str(path), lineno, key, "malformed_line", f"no {value_name} after the key", input=line))
+            claimed.add(key)
             continue
         if key in out:
             rejects.append(Problem(str(path), lineno, key, "duplicate_key", f"first at {path}:{out[key].line}", input=line))
@@ -863,12 +895,16 @@ def _pair_transcripts(
             rejects.append(Problem(unit.file, unit.line, key, "no_text", f"{key} is not in {missing}{note}", input=unit.raw))
             return
         used.add(key)
-        if not found.value:
+        text, bad = _clean_transcript(found.value)
+        if not text:
             rejects.append(Problem(found.file, found.line, key, "empty_text", "no words after the key" if found.line
                                    else "the transcript file is empty", input=found.raw))
             return
+        if bad:
+            rejects.append(Problem(found.file, found.line, key, "undecodable_text", bad, input=found.raw))
+            return
         speaker = speakers.get(key) or speakers.get(unit.key)
-        entries.append(_Entry(unit.file, unit.line, key, unit.audio, found.value, unit.pipe, raw=unit.raw,
+        entries.append(_Entry(unit.file, unit.line, key, unit.audio, text, unit.pipe, raw=unit.raw,
                               segment=unit.segment, recording=unit.recording, channel=channel, mono_only=mono_only,
                               speaker=speaker.value if speaker else None))
 
@@ -895,9 +931,10 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> 
     is a segments file); pairing problems as rejects."""
     scp, text, seg, spk = (directory / name for name in ("wav.scp", "text", "segments", "utt2spk"))
     rejects: list[Problem] = []
+    claimed: set[str] = set()  # keys of rejected audio lines: their transcripts are not reported again
     transcripts = _read_keyed(text, rejects, None)
     speakers = _read_keyed(spk, rejects, "speaker") if spk.is_file() else {}
-    recordings = _read_keyed(scp, rejects, "audio path")
+    recordings = _read_keyed(scp, rejects, "audio path", None if seg.is_file() else claimed)
 
     pipes = [(r.line, key) for key, r in recordings.items() if r.value.endswith("|")]
     if pipes and not allow_pipes:
@@ -918,10 +955,11 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> 
                 continue
             parts = line.split()
             where = (str(seg), lineno)
-            if _undecodable(line):
-                rejects.append(Problem(*where, _shown(parts[0]), "undecodable_text", _bad_bytes(line), input=_shown(line)))
-                continue
             key = parts[0]
+            claimed.add(key)  # reported below unless it becomes an entry, which uses its transcript
+            if _undecodable(line):
+                rejects.append(Problem(*where, _shown(key), "undecodable_text", _bad_bytes(line), input=_shown(line)))
+                continue
             try:
                 if len(parts) != 4:
                     raise ValueError(f"{len(parts)} fields, not 4 (utt rec start end)")
@@ -941,20 +979,19 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> 
                 continue
             audio, pipe = location(rec)
             units.append(_Entry(*where, key, audio, None, pipe, raw=line, segment=(start, end), recording=parts[1]))
-        missing = str(text)
     else:
         for key, rec in recordings.items():
             audio, pipe = location(rec)
             units.append(_Entry(rec.file, rec.line, key, audio, None, pipe, raw=rec.raw))
-        missing = str(text)
 
     entries: list[_Entry] = []
     used: set[str] = set()
     for unit in units:
-        _pair_transcripts(unit, transcripts, used, mode, missing, speakers, entries, rejects)
+        _pair_transcripts(unit, transcripts, used, mode, str(text), speakers, entries, rejects)
     audio_file = seg if seg.is_file() else scp
     for key, found in transcripts.items():
-        if key not in used:
+        base = re.sub(r"-[AB]$", "", key) if mode == "split" else key
+        if key not in used and key not in claimed and base not in claimed:
             rejects.append(Problem(found.file, found.line, key, "no_audio", f"{key} is not in {audio_file}", input=found.raw))
     return entries, rejects
 
@@ -981,7 +1018,7 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[_Entry
             continue
         where = (str(path), lineno)
         if _undecodable(line):
-            rejects.append(Problem(*where, _json_key(_shown(line)), "undecodable_text", _bad_bytes(line), input=_shown(line)))
+            rejects.append(Problem(*where, _json_key(_replaced(line)), "undecodable_text", _bad_bytes(line), input=_shown(line)))
             continue
         try:
             obj = json.loads(line)
@@ -1021,13 +1058,17 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[_Entry
             problem = ("no_text", "no 'target' (or 'text') field")
         elif not isinstance(text, str):
             problem = ("malformed_line", f"'{text_field}' is a {type(text).__name__}, not a string")
-        elif not text.strip():
-            problem = ("empty_text", f"'{text_field}' is empty")
+        else:
+            text, bad = _clean_transcript(text)
+            if not text:
+                problem = ("empty_text", f"'{text_field}' is empty")
+            elif bad:
+                problem = ("undecodable_text", bad)
         if problem is not None:
             rejects.append(Problem(*where, key, *problem, input=line))
             continue
         channel, mono_only = _row_channel(key, mode)
-        entries.append(_Entry(*where, key, audio.strip(), text.strip(), raw=line, channel=channel, mono_only=mono_only))
+        entries.append(_Entry(*where, key, audio.strip(), text, raw=line, channel=channel, mono_only=mono_only))
     return entries, rejects
 
 
@@ -1052,15 +1093,14 @@ def _read_table(
     text_column: str | None = None, key_column: str | None = None,
 ) -> tuple[list[_Entry], list[Problem]]:
     """A CSV/TSV file with a header row -> entries in file order. Columns are matched by name,
-    case-insensitively; without a key column the key is sample_<line>."""
+    case-insensitively; without a key column the key is sample_<line>. `delimiter` None: the
+    header line's most frequent of `,`, TAB, `;` and `|`."""
     content = path.read_bytes().decode("utf-8", "surrogateescape")
     if content.startswith("\ufeff"):
         content = content[1:]
-    if delimiter is None:
-        try:
-            delimiter = csv.Sniffer().sniff(content[:65536], delimiters=",\t;|").delimiter
-        except csv.Error:
-            delimiter = ","
+    if delimiter is None:  # the header's most frequent of , TAB ; | (csv.Sniffer gives up on ragged rows)
+        head = next((line for line in content.splitlines() if line.strip()), "")
+        delimiter = max(",\t;|", key=head.count)
     physical = content.splitlines()
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     rejects: list[Problem] = []
@@ -1106,12 +1146,15 @@ def _read_table(
             rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}", input=raw))
             continue
         seen[key] = start
-        audio, text = row[columns["audio"]].strip(), row[columns["text"]].strip()
+        audio, (text, bad) = row[columns["audio"]].strip(), _clean_transcript(row[columns["text"]])
         if not audio:
             rejects.append(Problem(*where, key, "no_audio", f"empty {header[columns['audio']]!r}", input=raw))
             continue
         if not text:
             rejects.append(Problem(*where, key, "empty_text", f"empty {header[columns['text']]!r}", input=raw))
+            continue
+        if bad:
+            rejects.append(Problem(*where, key, "undecodable_text", bad, input=raw))
             continue
         channel, mono_only = _row_channel(key, mode)
         entries.append(_Entry(*where, key, audio, text, raw=raw, channel=channel, mono_only=mono_only))
@@ -1185,7 +1228,7 @@ def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None 
                                        f"not UTF-8: {err.reason} at byte {err.start}",
                                        input=content.decode("utf-8", "backslashreplace")))
                 continue
-            transcripts[key] = _Keyed(" ".join(text.split()), str(path), 0, text)
+            transcripts[key] = _Keyed(text, str(path), 0, text)
 
     entries: list[_Entry] = []
     used: set[str] = set()
@@ -1462,7 +1505,7 @@ def check(
     keys_seen: dict[str, int] = {}
     for lineno, line in parsed:
         if _undecodable(line):
-            state = {"stage": "fatal", "problems": [("invalid_utf8", _bad_bytes(line))], "key": _json_key(_shown(line)),
+            state = {"stage": "fatal", "problems": [("invalid_utf8", _bad_bytes(line))], "key": _json_key(_replaced(line)),
                      "audio": []}
         else:
             state = _index_rules(lineno, line, settings)
@@ -1546,10 +1589,9 @@ def _text_rules(state: dict) -> None:
             state["problems"].append(("empty_text", f"assistant content {content!r} with text_length "
                                                     f"{state.get('text_length')}"))
         else:
-            bad = sorted({c for c in content if c == "\ufffd" or unicodedata.category(c) == "Cc"})
+            bad = _bad_characters(content)
             if bad:
-                shown = ", ".join(f"U+{ord(c):04X}" for c in bad)
-                state["problems"].append(("undecodable_text", f"{shown} in {content[:80]!r}"))
+                state["problems"].append(("undecodable_text", f"{bad} in {content[:80]!r}"))
         return  # the first assistant turn: what a one-turn ASR line trains on
 
 
@@ -1567,8 +1609,8 @@ def _inspect_audio(location: str, content: bool) -> _Audio:
     try:
         with sf.SoundFile(audio.path) as f:
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
-                clipped += (np.abs(block) >= level).sum(axis=0)
-                mix = block.mean(axis=1, dtype=np.float64) if block.shape[1] > 1 else block[:, 0].astype(np.float64)
+                clipped += np.count_nonzero(np.abs(block) >= level, axis=0)
+                mix = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)  # what FunASR trains on
                 energy += float(np.dot(mix, mix))
                 count += len(block)
     except Exception as err:  # noqa: BLE001 -- soundfile raises several types
@@ -1613,10 +1655,11 @@ def check_key(
     clip_fraction: float = CLIP_FRACTION,
     silence_dbfs: float = SILENCE_DBFS,
 ) -> str:
-    """SHA-256 of everything a check() report depends on: the manifest's bytes, its absolute path
-    and the working directory (relative audio paths), the dataset_conf keys check() reads, the
-    options and thresholds, nano8k's version, and, with `check_audio`, the (path, size, mtime) of
-    every audio file the manifest names: a file replaced under the same name changes the key."""
+    """SHA-256 of everything a check() report depends on: the manifest's bytes and absolute path,
+    the dataset_conf keys check() reads, the options and thresholds, nano8k's version, and, with
+    `check_audio`, the (absolute path, size, mtime) of every audio file the manifest names (so a
+    file replaced under the same name changes the key; relative paths resolve against the working
+    directory, as FunASR resolves them). Costs a read of the manifest and a stat per audio file."""
     from nano8k import __version__
 
     manifest = Path(manifest)
@@ -1627,7 +1670,7 @@ def check_key(
     conf = _plain(dataset_conf)
     settings = {
         "format": CHECK_CACHE_FORMAT, "nano8k": __version__, "manifest": os.path.abspath(manifest),
-        "cwd": os.getcwd(), "content": digest.hexdigest(),
+        "content": digest.hexdigest(),
         "conf": {k: conf[k] for k in CHECK_CONF_KEYS if k in conf},
         "expected_fs": expected_fs, "frontend_fs": frontend_fs, "check_audio": check_audio,
         "check_content": check_content, "clip_fraction": clip_fraction, "silence_dbfs": silence_dbfs,
@@ -1688,7 +1731,8 @@ def check_cached(
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("key") == key:
             report = CheckReport.from_json(stored["report"])
-            report.cached = True
+            report.manifest, report.cached = manifest, True  # as this caller spelled the path
+            report.problems = [dataclasses.replace(p, file=str(manifest)) for p in report.problems]
             return report
     report = check(manifest, dataset_conf, workers=workers, **options)
     with contextlib.suppress(OSError):

@@ -1,10 +1,15 @@
 """Telephone-channel simulation: turn a clean corpus (any sample rate) into 8 kHz telephone speech.
 
-`simulate_corpus(source, out_dir, settings, workers, seed, output_format)` reads a Kaldi data
-directory, a source/target JSONL or a Nano JSONL (the readers of :mod:`nano8k.data`), passes every
-utterance through `simulate_utterance` and writes ``out_dir/wav/<name>.wav`` plus a manifest in
-the input's format (or another), a ``rejects.jsonl`` and a report. `simulate_utterance(samples,
-sample_rate, settings, seed)` is the pure per-utterance function.
+`simulate_corpus(source, out_dir, settings, workers, seed, output_format)` reads what `nano8k data
+prepare` reads (Kaldi directory with optional segments/utt2spk, source/target JSONL, CSV/TSV, folder;
+through :mod:`nano8k.data`'s own readers) or a Nano JSONL, passes every utterance through
+`simulate_utterance` and writes ``out_dir/wav/<name>.wav`` plus a manifest in the input's format
+(Kaldi, JSONL or Nano), a ``rejects.jsonl`` and a report. `simulate_utterance(samples, sample_rate,
+settings, seed)` is the pure per-utterance function; `PRESETS` holds the named settings
+(`resolve_settings` applies a preset, a YAML file and KEY=VALUE overrides).
+
+Audio is written as 8 kHz G.711 WAV (one byte a sample: the exact codes) when the output is 8 kHz
+mu-law/A-law, else as 16-bit PCM; what is written is exactly what `simulate_utterance` returns.
 
 The channel, in the order a call meets it (every step optional except the rate change)::
 
@@ -37,7 +42,9 @@ speech. Packet loss hits the coded stream, after the codec.
 noise's mean power across the whole utterance, in dB. Active-speech power is the mean power of the
 20 ms frames whose power is within 40 dB of the loudest frame (`active_power`), so leading and
 trailing silence does not lower the reference (the seed measured over the whole file). The noise
-realization is scaled to exactly the drawn SNR: the achieved SNR is the drawn one.
+realization is scaled to exactly the drawn SNR: the achieved SNR at the point of mixing is the
+drawn one (background noise: at the source rate, before the band-pass; line noise and hum: on the
+band-passed, levelled speech, before the codec adds its own quantization noise).
 
 **Randomness**: every utterance draws from its own generator, seeded from the global seed and the
 utterance key (`utterance_seed`: sha256 of both), so an utterance's output depends only on
@@ -104,6 +111,9 @@ CHANNEL_RATE = 8000  # every channel step runs at the narrow-band rate
 OUT_RATES = (8000, 16000)
 CODECS = ("mulaw", "alaw", "gsm", "amr-nb", "none")
 SOX_CODECS = {"gsm": "gsm", "amr-nb": "amr-nb"}  # codec -> sox file type
+# Samples the decoded stream lags the input (measured by cross-correlation; tests check it): AMR-NB
+# has a 5 ms look-ahead (3GPP TS 26.090), GSM 06.10 none. Removed so the output stays aligned.
+SOX_CODEC_DELAY = {"gsm": 0, "amr-nb": 40}
 LOSS_FILLS = ("zero", "repeat")
 ACTIVE_FRAME_MS = 20
 ACTIVE_FLOOR_DB = 40.0
@@ -126,6 +136,8 @@ SIMULATE_REASONS: dict[str, str] = {
     "silent_audio": "the audio is digital silence: no speech level to set an SNR against",
     "codec_failed": "sox failed to encode or decode the utterance",
     "write_failed": "the output audio could not be written",
+    "segment_out_of_range": "a Kaldi segment outside its recording (beyond data.SEGMENT_TOLERANCE)",
+    "no_such_channel": "the channel the entry names is not in the file",
     "simulation_failed": "an unexpected error while simulating (a bug: please report it)",
 }
 
@@ -165,6 +177,16 @@ class SimulationSettings:
     noise_prob: float = 1.0
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # numbers from YAML or the command line
+            kind = type(f.default)
+            value = getattr(self, f.name)
+            if kind in (int, float) and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                try:
+                    object.__setattr__(self, f.name, kind(value))
+                except (TypeError, ValueError):
+                    raise UserError(f"{f.name} must be a number, got {value!r}") from None
+            elif kind is str and not isinstance(value, str):
+                raise UserError(f"{f.name} must be a string, got {value!r}")
         for name in ("band", "level_db", "line_snr_db", "hum_snr_db", "loss_rate", "noise_snr_db"):
             value = getattr(self, name)
             if value is not None:
@@ -427,10 +449,8 @@ def loss_mask(n_frames: int, rate: float, burst: float, rng: np.random.Generator
 
 def _apply_loss(y: np.ndarray, mask: np.ndarray, frame: int, fill: str, silence: float) -> np.ndarray:
     y = y.copy()
-    run = 0
     for i in np.flatnonzero(mask):
         start, stop = i * frame, min((i + 1) * frame, len(y))
-        run = run + 1 if i > 0 and mask[i - 1] else 1
         if fill == "repeat" and i > 0:
             prev = y[(i - 1) * frame: i * frame]
             y[start:stop] = prev[: stop - start] * 0.5
@@ -484,15 +504,16 @@ class _CodecError(Exception):
 def _sox_codec(x: np.ndarray, codec: str, amr_mode: int) -> np.ndarray:
     """8 kHz float audio through the codec and back (two sox processes, pipes, no files)."""
     kind = SOX_CODECS[codec]
-    pcm = channel.float_to_pcm16(x).astype("<i2").tobytes()
+    delay = SOX_CODEC_DELAY[codec]
+    pcm = np.concatenate([channel.float_to_pcm16(x), np.zeros(delay, np.int16)]).astype("<i2").tobytes()
     raw = ["-t", "raw", "-r", str(CHANNEL_RATE), "-L", "-e", "signed-integer", "-b", "16", "-c", "1"]
     encode = ["sox", "-q", "-V1", *raw, "-", "-t", kind, *(["-C", str(amr_mode)] if codec == "amr-nb" else []), "-"]
     decode = ["sox", "-q", "-V1", "-t", kind, "-", *raw, "-"]
     coded = _run_sox(encode, pcm)
     back = np.frombuffer(_run_sox(decode, coded), dtype="<i2")
+    back = back[delay:delay + len(x)]  # time-aligned with the input
     out = np.zeros(len(x), dtype=np.float64)
-    n = min(len(back), len(x))
-    out[:n] = back[:n] / 32768.0
+    out[:len(back)] = back / 32768.0
     return out
 
 
@@ -611,8 +632,10 @@ def simulate_utterance(
         segment = _noise_segment(files[index], len(x), fs, rng_noise)
         if speech_power > 0 and np.any(segment):
             x = (x + scale_to_snr(segment, speech_power, snr)).astype(np.float32)
-            root = settings.noise_dir
-            params["noise_file"] = (os.path.relpath(files[index], root) if root else files[index]).replace(os.sep, "/")
+            name = files[index]
+            if settings.noise_dir:  # noise_files() lists resolved paths
+                name = os.path.relpath(name, Path(settings.noise_dir).resolve())
+            params["noise_file"] = name.replace(os.sep, "/")
             params["noise_snr_db"] = round(snr, 3)
 
     # 2-3. narrow band
@@ -729,14 +752,20 @@ def output_names(keys: Iterable[str]) -> dict[str, str]:
 
 @dataclass
 class _Item:
+    """One utterance to simulate, from any input format."""
+
     file: str
     line: int
     key: str
     audio: str
     text: str
     pipe: bool = False
-    raw: dict | None = None  # the JSONL / Nano object
+    input: str | None = None  # the input line, kept in the rejects file
+    obj: dict | None = None  # the JSONL / Nano object
     audio_field: str | None = None  # source/target JSONL: the field that holds the path
+    segment: tuple | None = None  # Kaldi segment (start, end) in seconds
+    channel: int | None = None  # one channel of a multi-channel file; None: all, averaged
+    speaker: str | None = None
 
 
 @dataclass
@@ -745,15 +774,14 @@ class SimulateReport:
     out_dir: Path
     manifest: Path  # the manifest file (the directory for Kaldi output)
     rejects_file: Path
-    input_format: str  # kaldi, jsonl, nano
-    output_format: str
+    input_format: str  # kaldi, jsonl, table, folder, nano
+    output_format: str  # kaldi, jsonl, nano
     settings: SimulationSettings
     seed: int
     written: int = 0
-    rejects: list = field(default_factory=list)  # data.Problem
+    rejects: list = field(default_factory=list)  # nano8k.data.Problem
     seconds_in: float = 0.0
     seconds_out: float = 0.0
-    notes: list[str] = field(default_factory=list)
     applied: Counter = field(default_factory=Counter)  # step -> utterances it was applied to
 
     @property
@@ -772,17 +800,22 @@ class SimulateReport:
     def counts(self) -> Counter:
         return Counter(p.reason for p in self.rejects)
 
+    @property
+    def exit_code(self) -> int:
+        """0 when every input line was written, 1 when any was rejected."""
+        return 1 if self.rejects else 0
+
     def summary(self) -> str:
         s = self.settings
         lines = [f"{self.manifest}: {self.written} of {self.total} utterances simulated ({self.output_format}, "
                  f"codec {s.codec}, {s.out_rate} Hz, seed {self.seed}), {self.seconds_out / 3600:.2f} h of audio "
                  f"in {self.out_dir / 'wav'}"]
-        if self.applied:
-            lines.append("applied: " + ", ".join(f"{k} {v}" for k, v in sorted(self.applied.items())))
+        if self.written:
+            steps = ", ".join(f"{k} {self.applied[k]}" for k in ("noise", "line_noise", "hum", "packet_loss"))
+            lines.append(f"applied to: {steps} (of {self.written}; per utterance in its 'channel' field)")
         if self.rejects:
             reasons = ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
             lines.append(f"{self.rejected} rejected ({reasons}): see {self.rejects_file}")
-        lines += self.notes
         return "\n".join(lines)
 
 
@@ -801,14 +834,19 @@ def simulate_corpus(
 ) -> SimulateReport:
     """Simulate every utterance of `source` into `out_dir` (see the module docstring).
 
-    `source`: a Kaldi data directory (wav.scp + text; utt2spk kept when present), a source/target
-    JSONL, or a Nano JSONL. `output_format`: kaldi, jsonl or nano (default: the input's; nano
-    output needs a Nano input, whose text_length it keeps: run `nano8k data prepare` on a Kaldi
-    or JSONL output instead). Writes ``out_dir/wav/<name>.wav``, the manifest (Kaldi: wav.scp,
-    text, [utt2spk, spk2utt,] utt2channel in `out_dir`; JSONL/Nano: ``out_dir/<input name>.jsonl``
-    with the new absolute paths and a `channel` object; Nano: speech_length/duration/sample_rate
-    recomputed for the new audio at `frontend_fs`, default 16000) and ``out_dir/rejects.jsonl``.
-    Lines are written in input order. `out_dir` must be empty or absent unless `overwrite`.
+    `source`: anything `nano8k data prepare` reads (a Kaldi data directory with optional segments
+    and utt2spk, a source/target JSONL, a CSV/TSV, a folder of audio + .txt), read by nano8k.data's
+    own readers, or a Nano JSONL (single-audio lines). `output_format`: kaldi, jsonl or nano
+    (default: the input's; jsonl for CSV/TSV and folders). A Nano output needs a Nano input, whose
+    text_length it keeps; for other inputs write kaldi or jsonl and run `nano8k data prepare`.
+
+    Writes ``out_dir/wav/<name>.wav`` (names from `output_names`), the manifest (Kaldi: wav.scp,
+    text, utt2channel, and utt2spk + spk2utt when speakers are known; JSONL/Nano:
+    ``out_dir/<input name>.jsonl``, the input's fields with the new absolute path and a `channel`
+    object; Nano: speech_length, duration and sample_rate recomputed for the new audio, counted at
+    `frontend_fs`, default 16000), and ``out_dir/rejects.jsonl`` (always; empty when nothing was
+    rejected). Lines keep the input's order. `out_dir` must be absent or empty unless `overwrite`.
+    Multi-channel audio is averaged. Never raises for a bad line or file: see the report.
     """
     from nano8k import data
 
@@ -818,67 +856,72 @@ def simulate_corpus(
     settings = settings.validate()
     require_codec(settings.codec)
     frontend_fs = data.DEFAULT_FRONTEND_FS if frontend_fs is None else int(frontend_fs)
+    if frontend_fs <= 0:
+        raise UserError(f"frontend_fs must be a positive sample rate, got {frontend_fs}")
 
     input_format, items, rejects, location = _read_source(source, allow_pipes)
-    output_format = output_format or input_format
+    output_format = output_format or {"kaldi": "kaldi", "nano": "nano"}.get(input_format, "jsonl")
     if output_format not in OUTPUT_FORMATS:
         raise UserError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if output_format == "nano" and input_format != "nano":
         raise UserError("a Nano manifest needs text_length from the model's tokenizer: write kaldi or jsonl output "
                         "and run `nano8k data prepare` on it")
-    name = location.name if input_format != "kaldi" else (location.resolve().name or "data")
-    manifest = out_dir if output_format == "kaldi" else out_dir / (Path(name).stem + ".jsonl")
     out_dir = out_dir.absolute()
-    manifest = manifest.absolute()
-    inputs = {location.resolve()} | ({(location / n).resolve() for n in ("wav.scp", "text", "utt2spk")}
-                                     if input_format == "kaldi" else set())
-    outputs = {(out_dir / n).resolve() for n in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2channel", "rejects.jsonl")}
-    if output_format != "kaldi":
-        outputs.add(manifest.resolve())
-    if inputs & outputs:
+    stem = Path(location.resolve().name).stem or "data"
+    manifest = out_dir if output_format == "kaldi" else out_dir / f"{stem}.jsonl"
+    written_files = {out_dir / n for n in ("rejects.jsonl",)} | (
+        {out_dir / n for n in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2channel")} if output_format == "kaldi"
+        else {manifest})
+    read_files = {location} | ({location / n for n in ("wav.scp", "text", "segments", "utt2spk")}
+                               if location.is_dir() else set())
+    if {p.resolve() for p in written_files} & {p.resolve() for p in read_files}:
         raise UserError(f"{out_dir}: the output would overwrite the input; choose another output directory")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir}: not empty; choose a new directory or allow overwriting (--overwrite)")
-
-    if output_format == "kaldi":
-        keep = []
-        for item in items:
-            if re.search(r"\s", item.key):
-                rejects.append(data.Problem(item.file, item.line, item.key, "bad_key", "whitespace in the key"))
-            else:
-                keep.append(item)
-        items = keep
-
-    noise = ()
-    report = SimulateReport(source=source, out_dir=out_dir, manifest=manifest, rejects_file=out_dir / "rejects.jsonl",
-                            input_format=input_format, output_format=output_format, settings=settings, seed=int(seed))
+    noise: tuple[str, ...] = ()
+    if settings.noise_dir is not None:  # absolute: `noise_file` is recorded relative to it
+        settings = settings.replace(noise_dir=str(Path(settings.noise_dir).resolve()))
     if settings.noise_dir is not None and settings.noise_prob > 0:
         noise = noise_files(settings.noise_dir)
         if not noise:
             raise UserError(f"noise_dir {settings.noise_dir}: no readable audio files")
 
+    if output_format == "kaldi":  # Kaldi files are whitespace-separated
+        kept = []
+        for item in items:
+            if re.search(r"\s", item.key):
+                rejects.append(_problem(item, "bad_key", f"whitespace in the key {item.key!r}"))
+            else:
+                kept.append(item)
+        items = kept
+
     wav_dir = out_dir / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(item.key for item in items)
-    tasks = [(item.key, item.audio, item.pipe, str(wav_dir / names[item.key])) for item in items]
+    tasks = [(item.key, item.audio if item.pipe or _is_url(item.audio) else os.path.abspath(item.audio), item.pipe,
+              item.segment, item.channel, str(wav_dir / names[item.key])) for item in items]
     results = _run_tasks(tasks, settings, int(seed), noise, workers, progress)
 
+    report = SimulateReport(source=source, out_dir=out_dir, manifest=manifest, rejects_file=out_dir / "rejects.jsonl",
+                            input_format=input_format, output_format=output_format, settings=settings, seed=int(seed))
     records: list[tuple[_Item, dict]] = []
     for item, result in zip(items, results):
         if "reason" in result:
-            rejects.append(data.Problem(item.file, item.line, item.key, result["reason"], result["detail"]))
+            rejects.append(_problem(item, result["reason"], result["detail"]))
             continue
         records.append((item, result))
         report.seconds_in += result["seconds_in"]
         report.seconds_out += result["samples"] / result["rate"]
-        for step, key in (("line_noise", "snr_db"), ("hum", "hum_hz"), ("noise", "noise_file")):
-            report.applied[step] += result["channel"][key] is not None
-        report.applied["packet_loss"] += bool(result["channel"]["loss_rate"])
+        applied = result["channel"]
+        report.applied["noise"] += applied["noise_file"] is not None
+        report.applied["line_noise"] += applied["snr_db"] is not None
+        report.applied["hum"] += applied["hum_hz"] is not None
+        report.applied["packet_loss"] += bool(applied["loss_rate"])
 
     if output_format == "kaldi":
-        _write_kaldi(out_dir, records, location if input_format == "kaldi" else None)
+        _write_kaldi(out_dir, records)
     else:
         _write_jsonl(manifest, records, output_format, frontend_fs)
     report.written = len(records)
@@ -887,38 +930,69 @@ def simulate_corpus(
     return report
 
 
+def _problem(item: _Item, reason: str, detail: str) -> Any:
+    from nano8k import data
+
+    return data.Problem(item.file, item.line, item.key, reason, detail, **_input_field(item.input))
+
+
+def _input_field(line: str | None) -> dict:
+    from nano8k import data
+
+    return {"input": line} if "input" in {f.name for f in dataclasses.fields(data.Problem)} else {}
+
+
 # --- reading ---------------------------------------------------------------------------------
 
 
 def _read_source(source: Path, allow_pipes: bool) -> tuple[str, list[_Item], list, Path]:
-    """(format, items, rejects, location) through nano8k.data's readers; Nano JSONL read here."""
+    """(format, items, rejects, location): nano8k.data's readers for what `prepare` reads (same
+    rules, same reject reasons); Nano JSONL lines are read here."""
     from nano8k import data
 
-    if source.exists() and source.is_file() and _is_nano(source):
+    if source.is_file() and _is_nano(source):
         items, rejects = _read_nano(source)
         return "nano", items, rejects, source
-    fmt, location = data._detect_source(source)  # noqa: SLF001 -- the shared reader
+    fmt, location, *rest = data._detect_source(source)  # noqa: SLF001 -- the shared readers
+    delimiter = rest[0] if rest else None
     if fmt == "kaldi":
         entries, rejects = data._read_kaldi(location, allow_pipes)  # noqa: SLF001
-        return "kaldi", [_Item(e.file, e.line, e.key, e.audio, e.text, e.pipe) for e in entries], rejects, location
-    entries, rejects = data._read_source_jsonl(location)  # noqa: SLF001
-    lines = data._read_lines(location)  # noqa: SLF001
+    elif fmt == "jsonl":
+        entries, rejects = data._read_source_jsonl(location)  # noqa: SLF001
+    elif fmt == "table":
+        entries, rejects = data._read_table(location, "mix", delimiter)  # noqa: SLF001
+    elif fmt == "folder":
+        entries, rejects = data._read_folder(location, "mix")  # noqa: SLF001
+    else:  # pragma: no cover - a format data.py learns later
+        raise UserError(f"{source}: {fmt} input is not supported by simulate yet")
+    if hasattr(data, "_unique_keys"):
+        entries = data._unique_keys(entries, rejects)  # noqa: SLF001
     items = []
     for e in entries:
-        raw = json.loads(lines[e.line - 1])
-        items.append(_Item(e.file, e.line, e.key, e.audio, e.text, raw=raw,
-                           audio_field="source" if "source" in raw else "audio"))
-    return "jsonl", items, rejects, location
+        raw = getattr(e, "raw", None)
+        obj = audio_field = None
+        if fmt == "jsonl":
+            obj = json.loads(raw) if isinstance(raw, str) else json.loads(data._read_lines(location)[e.line - 1])  # noqa: SLF001
+            audio_field = "source" if "source" in obj else "audio"
+        items.append(_Item(e.file, e.line, e.key, e.audio, e.text, e.pipe, input=raw if isinstance(raw, str) else None,
+                           obj=obj, audio_field=audio_field, segment=getattr(e, "segment", None),
+                           channel=getattr(e, "channel", None), speaker=getattr(e, "speaker", None)))
+    return fmt, items, rejects, location
+
+
+def _is_url(location: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+.-]*://", location, re.I) is not None
 
 
 def _is_nano(path: Path) -> bool:
+    """A JSONL whose first line has `messages` and no source/audio field."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             for line in f:
                 if line.strip():
                     obj = json.loads(line)
                     return isinstance(obj, dict) and "messages" in obj and not ("source" in obj or "audio" in obj)
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+    except (UnicodeDecodeError, ValueError, OSError):
         return False
     return False
 
@@ -933,13 +1007,17 @@ def _read_nano(path: Path) -> tuple[list[_Item], list]:
         if not line.strip():
             continue
         where = (str(path), lineno)
+
+        def reject(key: str | None, reason: str, detail: str) -> None:
+            rejects.append(data.Problem(*where, key, reason, detail, **_input_field(line)))  # noqa: B023
+
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            rejects.append(data.Problem(*where, None, "malformed_line", f"invalid JSON: {err.msg} at column {err.colno}"))
+        except ValueError as err:
+            reject(None, "malformed_line", f"invalid JSON: {_one_line(err)}")
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
-            rejects.append(data.Problem(*where, None, "malformed_line", "not an object with a 'messages' list"))
+            reject(None, "malformed_line", "not an object with a 'messages' list")
             continue
         key = obj.get("key")
         if isinstance(key, (list, tuple)) and len(key) == 1:
@@ -947,11 +1025,11 @@ def _read_nano(path: Path) -> tuple[list[_Item], list]:
         if key is None:
             key = f"sample_{lineno:08d}"
         if not isinstance(key, (str, int)) or isinstance(key, bool) or not str(key).strip():
-            rejects.append(data.Problem(*where, None, "malformed_line", f"key {key!r} is not a non-empty string"))
+            reject(None, "malformed_line", f"key {key!r} is not a non-empty string")
             continue
         key = str(key).strip()
         if key in seen:
-            rejects.append(data.Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}"))
+            reject(key, "duplicate_key", f"first at {path}:{seen[key]}")
             continue
         seen[key] = lineno
         turns = [m for m in obj["messages"] if isinstance(m, dict)]
@@ -959,18 +1037,15 @@ def _read_nano(path: Path) -> tuple[list[_Item], list]:
         answers = [m.get("content") for m in turns if m.get("role") == "assistant"]
         paths = data.audio_paths(users)
         if not paths:
-            rejects.append(data.Problem(*where, key, "no_audio", "no <|startofspeech|>!path<|endofspeech|> in the user turn"))
-            continue
-        if len(paths) > 1:
-            rejects.append(data.Problem(*where, key, "multiple_audio", f"{len(paths)} audio files"))
-            continue
-        if not answers or not isinstance(answers[0], str):
-            rejects.append(data.Problem(*where, key, "no_text", "no assistant turn with a string content"))
-            continue
-        if not answers[0].strip():
-            rejects.append(data.Problem(*where, key, "empty_text", "the assistant turn is empty"))
-            continue
-        items.append(_Item(str(path), lineno, key, paths[0], answers[0].strip(), raw=obj))
+            reject(key, "no_audio", "no <|startofspeech|>!path<|endofspeech|> in the user turn")
+        elif len(paths) > 1:
+            reject(key, "multiple_audio", f"{len(paths)} audio files in the user turns")
+        elif not answers or not isinstance(answers[0], str):
+            reject(key, "no_text", "no assistant turn with a string content")
+        elif not answers[0].strip():
+            reject(key, "empty_text", "the assistant turn is empty")
+        else:
+            items.append(_Item(str(path), lineno, key, paths[0], answers[0].strip(), input=line, obj=obj))
     return items, rejects
 
 
@@ -983,27 +1058,30 @@ def _init_worker(settings: SimulationSettings, seed: int, noise: tuple[str, ...]
     _JOB.update(settings=settings, seed=seed, noise=noise)
 
 
-def _one(task: tuple[str, str, bool, str]) -> dict:
-    """Read, simulate and write one utterance; failures become {"reason", "detail"}."""
-    key, audio, pipe, out_path = task
+def _one(task: tuple) -> dict:
+    """Read, simulate and write one utterance; a failure becomes {"reason", "detail"}."""
+    key, audio, pipe, segment, channel_index, out_path = task
     settings: SimulationSettings = _JOB["settings"]
     try:
-        samples, rate = _read_audio(audio, pipe)
+        samples, rate = _load(audio, pipe, segment, channel_index)
         if len(samples) < MIN_SECONDS * rate:
-            raise _Reject("audio_too_short", f"{len(samples)} samples at {rate} Hz")
+            raise _Reject("audio_too_short", f"{len(samples)} samples at {rate} Hz: {audio}")
         out, out_rate, params = simulate_utterance(samples, rate, settings, utterance_seed(_JOB["seed"], key),
                                                    noise=_JOB["noise"])
         _write_wav(out_path, out, out_rate, _wav_subtype(settings))
     except _Reject as err:
         return {"reason": err.reason, "detail": err.detail}
     except Exception as err:  # noqa: BLE001 -- one utterance never stops the run
-        return {"reason": "simulation_failed", "detail": f"{type(err).__name__}: {_one_line(err)}"}
+        return {"reason": "simulation_failed", "detail": f"{audio}: {type(err).__name__}: {_one_line(err)}"}
     return {"path": out_path, "samples": len(out), "rate": out_rate, "seconds_in": len(samples) / rate,
             "channel": params}
 
 
-def _read_audio(audio: str, pipe: bool) -> tuple[np.ndarray, int]:
+def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | None) -> tuple[np.ndarray, int]:
+    """(frames x channels float32, rate) of a file, a pipe's output, a segment, or one channel."""
     import soundfile as sf
+
+    from nano8k import data
 
     if pipe:
         try:
@@ -1013,29 +1091,46 @@ def _read_audio(audio: str, pipe: bool) -> tuple[np.ndarray, int]:
         if proc.returncode != 0:
             err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
             raise _Reject("pipe_failed", f"'{audio}' exited with {proc.returncode}" + (f": {err[-1]}" if err else ""))
-        try:
-            x, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-        except Exception as err:  # noqa: BLE001
-            raise _Reject("pipe_failed", f"'{audio}' did not write readable audio: {_one_line(err)}") from None
-        return x, int(rate)
-    if re.match(r"^[a-z][a-z0-9+.-]*://", audio, re.I):
-        raise _Reject("missing_audio", f"{audio}: URLs are not supported; download the audio first")
-    path = os.path.abspath(audio)
-    if not os.path.isfile(path):
-        raise _Reject("missing_audio", f"{path} does not exist")
+        opened, label, bad = io.BytesIO(proc.stdout), f"'{audio}'", "pipe_failed"
+    else:
+        if _is_url(audio):
+            raise _Reject("missing_audio", f"{audio}: URLs are not supported; download the audio first")
+        path = os.path.abspath(audio)
+        if not os.path.isfile(path):
+            raise _Reject("missing_audio", f"{path} does not exist")
+        opened, label, bad = path, path, "unreadable_audio"
     try:
-        x, rate = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(opened) as f:
+            rate, total, channels = int(f.samplerate), int(f.frames), int(f.channels)
+            if rate <= 0:
+                raise ValueError(f"invalid sample rate {rate}")
+            start, stop = 0, total
+            if segment is not None:
+                start, stop = (data._nearest_sample(t, rate) for t in segment)  # noqa: SLF001
+                tolerance = getattr(data, "SEGMENT_TOLERANCE", 0.5)
+                if start >= total or stop - total > tolerance * rate:
+                    raise _Reject("segment_out_of_range", f"{float(segment[0]):g}-{float(segment[1]):g} s of a "
+                                                          f"{total / rate:.3f} s recording: {label}")
+                stop = min(stop, total)
+                f.seek(start)
+            x = f.read(stop - start, dtype="float32", always_2d=True)
+    except _Reject:
+        raise
     except Exception as err:  # noqa: BLE001 -- soundfile raises several types
-        raise _Reject("unreadable_audio", f"{path}: {_one_line(err)}") from None
-    if rate <= 0:
-        raise _Reject("unreadable_audio", f"{path}: invalid sample rate {rate}")
-    return x, int(rate)
+        raise _Reject(bad, f"{label}: {_one_line(err)}") from None
+    if len(x) < stop - start:
+        raise _Reject(bad, f"{label}: read {len(x)} of {stop - start} samples")
+    if channel_index is not None and channels > 1:
+        if channel_index >= channels:
+            raise _Reject("no_such_channel", f"channel {channel_index} of a {channels}-channel file: {label}")
+        x = x[:, [channel_index]]
+    return x, rate
 
 
 def _write_wav(path: str, samples: np.ndarray, rate: int, subtype: str) -> None:
     import soundfile as sf
 
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         sf.write(tmp, channel.float_to_pcm16(samples), rate, subtype=subtype, format="WAV")
         os.replace(tmp, path)
@@ -1048,20 +1143,22 @@ def _write_wav(path: str, samples: np.ndarray, rate: int, subtype: str) -> None:
 def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tuple[str, ...], workers: int,
                progress: bool) -> list[dict]:
     """_one over the tasks, results in input order: in-process for one worker, else a process pool
-    (forkserver: no fork of a threaded parent); a rich progress bar on stderr."""
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
+    (forkserver, which imports this module once: workers are never forks of a possibly threaded
+    caller); a rich progress bar on stderr."""
+    with contextlib.ExitStack() as stack:
         if workers > 1 and len(tasks) > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(["nano8k.simulate", "nano8k.data", "soundfile"])  # imported once
+            else:
+                context = multiprocessing.get_context("spawn")
             pool = stack.enter_context(ProcessPoolExecutor(
-                max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context(method),
+                max_workers=min(workers, len(tasks)), mp_context=context,
                 initializer=_init_worker, initargs=(settings, seed, noise)))
-            chunk = max(1, min(64, len(tasks) // (workers * 8)))
-            results = pool.map(_one, tasks, chunksize=chunk)
+            results: Iterable[dict] = pool.map(_one, tasks, chunksize=max(1, min(32, len(tasks) // (workers * 8))))
         else:
             _init_worker(settings, seed, noise)
             results = map(_one, tasks)
@@ -1083,7 +1180,7 @@ def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tupl
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, lines: Iterable[str]) -> None:
+def _write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -1096,28 +1193,20 @@ def _write_text_atomic(path: Path, lines: Iterable[str]) -> None:
         raise
 
 
-def _compact(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def _write_kaldi(out_dir: Path, records: list[tuple[_Item, dict]], kaldi_in: Path | None) -> None:
-    _write_text_atomic(out_dir / "wav.scp", (f"{i.key} {r['path']}" for i, r in records))
-    _write_text_atomic(out_dir / "text", (f"{i.key} {' '.join(i.text.split())}" for i, r in records))
-    _write_text_atomic(out_dir / "utt2channel", (f"{i.key} {_compact(r['channel'])}" for i, r in records))
-    if kaldi_in is not None and (kaldi_in / "utt2spk").is_file():
-        from nano8k import data
-
-        spk = {}
-        for line in data._read_lines(kaldi_in / "utt2spk"):  # noqa: SLF001
-            parts = line.split()
-            if len(parts) >= 2:
-                spk.setdefault(parts[0], parts[1])
-        written = [(i.key, spk[i.key]) for i, _ in records if i.key in spk]
-        _write_text_atomic(out_dir / "utt2spk", (f"{u} {s}" for u, s in written))
-        by_spk: dict[str, list[str]] = {}
-        for u, s in written:
-            by_spk.setdefault(s, []).append(u)
-        _write_text_atomic(out_dir / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_spk.items())))
+def _write_kaldi(out_dir: Path, records: list[tuple[_Item, dict]]) -> None:
+    compact = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+    _write_lines_atomic(out_dir / "wav.scp", (f"{i.key} {r['path']}" for i, r in records))
+    _write_lines_atomic(out_dir / "text", (f"{i.key} {' '.join(i.text.split())}" for i, _ in records))
+    _write_lines_atomic(out_dir / "utt2channel", (f"{i.key} {compact(r['channel'])}" for i, r in records))
+    speakers = [(i.key, i.speaker) for i, _ in records if i.speaker]
+    if speakers:  # Kaldi wants every utterance in utt2spk: the speakerless ones are their own speaker
+        spk = dict(speakers)
+        pairs = [(i.key, spk.get(i.key, i.key)) for i, _ in records]
+        _write_lines_atomic(out_dir / "utt2spk", (f"{u} {s}" for u, s in pairs))
+        by_speaker: dict[str, list[str]] = {}
+        for u, s in pairs:
+            by_speaker.setdefault(s, []).append(u)
+        _write_lines_atomic(out_dir / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_speaker.items())))
 
 
 def _write_jsonl(manifest: Path, records: list[tuple[_Item, dict]], output_format: str, frontend_fs: int) -> None:
@@ -1125,26 +1214,27 @@ def _write_jsonl(manifest: Path, records: list[tuple[_Item, dict]], output_forma
 
     rows = []
     for item, result in records:
-        path, ch = result["path"], result["channel"]
+        path = result["path"]
         if output_format == "nano":
-            row = json.loads(json.dumps(item.raw))  # deep copy
+            row = json.loads(json.dumps(item.obj))  # a deep copy
             old = f"{data.SPEECH_BEGIN}!{item.audio}{data.SPEECH_END}"
-            new = f"{data.SPEECH_BEGIN}!{path}{data.SPEECH_END}"
             for turn in row["messages"]:
                 if isinstance(turn, dict) and turn.get("role") == "user" and isinstance(turn.get("content"), str) \
                         and old in turn["content"]:
-                    turn["content"] = turn["content"].replace(old, new, 1)
+                    turn["content"] = turn["content"].replace(old, f"{data.SPEECH_BEGIN}!{path}{data.SPEECH_END}", 1)
                     break
             row["key"] = item.key
             row["speech_length"] = data.fbank_frames(result["samples"], result["rate"], frontend_fs)
             row["duration"] = round(result["samples"] / result["rate"], 6)
             row["sample_rate"] = result["rate"]
-        elif item.audio_field is not None:  # source/target JSONL: every field kept, the path replaced
-            row = dict(item.raw)
-            row[item.audio_field or "source"] = path
+        elif item.audio_field is not None:  # a source/target JSONL: its fields, the new path
+            row = dict(item.obj or {})
+            row[item.audio_field] = path
         else:
             row = {"key": item.key, "source": path, "target": item.text}
-        row["channel"] = ch
+            if item.speaker:
+                row["speaker"] = item.speaker
+        row["channel"] = result["channel"]
         rows.append(row)
     data._write_jsonl_atomic(manifest, rows)  # noqa: SLF001
 

@@ -76,22 +76,29 @@ class Trainer:
     # -- set-up ------------------------------------------------------------------------------
 
     def _check_data(self, funasr_cfg: dict) -> None:
-        """Count what FunASR would silently drop; refuse to start unless allowed (allow_drops)."""
+        """What FunASR would silently drop, or train on with broken text (data.check_cached: cached
+        under the manifest's bytes, the dataset_conf thresholds and the audio files' size/mtime);
+        refuse to start unless allowed (allow_drops)."""
         fs = (funasr_cfg.get("frontend_conf") or {}).get("fs")
         for key in ("train_data_set_list", "valid_data_set_list"):
             path = Path(str(self.settings[key]))
             if not path.is_file():
                 raise UserError(f"{key}: {path} not found")
-            report = data.check(path, funasr_cfg.get("dataset_conf") or {}, frontend_fs=fs)
-            log.info("%s", report.summary())
+            report = data.check_cached(path, funasr_cfg.get("dataset_conf") or {}, frontend_fs=fs)
+            log.info("%s%s", report.summary(), " (cached check)" if report.cached else "")
             if report.fatal or report.survivors == 0:
                 raise UserError(f"{key}: FunASR cannot train on {path}: " + report.summary().replace("\n", ";"))
             dropped = report.lines - report.survivors
-            if dropped:
+            flagged = sum(report.flagged.values())
+            if dropped or flagged:
                 rejects = self.run_dir / f"rejects.{key.split('_')[0]}.jsonl"
                 if self.is_main:
                     data.write_rejects(report, rejects)
-                message = f"{key}: FunASR would silently drop {dropped} of {report.lines} samples of {path}; listed in {rejects}"
+                what = f"silently drop {dropped} of {report.lines} samples" if dropped else ""
+                if flagged:
+                    broken = ", ".join(f"{r} {n}" for r, n in report.flagged.most_common())
+                    what += (" and " if what else "") + f"train on {flagged} samples with broken text ({broken})"
+                message = f"{key}: FunASR would {what} of {path}; listed in {rejects}"
                 if not self.settings.get("allow_drops"):
                     raise UserError(message + "; fix the data or pass allow_drops=true")
                 log.warning(message)
