@@ -395,11 +395,29 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
+    """`nano8k decode`: nano8k's own keys only. The model's architecture and front end come from
+    the checkpoint's training run (its config.yaml) or model_dir/config.yaml, never from here."""
+
+    @dataclass
+    class Score:
+        lang: Optional[str] = key("auto, zh, ja, en or mixed (as `nano8k score --lang`)", NANO8K)
+        numbers: Optional[bool] = key("spell out digits before scoring", NANO8K)
+
+    model_dir: Optional[str] = key("local model directory or ModelScope id; null: the run's model_dir", NANO8K)
     checkpoint: Optional[str] = key("checkpoint file or training run directory", NANO8K)
-    input: Optional[str] = key("JSONL, Kaldi directory, audio list or audio file", NANO8K)
+    input: Optional[str] = key("JSONL, Kaldi directory, audio list, folder or audio file", NANO8K)
     device: Optional[str] = key("auto, cpu, cuda or cuda:N", NANO8K)
     batch_size: Optional[int] = key("utterances per batch", NANO8K)
+    max_new_tokens: Optional[int] = key("most tokens generated per utterance", NANO8K)
+    llm_dtype: Optional[str] = key("fp32, bf16 or fp16; null: fp32 on CPU, llm_conf.llm_dtype on GPU", NANO8K)
+    language: Optional[str] = key("null/auto, an ISO code (zh, en, ...) or FunASR's name (中文, 英文, ...)", NANO8K)
+    prompt: Optional[str] = key("literal user prompt; null: FunASR's get_prompt(hotwords, language, itn)", NANO8K)
+    itn: Optional[bool] = key("inverse text normalization (false adds FunASR's ，不进行文本规整)", NANO8K)
+    hotwords: Optional[list[str]] = key("hotwords for FunASR's context prompt", NANO8K)
+    hotwords_file: Optional[str] = key("file of hotwords, one a line (# comments)", NANO8K)
+    ctc: Optional[bool] = key("also write the CTC greedy hypothesis when the model has a CTC branch", NANO8K)
+    timestamps: Optional[bool] = key("CTC forced-alignment timestamps (need torchaudio; skipped with a warning)", NANO8K)
+    score: Optional[Score] = key("scoring of hypotheses against references", NANO8K)
 
 
 SCHEMAS: dict[str, type] = {"train": TrainConfig, "decode": DecodeConfig}

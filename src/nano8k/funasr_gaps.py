@@ -40,11 +40,28 @@ with each key" is the user-facing summary of this module.
    resample to the front end's rate with soxr, as FunASR's loader does for files.
 9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide and prints a banner;
    nano8k imports it through quiet_funasr_import(), which undoes both.
+12. DITHER AT DECODING — FunASR: WavFrontend's dither (1.0 by default; the released config does
+   not set it) adds random noise to the features at inference too, so the same audio can decode
+   differently from run to run. nano8k decodes with dither 0 (decoding_frontend()).
+13. BATCHED DECODING — FunASR: inference_prepare raises NotImplementedError for more than one
+   utterance, AutoModel forces batch_size 1 on CPU, and _inference_llm_batch (which still encodes
+   utterance by utterance) is bypassed whenever the model has a CTC branch. nano8k prepares each
+   utterance with FunASR's own data_load_speech (same prompt ids and features), then runs the
+   encoder, adaptor, CTC branch and a left-padded llm.generate on the whole batch
+   (utterance_inputs(), encode_batch(), ctc_greedy(), generate_batch()).
+14. CTC TIMESTAMPS — FunASR: with a CTC branch, inference always runs forced_align, which needs
+   torchaudio, so decoding fails with ImportError where torchaudio is absent. nano8k's CTC greedy
+   hypothesis needs no torchaudio; timestamps are computed only when torchaudio is importable and
+   skipped with a warning otherwise (ctc_timestamps()).
+15. LLM DTYPE AT DECODING — FunASR's inference casts the LLM to a top-level `llm_dtype` keyword
+   (default fp32), not to llm_conf.llm_dtype. nano8k's decode config has `llm_dtype`; unset, it is
+   fp32 on CPU and llm_conf.llm_dtype on GPU (fp32 on a GPU without bf16) (llm_dtype()).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -371,3 +388,165 @@ def atomic_save(obj: Any, path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# 12-15: decoding (`nano8k decode`). FunASR decodes Fun-ASR-Nano one utterance at a time; these
+# helpers run FunASR's own per-utterance preparation, then the networks on a whole batch.
+# --------------------------------------------------------------------------------------------
+
+
+def decoding_frontend(frontend: Any) -> Any:
+    """12: the front end without dither (set in place; returned for convenience)."""
+    frontend.dither = 0.0
+    return frontend
+
+
+@dataclasses.dataclass
+class UtteranceInputs:
+    """One utterance as FunASR's inference prepares it: LFR features [T, D], the prompt's token ids
+    with `fake_token_len` placeholder ids at `fbank_beg` (where the adaptor output goes)."""
+
+    speech: Any
+    source_ids: Any
+    fbank_beg: int
+    fake_token_len: int
+
+
+def utterance_inputs(model: Any, samples: Any, prompt: str, tokenizer: Any, frontend: Any,
+                     funasr_cfg: dict) -> UtteranceInputs:
+    """FunASR's own preparation of one utterance (FunASRNano.generate_chatml -> data_template ->
+    data_load_speech, what inference_prepare runs), on samples already at frontend.fs: the same
+    ChatML, the same token ids (dataset_conf.do_think / sys_prompt honoured), the same features."""
+    import numpy as np
+    import torch
+
+    audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    contents = model.data_template(model.generate_chatml(prompt, audio))
+    passed = ("tokenizer", "frontend", "device", "audio_fs", "prev_text")
+    kwargs = {k: v for k, v in funasr_cfg.items() if k not in passed}
+    with torch.no_grad():
+        out = model.data_load_speech(contents, tokenizer, frontend, meta_data={}, audio_fs=frontend.fs, **kwargs)
+    if not len(out["speech"]):
+        raise RuntimeError("FunASR built no speech features for the prompt (no <|startofspeech|> tag?)")
+    return UtteranceInputs(out["speech"][0], out["source_ids"][0], int(out["fbank_beg"][0, 0]),
+                           int(out["fake_token_len"][0, 0]))
+
+
+def encode_batch(model: Any, speeches: Sequence[Any], device: Any) -> tuple[Any, Any, Any, Any]:
+    """13: encoder and adaptor on a padded batch: (encoder_out, encoder_lens, adaptor_out, adaptor_lens)."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    lengths = torch.tensor([s.shape[0] for s in speeches], dtype=torch.int32, device=device)
+    speech = pad_sequence([s.to(device) for s in speeches], batch_first=True, padding_value=0.0)
+    encoder_out, encoder_lens = model.encode(speech, lengths)
+    adaptor_out, adaptor_lens = model.audio_adaptor(encoder_out, encoder_lens)
+    return encoder_out, encoder_lens, adaptor_out, adaptor_lens
+
+
+def ctc_greedy(model: Any, encoder_out: Any, encoder_lens: Any) -> tuple[list[str], list[Any]]:
+    """CTC greedy hypotheses of a batch, as FunASRNano.inference_llm computes its ctc_text: argmax,
+    repeats collapsed, blanks dropped, the CTC tokenizer's text without <|nospeech|>. Also returns
+    each utterance's log-probabilities (for timestamps)."""
+    import torch
+
+    hidden, lens = model.ctc_decoder(encoder_out, encoder_lens)
+    log_probs = model.ctc.log_softmax(hidden)
+    texts, per_utt = [], []
+    for i in range(log_probs.size(0)):
+        x = log_probs[i, : int(lens[i])]
+        ids = torch.unique_consecutive(x.argmax(dim=-1))
+        ids = ids[ids != model.blank_id].tolist()
+        texts.append(model.ctc_tokenizer.decode(ids).replace("<|nospeech|>", ""))
+        per_utt.append(x)
+    return texts, per_utt
+
+
+def eos_ids(llm: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a hypothesis: the LLM config's eos_token_id(s), else the tokenizer's <|im_end|>."""
+    eos = getattr(llm.config, "eos_token_id", None)
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if not ids:
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        ids = [im_end] if isinstance(im_end, int) and im_end >= 0 else []
+    return ids
+
+
+def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any,
+                   max_new_tokens: int, dtype: Any = None) -> list[str]:
+    """13: greedy LLM decoding of a batch, left padded.
+
+    Each row is FunASR's inputs_embeds for its utterance (prompt embeddings with the adaptor output
+    spliced in at fbank_beg, inference_prepare), placed at the right end of the batch; the padding
+    is zeros with attention_mask 0, and position ids follow the mask (transformers computes them
+    from it), so a row decodes as it would alone. The text is FunASR's `text`: special tokens
+    skipped, `/sil` -> space, whitespace collapsed."""
+    import torch
+
+    llm = model.llm
+    device = adaptor_out.device
+    dtype = dtype or next(llm.parameters()).dtype
+    width = max(len(x.source_ids) for x in inputs)
+    ids = torch.zeros(len(inputs), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(inputs), width, dtype=torch.long, device=device)
+    for i, x in enumerate(inputs):
+        ids[i, width - len(x.source_ids):] = x.source_ids.clamp(min=0).to(device)
+        mask[i, width - len(x.source_ids):] = 1
+    embeds = llm.get_input_embeddings()(ids).to(dtype)
+    for i, x in enumerate(inputs):
+        n = min(x.fake_token_len, int(adaptor_lens[i]))  # FunASR's fallback when they differ
+        begin = width - len(x.source_ids) + x.fbank_beg
+        embeds[i, begin:begin + n] = adaptor_out[i, :n].to(dtype)
+    embeds = embeds * mask[..., None].to(dtype)
+    stop = eos_ids(llm, tokenizer)
+    pad = llm.config.pad_token_id if llm.config.pad_token_id is not None else (stop[0] if stop else 0)
+    generated = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=int(max_new_tokens),
+                             do_sample=False, num_beams=1, eos_token_id=stop or None, pad_token_id=pad)
+    texts = []
+    for row in generated.tolist():
+        for j, token in enumerate(row):
+            if token in stop:
+                row = row[:j]
+                break
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        texts.append(re.sub(r"\s+", " ", text.replace("/sil", " ")))
+    return texts
+
+
+def torchaudio_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torchaudio") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def ctc_timestamps(model: Any, log_probs: Any, text: str, seconds_per_frame: float) -> list[dict] | None:
+    """14: FunASR's timestamps of `text` (forced alignment on the CTC posteriors, as inference_llm's
+    `timestamps`), or None when torchaudio, which FunASR's forced_align needs, is not importable."""
+    if not torchaudio_available():
+        return None
+    import torch
+    from funasr.models.fun_asr_nano.tools.utils import forced_align
+
+    targets = torch.tensor(model.ctc_tokenizer.encode(text), dtype=torch.int64)
+    items = forced_align(log_probs.float().cpu(), targets, model.blank_id) if len(targets) else []
+    return [{"token": model.ctc_tokenizer.decode([item["token"]]),
+             "start_time": round(item["start_time"] * seconds_per_frame, 3),
+             "end_time": round(item["end_time"] * seconds_per_frame, 3), "score": item["score"]} for item in items]
+
+
+def llm_dtype(requested: str | None, model_conf_dtype: str | None, device: str, bf16_ok: bool = True) -> str:
+    """15: the LLM's dtype for decoding: `requested`; else fp32 on CPU (FunASR's inference default,
+    and CPUs without native bf16 run bf16 far slower) and llm_conf.llm_dtype on GPU (fp32 where the
+    GPU has no bf16)."""
+    if requested:
+        if requested not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"llm_dtype={requested}: use fp32, bf16 or fp16")
+        return requested
+    if not device.startswith("cuda"):
+        return "fp32"
+    chosen = model_conf_dtype if model_conf_dtype in ("fp32", "bf16", "fp16") else "fp32"
+    return "fp32" if chosen == "bf16" and not bf16_ok else chosen

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Decoding throughput: nano8k's batched decoding vs FunASR's AutoModel.generate (JSON).
+
+A benchmark printing JSON, not a timed test (run it by hand; about a minute on 2 cores).
+
+Same model: the tiny Fun-ASR-Nano (nano8k.tiny.write_tiny_model, or --model-dir), on CPU, with the
+thread count its config sets (ncpu: 1) for both. Same audio: the first N files of the bundled
+corpus (data/demo/wav, 8 kHz mu-law, resampled to the model's 16 kHz front end by both).
+
+  funasr   AutoModel(model=DIR, ctc_decoder=None).generate(input=[N paths], batch_size=1,
+           max_length=M): FunASR decodes one utterance at a time (inference_prepare refuses more,
+           AutoModel forces batch_size 1 on CPU). The CTC branch is removed because FunASR's
+           inference with it always runs forced-alignment timestamps, which need torchaudio.
+  nano8k   nano8k.decode.Decoder(...).decode(items, batch_size) for each --batch-sizes, ctc=false
+           (the same work as FunASR's), and once more with the CTC greedy hypothesis (`+ctc`).
+
+Both front ends run with dither 0 (FunASR's default 1.0 adds noise; see funasr_gaps 12), so both
+see the same features; `agree` counts identical hypotheses. Both systems are built once and
+timed in the same process, runs interleaved (funasr, nano8k bs..., repeat), after one warm-up
+pass each; per system the median of --runs of wall time and of process CPU time. utt_per_s =
+N / median wall; ratio = nano8k utt_per_s / funasr utt_per_s (target >= 3). With random weights
+every utterance generates max_new_tokens tokens in both systems (no early end of sequence).
+
+usage: scripts/bench_decode.py [--utterances 64] [--batch-sizes 8 16] [--runs 3] [--max-new-tokens 32]
+                               [--model-dir DIR] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 3.0
+
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def summary(walls: list[float], cpus: list[float], n: int) -> dict:
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return {"wall_s": [round(w, 3) for w in walls], "cpu_s": [round(c, 3) for c in cpus], "median_wall_s": round(wall, 3),
+            "median_cpu_s": round(cpu, 3), "utt_per_s": round(n / wall, 2), "utt_per_cpu_s": round(n / cpu, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--utterances", type=int, default=64)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--model-dir", type=Path, default=None, help="a Fun-ASR-Nano directory (default: a new tiny one)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+
+    import torch
+
+    from nano8k import decode, funasr_gaps
+    from nano8k.tiny import write_tiny_model
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench_decode_"))
+    model_dir = args.model_dir or write_tiny_model(workdir / "tiny")
+    wavs = sorted((REPO / "data" / "demo" / "wav").glob("*.wav"))[: args.utterances]
+    if len(wavs) < args.utterances:
+        sys.exit(f"only {len(wavs)} files in data/demo/wav")
+    listing = workdir / "list.txt"
+    listing.write_text("".join(f"{p}\n" for p in wavs), encoding="utf-8")
+    paths = [str(p) for p in wavs]
+    n = len(paths)
+
+    funasr_gaps.quiet_funasr_import()
+    from funasr import AutoModel
+
+    with funasr_gaps.funasr_prints_to_log():
+        funasr = AutoModel(model=str(model_dir), device="cpu", disable_update=True, disable_pbar=True, disable_log=True,
+                           ctc_decoder=None)
+    funasr.kwargs["frontend"].dither = 0.0
+    threads = torch.get_num_threads()
+
+    def run_funasr() -> list[str]:
+        return [r["text"] for r in funasr.generate(input=paths, batch_size=1, max_length=args.max_new_tokens)]
+
+    base = {"model_dir": str(model_dir), "device": "cpu", "max_new_tokens": args.max_new_tokens, "timestamps": False}
+    decoders = {"nano8k": decode.Decoder({**base, "ctc": False}), "nano8k+ctc": decode.Decoder({**base, "ctc": True})}
+    torch.set_num_threads(threads)  # each build sets the config's ncpu; keep all equal
+
+    def run_nano8k(name: str, batch_size: int):
+        def go() -> list[str]:
+            items, _ = decode.read_input(str(listing))
+            return [r["hyp"] for r in decoders[name].decode(items, batch_size, progress=False)]
+        return go
+
+    systems = {"funasr": run_funasr}
+    for bs in args.batch_sizes:
+        systems[f"nano8k_bs{bs}"] = run_nano8k("nano8k", bs)
+    systems[f"nano8k+ctc_bs{max(args.batch_sizes)}"] = run_nano8k("nano8k+ctc", max(args.batch_sizes))
+
+    hyps = {name: fn() for name, fn in systems.items()}  # warm-up
+    walls: dict[str, list[float]] = {name: [] for name in systems}
+    cpus: dict[str, list[float]] = {name: [] for name in systems}
+    for _ in range(args.runs):
+        for name, fn in systems.items():
+            _, wall, cpu = timed(fn)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+
+    results = {name: summary(walls[name], cpus[name], n) for name in systems}
+    reference = results["funasr"]["utt_per_s"]
+    for name, res in results.items():
+        if name != "funasr":
+            res["ratio"] = round(res["utt_per_s"] / reference, 2)
+            res["ratio_cpu"] = round(res["utt_per_cpu_s"] / results["funasr"]["utt_per_cpu_s"], 2)
+            res["agree"] = sum(a == b for a, b in zip(hyps[name], hyps["funasr"]))
+    best = max((name for name in results if name.startswith("nano8k_bs")), key=lambda k: results[k]["utt_per_s"])
+    import soundfile
+
+    report = {
+        "benchmark": "decode",
+        "model": "tiny Fun-ASR-Nano (random weights)" if args.model_dir is None else str(args.model_dir),
+        "device": "cpu",
+        "torch_threads": threads,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "utterances": n,
+        "audio_s": round(sum(soundfile.info(p).duration for p in paths), 2),
+        "max_new_tokens": args.max_new_tokens,
+        "runs": args.runs,
+        "funasr_note": "AutoModel.generate, one utterance at a time (batch_size 1), ctc_decoder=None: FunASR's CTC "
+                       "timestamps need torchaudio",
+        "results": results,
+        "agree_note": "agree = hypotheses identical to FunASR's; with the tiny model's random weights most are the "
+                      "same filler, so this is a smoke check: tests/test_decode.py compares against FunASR's "
+                      "inference on weights that make every hypothesis depend on its audio",
+        "best": best,
+        "ratio": results[best]["ratio"],
+        "target": TARGET,
+        "meets_target": results[best]["ratio"] >= TARGET,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

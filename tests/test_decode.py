@@ -1,0 +1,370 @@
+"""`nano8k decode` on the tiny model: FunASR's prompt ids, batch-size invariance (left padding),
+every input format, run directories as checkpoints, failed utterances, and no torchaudio."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test-fast`
+
+from conftest import REPO, invoke  # noqa: E402
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+sf = pytest.importorskip("soundfile")
+
+from nano8k import channel, config, decode, funasr_gaps  # noqa: E402
+from nano8k.errors import UserError  # noqa: E402
+from nano8k.tiny import write_tiny_model  # noqa: E402
+
+DEMO = REPO / "data" / "demo"
+MAX_NEW = 8
+
+
+def sharpen(src: Path, dst: Path) -> Path:
+    """A copy of the tiny model whose LLM and adaptor have large random weights. The tiny model's
+    0.02-scale LLM answers every utterance with the same token, which would hide a padding bug;
+    these weights make each hypothesis depend on its audio and on its position ids."""
+    shutil.copytree(src, dst)
+    state = torch.load(dst / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    generator = torch.Generator().manual_seed(0)
+    for name, value in state.items():
+        if name.startswith(("llm.", "audio_adaptor.")) and value.is_floating_point() and value.ndim >= 2:
+            state[name] = torch.randn(value.shape, generator=generator) * 0.3
+    if "llm.lm_head.weight" in state:  # tied to the embeddings, as in the model
+        state["llm.lm_head.weight"] = state["llm.model.embed_tokens.weight"]
+    torch.save({"state_dict": state}, dst / "model.pt")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("decode")
+    tiny = write_tiny_model(root / "tiny")
+    sharp = sharpen(tiny, root / "sharp")
+    audio = root / "audio"
+    audio.mkdir()
+    demo = sorted((DEMO / "wav").glob("utt0*.wav"))[:6]
+    clips = [sf.read(str(p), dtype="float32")[0] for p in demo]
+    files = {
+        "long": audio / "long.wav",  # 7.6 s: much longer than the others, so batches need padding
+        "short": audio / "short.wav",  # 0.5 s
+        "wide": audio / "wide.wav",  # 16 kHz: the tiny model's front-end rate, no resampling
+        "plain": audio / "plain.flac",
+        "demo": demo[0].resolve(),  # 8 kHz mu-law
+    }
+    sf.write(str(files["long"]), np.concatenate(clips[:3]), 8000, subtype="PCM_16")
+    sf.write(str(files["short"]), clips[3][:4000], 8000, subtype="PCM_16")
+    sf.write(str(files["wide"]), channel.resample(clips[4], 8000, 16000), 16000, subtype="PCM_16")
+    sf.write(str(files["plain"]), clips[5], 8000)
+    listing = audio / "list.txt"
+    listing.write_text("# audio files\n" + "".join(f"{p}\n" for p in files.values()), encoding="utf-8")
+    decoder = decode.Decoder({"model_dir": str(sharp), "max_new_tokens": MAX_NEW, "device": "cpu", "timestamps": False})
+    return {"root": root, "tiny": tiny, "sharp": sharp, "files": files, "list": listing, "decoder": decoder}
+
+
+def settings(env: dict, **extra) -> dict:
+    return {"model_dir": str(env["sharp"]), "max_new_tokens": MAX_NEW, "device": "cpu", "batch_size": 4,
+            "timestamps": False, **extra}
+
+
+# --- fidelity to FunASR ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"language": "en", "itn": False, "hotwords": ["refund", "invoice"]}])
+def test_prompt_ids_and_features_equal_funasr_inference_prepare(env, options):
+    decoder = env["decoder"]
+    model, cfg = decoder.model, decoder.funasr_cfg
+    p = decode.prompt_options(options)
+    prompt = model.get_prompt(p["hotwords"], p["language"], p["itn"])
+    if options:
+        assert prompt.startswith("请结合上下文信息") and "热词列表：[refund, invoice]" in prompt
+        assert prompt.endswith("语音转写成英文，不进行文本规整：")
+    for name in ("wide", "demo"):  # 16 kHz as is; 8 kHz resampled to the 16 kHz front end
+        path = str(env["files"][name])
+        ours = funasr_gaps.utterance_inputs(model, funasr_gaps.waveform(path, decoder.frontend.fs), prompt,
+                                            decoder.tokenizer, decoder.frontend, cfg)
+        kwargs = {k: v for k, v in cfg.items() if k not in ("tokenizer", "frontend", "device")}
+        with torch.no_grad():
+            _, _, batch, source_ids, _ = model.inference_prepare(
+                [model.generate_chatml(prompt, path)], None, ["k"], decoder.tokenizer, decoder.frontend,
+                device="cpu", **kwargs)
+        assert torch.equal(ours.source_ids, source_ids[0])
+        assert ours.fbank_beg == int(batch["fbank_beg"][0, 0]) and ours.fake_token_len == int(batch["fake_token_len"][0, 0])
+        # the same features (soxr HQ = librosa's soxr_hq); inference_prepare's encoder has scaled
+        # them in place by sqrt(output_size)
+        scale = model.audio_encoder.output_size() ** 0.5
+        assert torch.equal(ours.speech * scale, batch["speech"][0])
+
+
+def test_hypothesis_equals_funasr_own_inference(env):
+    """FunASR's inference (one utterance, CTC branch detached: its timestamps need torchaudio)."""
+    decoder = env["decoder"]
+    model = decoder.model
+    kwargs = {k: v for k, v in decoder.funasr_cfg.items() if k not in ("tokenizer", "frontend", "device")}
+    for name in ("wide", "demo"):
+        path = str(env["files"][name])
+        saved = model.ctc_decoder
+        model.ctc_decoder = None
+        try:
+            with torch.no_grad():
+                results, _ = model.inference([path], key=[name], tokenizer=decoder.tokenizer,
+                                             frontend=decoder.frontend, device="cpu", max_length=MAX_NEW, **kwargs)
+        finally:
+            model.ctc_decoder = saved
+        items, _ = decode.read_input(path)
+        (ours,) = decoder.decode(items, 1, progress=False)
+        assert ours["hyp"] == results[0]["text"] and ours["hyp"].strip()
+
+
+def test_batch_size_does_not_change_hypotheses(env):
+    decoder = env["decoder"]
+    by_size = {}
+    for batch_size in (1, 4, 5):
+        items, kind = decode.read_input(str(env["list"]))
+        assert kind == "list"
+        by_size[batch_size] = decoder.decode(items, batch_size, progress=False)
+    one = by_size[1]
+    assert [r["key"] for r in one] == ["long", "short", "wide", "plain", env["files"]["demo"].stem]
+    assert all(r["status"] == "ok" for r in one)
+    assert len({r["hyp"] for r in one}) > 1, "the sharpened model must give different hypotheses"
+    for batch_size in (4, 5):
+        assert [r["hyp"] for r in by_size[batch_size]] == [r["hyp"] for r in one], batch_size
+        assert [r["ctc_hyp"] for r in by_size[batch_size]] == [r["ctc_hyp"] for r in one], batch_size
+
+
+def test_a_failing_batch_is_retried_one_by_one_so_only_the_culprit_fails(env, monkeypatch):
+    decoder = env["decoder"]
+    real = funasr_gaps.generate_batch
+    items, _ = decode.read_input(str(env["list"]))
+    decoder.probe(items[1])
+    culprit_frames = len(funasr_gaps.utterance_inputs(decoder.model, decoder.load(items[1]), decoder.prompt,
+                                                      decoder.tokenizer, decoder.frontend, decoder.funasr_cfg).speech)
+
+    def flaky(model, inputs, *args, **kwargs):
+        if any(len(x.speech) == culprit_frames for x in inputs):
+            raise RuntimeError("boom")
+        return real(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(funasr_gaps, "generate_batch", flaky)
+    records = decoder.decode(items, 5, progress=False)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok", "ok", "ok"]
+    assert records[1]["key"] == "short" and records[1]["reason"] == "decoding: RuntimeError: boom"
+    assert all(r["decode_time"] > 0 for r in records if r["status"] == "ok")
+
+
+def test_timestamps_use_funasr_forced_align_where_torchaudio_exists(env, monkeypatch):
+    """torchaudio is never installed here: FunASR's forced_align is stood in for, to check the wiring."""
+    import funasr.models.fun_asr_nano.tools.utils as funasr_tools
+
+    calls = []
+
+    def fake_forced_align(log_probs, targets, blank=0):
+        calls.append((tuple(log_probs.shape), targets.tolist(), blank))
+        return [{"token": t, "start_time": 2 * i, "end_time": 2 * i + 1, "score": 0.5} for i, t in enumerate(targets.tolist())]
+
+    monkeypatch.setattr(funasr_gaps, "torchaudio_available", lambda: True)
+    monkeypatch.setattr(funasr_tools, "forced_align", fake_forced_align)
+    decoder = decode.Decoder({"model_dir": str(env["sharp"]), "max_new_tokens": 4, "device": "cpu"})
+    assert decoder.timestamps
+    items, _ = decode.read_input(str(env["files"]["wide"]))
+    (record,) = decoder.decode(items, 1, progress=False)
+    (call,) = calls
+    assert call[2] == decoder.model.blank_id and call[1] == decoder.model.ctc_tokenizer.encode(record["hyp"])
+    assert [t["start_time"] for t in record["timestamps"]] == [round(0.12 * i, 3) for i in range(len(call[1]))]
+    assert all(t["end_time"] - t["start_time"] == pytest.approx(0.06) for t in record["timestamps"])
+
+
+# --- input formats and outputs ---------------------------------------------------------------
+
+
+def test_kaldi_directory_writes_results_and_corpus_metrics(env, tmp_path):
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    lines = (DEMO / "dev" / "wav.scp").read_text().splitlines()[:4]
+    (kaldi / "wav.scp").write_text("".join(f"{k} {REPO / p}\n" for k, p in (line.split() for line in lines)))
+    texts = dict(line.split(maxsplit=1) for line in (DEMO / "dev" / "text").read_text().splitlines())
+    keys = [line.split()[0] for line in lines]
+    (kaldi / "text").write_text("".join(f"{k} {texts[k]}\n" for k in keys[:3]))  # the last one: no reference
+    outcome = decode.decode(settings(env, input=str(kaldi)), tmp_path / "run", progress=False, decoder=env["decoder"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == keys
+    for r in records[:3]:
+        assert r["ref"] == texts[r["key"]] and r["status"] == "ok" and r["reason"] is None
+        assert set(r["errors"]) == {"cer", "wer", "mer"} and {"S", "D", "I", "N"} <= set(r["errors"]["wer"])
+        assert r["duration"] > 1 and r["decode_time"] > 0 and isinstance(r["ctc_hyp"], str)
+    assert records[3]["ref"] is None and records[3]["errors"] is None and records[3]["hyp"] is not None
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["utterances"], metrics["decoded"], metrics["failed"], metrics["scored"]) == (4, 4, 0, 3)
+    assert metrics["primary"] == "wer" and metrics["wer"] == outcome.scores.wer
+    assert metrics["counts"]["wer"]["N"] == sum(len(texts[k].split()) for k in keys[:3])
+    assert {"cer", "ser", "ctc", "audio_hours", "rtf", "frontend_fs"} <= set(metrics)
+    assert metrics["rtf"] == pytest.approx(sum(r["decode_time"] for r in records) / sum(r["duration"] for r in records), rel=1e-3)
+    assert metrics["audio_hours"] == pytest.approx(sum(r["duration"] for r in records) / 3600, rel=1e-3)
+
+
+def test_kaldi_segments_and_speakers(env, tmp_path):
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"call {env['files']['long']}\npiped sox x.wav -t wav - |\n")
+    (kaldi / "segments").write_text("call-1 call 0.0 2.5\ncall-2 call 2.5 5.0\ncall-3 call 5.0 9.0\nlost nowhere 0 1\n")
+    (kaldi / "text").write_text("call-1 hello\ncall-2 goodbye\n")
+    (kaldi / "utt2spk").write_text("call-1 agent\ncall-2 customer\n")
+    items, kind = decode.read_input(str(kaldi))
+    assert kind == "kaldi"
+    records = env["decoder"].decode(items, 4, progress=False)
+    by_key = {r["key"]: r for r in records}
+    assert [r["status"] for r in records] == ["ok", "ok", "ok", "failed"]
+    assert by_key["call-1"]["duration"] == pytest.approx(2.5) and by_key["call-1"]["speaker"] == "agent"
+    assert by_key["call-3"]["duration"] == pytest.approx(7.5938 - 5.0, abs=1e-3)  # cut at the recording's end
+    assert by_key["call-2"]["ref"] == "goodbye" and by_key["call-3"]["ref"] is None
+    assert "not in wav.scp" in by_key["lost"]["reason"]
+
+
+def test_nano_jsonl_keeps_manifest_fields_and_marks_bad_lines(env, tmp_path):
+    wide, demo = env["files"]["wide"], env["files"]["demo"]
+    nano = {"key": "n1", "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": f"语音转写：<|startofspeech|>!{wide}<|endofspeech|>"},
+        {"role": "assistant", "content": "hello there"}],
+        "speech_length": 239, "text_length": 2, "snr": 12.5, "codec": "g711"}
+    plain = {"key": "s1", "source": str(demo), "target": "thank you", "codec": "amr"}
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text(json.dumps(nano, ensure_ascii=False) + "\n{not json\n" + json.dumps(plain) + "\n"
+                        + json.dumps({"key": "n2", "messages": [{"role": "user", "content": "no audio"}]}) + "\n")
+    outcome = decode.decode(settings(env, input=str(manifest)), tmp_path / "run", progress=False, decoder=env["decoder"])
+    records = {r["key"]: r for r in outcome.records}
+    assert list(records) == ["n1", "line2", "s1", "n2"]
+    assert records["n1"]["ref"] == "hello there" and records["n1"]["snr"] == 12.5 and records["n1"]["codec"] == "g711"
+    assert "messages" not in records["n1"] and records["s1"]["codec"] == "amr" and records["s1"]["ref"] == "thank you"
+    assert records["line2"]["status"] == "failed" and "not JSON" in records["line2"]["reason"]
+    assert records["n2"]["status"] == "failed" and "no audio" in records["n2"]["reason"]
+    assert outcome.failed == 2 and outcome.metrics["scored"] == 2
+
+
+def test_command_exits_0_and_prints_the_table_when_all_decoded(env, tmp_path):
+    result = invoke("decode", f"model_dir={env['tiny']}", f"input={env['files']['wide']}", "max_new_tokens=2",
+                    "ctc=false", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.code == 0, result.output
+    assert "decoding" in result.stdout and "utterances" in result.stdout and "results.jsonl" in result.stdout
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["result"]["decoded"] == 1
+    (record,) = map(json.loads, (tmp_path / "run" / "results.jsonl").read_text().splitlines())
+    assert "ctc_hyp" not in record and record["status"] == "ok"
+
+
+def test_single_audio_file(env, tmp_path):
+    outcome = decode.decode(settings(env, input=str(env["files"]["wide"])), tmp_path / "run", progress=False,
+                            decoder=env["decoder"])
+    (record,) = outcome.records
+    assert record["key"] == "wide" and record["status"] == "ok" and record["ref"] is None
+    assert outcome.metrics["scored"] == 0 and "cer" not in outcome.metrics and outcome.metrics["rtf"] > 0
+
+
+# --- model and checkpoint ----------------------------------------------------------------------
+
+
+def test_run_directory_decodes_its_averaged_checkpoint_with_the_base_llm(env, tmp_path):
+    """A run written like `nano8k train +stage=stage1 +preset=tiny`: its config.yaml (8 kHz front end,
+    model_dir) wins; model.pt.avg2 is picked over .best; the LLM it excludes comes from the base."""
+    run = tmp_path / "run"
+    run.mkdir()
+    resolved = config.validate(config.compose("train", ["+stage=stage1", "+preset=tiny", f"model_dir={env['sharp']}"]))
+    import yaml
+
+    (run / "config.yaml").write_text(yaml.safe_dump(resolved, allow_unicode=True), encoding="utf-8")
+    base = torch.load(env["sharp"] / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    trained = {}
+    for name in ("model.pt.best", "model.pt.avg2"):
+        state = {k: v + (0.01 if name.endswith("avg2") else -0.01) if k.startswith("audio_encoder.") and v.is_floating_point()
+                 else v for k, v in base.items() if not k.startswith("llm.")}
+        torch.save({"state_dict": state}, run / name)
+        trained[name] = state
+    decoder = decode.Decoder({"checkpoint": str(run), "max_new_tokens": 4, "device": "cpu", "timestamps": False})
+    assert decoder.loaded_from == [str(env["sharp"] / "model.pt"), str(run / "model.pt.avg2")]
+    assert decoder.frontend.fs == 8000 and decoder.config_source == str(run / "config.yaml")
+    state = decoder.model.state_dict()
+    llm = [k for k in base if k.startswith("llm.")]
+    assert llm and all(torch.equal(state[k], base[k]) for k in llm)
+    encoder = [k for k in base if k.startswith("audio_encoder.") and base[k].is_floating_point()]
+    assert all(torch.equal(state[k], trained["model.pt.avg2"][k]) for k in encoder)
+    items, _ = decode.read_input(str(env["files"]["demo"]))
+    (record,) = decoder.decode(items, 1, progress=False)
+    assert record["status"] == "ok"
+
+
+def test_missing_checkpoint_names_what_was_looked_for(env, tmp_path):
+    with pytest.raises(UserError, match=r"checkpoint: .*nope does not exist .*model\.pt\.avg\*, model\.pt\.best or model\.pt"):
+        decode.resolve_model({"model_dir": str(env["tiny"]), "checkpoint": str(tmp_path / "nope")})
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(UserError, match=r"checkpoint: no checkpoint in .*empty_run \(looked for model\.pt\.avg\*, "
+                                        r"model\.pt\.best, model\.pt\)"):
+        decode.resolve_model({"model_dir": str(env["tiny"]), "checkpoint": str(tmp_path / "empty_run")})
+    bare = tmp_path / "bare"
+    shutil.copytree(env["tiny"], bare, ignore=shutil.ignore_patterns("model.pt"))
+    with pytest.raises(UserError, match=r"checkpoint: none given and .*bare/model\.pt does not exist"):
+        decode.resolve_model({"model_dir": str(bare)})
+    result = invoke("decode", f"model_dir={env['tiny']}", f"checkpoint={tmp_path / 'nope'}",
+                    f"input={env['files']['wide']}", f"hydra.run.dir={tmp_path / 'cli'}")
+    assert result.code == 2 and "error: checkpoint:" in result.stderr and "model.pt.avg*" in result.stderr
+    assert json.loads((tmp_path / "cli" / "status.json").read_text())["status"] == "failed"
+
+
+def test_prompt_option_errors(tmp_path):
+    with pytest.raises(UserError, match="literal prompt"):
+        decode.prompt_options({"prompt": "Transcribe:", "language": "en"})
+    with pytest.raises(UserError, match="language=xx: not a known code"):
+        decode.prompt_options({"language": "xx"})
+    with pytest.raises(UserError, match="hotwords_file: .* does not exist"):
+        decode.prompt_options({"hotwords_file": str(tmp_path / "none.txt")})
+    words = tmp_path / "hot.txt"
+    words.write_text("# product names\nrefund\n\ninvoice\nrefund\n", encoding="utf-8")
+    p = decode.prompt_options({"hotwords": ["billing"], "hotwords_file": str(words), "language": "中文", "itn": False})
+    assert p == {"hotwords": ["billing", "refund", "invoice"], "language": "中文", "itn": False, "prompt": None}
+
+
+# --- the command, bad files, torchaudio --------------------------------------------------------
+
+BLOCKER = """\
+import atexit, json, os, sys
+sys.modules["torchaudio"] = None  # as if not installed: `import torchaudio` fails, find_spec gives None
+atexit.register(lambda: open(os.environ["TORCHAUDIO_REPORT"], "w").write(json.dumps(sys.modules.get("torchaudio") is not None)))
+"""
+
+
+def test_cli_marks_unreadable_files_failed_and_exits_1_without_torchaudio(env, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 20)
+    files = env["files"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{files['demo']}\n{garbage}\n{tmp_path / 'missing.wav'}\n{files['wide']}\n")
+    report = tmp_path / "torchaudio.json"
+    run_dir = tmp_path / "run"
+    env_vars = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env_vars.update(PYTHONPATH=str(blocker), TORCHAUDIO_REPORT=str(report))
+    proc = subprocess.run([sys.executable, "-m", "nano8k", "decode", f"model_dir={env['tiny']}", f"input={listing}",
+                           "batch_size=3", f"max_new_tokens={MAX_NEW}", "score.lang=en", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env_vars, timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert "2 of 4 utterances failed" in proc.stderr and "Traceback" not in output
+    assert "timestamps skipped" in output and "torchaudio" in output
+    assert json.loads(report.read_text()) is False
+    records = {r["key"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())}
+    assert [r["status"] for r in records.values()] == ["ok", "failed", "failed", "ok"]
+    assert "unreadable audio" in records["garbage"]["reason"] and "no such file" in records["missing"]["reason"]
+    assert all(isinstance(records[k]["ctc_hyp"], str) for k in (files["demo"].stem, "wide"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["utterances"], metrics["decoded"], metrics["failed"]) == (4, 2, 2)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert {"config.yaml", "decode.log"} <= {p.name for p in run_dir.iterdir()}
+    assert "torchaudio" not in sys.modules
