@@ -7,7 +7,9 @@
 3. trains `+stage=stage1` (native 8 kHz features, encoder only);
 4. trains `+stage=config_8k_telephone` starting from stage 1's averaged model (16 kHz front end,
    encoder + CTC branch);
-5. prints the parameter tables, the loss curves and where everything went.
+5. decodes the dev set with the final model and scores it (corpus CER/WER: the tiny model's
+   weights are random, so expect ~100%: the point is the pipeline, not the numbers);
+6. prints the parameter tables, the loss curves and where everything went.
 
 Every step is the real command line, run as a subprocess, exactly as a user would type it.
 usage: scripts/demo.py [--out runs/demo] [--epochs 3]
@@ -81,10 +83,19 @@ def main() -> None:
     step("config_8k_telephone, starting from stage 1's averaged model",
          ["train", "+stage=config_8k_telephone", *common, f"init_param={stage1}", f"hydra.run.dir={telephone}"])
 
+    decoded = out / "decode-dev"
+    step("decode and score the dev set with the final model",
+         ["decode", f"checkpoint={telephone}", "input=data/demo/dev", "batch_size=8", "max_new_tokens=16",
+          f"hydra.run.dir={decoded}"])
+
     show_run("stage1", stage1)
     show_run("config_8k_telephone (from stage1)", telephone)
-    print(f"\nEverything is under {out}: tiny-model/, train.jsonl, dev.jsonl, and one run directory per stage "
-          "(config.yaml, params.tsv, train.log, metrics.jsonl, tensorboard/, checkpoints model.pt*, summary.json).")
+    metrics = json.loads((decoded / "metrics.json").read_text())
+    print(f"\ndecode-dev: {decoded}\n  {metrics['utterances']} utterances, CER {metrics['cer']:.2%}, "
+          f"WER {metrics['wer']:.2%}, RTF {metrics['rtf']:.3f} (random tiny weights: the numbers mean nothing)")
+    print(f"\nEverything is under {out}: tiny-model/, train.jsonl, dev.jsonl, one run directory per stage "
+          "(config.yaml, params.tsv, train.log, metrics.jsonl, tensorboard/, checkpoints model.pt*, summary.json) "
+          "and decode-dev/ (results.jsonl, metrics.json).")
     print(f"demo finished in {time.perf_counter() - started:.0f}s")
 
 
