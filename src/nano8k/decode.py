@@ -52,12 +52,10 @@ from typing import Any
 
 import hydra
 import yaml
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nano8k import config, launch
-from nano8k.errors import UserError, reported
+from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
 launch.register_resolvers()
@@ -84,28 +82,10 @@ def run(cfg: DictConfig) -> float | None:
     Every job leaves status.json. A single run exits 1 when some utterances failed and 2 on a usage
     error; in a sweep a failed job is logged and recorded and the others go on.
     """
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = list(hydra_cfg.overrides.task)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    started = time.time()
-    try:
-        outcome = _run(cfg, run_dir)
-    except UserError as err:
-        launch.write_status(run_dir, "failed", started, overrides, error=str(err))
-        if in_sweep:
-            log.error("job failed: %s", err)
-            return None
-        with reported():
-            raise
-    except Exception as err:
-        launch.write_status(run_dir, "failed", started, overrides, error=f"{type(err).__name__}: {err}")
-        if in_sweep:
-            log.exception("job failed")
-            return None
-        raise
-    launch.write_status(run_dir, "completed", started, overrides, result=outcome.summary())
-    if outcome.failed and not in_sweep:
+    outcome = launch.run_tracked(lambda run_dir, _: _run(cfg, run_dir), record=lambda o: o.summary())
+    if outcome is None:  # a failed job of a sweep (recorded in status.json)
+        return None
+    if outcome.failed and not launch.in_sweep():
         raise SystemExit(EXIT_SOME_FAILED)
     primary = outcome.metrics.get("primary")
     return outcome.metrics.get(primary) if primary else None

@@ -14,8 +14,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
@@ -24,6 +25,7 @@ from nano8k.errors import UserError
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+T = TypeVar("T")
 
 
 def rank() -> int:
@@ -114,6 +116,51 @@ def write_status(run_dir: Path, status: str, started: float, overrides: list[str
     record = {"status": status, "overrides": overrides, "wall_s": round(time.time() - started, 2),
               "result": result, "error": error}
     (run_dir / STATUS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any] = lambda result: result) -> T | None:
+    """Run a Hydra job's body(run_dir, overrides) and leave status.json (rank 0).
+
+    In a sweep, a failed job is logged and recorded and the others go on (Hydra's basic launcher
+    would stop the sweep at the first exception); the sweep's exit status then says a job failed
+    (SweepReport). In a single run, an expected failure is one line and exit 2.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from nano8k.errors import reported
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    started = time.time()
+    writes = rank() == 0
+    try:
+        result = body(run_dir, overrides)
+    except UserError as err:
+        if writes:
+            write_status(run_dir, "failed", started, overrides, error=str(err))
+        if in_sweep():
+            log.error("job failed: %s", err)
+            return None
+        with reported():
+            raise
+    except Exception as err:
+        if writes:
+            write_status(run_dir, "failed", started, overrides, error=f"{type(err).__name__}: {err}")
+        if in_sweep():
+            log.exception("job failed")
+            return None
+        raise
+    if writes:
+        write_status(run_dir, "completed", started, overrides, result=record(result))
+    return result
 
 
 from hydra.experimental.callback import Callback  # noqa: E402  (Hydra is already loaded by the apps)

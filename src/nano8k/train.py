@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import hydra
 import yaml
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nano8k import config, launch
-from nano8k.errors import UserError, reported
+from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
 launch.register_resolvers()
@@ -27,37 +24,9 @@ launch.register_resolvers()
 def run(cfg: DictConfig) -> float | None:
     """Train one job of a run or a sweep; returns the best validation loss (for sweepers).
 
-    Every job leaves status.json (completed or failed, with the error). In a sweep, a failed job is
-    logged and recorded and the others go on (Hydra's basic launcher would stop the sweep at the
-    first exception); the sweep's exit status then says a job failed. In a single run, an
-    expected failure is one line and exit 2.
+    Every job leaves status.json; a failed job in a sweep does not stop the others (launch.run_tracked).
     """
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = list(hydra_cfg.overrides.task)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    started = time.time()
-    main_rank = launch.rank() == 0
-    try:
-        result = _run(cfg, run_dir, overrides)
-    except UserError as err:
-        if main_rank:
-            launch.write_status(run_dir, "failed", started, overrides, error=str(err))
-        if in_sweep:
-            log.error("job failed: %s", err)
-            return None
-        with reported():
-            raise
-    except Exception as err:
-        if main_rank:
-            launch.write_status(run_dir, "failed", started, overrides, error=f"{type(err).__name__}: {err}")
-        if in_sweep:
-            log.exception("job failed")
-            return None
-        raise
-    if main_rank:
-        launch.write_status(run_dir, "completed", started, overrides, result=result)
-    return result
+    return launch.run_tracked(lambda run_dir, overrides: _run(cfg, run_dir, overrides))
 
 
 def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
