@@ -364,6 +364,35 @@ def test_kaldi_output(tmp_path):
         sim.simulate_corpus(kaldi, kaldi, overwrite=True, progress=False)
 
 
+def test_csv_tsv_and_folder_outputs_in_the_input_format(tmp_path):
+    import csv
+
+    kaldi = make_corpus(tmp_path, n=3)
+    keys = [line.split()[0] for line in (kaldi / "wav.scp").read_text().splitlines()]
+    texts = dict(line.split(" ", 1) for line in (kaldi / "text").read_text().splitlines())
+    for fmt, delimiter in (("csv", ","), ("tsv", "\t")):
+        report = sim.simulate_corpus(kaldi, tmp_path / fmt, sim.PRESETS["clean_g711"], output_format=fmt, progress=False)
+        assert report.manifest.suffix == f".{fmt}" and report.written == 3
+        rows = list(csv.DictReader(report.manifest.open(encoding="utf-8"), delimiter=delimiter))
+        assert [r["key"] for r in rows] == keys
+        assert all(r["text"] == texts[r["key"]] and sf.info(r["audio"]).samplerate == 8000 for r in rows)
+        assert all(r["codec"] == "mulaw" and r["out_rate"] == "8000" for r in rows)
+        # a CSV input keeps its format by default, and reads back as the same corpus
+        again = sim.simulate_corpus(report.manifest, tmp_path / f"{fmt}-again", sim.PRESETS["clean_g711"], progress=False)
+        assert again.output_format == fmt and again.written == 3
+
+    folder = sim.simulate_corpus(kaldi, tmp_path / "folder", sim.PRESETS["clean_g711"], output_format="folder",
+                                 progress=False)
+    wavs = sorted((tmp_path / "folder" / "wav").glob("*.wav"))
+    assert len(wavs) == 3 and all(w.with_suffix(".txt").read_text().strip() in texts.values() for w in wavs)
+    channel = [json.loads(line) for line in (tmp_path / "folder" / "channel.jsonl").read_text().splitlines()]
+    assert [c["key"] for c in channel] == keys and all(c["channel"]["codec"] == "mulaw" for c in channel)
+    # the folder reads back as a folder corpus, and stays a folder by default
+    again = sim.simulate_corpus(tmp_path / "folder" / "wav", tmp_path / "folder-again", sim.PRESETS["clean_g711"],
+                                progress=False)
+    assert folder.output_format == "folder" and again.output_format == "folder" and again.written == 3
+
+
 def test_written_audio_is_what_simulate_utterance_returns(tmp_path):
     kaldi = make_corpus(tmp_path, n=2)
     for codec, rate in (("alaw", 8000), ("mulaw", 16000), ("none", 8000)):

@@ -205,6 +205,9 @@ class SimulateFormat(str, Enum):
     kaldi = "kaldi"
     jsonl = "jsonl"
     nano = "nano"
+    csv = "csv"
+    tsv = "tsv"
+    folder = "folder"
 
 
 @data_app.command("simulate")

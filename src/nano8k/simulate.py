@@ -118,7 +118,7 @@ LOSS_FILLS = ("zero", "repeat")
 ACTIVE_FRAME_MS = 20
 ACTIVE_FLOOR_DB = 40.0
 MIN_SECONDS = 0.025  # one 25 ms fbank window: shorter audio gives speech_length 0
-OUTPUT_FORMATS = ("kaldi", "jsonl", "nano")
+OUTPUT_FORMATS = ("kaldi", "jsonl", "nano", "csv", "tsv", "folder")
 
 # Reasons an utterance is not written (all have effect "reject"); see data.PREPARE_REASONS too.
 SIMULATE_REASONS: dict[str, str] = {
@@ -836,8 +836,8 @@ def simulate_corpus(
 
     `source`: anything `nano8k data prepare` reads (a Kaldi data directory with optional segments
     and utt2spk, a source/target JSONL, a CSV/TSV, a folder of audio + .txt), read by nano8k.data's
-    own readers, or a Nano JSONL (single-audio lines). `output_format`: kaldi, jsonl or nano
-    (default: the input's; jsonl for CSV/TSV and folders). A Nano output needs a Nano input, whose
+    own readers, or a Nano JSONL (single-audio lines). `output_format`: kaldi, jsonl, nano, csv,
+    tsv or folder (default: the input's format). A Nano output needs a Nano input, whose
     text_length it keeps; for other inputs write kaldi or jsonl and run `nano8k data prepare`.
 
     Writes ``out_dir/wav/<name>.wav`` (names from `output_names`), the manifest (Kaldi: wav.scp,
@@ -860,7 +860,9 @@ def simulate_corpus(
         raise UserError(f"frontend_fs must be a positive sample rate, got {frontend_fs}")
 
     input_format, items, rejects, location = _read_source(source, allow_pipes)
-    output_format = output_format or {"kaldi": "kaldi", "nano": "nano"}.get(input_format, "jsonl")
+    table_format = "tsv" if location.suffix.lower() == ".tsv" else "csv"
+    output_format = output_format or {"kaldi": "kaldi", "nano": "nano", "table": table_format,
+                                      "folder": "folder"}.get(input_format, "jsonl")
     if output_format not in OUTPUT_FORMATS:
         raise UserError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if output_format == "nano" and input_format != "nano":
@@ -868,7 +870,8 @@ def simulate_corpus(
                         "and run `nano8k data prepare` on it")
     out_dir = out_dir.absolute()
     stem = Path(location.resolve().name).stem or "data"
-    manifest = out_dir if output_format == "kaldi" else out_dir / f"{stem}.jsonl"
+    manifest = {"kaldi": out_dir, "folder": out_dir / "wav", "csv": out_dir / f"{stem}.csv",
+                "tsv": out_dir / f"{stem}.tsv"}.get(output_format, out_dir / f"{stem}.jsonl")
     written_files = {out_dir / n for n in ("rejects.jsonl",)} | (
         {out_dir / n for n in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2channel")} if output_format == "kaldi"
         else {manifest})
@@ -922,6 +925,10 @@ def simulate_corpus(
 
     if output_format == "kaldi":
         _write_kaldi(out_dir, records)
+    elif output_format in ("csv", "tsv"):
+        _write_table(manifest, records, "\t" if output_format == "tsv" else ",")
+    elif output_format == "folder":
+        _write_folder(out_dir, records)
     else:
         _write_jsonl(manifest, records, output_format, frontend_fs)
     report.written = len(records)
@@ -1237,6 +1244,37 @@ def _write_jsonl(manifest: Path, records: list[tuple[_Item, dict]], output_forma
         row["channel"] = result["channel"]
         rows.append(row)
     data._write_jsonl_atomic(manifest, rows)  # noqa: SLF001
+
+
+CHANNEL_COLUMNS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_rate", "noise_file", "noise_snr_db",
+                   "out_rate")
+
+
+def _write_table(manifest: Path, records: list[tuple[_Item, dict]], delimiter: str) -> None:
+    """CSV/TSV: key, audio, text, speaker, then the drawn channel parameters as columns (so
+    `nano8k compare` can bucket by codec or SNR once decoded)."""
+    import csv
+
+    tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(["key", "audio", "text", "speaker", *CHANNEL_COLUMNS])
+        for item, result in records:
+            writer.writerow([item.key, result["path"], item.text, item.speaker or "",
+                             *("" if result["channel"].get(c) is None else result["channel"][c] for c in CHANNEL_COLUMNS)])
+    os.replace(tmp, manifest)
+
+
+def _write_folder(out_dir: Path, records: list[tuple[_Item, dict]]) -> None:
+    """A folder of audio with same-stem .txt transcripts (what `data prepare` reads as a folder), plus
+    channel.jsonl with each utterance's drawn channel parameters."""
+    from nano8k import data
+
+    for item, result in records:
+        Path(result["path"]).with_suffix(".txt").write_text(item.text + "\n", encoding="utf-8")
+    data._write_jsonl_atomic(out_dir / "channel.jsonl",  # noqa: SLF001
+                             [{"key": item.key, "audio": result["path"], "channel": result["channel"]}
+                              for item, result in records])
 
 
 def _one_line(err: BaseException | str) -> str:
