@@ -10,6 +10,7 @@ own tools can read a nano8k run directory.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -257,6 +258,11 @@ class Trainer:
             agree = self._ranks_agree()
             log.log(logging.INFO if agree else logging.ERROR, "parameters identical across %d ranks: %s",
                     self.world_size, "yes" if agree else "NO")
+            # Release DDP (its reducer talks to the process group) before destroying the group: a DDP
+            # wrapper collected after destroy_process_group() can hang the process at exit.
+            torch.distributed.barrier()
+            self.ddp = None
+            gc.collect()
             torch.distributed.destroy_process_group()
         return summary.best_val_loss
 
