@@ -75,8 +75,6 @@ from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CTC_OUTPUT_LAYER_FREEZE = "the CTC output layer follows ctc_decoder_conf.freeze"
-
 
 def quiet_funasr_import() -> None:
     """Import funasr without its side effects on the process.

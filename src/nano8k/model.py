@@ -196,7 +196,7 @@ def freeze_policy(cfg: dict) -> dict[str, bool]:
     """Module -> frozen, from the composed config, with FunASR's defaults where a flag is absent.
 
     The CTC output layer (`ctc`) follows ctc_decoder_conf.freeze: FunASR leaves it trainable even
-    when the decoder is frozen (see funasr_gaps.CTC_OUTPUT_LAYER_FREEZE).
+    when the decoder is frozen (funasr_gaps item 4).
     """
     ctc_frozen = bool(_get(cfg, "ctc_decoder_conf.freeze") or False)
     return {

@@ -107,7 +107,6 @@ class Trainer:
     def _setup(self) -> None:
         import torch
 
-        funasr_gaps.quiet_funasr_import()
         self.device = _device(self.settings.get("device"))
         # FunASR reads these at top level or in train_conf, top level winning (train_ds.py:43-72)
         deepspeed = self.settings.get("use_deepspeed", self.train_conf.get("use_deepspeed"))
