@@ -41,6 +41,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def tiny_corpus(root: Path, train: int, dev: int) -> dict:
+    """A tiny model (`nano8k model tiny`) and train/dev manifests prepared from the first utterances
+    of the bundled demo corpus: {"root", "model_dir", "train", "dev"}."""
+    model_dir = root / "model"
+    result = run_cli("model", "tiny", str(model_dir))
+    assert result.code == 0, result.output
+    out = {"root": root, "model_dir": model_dir}
+    for split, n in (("train", train), ("dev", dev)):
+        kaldi = root / f"kaldi_{split}"
+        kaldi.mkdir(parents=True)
+        for name in ("wav.scp", "text"):
+            lines = (REPO / "data" / "demo" / split / name).read_text().splitlines()[:n]
+            (kaldi / name).write_text("\n".join(lines) + "\n")
+        result = run_cli("data", "prepare", str(kaldi), str(root / f"{split}.jsonl"), "--model-dir", str(model_dir))
+        assert result.code == 0, result.output
+        out[split] = root / f"{split}.jsonl"
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> dict:
+    """The tiny model with 12 train and 4 dev utterances, shared by the scale-out tests."""
+    return tiny_corpus(tmp_path_factory.mktemp("small"), train=12, dev=4)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_check_cache(tmp_path_factory) -> None:
     """`nano8k train` caches its data check; keep the tests' cache out of the user's ~/.cache."""

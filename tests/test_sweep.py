@@ -9,26 +9,14 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 pytestmark = pytest.mark.funasr  # trains the tiny model
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("sweep")
-    model_dir = root / "model"
-    assert run_cli("model", "tiny", str(model_dir)).code == 0
-    out = {"model_dir": model_dir}
-    for split, n in (("train", 12), ("dev", 4)):
-        kaldi = root / f"kaldi_{split}"
-        kaldi.mkdir()
-        for name in ("wav.scp", "text"):
-            lines = (REPO / "data" / "demo" / split / name).read_text().splitlines()[:n]
-            (kaldi / name).write_text("\n".join(lines) + "\n")
-        assert run_cli("data", "prepare", str(kaldi), str(root / f"{split}.jsonl"), "--model-dir", str(model_dir)).code == 0
-        out[split] = root / f"{split}.jsonl"
-    return out
+@pytest.fixture
+def tiny(small_corpus) -> dict:
+    return small_corpus
 
 
 def common(tiny: dict) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
 import yaml
 
-from conftest import REPO, run_cli
+from conftest import run_cli, tiny_corpus
 
 torch = pytest.importorskip("torch")
 
@@ -21,26 +21,9 @@ STAGE_POLICY = {  # module -> trains?
 }
 
 
-def kaldi_subset(source: Path, target: Path, n: int) -> Path:
-    target.mkdir(parents=True)
-    for name in ("wav.scp", "text"):
-        lines = (source / name).read_text().splitlines()[:n]
-        (target / name).write_text("\n".join(lines) + "\n")
-    return target
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("trainer")
-    model_dir = root / "model"
-    assert run_cli("model", "tiny", str(model_dir)).code == 0
-    out = {"root": root, "model_dir": model_dir}
-    for split, n in (("train", 16), ("dev", 4)):
-        kaldi = kaldi_subset(REPO / "data" / "demo" / split, root / f"kaldi_{split}", n)
-        result = run_cli("data", "prepare", str(kaldi), str(root / f"{split}.jsonl"), "--model-dir", str(model_dir))
-        assert result.code == 0, result.output
-        out[split] = root / f"{split}.jsonl"
-    return out
+    return tiny_corpus(tmp_path_factory.mktemp("trainer"), train=16, dev=4)
 
 
 def train(corpus: dict, run_dir: Path, stage: str, *extra: str):
@@ -131,6 +114,18 @@ def test_resume_continues_the_run(corpus, tmp_path):
     assert summary["epochs"] == 2 and summary["steps"] == 2 * steps
     assert "resumed from" in (run / "train.log").read_text()
     assert (run / "model.pt.ep2").is_file()
+
+
+def test_early_stopping_ends_the_run_when_validation_stops_improving(corpus, tmp_path):
+    run = tmp_path / "run"
+    # learning rate 0: the weights never move, so the validation loss after epoch 2 equals epoch 1's
+    result = train(corpus, run, "stage1", "train_conf.max_epoch=5", "+train_conf.early_stopping_patience=1",
+                   "optim_conf.lr=0")
+    assert result.code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["stopped_early"] is True
+    assert "early stopping after epoch 2: the validation loss has not improved for 1 epochs" in (run / "train.log").read_text()
+    assert "stopped early" in result.stderr
 
 
 def test_samples_funasr_would_drop_stop_the_run_unless_allowed(corpus, tmp_path):

@@ -56,6 +56,10 @@ with each key" is the user-facing summary of this module.
 15. LLM DTYPE AT DECODING — FunASR's inference casts the LLM to a top-level `llm_dtype` keyword
    (default fp32), not to llm_conf.llm_dtype. nano8k's decode config has `llm_dtype`; unset, it is
    fp32 on CPU and llm_conf.llm_dtype on GPU (fp32 on a GPU without bf16) (llm_dtype()).
+16. DEEPSPEED — FunASR: deepspeed_config null (the released value) crashes, the JSON silently
+   replaces train_conf's accumulation/clipping/precision, and checkpoints become DeepSpeed
+   directories under FunASR's file names. nano8k: presets, "auto" filled from train_conf (conflicts
+   logged), FunASR's single-file checkpoints plus a resumable DeepSpeed state (deepspeed_support.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nano8k import data, funasr_gaps, model as nano_model
+from nano8k import data, deepspeed_support, funasr_gaps, model as nano_model
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Summary:
     best_val_acc: float | None = None
     best_checkpoint: str | None = None
     averaged_model: str | None = None
+    stopped_early: bool = False  # train_conf.early_stopping_patience
     loss_curve: list[dict] = field(default_factory=list)  # every log_interval steps
     epochs_log: list[dict] = field(default_factory=list)  # per epoch: mean train loss, validation
 
@@ -108,20 +109,28 @@ class Trainer:
         import torch
 
         self.device = _device(self.settings.get("device"))
-        # FunASR reads these at top level or in train_conf, top level winning (train_ds.py:43-72)
-        deepspeed = self.settings.get("use_deepspeed", self.train_conf.get("use_deepspeed"))
-        if deepspeed:
-            raise UserError("train_conf.use_deepspeed: true is not supported by nano8k's trainer yet (the pretrained "
-                            "base enables it; the telephone stages disable it); set train_conf.use_deepspeed=false")
+        on_cuda = self.device.startswith("cuda")
         if self.settings.get("use_fsdp", self.train_conf.get("use_fsdp")):
             raise UserError("train_conf.use_fsdp: true is not supported (FunASR cannot save FSDP checkpoints either); "
                             "set train_conf.use_fsdp=false")
-        if self.device.startswith("cuda"):
+        if self.train_conf.get("use_wandb"):
+            raise UserError("train_conf.use_wandb: true is not supported: nano8k logs to TensorBoard (RUN/tensorboard) "
+                            "and metrics.jsonl; wandb.init(sync_tensorboard=True) or `wandb sync` can import them")
+        # FunASR reads these at top level or in train_conf, top level winning (train_ds.py:43-72)
+        self.ds_config = None
+        if self.settings.get("use_deepspeed", self.train_conf.get("use_deepspeed")):
+            deepspeed_support.require(self.device)
+            self.ds_config = deepspeed_support.engine_config(self.settings, on_cuda, on_cuda and torch.cuda.is_bf16_supported())
+        if on_cuda:
             torch.cuda.set_device(self.local_rank if self.world_size > 1 else torch.device(self.device).index or 0)
             torch.backends.cuda.matmul.allow_tf32 = bool(self.settings.get("enable_tf32", True))
             torch.backends.cudnn.allow_tf32 = bool(self.settings.get("enable_tf32", True))
-        if self.world_size > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group(backend="nccl" if self.device.startswith("cuda") else "gloo")
+        self.distributed = self.world_size > 1 or self.ds_config is not None  # DeepSpeed needs a process group, even of one
+        if self.distributed and not torch.distributed.is_initialized():
+            if "LOCAL_RANK" not in os.environ:  # one process, no launcher: the variables torchrun would set
+                os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                                  MASTER_PORT=str(_free_port()))
+            torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
         torch.manual_seed(int(self.settings.get("seed") or 0) + self.rank)
 
         self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
@@ -144,13 +153,24 @@ class Trainer:
         optim_name = self.settings.get("optim", "adam")
         if optim_name not in optim_classes:
             raise UserError(f"optim: unknown optimizer {optim_name!r}; FunASR has {', '.join(sorted(optim_classes))}")
-        self.optimizer = optim_classes[optim_name](self.trainable, **(self.settings.get("optim_conf") or {}))
         scheduler_name = self.settings.get("scheduler", "warmuplr")
         if scheduler_name not in scheduler_classes:
             raise UserError(f"scheduler: unknown scheduler {scheduler_name!r}; FunASR has {', '.join(sorted(scheduler_classes))}")
-        self.scheduler = scheduler_classes[scheduler_name](self.optimizer, **(self.settings.get("scheduler_conf") or {}))
-        self.ddp = None
-        if self.world_size > 1:
+
+        def make_optimizer(params: list) -> Any:
+            return optim_classes[optim_name](params, **(self.settings.get("optim_conf") or {}))
+
+        def make_scheduler(optimizer: Any) -> Any:
+            return scheduler_classes[scheduler_name](optimizer, **(self.settings.get("scheduler_conf") or {}))
+
+        self.ddp = self.engine = None
+        if self.ds_config is not None:
+            self.engine, self.optimizer, self.scheduler = deepspeed_support.initialize(
+                net, self.trainable, self.ds_config, make_optimizer, make_scheduler)
+        else:
+            self.optimizer = make_optimizer(self.trainable)
+            self.scheduler = make_scheduler(self.optimizer)
+        if self.world_size > 1 and self.engine is None:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.local_rank] if self.device.startswith("cuda") else None,
                 find_unused_parameters=bool(self.train_conf.get("find_unused_parameters", False)))
@@ -163,10 +183,18 @@ class Trainer:
                                                   "tokenizer": self.built.tokenizer})
         self.splits = funasr_gaps.data_splits(self.settings["train_data_set_list"], self.funasr_cfg.get("dataset_conf") or {})
         self.autocast_dtype = None
-        if self.train_conf.get("use_bf16") and self.device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        if self.ds_config is not None:
+            self.autocast_dtype = deepspeed_support.autocast_dtype(self.ds_config)
+        elif self.train_conf.get("use_bf16") and on_cuda and torch.cuda.is_bf16_supported():
             self.autocast_dtype = torch.bfloat16
-        elif self.train_conf.get("use_fp16") and self.device.startswith("cuda"):
+        elif self.train_conf.get("use_fp16") and on_cuda:
             self.autocast_dtype = torch.float16
+
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -188,8 +216,10 @@ class Trainer:
         save_interval = int(self.train_conf.get("save_checkpoint_interval", 5000))
         validate_interval = int(self.train_conf.get("validate_interval", save_interval))
         grad_clip = float(self.train_conf.get("grad_clip", 10.0))
+        grad_clip_type = float(self.train_conf.get("grad_clip_type", 2.0))
+        patience = int(self.train_conf.get("early_stopping_patience") or 0)
         summary = Summary(run_dir=str(self.run_dir))
-        module = self.ddp or self.net
+        module = self.engine or self.ddp or self.net
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -208,19 +238,26 @@ class Trainer:
                     if not batch:
                         continue
                     batch = _to_device(batch, self.device)
-                    with torch.autocast(device_type="cuda", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    with self._autocast():
                         loss, stats, _ = module(**batch)
-                    if not torch.isfinite(loss):
+                    if not self._finite_everywhere(loss):
                         log.warning("epoch %d step %d: non-finite loss %s skipped", epoch + 1, step_in_epoch, loss.item())
-                        self.optimizer.zero_grad(set_to_none=True)
+                        if self.engine is None:
+                            self.optimizer.zero_grad(set_to_none=True)
                         continue
-                    (loss / accum).backward()
-                    if step_in_epoch % accum == 0:
-                        torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip)
-                        self.optimizer.step()
-                        self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                        state["step"] += 1
+                    if self.engine is not None:  # DeepSpeed accumulates, clips, steps and schedules itself
+                        updated = self.engine.is_gradient_accumulation_boundary()
+                        self.engine.backward(loss)
+                        self.engine.step()
+                    else:
+                        (loss / accum).backward()
+                        updated = step_in_epoch % accum == 0
+                        if updated:
+                            torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip, norm_type=grad_clip_type)
+                            self.optimizer.step()
+                            self.scheduler.step()
+                            self.optimizer.zero_grad(set_to_none=True)
+                    state["step"] += int(updated)
                     window.append(loss.item())
                     lr = self.optimizer.param_groups[0]["lr"]
                     progress.update(task, advance=1, loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
@@ -240,6 +277,12 @@ class Trainer:
                 summary.epochs_log.append({"epoch": epoch + 1, "train_loss": summary.final_train_loss,
                                            "val_loss": val_loss, "val_acc": val_acc})
                 progress.update(task, completed=step_in_epoch, total=step_in_epoch)
+                stale = _epochs_without_improvement(state["val_loss_step_or_epoch"])
+                if patience > 0 and stale >= patience:
+                    summary.stopped_early = True
+                    log.info("early stopping after epoch %d: the validation loss has not improved for %d epochs "
+                             "(early_stopping_patience %d)", epoch + 1, stale, patience)
+                    break
         if self.is_main:
             summary.averaged_model = self._average(state)
         summary.steps, summary.epochs = state["step"], state["epoch"]
@@ -257,13 +300,24 @@ class Trainer:
             agree = self._ranks_agree()
             log.log(logging.INFO if agree else logging.ERROR, "parameters identical across %d ranks: %s",
                     self.world_size, "yes" if agree else "NO")
-            # Release DDP (its reducer talks to the process group) before destroying the group: a DDP
+        if self.distributed:
+            # Release DDP / DeepSpeed (they talk to the process group) before destroying the group: a
             # wrapper collected after destroy_process_group() can hang the process at exit.
             torch.distributed.barrier()
-            self.ddp = None
+            self.ddp = self.engine = None
             gc.collect()
             torch.distributed.destroy_process_group()
         return summary.best_val_loss
+
+    def _finite_everywhere(self, loss: Any) -> bool:
+        """Is the loss finite on every rank? One rank skipping a backward that the others run would
+        leave them waiting in the gradient all-reduce for ever, so the skip is decided together."""
+        import torch
+
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite.item())
 
     def _ranks_agree(self) -> bool:
         """Do all ranks hold the same trainable parameters? (DDP should guarantee it.)"""
@@ -305,7 +359,8 @@ class Trainer:
                 if not batch:
                     continue
                 batch = _to_device(batch, self.device)
-                loss, stats, _ = self.net(**batch)
+                with self._autocast():
+                    loss, stats, _ = self.net(**batch)
                 size = int(batch["input_ids"].shape[0])
                 total_loss += float(loss) * size
                 total_acc += float(stats.get("acc", 0.0)) * size
@@ -332,24 +387,30 @@ class Trainer:
             _score(metric, val_acc, val_loss) > _score(metric, state["best_val_acc"], state["best_val_loss"]))
         if better:
             state.update(best_val_loss=val_loss, best_val_acc=val_acc, best_step_or_epoch=name)
+        engine_state = deepspeed_support.save_state(self.engine, self.run_dir, name) if self.engine else None  # every rank
         if not self.is_main:
             return val_loss, val_acc
-        checkpoint = self._checkpoint(state, epoch, step_in_epoch)
+        checkpoint = self._checkpoint(state, epoch, step_in_epoch, engine_state)
         funasr_gaps.atomic_save(checkpoint, self.run_dir / name)
         state["saved_ckpts"][name] = val_loss
         funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt")
+        if engine_state:
+            deepspeed_support.keep_only(self.run_dir, engine_state)
         if better:
             funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt.best")
         self._prune(state, metric)
         return val_loss, val_acc
 
-    def _checkpoint(self, state: dict, epoch: int, step_in_epoch: int | None) -> dict:
+    def _checkpoint(self, state: dict, epoch: int, step_in_epoch: int | None, engine_state: str | None) -> dict:
+        """FunASR's checkpoint fields. Under DeepSpeed the optimizer and scheduler are partitioned
+        across ranks: they live in the DeepSpeed state the checkpoint names instead."""
         excludes = nano_model._excluded_prefixes(self.funasr_cfg)
         weights = OrderedDict((k, v.detach().cpu()) for k, v in self.net.state_dict().items() if not k.startswith(excludes))
+        training_state = {"deepspeed_state": engine_state} if engine_state else {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         return {
             "epoch": epoch + 1 if step_in_epoch is None else epoch, "step": state["step"],
-            "step_in_epoch": step_in_epoch or 0, "state_dict": weights,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step_in_epoch": step_in_epoch or 0, "state_dict": weights, **training_state,
             "saved_ckpts": state["saved_ckpts"], "val_acc_step_or_epoch": state["val_acc_step_or_epoch"],
             "val_loss_step_or_epoch": state["val_loss_step_or_epoch"], "best_step_or_epoch": state.get("best_step_or_epoch", ""),
             "avg_keep_nbest_models_type": self.train_conf.get("avg_keep_nbest_models_type", "acc"),
@@ -399,9 +460,16 @@ class Trainer:
         import torch
 
         checkpoint = torch.load(latest, map_location="cpu", weights_only=False)
+        written_with = "with DeepSpeed" if checkpoint.get("deepspeed_state") else "without DeepSpeed"
+        if (self.engine is not None) != bool(checkpoint.get("deepspeed_state")):
+            raise UserError(f"{latest}: written {written_with}, so it resumes only with use_deepspeed="
+                            f"{str(self.engine is None).lower()}; or set train_conf.resume=false, or use a new run directory")
         funasr_gaps.load_weights(self.net, [latest], partial=True)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.engine is not None:
+            deepspeed_support.load_state(self.engine, self.run_dir, checkpoint["deepspeed_state"])
+        else:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
         for key in ("saved_ckpts", "val_acc_step_or_epoch", "val_loss_step_or_epoch"):
             state[key] = dict(checkpoint.get(key) or {})
         state.update(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
@@ -417,6 +485,25 @@ class Trainer:
 def _score(metric: str, acc: float, loss: float) -> tuple[float, float]:
     """Higher is better: (accuracy, -loss) when ranking by accuracy, else (-loss, accuracy)."""
     return (acc, -loss) if metric == "acc" else (-loss, acc)
+
+
+def _epochs_without_improvement(val_losses: dict[str, float]) -> int:
+    """Epochs since the best end-of-epoch validation loss (FunASR's early stopping counts these;
+    mid-epoch validations, `model.pt.epN.STEP`, do not count)."""
+    epochs = sorted((int(name.rsplit("ep", 1)[1]), loss) for name, loss in val_losses.items()
+                    if name.rsplit("ep", 1)[-1].isdigit())
+    best, stale = math.inf, 0
+    for _, loss in epochs:
+        best, stale = (loss, 0) if loss < best else (best, stale + 1)
+    return stale
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _safe_len(loader: Any) -> int | None:
@@ -476,7 +563,8 @@ def _print_summary(summary: Summary) -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
-    console.print(f"[bold]done[/] in {summary.wall_s:.1f}s: {summary.epochs} epochs, {summary.steps} steps")
+    stopped = " (stopped early: no validation improvement)" if summary.stopped_early else ""
+    console.print(f"[bold]done[/] in {summary.wall_s:.1f}s: {summary.epochs} epochs, {summary.steps} steps{stopped}")
     for row in summary.epochs_log:
         train = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
         console.print(f"  epoch {row['epoch']}: train loss {train}, validation loss {row['val_loss']:.4f}, "
