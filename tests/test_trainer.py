@@ -116,6 +116,20 @@ def test_resume_continues_the_run(corpus, tmp_path):
     assert (run / "model.pt.ep2").is_file()
 
 
+def test_a_resumed_run_equals_the_uninterrupted_one(corpus, tmp_path):
+    # Optimizer, scheduler and random state (SpecAug masks, dropout) are restored. Dither is off:
+    # kaldi-native-fbank draws it from its own generator, which no checkpoint can capture.
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    no_dither = "+frontend_conf.dither=0.0"
+    assert train(corpus, run, "stage1", no_dither).code == 0
+    assert train(corpus, run, "stage1", no_dither, "train_conf.max_epoch=2").code == 0
+    assert train(corpus, straight, "stage1", no_dither, "train_conf.max_epoch=2").code == 0
+    records = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (run, straight)]
+    assert [r.get("loss", r.get("val_loss")) for r in records[0]] == [r.get("loss", r.get("val_loss")) for r in records[1]]
+    resumed, uninterrupted = weights(run / "model.pt"), weights(straight / "model.pt")
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
 def test_early_stopping_ends_the_run_when_validation_stops_improving(corpus, tmp_path):
     run = tmp_path / "run"
     # learning rate 0: the weights never move, so the validation loss after epoch 2 equals epoch 1's

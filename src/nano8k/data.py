@@ -578,7 +578,7 @@ def write_rejects(report: PrepareReport | CheckReport, path: Path, include_notes
     """Write a report's problems to `path` as JSONL (file, line, key, reason, effect, detail);
     returns the number written. For a CheckReport, notes are left out unless include_notes."""
     problems = [p for p in report.problems if include_notes or p.effect != "note"]
-    _write_jsonl_atomic(Path(path), (p.to_json() for p in problems))
+    write_jsonl_atomic(Path(path), (p.to_json() for p in problems))
     return len(problems)
 
 
@@ -588,7 +588,7 @@ def write_rejects(report: PrepareReport | CheckReport, path: Path, include_notes
 
 
 @dataclass
-class _Entry:
+class Entry:
     """One utterance read from the input, before its audio is looked at."""
 
     file: str
@@ -676,22 +676,14 @@ def prepare(
     root = Path(audio_root) if audio_root is not None else None
     if root is not None and not root.is_dir():
         raise UserError(f"audio_root {root}: no such directory")
-    fmt, location, delimiter = _detect_source(source, source_format)
     if output.is_dir():
         raise UserError(f"{output}: is a directory; give the manifest's file name (e.g. {output / 'train.jsonl'})")
+    audio_dir = _sibling(output, ".audio")
+    fmt, location, entries, rejects = read_source(
+        source, mode=mode, allow_pipes=allow_pipes, source_format=source_format, audio_column=audio_column,
+        text_column=text_column, key_column=key_column, exclude=audio_dir)
     if location.is_file() and output.resolve() == location.resolve():
         raise UserError(f"{output}: the output would overwrite the input")
-    audio_dir = _sibling(output, ".audio")
-
-    if fmt == "kaldi":
-        entries, rejects = _read_kaldi(location, allow_pipes, mode)
-    elif fmt == "jsonl":
-        entries, rejects = _read_source_jsonl(location, mode)
-    elif fmt == "table":
-        entries, rejects = _read_table(location, mode, delimiter, audio_column, text_column, key_column)
-    else:
-        entries, rejects = _read_folder(location, mode, exclude=audio_dir)
-    entries = _unique_keys(entries, rejects)
     tokenizer = load_tokenizer(tokenizer_dir)
 
     groups = _group_by_audio(entries, root)
@@ -740,7 +732,7 @@ def prepare(
         report.materialized += audio.materialized
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    _write_jsonl_atomic(output, records)
+    write_jsonl_atomic(output, records)
     report.written = len(records)
     report.rejects = sorted(rejects, key=lambda p: (p.file, p.line))
     report.sample_rates = dict(sorted(rates.items()))
@@ -761,6 +753,24 @@ def _channel_mode(channel: str | int) -> str | int:
     raise UserError(f"channel {channel!r}: use mix, A (or 0), B (or 1) or split")
 
 
+def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = False, source_format: str | None = None,
+                audio_column: str | None = None, text_column: str | None = None, key_column: str | None = None,
+                exclude: Path | None = None) -> tuple[str, Path, list[Entry], list[Problem]]:
+    """Any source `prepare` reads (Kaldi directory, source/target JSONL, CSV/TSV, folder):
+    (format, location, entries with unique keys, rejects). The one reader of sources, shared by
+    prepare and simulate, so both apply the same rules and reject reasons."""
+    fmt, location, delimiter = _detect_source(source, source_format)
+    if fmt == "kaldi":
+        entries, rejects = _read_kaldi(location, allow_pipes, mode)
+    elif fmt == "jsonl":
+        entries, rejects = _read_source_jsonl(location, mode)
+    elif fmt == "table":
+        entries, rejects = _read_table(location, mode, delimiter, audio_column, text_column, key_column)
+    else:
+        entries, rejects = _read_folder(location, mode, exclude=exclude)
+    return fmt, location, _unique_keys(entries, rejects), rejects
+
+
 def _detect_source(source: Path, source_format: str | None = None) -> tuple[str, Path, str | None]:
     """(format, location, CSV delimiter or None)."""
     if not source.exists():
@@ -779,7 +789,7 @@ def _detect_source(source: Path, source_format: str | None = None) -> tuple[str,
             return "kaldi", source, None
         if wanted == "kaldi":
             raise UserError(f"{source}: not a Kaldi data directory (no wav.scp)")
-        if any(True for _ in _audio_files(source, exclude=None)):
+        if any(True for _ in audio_files(source, exclude=None)):
             return "folder", source, None
         raise UserError(f"{source}: neither a Kaldi data directory (no wav.scp) nor a folder of audio files "
                         f"({', '.join(sorted(AUDIO_SUFFIXES))}) with .txt transcripts")
@@ -800,7 +810,7 @@ def _detect_source(source: Path, source_format: str | None = None) -> tuple[str,
                     "file (give the format with source_format / --format)")
 
 
-def _read_lines(path: Path, encoding: str = "utf-8-sig") -> list[str]:
+def read_lines(path: Path, encoding: str = "utf-8-sig") -> list[str]:
     """Lines as FunASR's `for line in open(path, encoding=...)` sees them: universal newlines only
     (str.splitlines would also split on U+2028 and friends, which JSON strings may hold raw).
     Bytes that are not UTF-8 come back as lone surrogates (surrogateescape): see _undecodable."""
@@ -854,7 +864,7 @@ def _bad_bytes(text: str) -> str:
     return "not UTF-8"
 
 
-def _read_keyed(
+def read_keyed(
     path: Path, rejects: list[Problem], value_name: str | None, claimed: set[str] | None = None,
 ) -> dict[str, _Keyed]:
     """`key value` lines of a Kaldi file. `value_name`: the value must be there (a malformed line
@@ -862,7 +872,7 @@ def _read_keyed(
     rejected lines go to `claimed`: their transcripts are not reported a second time."""
     out: dict[str, _Keyed] = {}
     claimed = set() if claimed is None else claimed
-    for lineno, line in enumerate(_read_lines(path), 1):
+    for lineno, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
@@ -883,8 +893,8 @@ def _read_keyed(
 
 
 def _pair_transcripts(
-    unit: _Entry, transcripts: dict[str, _Keyed], used: set[str], mode: str | int, missing: str,
-    speakers: Mapping[str, _Keyed], entries: list[_Entry], rejects: list[Problem],
+    unit: Entry, transcripts: dict[str, _Keyed], used: set[str], mode: str | int, missing: str,
+    speakers: Mapping[str, _Keyed], entries: list[Entry], rejects: list[Problem],
 ) -> None:
     """Entries for one audio unit (a wav.scp line, a segment, a folder's file) keyed `unit.key`,
     with transcripts looked up by key; channel=split looks for `<key>-A`/`<key>-B` first."""
@@ -904,7 +914,7 @@ def _pair_transcripts(
             rejects.append(Problem(found.file, found.line, key, "undecodable_text", bad, input=found.raw))
             return
         speaker = speakers.get(key) or speakers.get(unit.key)
-        entries.append(_Entry(unit.file, unit.line, key, unit.audio, text, unit.pipe, raw=unit.raw,
+        entries.append(Entry(unit.file, unit.line, key, unit.audio, text, unit.pipe, raw=unit.raw,
                               segment=unit.segment, recording=unit.recording, channel=channel, mono_only=mono_only,
                               speaker=speaker.value if speaker else None))
 
@@ -926,15 +936,15 @@ def _pair_transcripts(
         pair(unit.key, mode if isinstance(mode, int) else None, False)
 
 
-def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> tuple[list[_Entry], list[Problem]]:
+def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> tuple[list[Entry], list[Problem]]:
     """wav.scp + text (+ segments, utt2spk) -> entries in wav.scp order (segments order when there
     is a segments file); pairing problems as rejects."""
     scp, text, seg, spk = (directory / name for name in ("wav.scp", "text", "segments", "utt2spk"))
     rejects: list[Problem] = []
     claimed: set[str] = set()  # keys of rejected audio lines: their transcripts are not reported again
-    transcripts = _read_keyed(text, rejects, None)
-    speakers = _read_keyed(spk, rejects, "speaker") if spk.is_file() else {}
-    recordings = _read_keyed(scp, rejects, "audio path", None if seg.is_file() else claimed)
+    transcripts = read_keyed(text, rejects, None)
+    speakers = read_keyed(spk, rejects, "speaker") if spk.is_file() else {}
+    recordings = read_keyed(scp, rejects, "audio path", None if seg.is_file() else claimed)
 
     pipes = [(r.line, key) for key, r in recordings.items() if r.value.endswith("|")]
     if pipes and not allow_pipes:
@@ -947,10 +957,10 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> 
         pipe = rec.value.endswith("|")
         return (rec.value[:-1].strip() if pipe else rec.value), pipe
 
-    units: list[_Entry] = []
+    units: list[Entry] = []
     if seg.is_file():
         seen: dict[str, int] = {}
-        for lineno, line in enumerate(_read_lines(seg), 1):
+        for lineno, line in enumerate(read_lines(seg), 1):
             if not line.strip():
                 continue
             parts = line.split()
@@ -978,13 +988,13 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> 
                 rejects.append(Problem(*where, key, "no_recording", f"recording {parts[1]} is not in {scp}", input=line))
                 continue
             audio, pipe = location(rec)
-            units.append(_Entry(*where, key, audio, None, pipe, raw=line, segment=(start, end), recording=parts[1]))
+            units.append(Entry(*where, key, audio, None, pipe, raw=line, segment=(start, end), recording=parts[1]))
     else:
         for key, rec in recordings.items():
             audio, pipe = location(rec)
-            units.append(_Entry(rec.file, rec.line, key, audio, None, pipe, raw=rec.raw))
+            units.append(Entry(rec.file, rec.line, key, audio, None, pipe, raw=rec.raw))
 
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     used: set[str] = set()
     for unit in units:
         _pair_transcripts(unit, transcripts, used, mode, str(text), speakers, entries, rejects)
@@ -1007,13 +1017,13 @@ def _row_channel(key: str, mode: str | int) -> tuple[int | None, bool]:
     return None, False
 
 
-def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[_Entry], list[Problem]]:
+def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[Entry], list[Problem]]:
     """The seed's {"key", "source"|"audio", "target"|"text"} lines -> entries in file order."""
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     rejects: list[Problem] = []
     seen: dict[str, int] = {}
     checked_format = False
-    for lineno, line in enumerate(_read_lines(path), 1):
+    for lineno, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         where = (str(path), lineno)
@@ -1068,7 +1078,7 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[_Entry
             rejects.append(Problem(*where, key, *problem, input=line))
             continue
         channel, mono_only = _row_channel(key, mode)
-        entries.append(_Entry(*where, key, audio.strip(), text, raw=line, channel=channel, mono_only=mono_only))
+        entries.append(Entry(*where, key, audio.strip(), text, raw=line, channel=channel, mono_only=mono_only))
     return entries, rejects
 
 
@@ -1091,7 +1101,7 @@ TABLE_COLUMNS = {
 def _read_table(
     path: Path, mode: str | int, delimiter: str | None, audio_column: str | None = None,
     text_column: str | None = None, key_column: str | None = None,
-) -> tuple[list[_Entry], list[Problem]]:
+) -> tuple[list[Entry], list[Problem]]:
     """A CSV/TSV file with a header row -> entries in file order. Columns are matched by name,
     case-insensitively; without a key column the key is sample_<line>. `delimiter` None: the
     header line's most frequent of `,`, TAB, `;` and `|`."""
@@ -1104,7 +1114,7 @@ def _read_table(
     physical = content.splitlines()
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     rejects: list[Problem] = []
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     header: list[str] | None = None
     columns: dict[str, int | None] = {}
     seen: dict[str, int] = {}
@@ -1157,7 +1167,7 @@ def _read_table(
             rejects.append(Problem(*where, key, "undecodable_text", bad, input=raw))
             continue
         channel, mono_only = _row_channel(key, mode)
-        entries.append(_Entry(*where, key, audio, text, raw=raw, channel=channel, mono_only=mono_only))
+        entries.append(Entry(*where, key, audio, text, raw=raw, channel=channel, mono_only=mono_only))
     if header is None:
         raise UserError(f"{path}: no header row (a CSV/TSV file needs named columns)")
     return entries, rejects
@@ -1181,7 +1191,7 @@ def _table_columns(path: Path, header: list[str], audio: str | None, text: str |
     return found
 
 
-def _audio_files(directory: Path, exclude: Path | None) -> Iterable[Path]:
+def audio_files(directory: Path, exclude: Path | None) -> Iterable[Path]:
     """Audio files under `directory`, recursively, sorted by relative path; hidden files and
     directories, and `exclude` (the output's own audio directory), are skipped."""
     skip = os.path.abspath(exclude) if exclude is not None else None
@@ -1193,24 +1203,24 @@ def _audio_files(directory: Path, exclude: Path | None) -> Iterable[Path]:
                 yield Path(current) / name
 
 
-def _folder_key(relative: Path) -> str:
+def folder_key(relative: Path) -> str:
     """Key of a file in a folder input: its relative path without extension, '/'-separated,
     whitespace replaced by '_' (Kaldi keys hold no whitespace)."""
     return re.sub(r"\s+", "_", relative.with_suffix("").as_posix())
 
 
-def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None = None) -> tuple[list[_Entry], list[Problem]]:
+def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None = None) -> tuple[list[Entry], list[Problem]]:
     """Audio files with same-stem .txt transcripts (stem-A.txt/stem-B.txt for channel=split)."""
     rejects: list[Problem] = []
-    units: list[_Entry] = []
+    units: list[Entry] = []
     owners: dict[str, Path] = {}
-    for path in _audio_files(directory, exclude):
-        key = _folder_key(path.relative_to(directory))
+    for path in audio_files(directory, exclude):
+        key = folder_key(path.relative_to(directory))
         if key in owners:
             rejects.append(Problem(str(path), 0, key, "duplicate_key", f"{owners[key]} has the same key (and transcript)"))
             continue
         owners[key] = path
-        units.append(_Entry(str(path), 0, key, str(path.absolute()), None, raw=str(path)))
+        units.append(Entry(str(path), 0, key, str(path.absolute()), None, raw=str(path)))
 
     transcripts: dict[str, _Keyed] = {}
     for current, dirs, files in os.walk(directory):
@@ -1219,7 +1229,7 @@ def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None 
             if name.startswith(".") or not name.lower().endswith(".txt"):
                 continue
             path = Path(current) / name
-            key = _folder_key(path.relative_to(directory))
+            key = folder_key(path.relative_to(directory))
             content = path.read_bytes()
             try:
                 text = content.decode("utf-8-sig")
@@ -1230,7 +1240,7 @@ def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None 
                 continue
             transcripts[key] = _Keyed(text, str(path), 0, text)
 
-    entries: list[_Entry] = []
+    entries: list[Entry] = []
     used: set[str] = set()
     for unit in units:
         _pair_transcripts(unit, transcripts, used, mode, "the folder (no .txt transcript)", {}, entries, rejects)
@@ -1240,9 +1250,9 @@ def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None 
     return entries, rejects
 
 
-def _unique_keys(entries: list[_Entry], rejects: list[Problem]) -> list[_Entry]:
+def _unique_keys(entries: list[Entry], rejects: list[Problem]) -> list[Entry]:
     """Drop entries whose key an earlier entry already has (after channel=split suffixing)."""
-    seen: dict[str, _Entry] = {}
+    seen: dict[str, Entry] = {}
     kept = []
     for entry in entries:
         first = seen.get(entry.key)
@@ -1259,7 +1269,7 @@ def _resolve(location: str, root: Path | None) -> str:
     return os.path.abspath(os.path.join(root, location) if root is not None else location)
 
 
-def _group_by_audio(entries: list[_Entry], root: Path | None) -> list[list[int]]:
+def _group_by_audio(entries: list[Entry], root: Path | None) -> list[list[int]]:
     """Entry indices per audio source (a file or a pipe command), sources in order of first use:
     a recording is opened (a pipe run) once for all its segments and channels."""
     groups: dict[tuple[bool, str], list[int]] = {}
@@ -1309,7 +1319,7 @@ def _run_pipe(command: str) -> tuple[bytes | None, tuple[str, str] | None]:
 
 
 def _process_group(
-    group: list[_Entry], root: Path | None, audio_dir: Path, tolerance: float, frontend_fs: int | None,
+    group: list[Entry], root: Path | None, audio_dir: Path, tolerance: float, frontend_fs: int | None,
 ) -> list[_Audio]:
     """The audio of every entry of one source: its header, and for cuts, channel picks and pipes
     the samples, written under `audio_dir`. Never raises: a failure is each entry's problem."""
@@ -1344,7 +1354,7 @@ def _process_group(
 
 
 def _entry_audio(
-    entry: _Entry, header: _Audio, opener: Callable[[], Any], label: str, audio_dir: Path, tolerance: float,
+    entry: Entry, header: _Audio, opener: Callable[[], Any], label: str, audio_dir: Path, tolerance: float,
     frontend_fs: int | None,
 ) -> _Audio:
     import soundfile as sf
@@ -1365,7 +1375,7 @@ def _entry_audio(
         return header
     start, stop = 0, total
     if entry.segment is not None:
-        start, stop = (_nearest_sample(t, rate) for t in entry.segment)
+        start, stop = (nearest_sample(t, rate) for t in entry.segment)
         length = f"recording {entry.recording} is {total / rate:.3f} s ({total} samples at {rate} Hz): {label}"
         if start >= total:
             return reject("segment_out_of_range", f"starts at {float(entry.segment[0]):g} s; the {length}")
@@ -1401,7 +1411,7 @@ def _entry_audio(
                   subtype=subtype, materialized=True)
 
 
-def _nearest_sample(seconds: Fraction, rate: int) -> int:
+def nearest_sample(seconds: Fraction, rate: int) -> int:
     """The sample index nearest to `seconds` (halves round up), exactly."""
     return math.floor(seconds * rate + Fraction(1, 2))
 
@@ -1494,7 +1504,7 @@ def check(
 
     parsed: list[tuple[int, str]] = []
     # utf-8, not utf-8-sig: FunASR opens it so (datasets.py:437), and a BOM turns line 1 into a JSON error.
-    for lineno, line in enumerate(_read_lines(manifest, encoding="utf-8"), 1):
+    for lineno, line in enumerate(read_lines(manifest, encoding="utf-8"), 1):
         if line.strip():
             parsed.append((lineno, line))
     report.lines = len(parsed)
@@ -1678,7 +1688,7 @@ def check_key(
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
     if check_audio:
         seen: set[str] = set()
-        for line in _read_lines(manifest, encoding="utf-8"):
+        for line in read_lines(manifest, encoding="utf-8"):
             for path in _line_audio_paths(line):
                 if path in seen:
                     continue
@@ -2012,7 +2022,7 @@ def _map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, label: 
     return results
 
 
-def _write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
     """Write JSON lines to a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -227,7 +227,7 @@ def read_input(spec: Any) -> tuple[list[Item], str]:
         if (path / "wav.scp").is_file():
             items, kind = _read_kaldi(path), "kaldi"
         else:
-            files = list(data._audio_files(path, exclude=None))
+            files = list(data.audio_files(path, exclude=None))
             if not files:
                 raise UserError(f"input: {path} is neither a Kaldi data directory (no wav.scp) nor a folder of audio "
                                 f"files ({', '.join(sorted(data.AUDIO_SUFFIXES))})")
@@ -287,9 +287,9 @@ def _read_kaldi(directory: Path) -> list[Item]:
     from nano8k import data
 
     problems: list = []
-    scp = data._read_keyed(directory / "wav.scp", problems, "audio path")
-    texts = data._read_keyed(directory / "text", problems, None) if (directory / "text").is_file() else {}
-    speakers = data._read_keyed(directory / "utt2spk", problems, "speaker") if (directory / "utt2spk").is_file() else {}
+    scp = data.read_keyed(directory / "wav.scp", problems, "audio path")
+    texts = data.read_keyed(directory / "text", problems, None) if (directory / "text").is_file() else {}
+    speakers = data.read_keyed(directory / "utt2spk", problems, "speaker") if (directory / "utt2spk").is_file() else {}
     items = [Item(p.key or f"line{p.line}", reason=f"{p.where}: {p.reason}" + (f" ({p.detail})" if p.detail else ""))
              for p in problems if p.file.endswith("wav.scp")]
     for p in problems:
@@ -308,7 +308,7 @@ def _read_kaldi(directory: Path) -> list[Item]:
 
     segments = directory / "segments"
     if segments.is_file():
-        for lineno, line in enumerate(data._read_lines(segments), 1):
+        for lineno, line in enumerate(data.read_lines(segments), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -336,7 +336,7 @@ def _read_folder(directory: Path, files: list[Path]) -> list[Item]:
     for path in files:
         text = path.with_suffix(".txt")
         ref = text.read_text(encoding="utf-8-sig", errors="replace").strip() if text.is_file() else None
-        items.append(Item(data._folder_key(path.relative_to(directory)), str(path), ref))
+        items.append(Item(data.folder_key(path.relative_to(directory)), str(path), ref))
     return items
 
 
@@ -345,7 +345,7 @@ def _read_list(path: Path) -> list[Item]:
     as written where two stems collide."""
     from nano8k import data
 
-    lines = [(n, line.strip()) for n, line in enumerate(data._read_lines(path), 1)]
+    lines = [(n, line.strip()) for n, line in enumerate(data.read_lines(path), 1)]
     lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
     stems: dict[str, int] = {}
     for _, line in lines:
@@ -362,7 +362,7 @@ def _read_jsonl(path: Path) -> list[Item]:
     from nano8k import data
 
     items = []
-    for lineno, line in enumerate(data._read_lines(path), 1):
+    for lineno, line in enumerate(data.read_lines(path), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

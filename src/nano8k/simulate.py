@@ -960,26 +960,13 @@ def _read_source(source: Path, allow_pipes: bool) -> tuple[str, list[_Item], lis
     if source.is_file() and _is_nano(source):
         items, rejects = _read_nano(source)
         return "nano", items, rejects, source
-    fmt, location, *rest = data._detect_source(source)  # noqa: SLF001 -- the shared readers
-    delimiter = rest[0] if rest else None
-    if fmt == "kaldi":
-        entries, rejects = data._read_kaldi(location, allow_pipes)  # noqa: SLF001
-    elif fmt == "jsonl":
-        entries, rejects = data._read_source_jsonl(location)  # noqa: SLF001
-    elif fmt == "table":
-        entries, rejects = data._read_table(location, "mix", delimiter)  # noqa: SLF001
-    elif fmt == "folder":
-        entries, rejects = data._read_folder(location, "mix")  # noqa: SLF001
-    else:  # pragma: no cover - a format data.py learns later
-        raise UserError(f"{source}: {fmt} input is not supported by simulate yet")
-    if hasattr(data, "_unique_keys"):
-        entries = data._unique_keys(entries, rejects)  # noqa: SLF001
+    fmt, location, entries, rejects = data.read_source(source, allow_pipes=allow_pipes)
     items = []
     for e in entries:
         raw = getattr(e, "raw", None)
         obj = audio_field = None
         if fmt == "jsonl":
-            obj = json.loads(raw) if isinstance(raw, str) else json.loads(data._read_lines(location)[e.line - 1])  # noqa: SLF001
+            obj = json.loads(raw) if isinstance(raw, str) else json.loads(data.read_lines(location)[e.line - 1])
             audio_field = "source" if "source" in obj else "audio"
         items.append(_Item(e.file, e.line, e.key, e.audio, e.text, e.pipe, input=raw if isinstance(raw, str) else None,
                            obj=obj, audio_field=audio_field, segment=getattr(e, "segment", None),
@@ -1010,7 +997,7 @@ def _read_nano(path: Path) -> tuple[list[_Item], list]:
     items: list[_Item] = []
     rejects: list = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(data._read_lines(path), 1):  # noqa: SLF001
+    for lineno, line in enumerate(data.read_lines(path), 1):
         if not line.strip():
             continue
         where = (str(path), lineno)
@@ -1113,7 +1100,7 @@ def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | No
                 raise ValueError(f"invalid sample rate {rate}")
             start, stop = 0, total
             if segment is not None:
-                start, stop = (data._nearest_sample(t, rate) for t in segment)  # noqa: SLF001
+                start, stop = (data.nearest_sample(t, rate) for t in segment)
                 tolerance = getattr(data, "SEGMENT_TOLERANCE", 0.5)
                 if start >= total or stop - total > tolerance * rate:
                     raise _Reject("segment_out_of_range", f"{float(segment[0]):g}-{float(segment[1]):g} s of a "
@@ -1243,7 +1230,7 @@ def _write_jsonl(manifest: Path, records: list[tuple[_Item, dict]], output_forma
                 row["speaker"] = item.speaker
         row["channel"] = result["channel"]
         rows.append(row)
-    data._write_jsonl_atomic(manifest, rows)  # noqa: SLF001
+    data.write_jsonl_atomic(manifest, rows)
 
 
 CHANNEL_COLUMNS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_rate", "noise_file", "noise_snr_db",
@@ -1272,7 +1259,7 @@ def _write_folder(out_dir: Path, records: list[tuple[_Item, dict]]) -> None:
 
     for item, result in records:
         Path(result["path"]).with_suffix(".txt").write_text(item.text + "\n", encoding="utf-8")
-    data._write_jsonl_atomic(out_dir / "channel.jsonl",  # noqa: SLF001
+    data.write_jsonl_atomic(out_dir / "channel.jsonl",
                              [{"key": item.key, "audio": result["path"], "channel": result["channel"]}
                               for item, result in records])
 

@@ -131,7 +131,7 @@ class Trainer:
                 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                                   MASTER_PORT=str(_free_port()))
             torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
-        torch.manual_seed(int(self.settings.get("seed") or 0) + self.rank)
+        _seed_everything(int(self.settings.get("seed") or 0) + self.rank)
 
         self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
         self.funasr_cfg = self.built.funasr_config
@@ -319,6 +319,41 @@ class Trainer:
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
 
+    def _rng_states(self) -> list[dict]:
+        """Every rank's random state (SpecAug masks, dropout; FunASR's samplers seed themselves per
+        epoch), so that a resumed run continues exactly as the uninterrupted one would have."""
+        import random
+
+        import numpy
+        import torch
+
+        mine = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy.random.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.startswith("cuda") else None}
+        if self.world_size == 1:
+            return [mine]
+        every: list = [None] * self.world_size
+        torch.distributed.all_gather_object(every, mine)
+        return every
+
+    def _restore_rng(self, states: list[dict] | None) -> None:
+        import random
+
+        import numpy
+        import torch
+
+        if not states:
+            return
+        if len(states) != self.world_size:
+            log.warning("random state not restored: the checkpoint comes from %d ranks, this run has %d; "
+                        "training continues with fresh random streams", len(states), self.world_size)
+            return
+        mine = states[self.rank]
+        torch.set_rng_state(mine["torch"])
+        random.setstate(mine["python"])
+        numpy.random.set_state(mine["numpy"])
+        if mine.get("cuda") is not None and self.device.startswith("cuda"):
+            torch.cuda.set_rng_state_all(mine["cuda"])
+
     def _ranks_agree(self) -> bool:
         """Do all ranks hold the same trainable parameters? (DDP should guarantee it.)"""
         import torch
@@ -388,9 +423,10 @@ class Trainer:
         if better:
             state.update(best_val_loss=val_loss, best_val_acc=val_acc, best_step_or_epoch=name)
         engine_state = deepspeed_support.save_state(self.engine, self.run_dir, name) if self.engine else None  # every rank
+        rng_states = self._rng_states()  # every rank
         if not self.is_main:
             return val_loss, val_acc
-        checkpoint = self._checkpoint(state, epoch, step_in_epoch, engine_state)
+        checkpoint = {**self._checkpoint(state, epoch, step_in_epoch, engine_state), "rng_states": rng_states}
         funasr_gaps.atomic_save(checkpoint, self.run_dir / name)
         state["saved_ckpts"][name] = val_loss
         funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt")
@@ -470,6 +506,7 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self._restore_rng(checkpoint.get("rng_states"))
         for key in ("saved_ckpts", "val_acc_step_or_epoch", "val_loss_step_or_epoch"):
             state[key] = dict(checkpoint.get(key) or {})
         state.update(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
@@ -496,6 +533,19 @@ def _epochs_without_improvement(val_losses: dict[str, float]) -> int:
     for _, loss in epochs:
         best, stale = (loss, 0) if loss < best else (best, stale + 1)
     return stale
+
+
+def _seed_everything(seed: int) -> None:
+    """torch, numpy and Python's random, as FunASR's set_all_random_seed does: FunASR's datasets and
+    samplers draw from Python's random too."""
+    import random
+
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _free_port() -> int:
