@@ -130,6 +130,25 @@ def test_a_resumed_run_equals_the_uninterrupted_one(corpus, tmp_path):
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
+def test_wandb_gets_the_same_numbers_as_metrics_jsonl(corpus, tmp_path):
+    pytest.importorskip("wandb")
+    run = tmp_path / "run"
+    result = run_cli("train", "+stage=stage1", "+preset=tiny", f"model_dir={corpus['model_dir']}",
+                     f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
+                     "train_conf.max_epoch=1", "+train_conf.use_wandb=true", "+train_conf.wandb_project=telephone",
+                     "+train_conf.wandb_token=SECRET-KEY", f"hydra.run.dir={run}",
+                     env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"}, timeout=300)
+    assert result.code == 0, result.output
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1
+    recorded = offline[0].read_bytes()  # W&B's offline record file: the logged values are in it as JSON text
+    for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        key = "loss" if record["split"] == "train" else "val_loss"
+        assert f"{record['split']}/{key}".encode() in recorded and json.dumps(record[key]).encode() in recorded
+    assert b"telephone" in recorded  # the project
+    assert b"SECRET-KEY" not in recorded  # the API key is not uploaded (config, command line)
+
+
 def test_early_stopping_ends_the_run_when_validation_stops_improving(corpus, tmp_path):
     run = tmp_path / "run"
     # learning rate 0: the weights never move, so the validation loss after epoch 2 equals epoch 1's

@@ -204,7 +204,7 @@ class TrainConf:
     find_unused_parameters: Optional[bool] = key()
     early_stopping_patience: Optional[int] = key()
     reset_gpu_cache: Optional[bool] = ignored("stored, never used")
-    use_wandb: Optional[bool] = key("refused by nano8k: it logs to TensorBoard")
+    use_wandb: Optional[bool] = key("log to Weights & Biases too (pip install 'nano8k[wandb]')")
     wandb_token: Optional[str] = key()
     wandb_project: Optional[str] = key()
     wandb_team: Optional[str] = key()

@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import os
+import re
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -113,9 +115,8 @@ class Trainer:
         if self.settings.get("use_fsdp", self.train_conf.get("use_fsdp")):
             raise UserError("train_conf.use_fsdp: true is not supported (FunASR cannot save FSDP checkpoints either); "
                             "set train_conf.use_fsdp=false")
-        if self.train_conf.get("use_wandb"):
-            raise UserError("train_conf.use_wandb: true is not supported: nano8k logs to TensorBoard (RUN/tensorboard) "
-                            "and metrics.jsonl; wandb.init(sync_tensorboard=True) or `wandb sync` can import them")
+        if self.train_conf.get("use_wandb") and self.is_main:
+            _require_wandb()  # before the model is built, not after
         # FunASR reads these at top level or in train_conf, top level winning (train_ds.py:43-72)
         self.ds_config = None
         if self.settings.get("use_deepspeed", self.train_conf.get("use_deepspeed")):
@@ -208,8 +209,7 @@ class Trainer:
         if self.is_main:
             nano_model.write_parameter_table(self.params, self.run_dir / "params.tsv")
             _print_parameter_table(self.params, self.policy, self.built)
-        writer = _tensorboard(self.run_dir / "tensorboard") if self.is_main else None
-        metrics_file = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") if self.is_main else None
+        metrics = Metrics(self.run_dir, self.settings) if self.is_main else None
         max_epoch = int(self.train_conf.get("max_epoch", 100))
         accum = int(self.train_conf.get("accum_grad", 1))
         log_interval = int(self.train_conf.get("log_interval", 50))
@@ -266,14 +266,14 @@ class Trainer:
                     if self.is_main and (state["step"] % log_interval == 0 or step_in_epoch == 1):
                         record = {"epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": lr,
                                   **{k: float(v) for k, v in stats.items() if k.startswith(("loss_", "acc")) and _is_number(v)}}
-                        _emit(record, "train", writer, metrics_file, state["step"])
+                        metrics.emit(record, "train", state["step"])
                         summary.loss_curve.append({"step": state["step"], "loss": round(loss.item(), 4)})
                     if validate_interval > 0 and step_in_epoch % validate_interval == 0:
-                        self._validate_and_save(state, epoch, step_in_epoch, writer, metrics_file)
+                        self._validate_and_save(state, epoch, step_in_epoch, metrics)
                         funasr_gaps.set_train_mode(self.net, self.policy, True)
                 summary.final_train_loss = sum(window) / len(window) if window else None
                 state["epoch"] = epoch + 1
-                val_loss, val_acc = self._validate_and_save(state, epoch, None, writer, metrics_file)
+                val_loss, val_acc = self._validate_and_save(state, epoch, None, metrics)
                 summary.epochs_log.append({"epoch": epoch + 1, "train_loss": summary.final_train_loss,
                                            "val_loss": val_loss, "val_acc": val_acc})
                 progress.update(task, completed=step_in_epoch, total=step_in_epoch)
@@ -292,10 +292,8 @@ class Trainer:
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
             _print_summary(summary)
-        if writer:
-            writer.close()
-        if metrics_file:
-            metrics_file.close()
+        if metrics:
+            metrics.close()
         if self.world_size > 1:
             agree = self._ranks_agree()
             log.log(logging.INFO if agree else logging.ERROR, "parameters identical across %d ranks: %s",
@@ -408,15 +406,15 @@ class Trainer:
             raise UserError("valid_data_set_list: no validation batch was produced")
         return total_loss / count, total_acc / count
 
-    def _validate_and_save(self, state: dict, epoch: int, step_in_epoch: int | None, writer,
-                           metrics_file) -> tuple[float, float]:
+    def _validate_and_save(self, state: dict, epoch: int, step_in_epoch: int | None,
+                           metrics: Metrics | None) -> tuple[float, float]:
         val_loss, val_acc = self._validate()
         name = f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
         state["val_loss_step_or_epoch"][name] = val_loss
         state["val_acc_step_or_epoch"][name] = val_acc
         if self.is_main:
-            _emit({"epoch": epoch + 1, "step": state["step"], "val_loss": val_loss, "val_acc": val_acc, "checkpoint": name},
-                  "valid", writer, metrics_file, state["step"])
+            metrics.emit({"epoch": epoch + 1, "step": state["step"], "val_loss": val_loss, "val_acc": val_acc,
+                          "checkpoint": name}, "valid", state["step"])
         metric = self.train_conf.get("avg_keep_nbest_models_type", "acc")
         better = state.get("best_val_loss") is None or (
             _score(metric, val_acc, val_loss) > _score(metric, state["best_val_acc"], state["best_val_loss"]))
@@ -576,21 +574,61 @@ def _to_device(batch: dict, device: str) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _tensorboard(path: Path) -> Any:
-    from torch.utils.tensorboard import SummaryWriter
+class Metrics:
+    """Where rank 0's numbers go: metrics.jsonl, TensorBoard (RUN/tensorboard) and, with
+    train_conf.use_wandb, Weights & Biases (FunASR's keys: wandb_project, wandb_team,
+    wandb_exp_name, wandb_token; WANDB_MODE=offline writes RUN/wandb without a network)."""
 
-    return SummaryWriter(str(path))
+    def __init__(self, run_dir: Path, settings: dict):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.wandb = _wandb_run(run_dir, settings) if (settings.get("train_conf") or {}).get("use_wandb") else None
+
+    def emit(self, record: dict, split: str, step: int) -> None:
+        self.file.write(json.dumps({"split": split, **record}) + "\n")
+        self.file.flush()
+        scalars = {f"{split}/{key}": float(value) for key, value in record.items()
+                   if key not in ("epoch", "step", "checkpoint") and _is_number(value)}
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log({**scalars, "epoch": record["epoch"]}, step=step)
+        if split == "valid":
+            log.info("validation at step %d: loss %.4f acc %.4f (%s)", step, record["val_loss"], record["val_acc"],
+                     record["checkpoint"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
-def _emit(record: dict, split: str, writer: Any, metrics_file: Any, step: int) -> None:
-    metrics_file.write(json.dumps({"split": split, **record}) + "\n")
-    metrics_file.flush()
-    if writer is not None:
-        for key, value in record.items():
-            if key not in ("epoch", "step", "checkpoint") and _is_number(value):
-                writer.add_scalar(f"{split}/{key}", float(value), step)
-    if split == "valid":
-        log.info("validation at step %d: loss %.4f acc %.4f (%s)", step, record["val_loss"], record["val_acc"], record["checkpoint"])
+def _require_wandb() -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("train_conf.use_wandb: true needs Weights & Biases: pip install 'nano8k[wandb]'") from None
+    return wandb
+
+
+def _wandb_run(run_dir: Path, settings: dict) -> Any:
+    wandb = _require_wandb()
+    train_conf = settings.get("train_conf") or {}
+    if train_conf.get("wandb_token"):
+        wandb.login(key=train_conf["wandb_token"])
+    # Never upload the key: not in the config, and not in the command line W&B records (sys.argv).
+    shown = {**settings, "train_conf": {k: v for k, v in train_conf.items() if k != "wandb_token"}}
+    argv = sys.argv
+    sys.argv = [re.sub(r"(wandb_token=).*", r"\1<redacted>", arg) for arg in argv]
+    try:
+        return wandb.init(project=train_conf.get("wandb_project") or "nano8k", entity=train_conf.get("wandb_team"),
+                          name=train_conf.get("wandb_exp_name") or run_dir.name, dir=str(run_dir), config=shown,
+                          job_type="training")
+    finally:
+        sys.argv = argv
 
 
 def _print_parameter_table(rows: list[tuple[str, int, int]], policy: dict, built: Any) -> None:
