@@ -64,6 +64,13 @@ def test_bad_deepspeed_configs_are_one_line_errors(tmp_path, content, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_bad_deepspeed_config_fails_before_any_process_starts(tmp_path):
+    result = run_cli("train", "+stage=stage1", "train_conf.use_deepspeed=true", "train_conf.deepspeed_config=/missing/ds.json",
+                     "nproc_per_node=2", "dry_run=true", f"hydra.run.dir={tmp_path}")
+    assert result.code == 2
+    assert result.stderr.strip() == "error: deepspeed_config: /missing/ds.json not found (a JSON file, or a preset: zero1, zero2)"
+
+
 def test_an_unknown_preset_names_the_presets():
     with pytest.raises(UserError, match=r"'zero9' is neither a JSON file nor a nano8k preset \(zero1, zero2\)"):
         deepspeed_support.engine_config(settings(deepspeed_config="zero9"), False, False)

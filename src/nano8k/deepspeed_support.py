@@ -70,9 +70,15 @@ def _load(source: str | None) -> tuple[dict, str]:
     return loaded, where
 
 
-def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool) -> dict:
+def enabled(settings: dict) -> bool:
+    """FunASR reads use_deepspeed at top level or in train_conf, top level winning (train_ds.py:43-72)."""
+    return bool(settings.get("use_deepspeed", (settings.get("train_conf") or {}).get("use_deepspeed")))
+
+
+def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool, announce: bool = True) -> dict:
     """The DeepSpeed config for this job: the JSON (or preset) with its "auto" values filled from
-    train_conf and optim_conf. Raises UserError naming the key for what nano8k cannot run."""
+    train_conf and optim_conf. Raises UserError naming the key for what nano8k cannot run.
+    `announce` logs the result and the warnings (off for the check before the job starts)."""
     train_conf = settings.get("train_conf") or {}
     source = settings.get("deepspeed_config", train_conf.get("deepspeed_config"))
     ds, where = _load(source)
@@ -89,8 +95,9 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool) -> dict:
         for name in (ds["optimizer"].get("params") or {}):
             if name in optim_conf:
                 derived[("optimizer", "params", name)] = (optim_conf[name], f"optim_conf.{name}")
-        log.warning("deepspeed_config %s has an optimizer section: DeepSpeed builds the optimizer; optim=%s is not used",
-                    where, settings.get("optim", "adam"))
+        if announce:
+            log.warning("deepspeed_config %s has an optimizer section: DeepSpeed builds the optimizer; optim=%s is not "
+                        "used", where, settings.get("optim", "adam"))
     if ds.get("train_batch_size") == "auto":
         del ds["train_batch_size"]  # DeepSpeed derives it: micro batch x accumulation x ranks
     for path, (value, origin) in derived.items():
@@ -102,7 +109,7 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool) -> dict:
         current = node.get(path[-1], "auto")
         if current == "auto":
             node[path[-1]] = value
-        elif origin and _set_in(settings, origin) and current != value:
+        elif announce and origin and _set_in(settings, origin) and current != value:
             log.warning("deepspeed_config %s sets %s=%s; %s=%s is not used", where, ".".join(path), current, origin, value)
     if float(train_conf.get("grad_clip_type", 2.0)) != 2.0:
         raise UserError(f"train_conf.grad_clip_type={train_conf['grad_clip_type']}: DeepSpeed clips by the L2 norm "
@@ -114,9 +121,10 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool) -> dict:
     if stage not in (0, 1, 2):
         raise UserError(f"deepspeed_config: {where}: zero_optimization.stage={stage}: nano8k runs ZeRO stages 0-2 "
                         "(stage 3 partitions the weights, which validation, checkpoints and averaging read whole)")
-    log.info("DeepSpeed: %s, ZeRO stage %d, accumulation %s, clipping %s, %s", where, stage,
-             ds["gradient_accumulation_steps"], ds["gradient_clipping"],
-             "bf16" if ds["bf16"]["enabled"] else "fp16" if ds["fp16"]["enabled"] else "fp32")
+    if announce:
+        log.info("DeepSpeed: %s, ZeRO stage %d, accumulation %s, clipping %s, %s", where, stage,
+                 ds["gradient_accumulation_steps"], ds["gradient_clipping"],
+                 "bf16" if ds["bf16"]["enabled"] else "fp16" if ds["fp16"]["enabled"] else "fp32")
     return ds
 
 

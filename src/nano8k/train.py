@@ -14,7 +14,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from nano8k import config, launch
+from nano8k import config, deepspeed_support, launch
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
     if launch.rank() == 0:
         resolved = run_dir / "config.yaml"
         resolved.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    if deepspeed_support.enabled(settings):  # the JSON's errors once, before any process starts (dry runs too)
+        deepspeed_support.engine_config(settings, on_cuda=False, bf16_supported=False, announce=False)
     if settings.get("dry_run"):
         log.info("dry run: the config is valid; resolved config written to %s", run_dir / "config.yaml")
         return None

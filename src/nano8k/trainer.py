@@ -117,9 +117,8 @@ class Trainer:
                             "set train_conf.use_fsdp=false")
         if self.train_conf.get("use_wandb") and self.is_main:
             _require_wandb()  # before the model is built, not after
-        # FunASR reads these at top level or in train_conf, top level winning (train_ds.py:43-72)
         self.ds_config = None
-        if self.settings.get("use_deepspeed", self.train_conf.get("use_deepspeed")):
+        if deepspeed_support.enabled(self.settings):
             deepspeed_support.require(self.device)
             self.ds_config = deepspeed_support.engine_config(self.settings, on_cuda, on_cuda and torch.cuda.is_bf16_supported())
         if on_cuda:
