@@ -38,6 +38,13 @@ def test_train_help_is_hydras_with_the_config_groups():
     assert "nano8k train" in result.stdout
 
 
+def test_decode_help_lists_its_keys_not_the_training_recipes():
+    result = invoke("decode", "--help")
+    assert result.code == 0
+    assert "nano8k decode checkpoint=RUN_DIR" in result.stdout and "batch_size: 8" in result.stdout
+    assert "Configuration groups" not in result.stdout and "stage1_encoder_adapt" not in result.stdout
+
+
 def test_cfg_job_in_process_applies_stage_and_overrides():
     result = invoke("train", "--cfg", "job", "--resolve", "+stage=stage1", "optim_conf.lr=2e-4")
     assert result.code == 0, result.output
