@@ -350,6 +350,8 @@ def main() -> None:
     ap.add_argument("--utterances", type=int, default=200, help="training utterances with --data synthetic")
     ap.add_argument("--log-interval", type=int, default=1, help="train_conf.log_interval (1: a timestamp per step)")
     ap.add_argument("--no-variant", action="store_true", help="skip the nano8k ctc_weight=0 runs")
+    ap.add_argument("--deepspeed", action="store_true",
+                    help="also nano8k with train_conf.use_deepspeed=true (ZeRO-1 preset; DeepSpeed's CPU accelerator)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
     args = ap.parse_args()
     if args.runs < 1 or args.epochs < 2 or args.log_interval < 1:
@@ -378,6 +380,8 @@ def main() -> None:
         }
         if not args.no_variant:
             tools["nano8k_ctc_weight_0"] = (lambda d: nano8k_cmd(d, ["ctc_weight=0"]), nano8k_steps)
+        if args.deepspeed:
+            tools["nano8k_deepspeed_zero1"] = (lambda d: nano8k_cmd(d, ["train_conf.use_deepspeed=true"]), nano8k_steps)
         results: dict[str, list[dict]] = {name: [] for name in tools}
         for r in range(args.runs):
             for name, (cmd_of, parse) in tools.items():
@@ -411,6 +415,7 @@ def main() -> None:
                 "nano8k": " ".join(["python -m nano8k", *nano8k_cmd(Path("RUN"), [])[3:]]),
                 "funasr_train": " ".join(["funasr-train", *funasr_cmd(Path("RUN"))[1:]]),
                 **({"nano8k_ctc_weight_0": "(nano8k, plus) ctc_weight=0"} if not args.no_variant else {}),
+                **({"nano8k_deepspeed_zero1": "(nano8k, plus) train_conf.use_deepspeed=true"} if args.deepspeed else {}),
             },
             "method": {
                 "timing": "per-step wall_time of each tool's tensorboard scalar written right after optimizer.step() "
@@ -451,6 +456,11 @@ def main() -> None:
                 if v["cpu_s_per_step"] and n["cpu_s_per_step"] else None,
                 "by_wall_time": round(100 * (1 - v["step_s_median"] / n["step_s_median"]), 1)
                 if v["step_s_median"] and n["step_s_median"] else None}
+        if "nano8k_deepspeed_zero1" in summary:
+            d = summary["nano8k_deepspeed_zero1"]
+            report["ratio_deepspeed_over_nano8k"] = {
+                key: ratio(d[key], n[key]) for key in ("steps_per_s", "steps_per_s_median", "steps_per_cpu_s",
+                                                       "best_steps_per_s", "wall_s", "epoch_cycle_s")}
         print(json.dumps(report, indent=2))
     finally:
         if args.workdir is None:
