@@ -217,11 +217,13 @@ def llm_loss(logits: Any, labels: Any, lsm_weight: float, by_tokens: bool) -> An
     """Next-token cross-entropy with label smoothing over labelled positions (label -100 ignored)."""
     import torch.nn.functional as F
 
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    total = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                            ignore_index=-100, label_smoothing=lsm_weight, reduction="sum")
-    denominator = (shift_labels != -100).sum().clamp(min=1) if by_tokens else labels.size(0)
+    shift_labels = labels[:, 1:].to(logits.device)
+    labelled = shift_labels != -100
+    # Only the transcript's positions are scored: select them before the fp32 copy and the softmax
+    # (the audio and prompt positions, most of the sequence, would be computed and then ignored).
+    scored = logits[:, :-1, :][labelled].float()
+    total = F.cross_entropy(scored, shift_labels[labelled], label_smoothing=lsm_weight, reduction="sum")
+    denominator = labelled.sum().clamp(min=1) if by_tokens else labels.size(0)
     return total / denominator
 
 
