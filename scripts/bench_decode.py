@@ -11,7 +11,7 @@ corpus (data/demo/wav, 8 kHz mu-law, resampled to the model's 16 kHz front end b
            max_length=M): FunASR decodes one utterance at a time (inference_prepare refuses more,
            AutoModel forces batch_size 1 on CPU). The CTC branch is removed because FunASR's
            inference with it always runs forced-alignment timestamps, which need torchaudio.
-  nano8k   nano8k.decode.Decoder(...).decode(items, batch_size) for each --batch-sizes, ctc=false
+  nano8k   nano8k.decoding.Decoder(...).decode(items, batch_size) for each --batch-sizes, ctc=false
            (the same work as FunASR's), and once more with the CTC greedy hypothesis (`+ctc`).
 
 Both front ends run with dither 0 (FunASR's default 1.0 adds noise; see funasr_gaps 12), so both
@@ -65,7 +65,7 @@ def main() -> None:
 
     import torch
 
-    from nano8k import decode, funasr_gaps
+    from nano8k import decoding, funasr_gaps
     from nano8k.tiny import write_tiny_model
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_decode_"))
@@ -91,12 +91,12 @@ def main() -> None:
         return [r["text"] for r in funasr.generate(input=paths, batch_size=1, max_length=args.max_new_tokens)]
 
     base = {"model_dir": str(model_dir), "device": "cpu", "max_new_tokens": args.max_new_tokens, "timestamps": False}
-    decoders = {"nano8k": decode.Decoder({**base, "ctc": False}), "nano8k+ctc": decode.Decoder({**base, "ctc": True})}
+    decoders = {"nano8k": decoding.Decoder({**base, "ctc": False}), "nano8k+ctc": decoding.Decoder({**base, "ctc": True})}
     torch.set_num_threads(threads)  # each build sets the config's ncpu; keep all equal
 
     def run_nano8k(name: str, batch_size: int):
         def go() -> list[str]:
-            items, _ = decode.read_input(str(listing))
+            items, _ = decoding.read_input(str(listing))
             return [r["hyp"] for r in decoders[name].decode(items, batch_size, progress=False)]
         return go
 

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 sf = pytest.importorskip("soundfile")
 
-from nano8k import channel, config, decode, funasr_gaps  # noqa: E402
+from nano8k import channel, config, decode, decoding, funasr_gaps  # noqa: E402
 from nano8k.errors import UserError  # noqa: E402
 from nano8k.tiny import write_tiny_model  # noqa: E402
 
@@ -66,7 +66,7 @@ def env(tmp_path_factory) -> dict:
     sf.write(str(files["plain"]), clips[5], 8000)
     listing = audio / "list.txt"
     listing.write_text("# audio files\n" + "".join(f"{p}\n" for p in files.values()), encoding="utf-8")
-    decoder = decode.Decoder({"model_dir": str(sharp), "max_new_tokens": MAX_NEW, "device": "cpu", "timestamps": False})
+    decoder = decoding.Decoder({"model_dir": str(sharp), "max_new_tokens": MAX_NEW, "device": "cpu", "timestamps": False})
     return {"root": root, "tiny": tiny, "sharp": sharp, "files": files, "list": listing, "decoder": decoder}
 
 
@@ -82,7 +82,7 @@ def settings(env: dict, **extra) -> dict:
 def test_prompt_ids_and_features_equal_funasr_inference_prepare(env, options):
     decoder = env["decoder"]
     model, cfg = decoder.model, decoder.funasr_cfg
-    p = decode.prompt_options(options)
+    p = decoding.prompt_options(options)
     prompt = model.get_prompt(p["hotwords"], p["language"], p["itn"])
     if options:
         assert prompt.startswith("请结合上下文信息") and "热词列表：[refund, invoice]" in prompt
@@ -119,7 +119,7 @@ def test_hypothesis_equals_funasr_own_inference(env):
                                              frontend=decoder.frontend, device="cpu", max_length=MAX_NEW, **kwargs)
         finally:
             model.ctc_decoder = saved
-        items, _ = decode.read_input(path)
+        items, _ = decoding.read_input(path)
         (ours,) = decoder.decode(items, 1, progress=False)
         assert ours["hyp"] == results[0]["text"] and ours["hyp"].strip()
 
@@ -128,7 +128,7 @@ def test_batch_size_does_not_change_hypotheses(env):
     decoder = env["decoder"]
     by_size = {}
     for batch_size in (1, 4, 5):
-        items, kind = decode.read_input(str(env["list"]))
+        items, kind = decoding.read_input(str(env["list"]))
         assert kind == "list"
         by_size[batch_size] = decoder.decode(items, batch_size, progress=False)
     one = by_size[1]
@@ -143,7 +143,7 @@ def test_batch_size_does_not_change_hypotheses(env):
 def test_a_failing_batch_is_retried_one_by_one_so_only_the_culprit_fails(env, monkeypatch):
     decoder = env["decoder"]
     real = funasr_gaps.generate_batch
-    items, _ = decode.read_input(str(env["list"]))
+    items, _ = decoding.read_input(str(env["list"]))
     decoder.probe(items[1])
     culprit_frames = len(funasr_gaps.utterance_inputs(decoder.model, decoder.load(items[1]), decoder.prompt,
                                                       decoder.tokenizer, decoder.frontend, decoder.funasr_cfg).speech)
@@ -172,9 +172,9 @@ def test_timestamps_use_funasr_forced_align_where_torchaudio_exists(env, monkeyp
 
     monkeypatch.setattr(funasr_gaps, "torchaudio_available", lambda: True)
     monkeypatch.setattr(funasr_tools, "forced_align", fake_forced_align)
-    decoder = decode.Decoder({"model_dir": str(env["sharp"]), "max_new_tokens": 4, "device": "cpu"})
+    decoder = decoding.Decoder({"model_dir": str(env["sharp"]), "max_new_tokens": 4, "device": "cpu"})
     assert decoder.timestamps
-    items, _ = decode.read_input(str(env["files"]["wide"]))
+    items, _ = decoding.read_input(str(env["files"]["wide"]))
     (record,) = decoder.decode(items, 1, progress=False)
     (call,) = calls
     assert call[2] == decoder.model.blank_id and call[1] == decoder.model.ctc_tokenizer.encode(record["hyp"])
@@ -217,7 +217,7 @@ def test_kaldi_segments_and_speakers(env, tmp_path):
     (kaldi / "segments").write_text("call-1 call 0.0 2.5\ncall-2 call 2.5 5.0\ncall-3 call 5.0 9.0\nlost nowhere 0 1\n")
     (kaldi / "text").write_text("call-1 hello\ncall-2 goodbye\n")
     (kaldi / "utt2spk").write_text("call-1 agent\ncall-2 customer\n")
-    items, kind = decode.read_input(str(kaldi))
+    items, kind = decoding.read_input(str(kaldi))
     assert kind == "kaldi"
     records = env["decoder"].decode(items, 4, progress=False)
     by_key = {r["key"]: r for r in records}
@@ -286,7 +286,7 @@ def test_run_directory_decodes_its_averaged_checkpoint_with_the_base_llm(env, tm
                  else v for k, v in base.items() if not k.startswith("llm.")}
         torch.save({"state_dict": state}, run / name)
         trained[name] = state
-    decoder = decode.Decoder({"checkpoint": str(run), "max_new_tokens": 4, "device": "cpu", "timestamps": False})
+    decoder = decoding.Decoder({"checkpoint": str(run), "max_new_tokens": 4, "device": "cpu", "timestamps": False})
     assert decoder.loaded_from == [str(env["sharp"] / "model.pt"), str(run / "model.pt.avg2")]
     assert decoder.frontend.fs == 8000 and decoder.config_source == str(run / "config.yaml")
     state = decoder.model.state_dict()
@@ -294,22 +294,22 @@ def test_run_directory_decodes_its_averaged_checkpoint_with_the_base_llm(env, tm
     assert llm and all(torch.equal(state[k], base[k]) for k in llm)
     encoder = [k for k in base if k.startswith("audio_encoder.") and base[k].is_floating_point()]
     assert all(torch.equal(state[k], trained["model.pt.avg2"][k]) for k in encoder)
-    items, _ = decode.read_input(str(env["files"]["demo"]))
+    items, _ = decoding.read_input(str(env["files"]["demo"]))
     (record,) = decoder.decode(items, 1, progress=False)
     assert record["status"] == "ok"
 
 
 def test_missing_checkpoint_names_what_was_looked_for(env, tmp_path):
     with pytest.raises(UserError, match=r"checkpoint: .*nope does not exist .*model\.pt\.avg\*, model\.pt\.best or model\.pt"):
-        decode.resolve_model({"model_dir": str(env["tiny"]), "checkpoint": str(tmp_path / "nope")})
+        decoding.resolve_model({"model_dir": str(env["tiny"]), "checkpoint": str(tmp_path / "nope")})
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(UserError, match=r"checkpoint: no checkpoint in .*empty_run \(looked for model\.pt\.avg\*, "
                                         r"model\.pt\.best, model\.pt\)"):
-        decode.resolve_model({"model_dir": str(env["tiny"]), "checkpoint": str(tmp_path / "empty_run")})
+        decoding.resolve_model({"model_dir": str(env["tiny"]), "checkpoint": str(tmp_path / "empty_run")})
     bare = tmp_path / "bare"
     shutil.copytree(env["tiny"], bare, ignore=shutil.ignore_patterns("model.pt"))
     with pytest.raises(UserError, match=r"checkpoint: none given and .*bare/model\.pt does not exist"):
-        decode.resolve_model({"model_dir": str(bare)})
+        decoding.resolve_model({"model_dir": str(bare)})
     result = invoke("decode", f"model_dir={env['tiny']}", f"checkpoint={tmp_path / 'nope'}",
                     f"input={env['files']['wide']}", f"hydra.run.dir={tmp_path / 'cli'}")
     assert result.code == 2 and "error: checkpoint:" in result.stderr and "model.pt.avg*" in result.stderr
@@ -318,14 +318,14 @@ def test_missing_checkpoint_names_what_was_looked_for(env, tmp_path):
 
 def test_prompt_option_errors(tmp_path):
     with pytest.raises(UserError, match="literal prompt"):
-        decode.prompt_options({"prompt": "Transcribe:", "language": "en"})
+        decoding.prompt_options({"prompt": "Transcribe:", "language": "en"})
     with pytest.raises(UserError, match="language=xx: not a known code"):
-        decode.prompt_options({"language": "xx"})
+        decoding.prompt_options({"language": "xx"})
     with pytest.raises(UserError, match="hotwords_file: .* does not exist"):
-        decode.prompt_options({"hotwords_file": str(tmp_path / "none.txt")})
+        decoding.prompt_options({"hotwords_file": str(tmp_path / "none.txt")})
     words = tmp_path / "hot.txt"
     words.write_text("# product names\nrefund\n\ninvoice\nrefund\n", encoding="utf-8")
-    p = decode.prompt_options({"hotwords": ["billing"], "hotwords_file": str(words), "language": "中文", "itn": False})
+    p = decoding.prompt_options({"hotwords": ["billing"], "hotwords_file": str(words), "language": "中文", "itn": False})
     assert p == {"hotwords": ["billing", "refund", "invoice"], "language": "中文", "itn": False, "prompt": None}
 
 

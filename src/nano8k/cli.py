@@ -350,17 +350,31 @@ app.add_typer(model_app, name="model")
 @model_app.command("tiny")
 def model_tiny(
     directory: Path = typer.Argument(..., help="Directory to write (created; existing files are replaced)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed of the weights (same seed, same model)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights (same seed and sizes, same model)."),
+    encoder_dim: int = typer.Option(64, help="Encoder width (SenseVoice output_size; the CTC decoder's too)."),
+    encoder_blocks: int = typer.Option(2, help="Encoder depth (num_blocks, at least 2)."),
+    encoder_heads: int = typer.Option(4, help="Encoder attention heads (divide --encoder-dim)."),
+    encoder_ffn: int = typer.Option(128, help="Encoder feed-forward width (linear_units)."),
+    adaptor_layers: int = typer.Option(2, help="Adaptor Transformer blocks (n_layer)."),
+    adaptor_ffn: int = typer.Option(128, help="Adaptor projection width (ffn_dim)."),
+    adaptor_downsample: int = typer.Option(1, help="Encoder frames per LLM position (downsample_rate)."),
+    llm_dim: int = typer.Option(64, help="LLM width (Qwen3 hidden_size, a multiple of 8)."),
+    llm_layers: int = typer.Option(2, help="LLM depth (num_hidden_layers)."),
+    llm_heads: int = typer.Option(4, help="LLM attention heads (even; half as many key/value heads)."),
+    llm_ffn: int = typer.Option(128, help="LLM feed-forward width (intermediate_size)."),
 ) -> None:
     """Write a tiny Fun-ASR-Nano (same classes, small dims, random weights) for offline CPU runs.
 
     Train with it: nano8k train +stage=stage1 +preset=tiny model_dir=DIRECTORY ...
+    (+preset=tiny follows the sizes the directory was written with).
     """
     from nano8k.errors import reported
-    from nano8k.tiny import write_tiny_model
+    from nano8k.tiny import TinySizes, write_tiny_model
 
     with reported():
-        path = write_tiny_model(directory, seed=seed)
+        sizes = TinySizes(encoder_dim, encoder_blocks, encoder_heads, encoder_ffn, adaptor_layers, adaptor_ffn,
+                          adaptor_downsample, llm_dim, llm_layers, llm_heads, llm_ffn)
+        path = write_tiny_model(directory, seed=seed, sizes=sizes)
     typer.echo(f"wrote a tiny Fun-ASR-Nano to {path} (seed {seed}); use it with +preset=tiny model_dir={path}")
 
 

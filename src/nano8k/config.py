@@ -739,6 +739,20 @@ def presets_last(argv: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def register_resolvers() -> None:
+    """`${nano8k_tiny:${model_dir},KEY,DEFAULT}`: a tiny model directory's own size for KEY
+    (conf/preset/tiny.yaml; nano8k.tiny.preset_value)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("nano8k_tiny"):
+        def tiny_size(model_dir: Any, dotted: str, default: Any) -> Any:
+            from nano8k import tiny
+
+            return tiny.preset_value(model_dir, dotted, default)
+
+        OmegaConf.register_new_resolver("nano8k_tiny", tiny_size)
+
+
 def compose(app: str = "train", overrides: Sequence[str] = (), stage_only: bool = False) -> Any:
     """Compose an app's config with Hydra's Compose API (no run directory, no logging).
 
@@ -751,6 +765,7 @@ def compose(app: str = "train", overrides: Sequence[str] = (), stage_only: bool 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    register_resolvers()
     try:
         with initialize_config_module(config_module="nano8k.conf", version_base="1.3"):
             return hydra_compose(config_name=None if stage_only else app, overrides=list(overrides))

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
+from nano8k import config
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nano8k_run_id", run_id)
     if not OmegaConf.has_resolver("nano8k_log_file"):
         OmegaConf.register_new_resolver("nano8k_log_file", lambda path: path if rank() == 0 else os.devnull)
+    config.register_resolvers()
 
 
 def export_slurm_environment() -> None:

@@ -25,8 +25,11 @@ import base64
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Union
+
+from nano8k.errors import UserError
 
 PRESET = "tiny"
 LLM_DIR = "Qwen3-0.6B"  # the released layout's name, although the LLM here is tiny
@@ -52,6 +55,70 @@ LLM = {  # Qwen3 shapes of the tiny LLM (Qwen3-0.6B: 1024 / 28 / 16 / 8 / 128 / 
     "intermediate_size": 128,
     "max_position_embeddings": 4096,
 }
+SIZES_FILE = "nano8k_tiny.json"  # the sizes a tiny directory was written with (+preset=tiny reads them)
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """The shapes of a tiny model (`nano8k model tiny --encoder-dim ...`); the defaults are
+    conf/preset/tiny.yaml's. The CTC side decoder follows the encoder's width."""
+
+    encoder_dim: int = 64
+    encoder_blocks: int = 2  # SenseVoiceEncoderSmall: 1 + (num_blocks - 1) + tp_blocks SANM blocks
+    encoder_heads: int = 4
+    encoder_ffn: int = 128
+    adaptor_layers: int = 2
+    adaptor_ffn: int = 128
+    adaptor_downsample: int = 1  # encoder frames per LLM position (the released model: 1)
+    llm_dim: int = 64
+    llm_layers: int = 2
+    llm_heads: int = 4
+    llm_ffn: int = 128
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"--{f.name.replace('_', '-')}: must be a positive integer, got {value!r}")
+        for width, heads, what in ((self.encoder_dim, self.encoder_heads, "encoder"), (self.llm_dim, self.llm_heads, "llm")):
+            if width % heads:
+                raise UserError(f"--{what}-dim {width} is not divisible by --{what}-heads {heads}")
+        if self.llm_dim % 8:  # the adaptor's blocks use FunASR's default of 8 attention heads
+            raise UserError(f"--llm-dim {self.llm_dim}: must be a multiple of 8 (the adaptor's 8 attention heads)")
+        if self.encoder_blocks < 2:
+            raise UserError("--encoder-blocks: at least 2 (SenseVoiceEncoderSmall's first block has its own shape)")
+        if self.llm_heads % 2:
+            raise UserError(f"--llm-heads {self.llm_heads}: must be even (2 query heads per key/value head, as Qwen3)")
+
+    def llm(self) -> dict:
+        return {**LLM, "hidden_size": self.llm_dim, "num_hidden_layers": self.llm_layers,
+                "num_attention_heads": self.llm_heads, "num_key_value_heads": self.llm_heads // 2,
+                "head_dim": self.llm_dim // self.llm_heads, "intermediate_size": self.llm_ffn}
+
+    def config_values(self) -> dict:
+        """The architecture keys of config.yaml these sizes set (the preset's keys, dotted)."""
+        return {
+            "audio_encoder_conf.output_size": self.encoder_dim, "audio_encoder_conf.attention_heads": self.encoder_heads,
+            "audio_encoder_conf.linear_units": self.encoder_ffn, "audio_encoder_conf.num_blocks": self.encoder_blocks,
+            "audio_adaptor_conf.downsample_rate": self.adaptor_downsample, "audio_adaptor_conf.ffn_dim": self.adaptor_ffn,
+            "audio_adaptor_conf.n_layer": self.adaptor_layers, "audio_adaptor_conf.llm_dim": self.llm_dim,
+            "audio_adaptor_conf.encoder_dim": self.encoder_dim, "ctc_decoder_conf.ffn_dim": 2 * self.encoder_dim,
+            "ctc_decoder_conf.llm_dim": self.encoder_dim, "ctc_decoder_conf.encoder_dim": self.encoder_dim,
+        }
+
+
+def preset_value(model_dir: Any, dotted: str, default: Any) -> Any:
+    """`${nano8k_tiny:${model_dir},KEY,DEFAULT}` in conf/preset/tiny.yaml: the value of KEY that the
+    tiny model in model_dir was written with, else DEFAULT (a hub id, or a directory of the
+    default sizes). So `+preset=tiny` fits any `nano8k model tiny` directory. Reads one small JSON."""
+    path = Path(str(model_dir)).expanduser() / SIZES_FILE
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("config", {}).get(dotted, default)
+    except (OSError, ValueError):
+        raise UserError(f"{path}: not a readable JSON file (rewrite the model with `nano8k model tiny`)") from None
+
 
 # Qwen2/Qwen3's pre-tokenizer split.
 QWEN_PATTERN = (
@@ -104,12 +171,15 @@ Yes, it's John Smith. I'm calling about my last bill: it was $42.50, not $24.50.
 """
 
 
-def write_tiny_model(directory: Path, seed: int = 0) -> Path:
+def write_tiny_model(directory: Path, seed: int = 0, sizes: TinySizes | None = None) -> Path:
     """Write a tiny, randomly initialised Fun-ASR-Nano model directory; returns `directory`.
 
-    Same seed, same tensors; the tokenizer, vocabularies and configs do not depend on the seed.
+    Same seed and sizes, same tensors; the tokenizer and vocabularies depend on neither.
     Existing files of the layout are overwritten. The caller's random states are left unchanged.
+    DIR/nano8k_tiny.json records the sizes (what +preset=tiny reads) and that the weights are
+    random (what nano8k's pre-flight checks read).
     """
+    sizes = sizes or TinySizes()
     import torch
 
     directory = Path(directory)
@@ -118,10 +188,12 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     llm_dir.mkdir(exist_ok=True)
 
     n_tokens = write_tokenizer(llm_dir)
-    write_llm_config(llm_dir, vocab_size=-(-n_tokens // 64) * 64)
+    write_llm_config(llm_dir, vocab_size=-(-n_tokens // 64) * 64, llm=sizes.llm())
     write_ctc_vocab(directory / CTC_VOCAB)
-    cfg = tiny_config()
+    cfg = tiny_config(sizes)
     _write_yaml(directory / CONFIG, cfg)
+    info = {"weights": "random", "seed": seed, "sizes": asdict(sizes), "config": sizes.config_values()}
+    (directory / SIZES_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     (directory / "configuration.json").write_text(json.dumps(configuration_json(), indent=2) + "\n", encoding="utf-8")
 
     with _preserved_random_state():
@@ -140,12 +212,13 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def tiny_config() -> dict:
-    """The pretrained base composed with `+preset=tiny`, validated and resolved, as written to
-    config.yaml: FunASR's keys only, paths relative to the model directory as in the release."""
+def tiny_config(sizes: TinySizes | None = None) -> dict:
+    """The pretrained base composed with `+preset=tiny` and the sizes, validated and resolved, as
+    written to config.yaml: FunASR's keys only, paths relative to the model directory as in the release."""
     from nano8k import config
 
-    cfg = config.validate(config.compose("train", [f"+preset={PRESET}"]), app="train")
+    sizes_overrides = [f"{k}={v}" for k, v in (sizes or TinySizes()).config_values().items()]
+    cfg = config.validate(config.compose("train", [f"+preset={PRESET}", *sizes_overrides]), app="train")
     for name, _, meta in config.schema_fields(config.TrainConfig):
         if meta.get("effect") == config.NANO8K:
             cfg.pop(name, None)
@@ -261,9 +334,10 @@ def write_tokenizer(directory: Path) -> int:
     return len(hf)
 
 
-def write_llm_config(directory: Path, vocab_size: int) -> Path:
+def write_llm_config(directory: Path, vocab_size: int, llm: dict | None = None) -> Path:
     """config.json of the tiny Qwen3, in the released Qwen3-0.6B's spelling (legacy rope_theta:
     readable by transformers 4.51+ and 5.x). Token ids are the tokenizer's in `directory`."""
+    llm = llm or LLM
     vocab = json.loads((Path(directory) / "tokenizer.json").read_text(encoding="utf-8"))
     ids = {t["content"]: t["id"] for t in vocab["added_tokens"]}
     if max(ids.values()) >= vocab_size:
@@ -274,17 +348,17 @@ def write_llm_config(directory: Path, vocab_size: int) -> Path:
         "attention_dropout": 0.0,
         "bos_token_id": ids[PAD_TOKEN],  # as Qwen3: <|endoftext|>
         "eos_token_id": ids[EOS_TOKEN],
-        "head_dim": LLM["head_dim"],
+        "head_dim": llm["head_dim"],
         "hidden_act": "silu",
-        "hidden_size": LLM["hidden_size"],
+        "hidden_size": llm["hidden_size"],
         "initializer_range": 0.02,
-        "intermediate_size": LLM["intermediate_size"],
-        "max_position_embeddings": LLM["max_position_embeddings"],
-        "max_window_layers": LLM["num_hidden_layers"],
+        "intermediate_size": llm["intermediate_size"],
+        "max_position_embeddings": llm["max_position_embeddings"],
+        "max_window_layers": llm["num_hidden_layers"],
         "model_type": "qwen3",
-        "num_attention_heads": LLM["num_attention_heads"],
-        "num_hidden_layers": LLM["num_hidden_layers"],
-        "num_key_value_heads": LLM["num_key_value_heads"],
+        "num_attention_heads": llm["num_attention_heads"],
+        "num_hidden_layers": llm["num_hidden_layers"],
+        "num_key_value_heads": llm["num_key_value_heads"],
         "rms_norm_eps": 1e-06,
         "rope_scaling": None,
         "rope_theta": 1000000,

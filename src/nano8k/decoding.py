@@ -1,0 +1,651 @@
+"""Decoding with Fun-ASR-Nano as a library: read the input, build (or take) the model, decode batches,
+score. `nano8k decode` (decode.py) and the trainer's validation (trainer.py) both use it.
+
+Model and weights (`resolve_model`):
+
+* `checkpoint` is a checkpoint file or a training run directory; a directory resolves to the
+  checkpoint its run's best-model criterion chose (the highest model.pt.avgN, else
+  model.pt.best, else model.pt). Null: the weights of model_dir/model.pt alone.
+* The architecture, the front end (frontend_conf.fs) and the dataset settings that shape the
+  prompt come from ONE config, which wins entirely: the training run's config.yaml when the
+  checkpoint is a run directory or a file in one (what `nano8k train` resolved, so a stage1 run
+  decodes with its 8 kHz front end), else model_dir/config.yaml (the model's own). The decode
+  config never changes the architecture.
+* model_dir: the decode config's; null: the run config's model_dir, else the released model.
+  Weights load as `nano8k train` loads them (model.build): model_dir/model.pt first, the checkpoint
+  over it.
+
+Input (`read_input`): a Nano JSONL (audio from the user turn's `<|startofspeech|>!PATH`, reference
+from the assistant turn) or a source/target JSONL; a Kaldi directory (wav.scp, optional text,
+segments, utt2spk; pipe entries are not run); a folder of audio files (same-stem .txt =
+reference); a list of audio files (one path a line, # comments); or one audio file. Relative paths
+are taken from the current directory, else from the input file's directory. Any sample rate is
+resampled to the front end's (funasr_gaps.waveform). Manifest fields other than the audio, the
+reference and the messages are copied to results.jsonl (for `nano8k compare --bucket`).
+
+Decoding feeds the model what its training fed it (funasr_gaps 12, 17): a run nano8k trained is
+prompted exactly as its training prompted (its dataset's prompt class and header), and its
+features get the dither training gave them, drawn from a generator seeded per utterance, so
+decoding stays deterministic. A model directory nano8k did not train keeps FunASR's inference
+prompt. Utterances are sorted by duration and batched; each is prepared with FunASR's own
+data_load_speech, then encoder + adaptor + CTC branch + a left-padded greedy llm.generate run on
+the batch (funasr_gaps 13; padded frames never reach another utterance, item 18). An utterance
+that cannot be read or decoded is marked failed with its reason; the others go on. A batch whose
+forward pass fails is retried one utterance at a time, so only the culprit fails.
+
+decode_time: each batch's wall time (audio loading to text) shared by its utterances in proportion
+to their durations, so the times add up to the decoding wall time and RTF = decode time / audio time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nano8k.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RELEASED_MODEL = "FunAudioLLM/Fun-ASR-Nano-2512"
+RESULTS_FILE = "results.jsonl"
+METRICS_FILE = "metrics.json"
+# results.jsonl fields written by nano8k; a manifest field of the same name is not copied
+RESERVED = ("key", "audio", "ref", "hyp", "ctc_hyp", "timestamps", "errors", "duration", "decode_time", "status",
+            "reason", "segment")
+# manifest fields that are the audio, the reference or the prompt: never copied
+MANIFEST_INPUTS = ("messages", "source", "target", "text", "wav", "path", "id", "utt", "utt_id", "reference")
+
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One utterance to decode."""
+
+    key: str
+    audio: str | None = None  # path
+    ref: str | None = None  # None: no reference known
+    fields: dict = field(default_factory=dict)  # manifest fields copied to results.jsonl
+    segment: tuple[float, float] | None = None  # (start, end) seconds of a Kaldi segment
+    reason: str | None = None  # why it cannot be decoded (set on reading, probing or decoding)
+    duration: float | None = None
+    samples: int = 0  # at the file's own rate
+    sample_rate: int = 0
+
+
+def read_input(spec: Any) -> tuple[list[Item], str]:
+    """Items of a Nano/source-target JSONL, a Kaldi directory, a folder, a list file or an audio
+    file; returns (items, kind). Problems with single lines become failed items."""
+    from nano8k import data
+
+    if spec in (None, ""):
+        raise UserError("input: required for decoding; set input=PATH (a Nano JSONL, a Kaldi directory, a folder "
+                        "of audio files, a list of audio files, or one audio file)")
+    path = Path(str(spec)).expanduser()
+    if not path.exists():
+        raise UserError(f"input: {spec} does not exist")
+    if path.is_file() and path.name == "wav.scp":
+        path = path.parent
+    if path.is_dir():
+        if (path / "wav.scp").is_file():
+            items, kind = _read_kaldi(path), "kaldi"
+        else:
+            files = list(data.audio_files(path, exclude=None))
+            if not files:
+                raise UserError(f"input: {path} is neither a Kaldi data directory (no wav.scp) nor a folder of audio "
+                                f"files ({', '.join(sorted(data.AUDIO_SUFFIXES))})")
+            items, kind = _read_folder(path, files), "folder"
+    elif path.suffix.lower() in data.AUDIO_SUFFIXES:
+        items, kind = [Item(path.stem, str(path))], "audio"
+    elif path.suffix.lower() in (".jsonl", ".json") or _head(path).startswith(b"{"):
+        items, kind = _read_jsonl(path), "jsonl"
+    elif _is_audio(path):
+        items, kind = [Item(path.stem, str(path))], "audio"
+    else:
+        items, kind = _read_list(path), "list"
+    if not items:
+        raise UserError(f"input: {path} holds no utterances")
+    return _unique(items), kind
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+
+
+def _is_audio(path: Path) -> bool:
+    import soundfile
+
+    try:
+        soundfile.info(str(path))
+        return True
+    except Exception:  # noqa: BLE001 - anything soundfile cannot open is not an audio file
+        return False
+
+
+def _locate(location: str, base: Path) -> str:
+    """A relative path is taken from the current directory (as Kaldi and FunASR do), else from the
+    input file's directory."""
+    path = Path(location).expanduser()
+    if path.is_absolute() or path.exists() or not (base / path).exists():
+        return str(path)
+    return str(base / path)
+
+
+def _unique(items: list[Item]) -> list[Item]:
+    """A key seen before makes a failed item `KEY#N` (every input line stays accounted for)."""
+    seen: dict[str, int] = {}
+    out = []
+    for item in items:
+        n = seen.get(item.key, 0) + 1
+        seen[item.key] = n
+        if n > 1:
+            item = Item(f"{item.key}#{n}", item.audio, item.ref, item.fields, item.segment,
+                        reason=f"duplicate key {item.key!r} (the first one is decoded)")
+        out.append(item)
+    return out
+
+
+def _read_kaldi(directory: Path) -> list[Item]:
+    from nano8k import data
+
+    problems: list = []
+    scp = data.read_keyed(directory / "wav.scp", problems, "audio path")
+    texts = data.read_keyed(directory / "text", problems, None) if (directory / "text").is_file() else {}
+    speakers = data.read_keyed(directory / "utt2spk", problems, "speaker") if (directory / "utt2spk").is_file() else {}
+    items = [Item(p.key or f"line{p.line}", reason=f"{p.where}: {p.reason}" + (f" ({p.detail})" if p.detail else ""))
+             for p in problems if p.file.endswith("wav.scp")]
+    for p in problems:
+        if not p.file.endswith("wav.scp"):
+            log.warning("%s", p)
+
+    def entry(key: str, location: str, segment: tuple[float, float] | None = None,
+              recording: str | None = None) -> Item:
+        fields = {"speaker": speakers[key].value} if key in speakers else {}
+        if recording is not None:
+            fields["recording"] = recording
+        ref = texts[key].value if key in texts else None
+        if location.endswith("|"):
+            return Item(key, location, ref, fields, segment, reason="a pipe command in wav.scp (commands are not run)")
+        return Item(key, _locate(location, directory), ref, fields, segment)
+
+    segments = directory / "segments"
+    if segments.is_file():
+        for lineno, line in enumerate(data.read_lines(segments), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                start, end = float(parts[2]), float(parts[3])
+                if len(parts) != 4 or not 0 <= start < end:
+                    raise ValueError
+            except (ValueError, IndexError):
+                items.append(Item(parts[0], reason=f"{segments}:{lineno}: malformed segment (utt rec start end)"))
+                continue
+            if parts[1] not in scp:
+                items.append(Item(parts[0], ref=texts[parts[0]].value if parts[0] in texts else None,
+                                  reason=f"{segments}:{lineno}: recording {parts[1]} is not in wav.scp"))
+                continue
+            items.append(entry(parts[0], scp[parts[1]].value, (start, end), parts[1]))
+    else:
+        items += [entry(key, rec.value) for key, rec in scp.items()]
+    return items
+
+
+def _read_folder(directory: Path, files: list[Path]) -> list[Item]:
+    from nano8k import data
+
+    items = []
+    for path in files:
+        text = path.with_suffix(".txt")
+        ref = text.read_text(encoding="utf-8-sig", errors="replace").strip() if text.is_file() else None
+        items.append(Item(data.folder_key(path.relative_to(directory)), str(path), ref))
+    return items
+
+
+def _read_list(path: Path) -> list[Item]:
+    """One audio path a line (blank lines and # comments skipped); key: the file's stem, or the path
+    as written where two stems collide."""
+    from nano8k import data
+
+    lines = [(n, line.strip()) for n, line in enumerate(data.read_lines(path), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    stems: dict[str, int] = {}
+    for _, line in lines:
+        stems[Path(line).stem] = stems.get(Path(line).stem, 0) + 1
+    items = []
+    for n, line in lines:
+        key = Path(line).stem if stems[Path(line).stem] == 1 else line
+        items.append(Item(key, _locate(line, path.parent)))
+    return items
+
+
+def _read_jsonl(path: Path) -> list[Item]:
+    """Nano JSONL lines (messages) or source/target lines; other fields are kept."""
+    from nano8k import data
+
+    items = []
+    for lineno, line in enumerate(data.read_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            items.append(Item(f"line{lineno}", reason=f"{where}: not JSON ({err.msg})"))
+            continue
+        if not isinstance(obj, dict):
+            items.append(Item(f"line{lineno}", reason=f"{where}: not a JSON object"))
+            continue
+        key = next((obj[k] for k in ("key", "id", "utt_id", "utt") if isinstance(obj.get(k), (str, int))), None)
+        key = str(key) if key not in (None, "") else f"line{lineno}"
+        audio, ref = None, None
+        messages = obj.get("messages")
+        if isinstance(messages, list):
+            turns = [m for m in messages if isinstance(m, dict)]
+            paths = data.audio_paths([m.get("content") for m in turns if m.get("role") == "user"])
+            audio = paths[0] if paths else None
+            answers = [m.get("content") for m in turns if m.get("role") == "assistant"]
+            ref = answers[-1] if answers and isinstance(answers[-1], str) else None
+        else:
+            audio = next((obj[k] for k in ("source", "audio", "wav", "path") if isinstance(obj.get(k), str)), None)
+            ref = next((obj[k] for k in ("target", "text", "ref", "reference") if isinstance(obj.get(k), str)), None)
+        fields = {k: v for k, v in obj.items() if k not in RESERVED and k not in MANIFEST_INPUTS}
+        if not audio:
+            items.append(Item(key, None, ref, fields, reason=f"{where}: no audio (no <|startofspeech|>!PATH in a user "
+                                                              "turn, no source/audio field)"))
+            continue
+        items.append(Item(key, _locate(audio, path.parent), ref, fields))
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt options and the model
+# --------------------------------------------------------------------------------------------
+
+
+def prompt_options(settings: dict) -> dict:
+    """hotwords (list + file), FunASR's language name, itn, literal prompt; conflicts are errors."""
+    from nano8k import data
+
+    hotwords = [str(h).strip() for h in settings.get("hotwords") or [] if str(h).strip()]
+    source = settings.get("hotwords_file")
+    if source:
+        path = Path(str(source)).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except FileNotFoundError:
+            raise UserError(f"hotwords_file: {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"hotwords_file: cannot read {path} ({err})") from None
+        hotwords += [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
+    hotwords = list(dict.fromkeys(hotwords))
+    language = settings.get("language")
+    if language is not None and str(language).strip().lower() in ("", "auto", "none"):
+        language = None
+    if language is not None:
+        name = str(language).strip()
+        if name.lower() in data.LANGUAGES:
+            language = data.LANGUAGES[name.lower()]
+        elif name.isascii():
+            raise UserError(f"language={name}: not a known code ({', '.join(sorted(data.LANGUAGES))}); give FunASR's "
+                            "own name of the language (e.g. 英文) or a literal prompt")
+        else:
+            language = name
+    itn = settings.get("itn") is not False
+    prompt = settings.get("prompt")
+    if prompt is not None and (hotwords or language is not None or not itn):
+        raise UserError("prompt: a literal prompt replaces FunASR's; leave language, hotwords and itn unset with it")
+    max_new = int(settings.get("max_new_tokens") or 512)
+    if max_new < 1:
+        raise UserError(f"max_new_tokens={max_new}: must be at least 1")
+    return {"hotwords": hotwords, "language": language, "itn": itn, "prompt": prompt}
+
+
+@dataclass
+class ModelSource:
+    settings: dict  # the FunASR config + model_dir, for model.build
+    model_dir: str
+    checkpoint: str | None  # the checkpoint file loaded over model_dir/model.pt, or None
+    config_source: str  # which config.yaml the architecture came from
+
+
+def resolve_model(settings: dict) -> ModelSource:
+    """The model directory, the checkpoint file and the config that wins (see the module docstring)."""
+    from nano8k import funasr_gaps, model as nano_model
+
+    run_config: dict = {}
+    checkpoint = None
+    config_path = None
+    spec = settings.get("checkpoint")
+    if spec not in (None, ""):
+        given = Path(str(spec)).expanduser()
+        if not given.exists():
+            raise UserError(f"checkpoint: {given} does not exist (give a checkpoint file or a training run directory "
+                            "holding model.pt.avg*, model.pt.best or model.pt)")
+        try:
+            checkpoint = funasr_gaps.checkpoint_in(given)
+        except UserError as err:
+            raise UserError(str(err).replace("init_param:", "checkpoint:", 1)) from None
+        candidate = (given if given.is_dir() else given.parent) / "config.yaml"
+        if candidate.is_file():
+            run_config = _load_yaml(candidate)
+            if run_config.get("model") is None:  # not a FunASR/nano8k config: ignore it
+                run_config = {}
+            else:
+                config_path = candidate
+    model_dir_spec = settings.get("model_dir") or run_config.get("model_dir") or RELEASED_MODEL
+    model_dir = nano_model.resolve_model_dir(str(model_dir_spec))
+    if config_path is None:
+        config_path = model_dir / "config.yaml"
+        if not config_path.is_file():
+            raise UserError(f"model_dir: {config_path} is missing (every Fun-ASR-Nano model directory has one)")
+        run_config = _load_yaml(config_path)
+    base = model_dir / "model.pt"
+    if checkpoint is not None and base.is_file() and checkpoint.resolve() == base.resolve():
+        checkpoint = None  # model_dir/model.pt given explicitly: load it once
+    if checkpoint is None and not base.is_file():
+        raise UserError(f"checkpoint: none given and {base} does not exist: no weights to decode with "
+                        "(set checkpoint=FILE or a training run directory)")
+    funasr_settings = {k: v for k, v in run_config.items() if k != "hydra"}
+    funasr_settings["model_dir"] = str(model_dir)
+    return ModelSource(funasr_settings, str(model_dir), str(checkpoint) if checkpoint else None, str(config_path))
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: not a readable YAML config ({str(err).splitlines()[0]})") from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _device(requested: str | None) -> str:
+    import torch
+
+    requested = str(requested or "auto").lower()
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={requested}: no CUDA GPU is available here; use device=cpu or device=auto")
+    if requested != "cpu" and not requested.startswith("cuda"):
+        raise UserError(f"device={requested}: use auto, cpu, cuda or cuda:N")
+    return requested
+
+
+class Decoder:
+    """A built model ready to decode batches of Items."""
+
+    def __init__(self, settings: dict, prompt_settings: dict | None = None):
+        import torch
+
+        from nano8k import funasr_gaps, model as nano_model
+
+        prompt_settings = prompt_settings or prompt_options(settings)
+        self.device = _device(settings.get("device"))
+        source = resolve_model(settings)
+        self.model_dir, self.checkpoint, self.config_source = source.model_dir, source.checkpoint, source.config_source
+        built = nano_model.build(source.settings, init_param=source.checkpoint)
+        self.loaded_from = built.loaded_from
+        self.model = built.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = built.tokenizer
+        self.frontend = funasr_gaps.decoding_frontend(built.frontend)
+        self.funasr_cfg = built.funasr_config
+        llm_conf = self.funasr_cfg.get("llm_conf") or {}
+        bf16_ok = not self.device.startswith("cuda") or torch.cuda.is_bf16_supported()
+        self.dtype_name = funasr_gaps.llm_dtype(settings.get("llm_dtype"), llm_conf.get("llm_dtype"), self.device, bf16_ok)
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype_name]
+        self.model.to(self.device)
+        self.model.llm.to(self.dtype)
+        self.max_new_tokens = int(settings.get("max_new_tokens") or 512)
+        self.has_ctc = self.model.ctc_decoder is not None and self.model.ctc is not None
+        self.ctc = self.has_ctc and settings.get("ctc") is not False
+        self.timestamps = self.ctc and settings.get("timestamps") is not False
+        if self.timestamps and not funasr_gaps.torchaudio_available():
+            log.warning("timestamps skipped: FunASR's CTC forced alignment needs torchaudio, which is not installed "
+                        "(the CTC hypothesis is written all the same; timestamps=false silences this)")
+            self.timestamps = False
+        if settings.get("ctc") is not False and not self.has_ctc:
+            log.info("the model has no CTC branch: no ctc_hyp")
+        p = prompt_settings
+        self.prompt = (p["prompt"] if p["prompt"] is not None  # else FunASR's own prompt
+                       else self.model.get_prompt(p["hotwords"], p["language"], p["itn"]))
+        self.seconds_per_frame = self.frontend.lfr_n * self.frontend.frame_shift / 1000
+
+    # -- audio ------------------------------------------------------------------------------
+
+    def probe(self, item: Item) -> None:
+        """Duration from the file header; an unreadable file marks the item failed."""
+        import soundfile
+
+        if item.reason is not None:
+            return
+        if not item.audio or not os.path.exists(item.audio):
+            item.reason = f"{item.audio}: no such file"
+            return
+        try:
+            info = soundfile.info(item.audio)
+        except Exception as err:  # noqa: BLE001 - any header soundfile rejects
+            item.reason = f"{item.audio}: unreadable audio ({_one_line(err)})"
+            return
+        item.samples, item.sample_rate = int(info.frames), int(info.samplerate)
+        if item.segment is not None:
+            start, end = item.segment
+            if start * item.sample_rate >= item.samples:
+                item.reason = f"segment {start}-{end} s starts after the end of {item.audio}"
+                return
+            item.duration = min(end, item.samples / item.sample_rate) - start
+        else:
+            item.duration = item.samples / item.sample_rate if item.sample_rate else 0.0
+        if not item.duration or item.duration <= 0:
+            item.reason = f"{item.audio}: no samples"
+
+    def load(self, item: Item) -> Any:
+        """Samples at the front end's rate (funasr_gaps.waveform resamples any rate)."""
+        import soundfile
+
+        from nano8k import funasr_gaps
+
+        if item.segment is None:
+            samples = funasr_gaps.waveform(item.audio, self.frontend.fs)
+        else:
+            start = round(item.segment[0] * item.sample_rate)
+            stop = min(round(item.segment[1] * item.sample_rate), item.samples)
+            try:
+                cut, rate = soundfile.read(item.audio, start=start, stop=stop, dtype="float32", always_2d=True)
+            except Exception as err:  # noqa: BLE001
+                raise UserError(f"{item.audio}: unreadable audio ({_one_line(err)})") from None
+            samples = funasr_gaps.waveform(cut.mean(axis=1), self.frontend.fs, rate)
+        min_samples = int(self.frontend.frame_length * self.frontend.fs / 1000)
+        if len(samples) < min_samples:
+            raise UserError(f"{item.audio}: shorter than one {self.frontend.frame_length} ms frame")
+        return samples
+
+    # -- decoding ---------------------------------------------------------------------------
+
+    def decode(self, items: list[Item], batch_size: int, progress: bool = True) -> list[dict]:
+        """Records in input order; failed items keep their reason. Items are updated in place
+        (duration, reason): read the input again to decode it again."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        for item in items:
+            self.probe(item)
+        results: dict[int, dict] = {}
+        todo = sorted((i for i, item in enumerate(items) if item.reason is None),
+                      key=lambda i: -(items[i].duration or 0))  # longest first: padding stays small
+        bar = Progress(TextColumn("[bold]decode"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       disable=not progress, transient=True)
+        with bar:
+            task = bar.add_task("decode", total=len(todo))
+            for start in range(0, len(todo), batch_size):
+                indices = todo[start:start + batch_size]
+                results.update(self._decode_batch([(i, items[i]) for i in indices]))
+                bar.advance(task, len(indices))
+        return [self._record(item, results.get(i, {})) for i, item in enumerate(items)]
+
+    def _decode_batch(self, batch: list[tuple[int, Item]]) -> dict[int, dict]:
+        from nano8k import funasr_gaps
+
+        tick = time.perf_counter()
+        prepared = []
+        for index, item in batch:
+            try:
+                samples = self.load(item)
+                inputs = funasr_gaps.utterance_inputs(self.model, samples, self.prompt, self.tokenizer, self.frontend,
+                                                      self.funasr_cfg)
+                prepared.append((index, item, inputs))
+            except UserError as err:
+                item.reason = str(err)
+            except Exception as err:  # noqa: BLE001 - one utterance must not stop the others
+                item.reason = f"features: {type(err).__name__}: {_one_line(err)}"
+        out: dict[int, dict] = {}
+        if prepared:
+            try:
+                outputs = self._forward([x[2] for x in prepared])
+            except Exception as err:  # noqa: BLE001 - retried one by one below
+                if len(prepared) == 1:
+                    prepared[0][1].reason = f"decoding: {type(err).__name__}: {_one_line(err)}"
+                    outputs = []
+                    prepared = []
+                else:
+                    log.warning("a batch of %d failed (%s: %s); decoding its utterances one at a time",
+                                len(prepared), type(err).__name__, _one_line(err))
+                    self._free_memory()
+                    outputs, kept = [], []
+                    for entry in prepared:
+                        try:
+                            outputs += self._forward([entry[2]])
+                            kept.append(entry)
+                        except Exception as one:  # noqa: BLE001
+                            entry[1].reason = f"decoding: {type(one).__name__}: {_one_line(one)}"
+                            self._free_memory()
+                    prepared = kept
+            for (index, _, _), result in zip(prepared, outputs):
+                out[index] = result
+        elapsed = time.perf_counter() - tick
+        total = sum(item.duration or 0.0 for index, item in batch if index in out)
+        for index, item in batch:
+            if index in out:
+                share = (item.duration or 0.0) / total if total > 0 else 1 / len(out)
+                out[index]["decode_time"] = round(elapsed * share, 6)
+        return out
+
+    def _forward(self, inputs: list) -> list[dict]:
+        import torch
+
+        from nano8k import funasr_gaps
+
+        with torch.inference_mode():
+            encoder_out, encoder_lens, adaptor_out, adaptor_lens = funasr_gaps.encode_batch(
+                self.model, [x.speech for x in inputs], self.device)
+            results = [{} for _ in inputs]
+            if self.ctc:
+                texts, log_probs = funasr_gaps.ctc_greedy(self.model, encoder_out, encoder_lens)
+                for r, text in zip(results, texts):
+                    r["ctc_hyp"] = text
+            hyps = funasr_gaps.generate_batch(self.model, inputs, adaptor_out, adaptor_lens, self.tokenizer,
+                                              self.max_new_tokens, self.dtype)
+            for i, (r, hyp) in enumerate(zip(results, hyps)):
+                r["hyp"] = hyp
+                if self.timestamps:
+                    r["timestamps"] = funasr_gaps.ctc_timestamps(self.model, log_probs[i], hyp, self.seconds_per_frame)
+        return results
+
+    def _free_memory(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _record(self, item: Item, result: dict) -> dict:
+        ok = item.reason is None and "hyp" in result
+        record: dict[str, Any] = {"key": item.key, "audio": item.audio, "ref": item.ref, "hyp": result.get("hyp")}
+        if self.ctc:
+            record["ctc_hyp"] = result.get("ctc_hyp")
+        if "timestamps" in result:
+            record["timestamps"] = result["timestamps"]
+        if item.segment is not None:
+            record["segment"] = list(item.segment)
+        record.update(errors=None, duration=round(item.duration, 4) if item.duration is not None else None,
+                      decode_time=result.get("decode_time"), status="ok" if ok else "failed",
+                      reason=None if ok else (item.reason or "not decoded"))
+        record.update({k: v for k, v in item.fields.items() if k not in record})
+        return record
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def compute_metrics(records: list[dict], lang: str = "auto", numbers: bool = False) -> tuple[Any, dict]:
+    """score.py's corpus metrics of the decoded utterances with a reference (per-utterance error
+    counts go into the records' `errors`), plus counts, audio hours, decode time, RTF and, where
+    there are CTC hypotheses, the CTC branch's rates under `ctc`. Returns (Scores or None, metrics)."""
+    from nano8k import score as scoring
+
+    decoded = [r for r in records if r["status"] == "ok"]
+    scored = [r for r in decoded if r.get("ref") is not None]
+    scores = None
+    metrics: dict[str, Any] = {"utterances": len(records), "decoded": len(decoded),
+                               "failed": len(records) - len(decoded), "scored": len(scored)}
+    if scored:
+        scores = scoring.score_records(scored, lang=lang, numbers=numbers)
+        for record, utt in zip(scored, scores.utterances):
+            record["errors"] = {scoring.RATE_NAMES[unit]: counts.to_dict() for unit, counts in utt.counts.items()}
+        metrics.update({k: v for k, v in scores.metrics().items() if k not in ("utterances", "audio_hours", "rtf")})
+    audio_s = sum(r["duration"] or 0.0 for r in decoded)
+    decode_s = sum(r["decode_time"] or 0.0 for r in decoded)
+    metrics.update(audio_hours=audio_s / 3600, decode_s=round(decode_s, 4),
+                   rtf=decode_s / audio_s if audio_s > 0 else None,
+                   utterances_per_s=len(decoded) / decode_s if decode_s > 0 else None)
+    with_ctc = [r for r in scored if r.get("ctc_hyp") is not None]
+    if with_ctc and scores is not None:
+        ctc = scoring.score_records([{**r, "hyp": r["ctc_hyp"]} for r in with_ctc], lang=scores.lang, numbers=numbers)
+        m = ctc.metrics()
+        metrics["ctc"] = {k: m[k] for k in ("utterances", "primary", "cer", "wer", "mer", "ser", "counts")}
+    return scores, metrics
+
+
+def write_results(path: Path, records: list[dict]) -> None:
+    """results.jsonl, written to a temporary file and renamed (a crash never leaves half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(_finite(record), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write ({err.strerror})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
