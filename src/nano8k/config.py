@@ -190,7 +190,7 @@ class TrainConf:
     validate_interval: Optional[int] = key()
     save_checkpoint_interval: Optional[int] = key()
     keep_nbest_models: Optional[int] = key()
-    avg_keep_nbest_models_type: Optional[str] = key("acc or loss")
+    avg_keep_nbest_models_type: Optional[str] = key("what 'best' means: acc or loss (FunASR), cer or wer (nano8k: validation decoding)")
     avg_nbest_model: Optional[int] = key()
     resume: Optional[bool] = key()
     effective_save_name_excludes: Optional[Union[list[str], str]] = key("parameter prefixes left out of checkpoints")
@@ -323,12 +323,22 @@ class TokenizerConf:
 
 
 @dataclass
+class ValidDecode:
+    """nano8k's validation decoding: recognition rates (val_cer, val_wer) at every validation."""
+
+    max_utterances: Optional[int] = key("validation utterances decoded (the first N); 0: none", NANO8K)
+    batch_size: Optional[int] = key("utterances per decoding batch", NANO8K)
+    max_new_tokens: Optional[int] = key("most tokens per hypothesis; null: twice the longest reference + 8", NANO8K)
+
+
+@dataclass
 class TrainConfig:
     # nano8k's own settings
     model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
     dry_run: Optional[bool] = key("validate and write the resolved config, then stop", NANO8K)
     allow_drops: Optional[bool] = key("train even if FunASR would drop samples", NANO8K)
     nproc_per_node: Optional[int] = key("processes of this job; >1 re-executes it under torchrun", NANO8K)
+    valid_decode: Optional[ValidDecode] = key("validation decoding: val_cer / val_wer at every validation", NANO8K)
 
     # FunASR's top-level keys
     model: Optional[str] = key()

@@ -320,6 +320,7 @@ class ModelSource:
     model_dir: str
     checkpoint: str | None  # the checkpoint file loaded over model_dir/model.pt, or None
     config_source: str  # which config.yaml the architecture came from
+    trained_by_nano8k: bool = False  # the config is a nano8k training run's: decode as it trained
 
 
 def resolve_model(settings: dict) -> ModelSource:
@@ -361,7 +362,11 @@ def resolve_model(settings: dict) -> ModelSource:
                         "(set checkpoint=FILE or a training run directory)")
     funasr_settings = {k: v for k, v in run_config.items() if k != "hydra"}
     funasr_settings["model_dir"] = str(model_dir)
-    return ModelSource(funasr_settings, str(model_dir), str(checkpoint) if checkpoint else None, str(config_path))
+    trained = config_path.name == "config.yaml" and config_path.parent != model_dir and "model_dir" in run_config
+    if checkpoint is not None:
+        log.info("checkpoint: %s", checkpoint)
+    return ModelSource(funasr_settings, str(model_dir), str(checkpoint) if checkpoint else None, str(config_path),
+                       trained)
 
 
 def _load_yaml(path: Path) -> dict:
@@ -370,6 +375,13 @@ def _load_yaml(path: Path) -> dict:
     except (OSError, yaml.YAMLError) as err:
         raise UserError(f"{path}: not a readable YAML config ({str(err).splitlines()[0]})") from None
     return loaded if isinstance(loaded, dict) else {}
+
+
+DTYPES = {  # decode's llm_dtype names -> torch dtypes (called: torch is imported lazily)
+    "fp32": lambda: __import__("torch").float32,
+    "bf16": lambda: __import__("torch").bfloat16,
+    "fp16": lambda: __import__("torch").float16,
+}
 
 
 def _device(requested: str | None) -> str:
@@ -386,7 +398,13 @@ def _device(requested: str | None) -> str:
 
 
 class Decoder:
-    """A built model ready to decode batches of Items."""
+    """A built model ready to decode batches of Items, fed what its training fed it.
+
+    `Decoder(settings)` resolves and builds the model of a decode config (`nano8k decode`);
+    `Decoder.for_training(...)` wraps the model a trainer is training (its validation decoding).
+    A model nano8k trained gets its training's prompt (funasr_gaps 17) and dither (item 12); a
+    model directory nano8k did not train gets FunASR's inference prompt.
+    """
 
     def __init__(self, settings: dict, prompt_settings: dict | None = None):
         import torch
@@ -394,23 +412,45 @@ class Decoder:
         from nano8k import funasr_gaps, model as nano_model
 
         prompt_settings = prompt_settings or prompt_options(settings)
-        self.device = _device(settings.get("device"))
+        device = _device(settings.get("device"))
         source = resolve_model(settings)
         self.model_dir, self.checkpoint, self.config_source = source.model_dir, source.checkpoint, source.config_source
         built = nano_model.build(source.settings, init_param=source.checkpoint)
         self.loaded_from = built.loaded_from
-        self.model = built.model.eval()
-        for p in self.model.parameters():
+        model = built.model.eval()
+        for p in model.parameters():
             p.requires_grad_(False)
-        self.tokenizer = built.tokenizer
-        self.frontend = funasr_gaps.decoding_frontend(built.frontend)
-        self.funasr_cfg = built.funasr_config
-        llm_conf = self.funasr_cfg.get("llm_conf") or {}
-        bf16_ok = not self.device.startswith("cuda") or torch.cuda.is_bf16_supported()
-        self.dtype_name = funasr_gaps.llm_dtype(settings.get("llm_dtype"), llm_conf.get("llm_dtype"), self.device, bf16_ok)
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype_name]
-        self.model.to(self.device)
-        self.model.llm.to(self.dtype)
+        llm_conf = built.funasr_config.get("llm_conf") or {}
+        bf16_ok = not device.startswith("cuda") or torch.cuda.is_bf16_supported()
+        dtype_name = funasr_gaps.llm_dtype(settings.get("llm_dtype"), llm_conf.get("llm_dtype"), device, bf16_ok)
+        model.to(device)
+        model.llm.to(DTYPES[dtype_name]())
+        self._attach(model, built.tokenizer, built.frontend, built.funasr_config, device, dtype_name, settings,
+                     prompt_settings, trained_by_nano8k=source.trained_by_nano8k)
+
+    @classmethod
+    def for_training(cls, model: Any, tokenizer: Any, frontend: Any, funasr_cfg: dict, device: str,
+                     max_new_tokens: int, ctc: bool = True) -> Decoder:
+        """Decode with the model being trained, as `nano8k decode checkpoint=RUN` will decode it.
+        The model is neither moved nor cast; the caller puts it in eval mode."""
+        self = cls.__new__(cls)
+        self.model_dir, self.checkpoint, self.config_source, self.loaded_from = None, None, "training", []
+        dtype = next(model.llm.parameters()).dtype
+        dtype_name = next((name for name, make in DTYPES.items() if make() == dtype), "fp32")
+        settings = {"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False}
+        self._attach(model, tokenizer, frontend, funasr_cfg, device, dtype_name, settings, prompt_options(settings),
+                     trained_by_nano8k=True)
+        return self
+
+    def _attach(self, model: Any, tokenizer: Any, frontend: Any, funasr_cfg: dict, device: str, dtype_name: str,
+                settings: dict, prompt_settings: dict, trained_by_nano8k: bool) -> None:
+        from nano8k import funasr_gaps
+
+        self.model, self.tokenizer, self.funasr_cfg, self.device = model, tokenizer, funasr_cfg, device
+        self.dtype_name, self.dtype = dtype_name, DTYPES[dtype_name]()
+        # the front end's dither (training's; FunASR's default 1.0), added seeded (item 12)
+        self.dither, self.dither_scale = funasr_gaps.frontend_dither(frontend)
+        self.frontend = funasr_gaps.decoding_frontend(frontend)
         self.max_new_tokens = int(settings.get("max_new_tokens") or 512)
         self.has_ctc = self.model.ctc_decoder is not None and self.model.ctc is not None
         self.ctc = self.has_ctc and settings.get("ctc") is not False
@@ -422,8 +462,13 @@ class Decoder:
         if settings.get("ctc") is not False and not self.has_ctc:
             log.info("the model has no CTC branch: no ctc_hyp")
         p = prompt_settings
-        self.prompt = (p["prompt"] if p["prompt"] is not None  # else FunASR's own prompt
-                       else self.model.get_prompt(p["hotwords"], p["language"], p["itn"]))
+        if p["prompt"] is not None:  # a literal prompt replaces all of it
+            self.prompt = p["prompt"]
+        elif trained_by_nano8k:  # the run's training prompt (item 17): its prompt class, header, hotword field
+            self.prompt = funasr_gaps.training_prompt(funasr_cfg, self.model.get_prompt([], p["language"], p["itn"]),
+                                                      p["hotwords"])
+        else:  # FunASR's inference prompt
+            self.prompt = self.model.get_prompt(p["hotwords"], p["language"], p["itn"])
         self.seconds_per_frame = self.frontend.lfr_n * self.frontend.frame_shift / 1000
 
     # -- audio ------------------------------------------------------------------------------
@@ -473,7 +518,7 @@ class Decoder:
         min_samples = int(self.frontend.frame_length * self.frontend.fs / 1000)
         if len(samples) < min_samples:
             raise UserError(f"{item.audio}: shorter than one {self.frontend.frame_length} ms frame")
-        return samples
+        return funasr_gaps.seeded_dither(samples, self.dither, self.dither_scale)
 
     # -- decoding ---------------------------------------------------------------------------
 

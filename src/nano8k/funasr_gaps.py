@@ -10,7 +10,8 @@ with each key" is the user-facing summary of this module.
    they get no gradient; `ctc_weight`, `detach_ctc_decoder` and `ctc_conf` are stored and ignored.
    nano8k: loss = LLM loss + ctc_weight * CTC loss, the CTC targets being the transcript through the
    model's CTC tokenizer. With detach_ctc_decoder the CTC gradient reaches only the CTC decoder and
-   output layer; without it, the encoder too. ctc_conf.dropout_rate is honoured; reduce must be true. When
+   output layer; without it, the encoder too. ctc_conf.dropout_rate is honoured; reduce must be true; the CTC loss is normalised as the LLM
+   loss (per target token under length_normalized_loss). When
    no trainable parameter can receive the CTC gradient (stage1: CTC frozen and detached), the CTC
    loss is left out of the optimised loss, where it would be a constant, and computed only in
    validation, where it is reported (`loss_ctc`).
@@ -41,8 +42,12 @@ with each key" is the user-facing summary of this module.
 9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide and prints a banner;
    nano8k imports it through quiet_funasr_import(), which undoes both.
 12. DITHER AT DECODING — FunASR: WavFrontend's dither (1.0 by default; the released config does
-   not set it) adds random noise to the features at inference too, so the same audio can decode
-   differently from run to run. nano8k decodes with dither 0 (decoding_frontend()).
+   not set it) adds fresh random noise at inference too, so the same audio can decode differently
+   from run to run; decoding with dither 0 instead (the obvious fix) feeds a model trained with
+   dither features it never saw wherever the audio has digital silence (TTS, comfort-noise gaps:
+   log-mel of exact zeros). nano8k decodes with the front end's own dither off and adds the same
+   amount of noise to the samples itself, from a generator seeded per utterance
+   (decoding_frontend(), seeded_dither()): training's features, deterministically.
 13. BATCHED DECODING — FunASR: inference_prepare raises NotImplementedError for more than one
    utterance, AutoModel forces batch_size 1 on CPU, and _inference_llm_batch (which still encodes
    utterance by utterance) is bypassed whenever the model has a CTC branch. nano8k prepares each
@@ -56,6 +61,21 @@ with each key" is the user-facing summary of this module.
 15. LLM DTYPE AT DECODING — FunASR's inference casts the LLM to a top-level `llm_dtype` keyword
    (default fp32), not to llm_conf.llm_dtype. nano8k's decode config has `llm_dtype`; unset, it is
    fp32 on CPU and llm_conf.llm_dtype on GPU (fp32 on a GPU without bf16) (llm_dtype()).
+17. PROMPT AT DECODING — FunASR: training builds the user turn through dataset_conf.prompt_classes
+   (MultiContextPrompt prepends its context header, "请结合下面提供的上下文信息…", even with no
+   context), inference through FunASRNano.get_prompt (no header): a fine-tuned model is decoded with
+   a prompt it was never trained on. nano8k decodes a run it trained with the run's own prompt
+   class, header and hotword field (training_prompt()); a model directory keeps FunASR's prompt.
+18. PADDING IN THE ADAPTOR — FunASR: the Transformer adaptor (and the CTC decoder, the same class)
+   stacks downsample_rate encoder frames per position before masking, so the encoder's outputs at
+   a shorter utterance's padded frames are stacked into its last position: its result depends on
+   what else is in the batch. nano8k zeroes encoder frames past each length before the adaptor
+   (mask_adaptor_padding()), in training, validation and decoding alike.
+19. AUDIO POSITIONS IN TRAINING — FunASR: the training dataset always gives the LLM the low frame
+   rate's number of audio positions (about one per 8 encoder frames, `if True:` in datasets.py)
+   whatever audio_adaptor_conf.use_low_frame_rate says; inference honours the flag. nano8k refuses
+   use_low_frame_rate: false for training (check_training_audio_path()): downsample_rate is the
+   switch that changes how much audio one position covers, in training and decoding alike.
 16. DEEPSPEED — FunASR: deepspeed_config null (the released value) crashes, the JSON silently
    replaces train_conf's accumulation/clipping/precision, and checkpoints become DeepSpeed
    directories under FunASR's file names. nano8k: presets, "auto" filled from train_conf (conflicts
@@ -177,7 +197,7 @@ def attach_objective(model: Any, cfg: dict) -> None:
                      for turn_text, has_speech in zip(item["assistant"], used) if has_speech]
             encoder_out, encoder_lens = self._nano8k_encoder_out
             with torch.set_grad_enabled(learns and torch.is_grad_enabled()):
-                ctc = ctc_loss(self, encoder_out, encoder_lens, texts, detach, ctc_conf)
+                ctc = ctc_loss(self, encoder_out, encoder_lens, texts, detach, ctc_conf, by_tokens)
             stats["loss_llm"] = stats["loss"]
             stats["loss_ctc"] = ctc.detach()
             if learns:
@@ -233,8 +253,11 @@ def ctc_targets(model: Any, texts: Sequence[str]) -> list[list[int]]:
 
 
 def ctc_loss(model: Any, encoder_out: Any, encoder_lens: Any, texts: Sequence[str], detach: bool,
-             ctc_conf: dict) -> Any:
-    """CTC loss of the side branch: encoder -> ctc_decoder -> ctc.ctc_lo, against the transcripts."""
+             ctc_conf: dict, by_tokens: bool = False) -> Any:
+    """CTC loss of the side branch: encoder -> ctc_decoder -> ctc.ctc_lo, against the transcripts;
+    normalised as the LLM loss is (length_normalized_loss: per target token, else per utterance),
+    so that neither dominates the sum, validation loss and early stopping (a per-utterance CTC sum
+    beside a per-token LLM loss was ~95% of the total)."""
     import torch
     import torch.nn.functional as F
 
@@ -249,7 +272,7 @@ def ctc_loss(model: Any, encoder_out: Any, encoder_lens: Any, texts: Sequence[st
     target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long, device=log_probs.device)
     losses = F.ctc_loss(log_probs.transpose(0, 1), flat, hidden_lens.long(), target_lens,
                         blank=model.ctc.blank_id, reduction="none", zero_infinity=True)
-    return losses.sum() / losses.numel()
+    return losses.sum() / (target_lens.sum().clamp(min=1) if by_tokens else losses.numel())
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,17 +344,44 @@ def checkpoint_in(path: Path) -> Path:
     raise UserError(f"init_param: {path} does not exist")
 
 
-def state_dict_of(path: Path) -> dict:
+def read_checkpoint(path: Path) -> Any:
+    """The object a checkpoint file holds (one-line error when unreadable)."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-liner
         raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:100]})") from None
+
+
+def weights_in(checkpoint: Any) -> dict:
+    """The state dict of a checkpoint object (FunASR's, nano8k's or a bare one), `module.` stripped."""
+    state = checkpoint
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def state_dict_of(path: Path) -> dict:
+    return weights_in(read_checkpoint(path))
+
+
+def module_of(name: str) -> str:
+    """The parameter-table row (module) a tensor belongs to; LoRA adapters are carved out of llm."""
+    return "lora" if "lora_" in name else name.split(".", 1)[0]
+
+
+def check_trained_tensors(source: Path, checkpoint: Any, state: dict) -> None:
+    """6: a nano8k checkpoint lists the modules its run trained (`trained_modules`); one that
+    lacks any of their tensors would silently decode with base (or random) weights."""
+    trained = checkpoint.get("trained_modules") if isinstance(checkpoint, dict) else None
+    present = {module_of(k) for k in state}
+    missing = [m for m in trained or () if m not in present]
+    if missing:
+        raise UserError(f"{source}: holds no {', '.join(m + '.*' for m in missing)} tensors although its run trained "
+                        f"{'them' if len(missing) > 1 else 'it'}: the checkpoint is incomplete (written with "
+                        "effective_save_name_excludes by an older nano8k or another tool); retrain or use a complete one")
 
 
 def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str] = (), partial: bool = False) -> dict[str, str]:
@@ -343,7 +393,12 @@ def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str]
     target = model.state_dict()
     origin: dict[str, str] = {}
     for source in sources:
-        state = state_dict_of(source)
+        checkpoint = read_checkpoint(source)
+        state = weights_in(checkpoint)
+        check_trained_tensors(source, checkpoint, state)
+        if isinstance(checkpoint, dict) and checkpoint.get("averaged"):
+            log.info("%s: the mean of %s (best by validation %s)", source, ", ".join(checkpoint["averaged"]),
+                     checkpoint.get("best_criterion", "acc"))
         unexpected = [k for k in state if k not in target]
         for key, value in state.items():
             if key not in target:
@@ -404,9 +459,92 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def decoding_frontend(frontend: Any) -> Any:
-    """12: the front end without dither (set in place; returned for convenience)."""
-    frontend.dither = 0.0
-    return frontend
+    """12: a copy of the front end with its own (unseeded) dither off; the training front end it
+    is copied from, shared with the data loader, keeps its dither."""
+    import copy
+
+    quiet = copy.copy(frontend)
+    quiet.dither = 0.0
+    return quiet
+
+
+def frontend_dither(frontend: Any) -> tuple[float, float]:
+    """12: (dither, sample scale) of a front end: WavFrontend adds dither x N(0, 1) to samples it
+    first scales by 2**15 (upsacle_samples, FunASR's spelling); FunASR's default dither is 1.0."""
+    dither = float(getattr(frontend, "dither", 1.0) or 0.0)
+    return dither, float(1 << 15) if getattr(frontend, "upsacle_samples", True) else 1.0
+
+
+def seeded_dither(samples: Any, dither: float, scale: float, seed: int = 0) -> Any:
+    """12: samples plus the noise the training front end would add (dither in its units, so
+    dither / scale in the samples'), drawn from a generator seeded per utterance: deterministic,
+    and independent of the batch the utterance is decoded in."""
+    import numpy as np
+
+    if not dither:
+        return samples
+    noise = np.random.default_rng(seed).standard_normal(len(samples)).astype(np.float32)
+    return (np.asarray(samples, dtype=np.float32) + (dither / scale) * noise).astype(np.float32)
+
+
+def training_prompt(cfg: dict, base_prompt: str, hotwords: Sequence[str] = ()) -> str:
+    """17: the user prompt (before the audio) as a run's training built it: the dataset's
+    prompt class (dataset_conf.prompt_classes, e.g. MultiContextPrompt) with its prompt_conf puts
+    its context header, and the hotwords in its own field, before the task prompt. The class
+    shuffles hotwords with Python's random: seeded here, so decoding stays deterministic."""
+    import random
+
+    dataset_conf = cfg.get("dataset_conf") or {}
+    name = dataset_conf.get("prompt_classes")
+    if not name:
+        return base_prompt
+    quiet_funasr_import()
+    from funasr.register import tables
+
+    prompt_class = tables.prompt_classes.get(name)
+    if prompt_class is None:
+        raise UserError(f"dataset_conf.prompt_classes: unknown class {name!r}; FunASR has "
+                        f"{', '.join(sorted(tables.prompt_classes))}")
+    with funasr_prints_to_log():
+        prompter = prompt_class(**(dataset_conf.get("prompt_conf") or {}))
+    language = prompter.detect_language(base_prompt)
+    state = random.getstate()
+    random.seed(0)
+    try:
+        context = prompter.get_prompt({"hotwords": list(hotwords)} if hotwords else {}, language)
+    finally:
+        random.setstate(state)
+    return context + base_prompt
+
+
+def mask_adaptor_padding(model: Any) -> None:
+    """18: zero the encoder frames past each utterance's length before the adaptor and the CTC
+    decoder (both FunASR's Transformer adaptor), which stack downsample_rate frames per position."""
+    import torch
+
+    for name in ("audio_adaptor", "ctc_decoder"):
+        module = getattr(model, name, None)
+        if module is None or getattr(module, "_nano8k_masks_padding", False):
+            continue
+        original = module.forward
+
+        def forward(x, ilens=None, _original=original):
+            if ilens is not None and x.size(0) > 1:
+                keep = torch.arange(x.size(1), device=x.device)[None, :] < ilens.to(x.device).reshape(-1, 1)
+                x = x * keep.unsqueeze(-1).to(x.dtype)
+            return _original(x, ilens)
+
+        module.forward = forward
+        module._nano8k_masks_padding = True
+
+
+def check_training_audio_path(cfg: dict) -> None:
+    """19: refuse what FunASR's training dataset would silently not do."""
+    if (cfg.get("audio_adaptor_conf") or {}).get("use_low_frame_rate") is False:
+        raise UserError("audio_adaptor_conf.use_low_frame_rate: false is applied by FunASR's inference only; its "
+                        "training dataset always gives the LLM the low frame rate's positions (about one per 8 "
+                        "encoder frames), so decoding would feed the model what it never learned; keep it true "
+                        "(audio_adaptor_conf.downsample_rate sets how many frames one position covers)")
 
 
 @dataclasses.dataclass

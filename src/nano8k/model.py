@@ -144,6 +144,11 @@ class Built:
     funasr_config: dict
     model_dir: Path
     loaded_from: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)  # tensor -> the file its weights came from
+
+    @property
+    def base_checkpoint(self) -> str:
+        return str(self.model_dir / "model.pt")
 
 
 def build(settings: dict, init_param: str | None = None) -> Built:
@@ -169,11 +174,12 @@ def build(settings: dict, init_param: str | None = None) -> Built:
     build_cfg = {**copy.deepcopy(cfg), "init_param": None, "device": "cpu", "disable_update": True,
                  "ncpu": _get(cfg, "ncpu") or funasr_gaps.cpu_threads()}
     model, kwargs = AutoModel.build_model(**build_cfg)
-    funasr_gaps.load_weights(model, sources, excluded_ok=_excluded_prefixes(cfg))
-    return Built(model, kwargs["tokenizer"], kwargs["frontend"], cfg, model_dir, [str(s) for s in sources])
+    origin = funasr_gaps.load_weights(model, sources, excluded_ok=excluded_prefixes(cfg))
+    funasr_gaps.mask_adaptor_padding(model)
+    return Built(model, kwargs["tokenizer"], kwargs["frontend"], cfg, model_dir, [str(s) for s in sources], origin)
 
 
-def _excluded_prefixes(cfg: dict) -> tuple[str, ...]:
+def excluded_prefixes(cfg: dict) -> tuple[str, ...]:
     excludes = _get(cfg, "train_conf.effective_save_name_excludes") or ()
     if isinstance(excludes, str):
         excludes = [e for e in excludes.split(",") if e and e != "None"]
@@ -185,11 +191,7 @@ def _excluded_prefixes(cfg: dict) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
-def module_of(name: str) -> str:
-    """The parameter-table row a parameter belongs to."""
-    if "lora_" in name:
-        return "lora"
-    return name.split(".", 1)[0]
+module_of = funasr_gaps.module_of  # the parameter-table row a parameter belongs to
 
 
 def freeze_policy(cfg: dict) -> dict[str, bool]:

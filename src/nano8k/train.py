@@ -14,7 +14,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from nano8k import config, deepspeed_support, launch
+from nano8k import config, deepspeed_support, launch, preflight
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
         resolved.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
     if deepspeed_support.enabled(settings):  # the JSON's errors once, before any process starts (dry runs too)
         deepspeed_support.engine_config(settings, on_cuda=False, bf16_supported=False, announce=False)
+    preflight.check(settings)
+    if launch.rank() == 0:
+        for warning in preflight.warnings(settings):
+            log.warning("this run cannot learn as configured: %s", warning)
     if settings.get("dry_run"):
         log.info("dry run: the config is valid; resolved config written to %s", run_dir / "config.yaml")
         return None

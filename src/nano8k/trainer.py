@@ -41,6 +41,9 @@ class Summary:
     final_train_loss: float | None = None
     best_val_loss: float | None = None
     best_val_acc: float | None = None
+    best_val_cer: float | None = None  # the best checkpoint's, by best_criterion
+    best_criterion: str = "acc"  # train_conf.avg_keep_nbest_models_type: acc, loss, cer or wer
+    best_step_or_epoch: str | None = None
     best_checkpoint: str | None = None
     averaged_model: str | None = None
     stopped_early: bool = False  # train_conf.early_stopping_patience
@@ -133,6 +136,7 @@ class Trainer:
             torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
         _seed_everything(int(self.settings.get("seed") or 0) + self.rank)
 
+        funasr_gaps.check_training_audio_path(self.settings)
         self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
         self.funasr_cfg = self.built.funasr_config
         log.info("weights: %s", ", then ".join(self.built.loaded_from))
@@ -146,6 +150,7 @@ class Trainer:
         if not self.trainable:
             raise UserError("nothing to train: every module is frozen by the composed config")
         self.params = nano_model.parameter_table(net)
+        self._choose_saved_tensors()
 
         from funasr.optimizers import optim_classes
         from funasr.schedulers import scheduler_classes
@@ -163,6 +168,7 @@ class Trainer:
         def make_scheduler(optimizer: Any) -> Any:
             return scheduler_classes[scheduler_name](optimizer, **(self.settings.get("scheduler_conf") or {}))
 
+        self.criterion = str(self.train_conf.get("avg_keep_nbest_models_type") or "acc")
         self.ddp = self.engine = None
         if self.ds_config is not None:
             self.engine, self.optimizer, self.scheduler = deepspeed_support.initialize(
@@ -182,6 +188,7 @@ class Trainer:
             self.dataloader = dataloader_class(**{**self.funasr_cfg, "frontend": self.built.frontend,
                                                   "tokenizer": self.built.tokenizer})
         self.splits = funasr_gaps.data_splits(self.settings["train_data_set_list"], self.funasr_cfg.get("dataset_conf") or {})
+        self._setup_recognition()
         self.autocast_dtype = None
         if self.ds_config is not None:
             self.autocast_dtype = deepspeed_support.autocast_dtype(self.ds_config)
@@ -189,6 +196,45 @@ class Trainer:
             self.autocast_dtype = torch.bfloat16
         elif self.train_conf.get("use_fp16") and on_cuda:
             self.autocast_dtype = torch.float16
+
+    def _choose_saved_tensors(self) -> None:
+        """Which tensors checkpoints hold (funasr_gaps item 6). FunASR drops every name under
+        train_conf.effective_save_name_excludes (the base config: `llm.`), trained or not, so a
+        fine-tuned LLM or its LoRA adapters are lost. nano8k drops only excluded tensors that are
+        frozen and still the base model's (model_dir/model.pt), which decoding reloads from there."""
+        self.excluded = nano_model.excluded_prefixes(self.funasr_cfg)
+        trainable = {name for name, p in self.net.named_parameters() if p.requires_grad}
+        self.trained_modules = sorted({nano_model.module_of(name) for name in trainable})
+        base = self.built.base_checkpoint
+        self.saved_keys = {key for key in self.net.state_dict()
+                           if not key.startswith(self.excluded) or key in trainable or self.built.origin.get(key) != base}
+        kept = sorted({prefix for prefix in self.excluded if any(k.startswith(prefix) for k in self.saved_keys)})
+        if kept:
+            log.info("train_conf.effective_save_name_excludes: %s kept in checkpoints all the same: this run trains them "
+                     "or loaded them from init_param, and a checkpoint without them would decode with the base "
+                     "model's", ", ".join(f"{p}*" for p in kept))
+
+    def _setup_recognition(self) -> None:
+        """Validation decoding (valid_decode): the first max_utterances of the validation set,
+        decoded through decoding.Decoder at every validation."""
+        conf = self.settings.get("valid_decode") or {}
+        limit = int(conf.get("max_utterances") if conf.get("max_utterances") is not None else 200)
+        self.recognizer, self.valid_items = None, []
+        self.valid_decode_batch = int(conf.get("batch_size") or 16)
+        net = self.net
+        self.ctc_trains = net.ctc_decoder is not None and funasr_gaps.ctc_learns(net, bool(self.settings.get("detach_ctc_decoder", True)))
+        if limit <= 0:
+            return
+        from nano8k import decoding
+
+        items, _ = decoding.read_input(self.settings["valid_data_set_list"])
+        self.valid_items = items[:limit]
+        longest = max((len(self.built.tokenizer.encode(i.ref)) for i in self.valid_items if i.ref), default=16)
+        max_new = int(conf.get("max_new_tokens") or 2 * longest + 8)  # a garbage hypothesis stops there
+        self.recognizer = decoding.Decoder.for_training(net, self.built.tokenizer, self.built.frontend, self.funasr_cfg,
+                                                        self.device, max_new_tokens=max_new, ctc=self.ctc_trains)
+        log.info("validation decodes %d of %d utterances (valid_decode.max_utterances), batch %d, at most %d tokens; "
+                 "prompt %r", len(self.valid_items), len(items), self.valid_decode_batch, max_new, self.recognizer.prompt)
 
     def _autocast(self) -> Any:
         import torch
@@ -223,12 +269,14 @@ class Trainer:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]}"),
+                            TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]} {task.fields[val]}"),
                             TimeElapsedColumn(), disable=not self.is_main, transient=False)
+        last_validation = ""
         with progress:
             for epoch in range(state["epoch"], max_epoch):
                 train_loader, total = self._epoch_batches(epoch)
-                task = progress.add_task("train", total=total, epoch=f"{epoch + 1}/{max_epoch}", loss="-", lr="-", speed="")
+                task = progress.add_task("train", total=total, epoch=f"{epoch + 1}/{max_epoch}", loss="-", lr="-", speed="",
+                                         val=last_validation)
                 funasr_gaps.set_train_mode(self.net, self.policy, True)
                 window: list[float] = []
                 tick = time.perf_counter()
@@ -268,14 +316,14 @@ class Trainer:
                         metrics.emit(record, "train", state["step"])
                         summary.loss_curve.append({"step": state["step"], "loss": round(loss.item(), 4)})
                     if validate_interval > 0 and step_in_epoch % validate_interval == 0:
-                        self._validate_and_save(state, epoch, step_in_epoch, metrics)
+                        last_validation = _brief(self._validate_and_save(state, epoch, step_in_epoch, metrics))
+                        progress.update(task, val=last_validation)
                         funasr_gaps.set_train_mode(self.net, self.policy, True)
                 summary.final_train_loss = sum(window) / len(window) if window else None
                 state["epoch"] = epoch + 1
-                val_loss, val_acc = self._validate_and_save(state, epoch, None, metrics)
-                summary.epochs_log.append({"epoch": epoch + 1, "train_loss": summary.final_train_loss,
-                                           "val_loss": val_loss, "val_acc": val_acc})
-                progress.update(task, completed=step_in_epoch, total=step_in_epoch)
+                result = self._validate_and_save(state, epoch, None, metrics)
+                summary.epochs_log.append({"epoch": epoch + 1, "train_loss": summary.final_train_loss, **result})
+                progress.update(task, completed=step_in_epoch, total=step_in_epoch, val=_brief(result))
                 stale = _epochs_without_improvement(state["val_loss_step_or_epoch"])
                 if patience > 0 and stale >= patience:
                     summary.stopped_early = True
@@ -286,6 +334,9 @@ class Trainer:
             summary.averaged_model = self._average(state)
         summary.steps, summary.epochs = state["step"], state["epoch"]
         summary.best_val_loss, summary.best_val_acc = state.get("best_val_loss"), state.get("best_val_acc")
+        summary.best_val_cer = (state.get("best_metrics") or {}).get("val_cer")
+        summary.best_criterion = self.criterion
+        summary.best_step_or_epoch = state.get("best_step_or_epoch")
         summary.best_checkpoint = str(self.run_dir / "model.pt.best") if (self.run_dir / "model.pt.best").exists() else None
         summary.wall_s = round(time.perf_counter() - started, 2)
         if self.is_main:
@@ -380,12 +431,16 @@ class Trainer:
 
     # -- validation and checkpoints -----------------------------------------------------------
 
-    def _validate(self) -> tuple[float, float]:
+    def _validate(self) -> dict[str, float]:
+        """The validation metrics: teacher-forced loss (and its LLM / CTC parts) and accuracy over
+        the whole validation set, then the recognition rates of greedy decoding through the decode
+        path itself (decoding.Decoder: batched, the run's prompt and front end) on the first
+        valid_decode.max_utterances utterances (rank 0 decodes; every rank gets the rates)."""
         import torch
 
         funasr_gaps.set_train_mode(self.net, self.policy, False)
-        total_loss = total_acc = 0.0
-        count = 0
+        sums = {"loss": 0.0, "acc": 0.0, "loss_llm": 0.0, "loss_ctc": 0.0}
+        count = ctc_count = 0
         with torch.no_grad():
             for batch in self.valid_loader:
                 if not batch:
@@ -394,83 +449,121 @@ class Trainer:
                 with self._autocast():
                     loss, stats, _ = self.net(**batch)
                 size = int(batch["input_ids"].shape[0])
-                total_loss += float(loss) * size
-                total_acc += float(stats.get("acc", 0.0)) * size
+                sums["loss"] += float(loss) * size
+                sums["acc"] += float(stats.get("acc", 0.0)) * size
+                if "loss_ctc" in stats:
+                    sums["loss_llm"] += float(stats["loss_llm"]) * size
+                    sums["loss_ctc"] += float(stats["loss_ctc"]) * size
+                    ctc_count += size
                 count += size
         if self.world_size > 1:
-            sums = torch.tensor([total_loss, total_acc, count], dtype=torch.float64, device=self.device)
-            torch.distributed.all_reduce(sums)
-            total_loss, total_acc, count = sums.tolist()
+            totals = torch.tensor([*sums.values(), count, ctc_count], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(totals)
+            *values, count, ctc_count = totals.tolist()
+            sums = dict(zip(sums, values))
         if not count:
             raise UserError("valid_data_set_list: no validation batch was produced")
-        return total_loss / count, total_acc / count
+        result = {"val_loss": sums["loss"] / count, "val_acc": sums["acc"] / count}
+        if ctc_count:
+            result.update(val_loss_llm=sums["loss_llm"] / ctc_count, val_loss_ctc=sums["loss_ctc"] / ctc_count)
+        result.update(self._recognition())
+        return result
+
+    def _recognition(self) -> dict[str, float]:
+        """val_cer / val_wer (and val_ctc_cer, val_ctc_wer) of the validation utterances decoded."""
+        if self.recognizer is None:
+            return {}
+        rates: dict[str, float] = {}
+        if self.is_main:
+            from nano8k import decoding
+
+            records = self.recognizer.decode(self.valid_items, self.valid_decode_batch, progress=False)
+            _, metrics = decoding.compute_metrics(records)
+            for name in ("cer", "wer"):
+                if metrics.get(name) is not None:
+                    rates[f"val_{name}"] = float(metrics[name])
+                if (metrics.get("ctc") or {}).get(name) is not None and self.ctc_trains:
+                    rates[f"val_ctc_{name}"] = float(metrics["ctc"][name])
+            failed = sum(r["status"] != "ok" for r in records)
+            if failed:
+                log.warning("validation decoding: %d of %d utterances failed, e.g. %s", failed, len(records),
+                            next(r["reason"] for r in records if r["status"] != "ok"))
+        if self.world_size > 1:
+            import torch
+
+            shared = [rates]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            rates = shared[0]
+        return rates
 
     def _validate_and_save(self, state: dict, epoch: int, step_in_epoch: int | None,
-                           metrics: Metrics | None) -> tuple[float, float]:
-        val_loss, val_acc = self._validate()
+                           metrics: Metrics | None) -> dict[str, float]:
+        result = self._validate()
         name = f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
-        state["val_loss_step_or_epoch"][name] = val_loss
-        state["val_acc_step_or_epoch"][name] = val_acc
+        for field_name, value in result.items():  # FunASR's val_acc_/val_loss_step_or_epoch, and nano8k's others
+            state.setdefault(f"{field_name}_step_or_epoch", {})[name] = value
         if self.is_main:
-            metrics.emit({"epoch": epoch + 1, "step": state["step"], "val_loss": val_loss, "val_acc": val_acc,
-                          "checkpoint": name}, "valid", state["step"])
-        metric = self.train_conf.get("avg_keep_nbest_models_type", "acc")
-        better = state.get("best_val_loss") is None or (
-            _score(metric, val_acc, val_loss) > _score(metric, state["best_val_acc"], state["best_val_loss"]))
+            metrics.emit({"epoch": epoch + 1, "step": state["step"], **result, "checkpoint": name}, "valid", state["step"])
+        better = state.get("best_step_or_epoch") in (None, "") or (
+            _rank_key(self.criterion, result) > _rank_key(self.criterion, state.get("best_metrics") or {}))
         if better:
-            state.update(best_val_loss=val_loss, best_val_acc=val_acc, best_step_or_epoch=name)
+            state.update(best_val_loss=result["val_loss"], best_val_acc=result["val_acc"], best_step_or_epoch=name,
+                         best_metrics=result)
         engine_state = deepspeed_support.save_state(self.engine, self.run_dir, name) if self.engine else None  # every rank
         rng_states = self._rng_states()  # every rank
         if not self.is_main:
-            return val_loss, val_acc
+            return result
         checkpoint = {**self._checkpoint(state, epoch, step_in_epoch, engine_state), "rng_states": rng_states}
         funasr_gaps.atomic_save(checkpoint, self.run_dir / name)
-        state["saved_ckpts"][name] = val_loss
+        state["saved_ckpts"][name] = result["val_loss"]
         funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt")
         if engine_state:
             deepspeed_support.keep_only(self.run_dir, engine_state)
         if better:
             funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt.best")
-        self._prune(state, metric)
-        return val_loss, val_acc
+        self._prune(state)
+        return result
+
+    def _weights(self) -> OrderedDict:
+        """The tensors a checkpoint holds: all but those effective_save_name_excludes names that
+        are frozen and still the base model's (funasr_gaps item 6: a trained LLM or LoRA adapter,
+        or one loaded from init_param, is always kept)."""
+        return OrderedDict((k, v.detach().cpu()) for k, v in self.net.state_dict().items() if k in self.saved_keys)
 
     def _checkpoint(self, state: dict, epoch: int, step_in_epoch: int | None, engine_state: str | None) -> dict:
         """FunASR's checkpoint fields. Under DeepSpeed the optimizer and scheduler are partitioned
         across ranks: they live in the DeepSpeed state the checkpoint names instead."""
-        excludes = nano_model._excluded_prefixes(self.funasr_cfg)
-        weights = OrderedDict((k, v.detach().cpu()) for k, v in self.net.state_dict().items() if not k.startswith(excludes))
         training_state = {"deepspeed_state": engine_state} if engine_state else {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        validation = {k: v for k, v in state.items() if k.endswith("_step_or_epoch") and k != "best_step_or_epoch"}
         return {
             "epoch": epoch + 1 if step_in_epoch is None else epoch, "step": state["step"],
-            "step_in_epoch": step_in_epoch or 0, "state_dict": weights, **training_state,
-            "saved_ckpts": state["saved_ckpts"], "val_acc_step_or_epoch": state["val_acc_step_or_epoch"],
-            "val_loss_step_or_epoch": state["val_loss_step_or_epoch"], "best_step_or_epoch": state.get("best_step_or_epoch", ""),
-            "avg_keep_nbest_models_type": self.train_conf.get("avg_keep_nbest_models_type", "acc"),
+            "step_in_epoch": step_in_epoch or 0, "state_dict": self._weights(), **training_state,
+            "saved_ckpts": state["saved_ckpts"], **validation, "best_step_or_epoch": state.get("best_step_or_epoch", ""),
+            "avg_keep_nbest_models_type": self.criterion, "best_criterion": self.criterion,
             "data_split_i": 0, "data_split_num": 1, "batch_total": state["step"],
             "best_val_loss": state.get("best_val_loss"), "best_val_acc": state.get("best_val_acc"),
-            "excluded_prefixes": list(excludes), "nano8k": True,
+            "best_metrics": state.get("best_metrics"), "excluded_prefixes": list(self.excluded),
+            "trained_modules": self.trained_modules, "nano8k": True,
         }
 
-    def _ranked(self, state: dict, metric: str) -> list[str]:
-        """Saved checkpoints, best first (accuracy ties broken by loss, and the other way round)."""
-        acc, loss = state["val_acc_step_or_epoch"], state["val_loss_step_or_epoch"]
-        names = [n for n in acc if (self.run_dir / n).exists()]
-        return sorted(names, key=lambda n: _score(metric, acc[n], loss[n]), reverse=True)
+    def _ranked(self, state: dict) -> list[str]:
+        """Saved checkpoints, best first by the run's criterion (ties broken by the other metrics)."""
+        names = [n for n in state["val_loss_step_or_epoch"] if (self.run_dir / n).exists()]
+        return sorted(names, key=lambda n: _rank_key(self.criterion, _metrics_of(state, n)), reverse=True)
 
-    def _prune(self, state: dict, metric: str) -> None:
+    def _prune(self, state: dict) -> None:
         keep = int(self.train_conf.get("keep_nbest_models", 500))
-        for name in self._ranked(state, metric)[keep:]:
+        for name in self._ranked(state)[keep:]:
             (self.run_dir / name).unlink(missing_ok=True)
             state["saved_ckpts"].pop(name, None)
 
     def _average(self, state: dict) -> str | None:
-        """model.pt.avg{N}: the mean of the N best checkpoints (by the validation metric)."""
+        """model.pt.avg{N}: the mean of the N best checkpoints (by the run's criterion)."""
         import torch
 
         n = int(self.train_conf.get("avg_nbest_model", 10))
-        metric = self.train_conf.get("avg_keep_nbest_models_type", "acc")
-        chosen = self._ranked(state, metric)[:n]
+        chosen = self._ranked(state)[:n]
         if not chosen:
             return None
         states = [funasr_gaps.state_dict_of(self.run_dir / name) for name in chosen]
@@ -480,9 +573,10 @@ class Trainer:
             averaged[key] = torch.stack([t.float() for t in tensors]).mean(0).to(tensors[0].dtype) \
                 if tensors[0].is_floating_point() else tensors[0]
         path = self.run_dir / f"model.pt.avg{n}"
-        funasr_gaps.atomic_save({"state_dict": averaged, "averaged": chosen,
-                                 "excluded_prefixes": list(nano_model._excluded_prefixes(self.funasr_cfg))}, path)
-        log.info("averaged %d checkpoints (%s) into %s", len(chosen), ", ".join(chosen), path)
+        funasr_gaps.atomic_save({"state_dict": averaged, "averaged": chosen, "best_criterion": self.criterion,
+                                 "excluded_prefixes": list(self.excluded), "trained_modules": self.trained_modules}, path)
+        log.info("averaged %d checkpoints (%s, best by validation %s) into %s", len(chosen), ", ".join(chosen),
+                 self.criterion, path)
         return str(path)
 
     def _resume(self) -> dict:
@@ -504,11 +598,12 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         self._restore_rng(checkpoint.get("rng_states"))
-        for key in ("saved_ckpts", "val_acc_step_or_epoch", "val_loss_step_or_epoch"):
+        for key in ("saved_ckpts", *(k for k in checkpoint if k.endswith("_step_or_epoch") and k != "best_step_or_epoch")):
             state[key] = dict(checkpoint.get(key) or {})
         state.update(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
                      best_val_loss=checkpoint.get("best_val_loss"), best_val_acc=checkpoint.get("best_val_acc"),
-                     best_step_or_epoch=checkpoint.get("best_step_or_epoch"))
+                     best_step_or_epoch=checkpoint.get("best_step_or_epoch"),
+                     best_metrics=checkpoint.get("best_metrics") or _metrics_of(state, checkpoint.get("best_step_or_epoch")))
         log.info("resumed from %s at epoch %d, step %d", latest, state["epoch"], state["step"])
         return state
 
@@ -516,9 +611,25 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------
 
 
-def _score(metric: str, acc: float, loss: float) -> tuple[float, float]:
-    """Higher is better: (accuracy, -loss) when ranking by accuracy, else (-loss, accuracy)."""
-    return (acc, -loss) if metric == "acc" else (-loss, acc)
+def _rank_key(criterion: str, metrics: dict) -> tuple[float, ...]:
+    """Higher is better: the criterion first (accuracy up, loss and error rates down), then the
+    others as tie-breakers. A metric not computed ranks last."""
+    def up(name: str) -> float:
+        value = metrics.get(f"val_{name}")
+        if value is None or not math.isfinite(value):
+            return -math.inf
+        return value if name == "acc" else -value
+
+    order = [criterion, *(c for c in ("cer", "wer", "acc", "loss") if c != criterion)]
+    return tuple(up(name) for name in order)
+
+
+def _metrics_of(state: dict, name: str | None) -> dict:
+    """One checkpoint's validation metrics from the state's per-checkpoint tables."""
+    if not name:
+        return {}
+    return {key[: -len("_step_or_epoch")]: table[name] for key, table in state.items()
+            if key.endswith("_step_or_epoch") and isinstance(table, dict) and name in table}
 
 
 def _epochs_without_improvement(val_losses: dict[str, float]) -> int:
@@ -530,6 +641,14 @@ def _epochs_without_improvement(val_losses: dict[str, float]) -> int:
     for _, loss in epochs:
         best, stale = (loss, 0) if loss < best else (best, stale + 1)
     return stale
+
+
+def _brief(result: dict) -> str:
+    """The last validation, for the progress bar."""
+    parts = [f"val loss {result['val_loss']:.3f}"]
+    parts += [f"{label} {100 * result[key]:.1f}%" for key, label in (("val_cer", "CER"), ("val_ctc_cer", "CTC CER"))
+              if result.get(key) is not None]
+    return "| " + " ".join(parts)
 
 
 def _seed_everything(seed: int) -> None:
@@ -595,8 +714,11 @@ class Metrics:
         if self.wandb is not None:
             self.wandb.log({**scalars, "epoch": record["epoch"]}, step=step)
         if split == "valid":
-            log.info("validation at step %d: loss %.4f acc %.4f (%s)", step, record["val_loss"], record["val_acc"],
-                     record["checkpoint"])
+            rates = "".join(f" {key[4:]} {record[key]:.4f}" for key in ("val_cer", "val_wer", "val_ctc_cer")
+                            if record.get(key) is not None)
+            parts = "".join(f" ({key[4:]} {record[key]:.4f})" for key in ("val_loss_llm", "val_loss_ctc") if key in record)
+            log.info("validation at step %d: loss %.4f%s acc %.4f%s (%s)", step, record["val_loss"], parts,
+                     record["val_acc"], rates, record["checkpoint"])
 
     def close(self) -> None:
         self.file.close()
@@ -654,8 +776,11 @@ def _print_summary(summary: Summary) -> None:
     console.print(f"[bold]done[/] in {summary.wall_s:.1f}s: {summary.epochs} epochs, {summary.steps} steps{stopped}")
     for row in summary.epochs_log:
         train = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
+        rates = "".join(f", {label} {100 * row[key]:.1f}%" for key, label in
+                        (("val_cer", "CER"), ("val_wer", "WER"), ("val_ctc_cer", "CTC CER")) if row.get(key) is not None)
         console.print(f"  epoch {row['epoch']}: train loss {train}, validation loss {row['val_loss']:.4f}, "
-                      f"accuracy {row['val_acc']:.4f}")
+                      f"accuracy {row['val_acc']:.4f}{rates}")
+    console.print(f"best checkpoint by validation {summary.best_criterion}: {summary.best_step_or_epoch}")
     console.print(f"run directory: {summary.run_dir}")
     if summary.averaged_model:
         console.print(f"averaged model: {summary.averaged_model}")
