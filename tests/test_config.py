@@ -136,7 +136,7 @@ BAD_OVERRIDES = [
     ("model_dir=123", "model_dir: expected str, got int 123 (quote it to pass a string: model_dir='123')"),
     ("optim_conf.lr=1e-4,oops", "optim_conf.lr: expected float, got str 'oops'"),
     ("++ctc_conf.blank_id=3", "ctc_conf.blank_id: not accepted: FunASR passes it to CTC() twice, so any value crashes; the blank is ctc_vocab_size - 1"),
-    ("+stage=stage9", "stage: unknown stage 'stage9'; available: config_8k_telephone, stage1, stage1_encoder_adapt"),
+    ("+stage=stage9", "stage: unknown stage 'stage9'; available: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt"),
 ]
 
 

@@ -323,8 +323,10 @@ def _smoothed_ce_sum(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> 
     return ((1 - eps) * nll + eps * uniform).sum(), int(keep.sum())
 
 
-def _ctc_by_hand(model, encoder, texts: list[str]) -> torch.Tensor:
-    """Mean over utterances of the CTC loss of encoder -> ctc_decoder -> ctc_lo, padded targets."""
+def _ctc_by_hand(model, encoder, texts: list[str], by_tokens: bool = False) -> torch.Tensor:
+    """The CTC loss of encoder -> ctc_decoder -> ctc_lo, padded targets, summed over utterances and
+    divided by the target tokens (by_tokens, as the LLM loss under length_normalized_loss) or the
+    utterances."""
     encoder_out, encoder_lens = encoder
     with torch.no_grad():
         hidden, hidden_lens = model.ctc_decoder(encoder_out, encoder_lens)
@@ -336,7 +338,7 @@ def _ctc_by_hand(model, encoder, texts: list[str]) -> torch.Tensor:
     losses = F.ctc_loss(log_probs.transpose(0, 1), padded, hidden_lens.long(),
                         torch.tensor([len(t) for t in targets]), blank=model.blank_id, reduction="none")
     assert torch.isfinite(losses).all() and (losses > 0).all(), "every CTC alignment must be feasible here"
-    return losses.sum() / len(targets)
+    return losses.sum() / (sum(map(len, targets)) if by_tokens else len(targets))
 
 
 @pytest.mark.parametrize("length_normalized", [True, False])
@@ -355,7 +357,7 @@ def test_loss_equals_smoothed_llm_loss_plus_weighted_ctc(env, length_normalized)
     total, n_tokens = _smoothed_ce_sum(cap["logits"], labels, 0.1)
     assert 3 < n_tokens < labels.numel()
     llm = total / (n_tokens if length_normalized else 3)
-    ctc = _ctc_by_hand(model, cap["encoder"], texts)
+    ctc = _ctc_by_hand(model, cap["encoder"], texts, by_tokens=length_normalized)
 
     assert {"loss", "loss_llm", "loss_ctc"} <= set(stats)
     assert math.isclose(float(stats["loss_llm"]), float(llm), rel_tol=1e-5)

@@ -201,3 +201,40 @@ def test_forward_backward_on_funasr_dataset_batch(model_dirs, tmp_path, fs):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
     assert all(p.grad is None for p in model.llm.parameters())  # frozen by the base config
+
+
+def test_sizes_shape_the_model_and_preset_tiny_follows_them(tmp_path):
+    from conftest import run_cli
+
+    directory = tmp_path / "sized"
+    result = run_cli("model", "tiny", str(directory), "--encoder-dim", "96", "--encoder-blocks", "3",
+                     "--adaptor-downsample", "8", "--llm-dim", "128", "--llm-layers", "1", "--adaptor-ffn", "256")
+    assert result.code == 0, result.output
+    released = yaml.safe_load((directory / "config.yaml").read_text())
+    assert released["audio_encoder_conf"]["output_size"] == 96 and released["audio_encoder_conf"]["num_blocks"] == 3
+    assert released["audio_adaptor_conf"]["downsample_rate"] == 8 and released["audio_adaptor_conf"]["ffn_dim"] == 256
+    llm = json.loads((directory / "Qwen3-0.6B" / "config.json").read_text())
+    assert (llm["hidden_size"], llm["num_hidden_layers"]) == (128, 1)
+    state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert tuple(state["audio_adaptor.linear1.weight"].shape) == (256, 96 * 8)
+    assert tuple(state["llm.model.embed_tokens.weight"].shape)[1] == 128
+    # +preset=tiny composes the directory's sizes, so train's architecture check passes
+    composed = run_cli("train", "--cfg", "job", "--resolve", "+stage=stage1", "+preset=tiny", f"model_dir={directory}")
+    assert composed.code == 0, composed.output
+    job = yaml.safe_load(composed.stdout)
+    assert job["audio_encoder_conf"]["output_size"] == 96 and job["audio_adaptor_conf"]["downsample_rate"] == 8
+    assert job["ctc_decoder_conf"]["llm_dim"] == 96
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--llm-dim", "100"], "--llm-dim 100: must be a multiple of 8"),
+    (["--encoder-dim", "64", "--encoder-heads", "5"], "--encoder-dim 64 is not divisible by --encoder-heads 5"),
+    (["--adaptor-downsample", "0"], "--adaptor-downsample: must be a positive integer, got 0"),
+])
+def test_bad_sizes_are_one_line_errors(tmp_path, args, message):
+    from conftest import run_cli
+
+    result = run_cli("model", "tiny", str(tmp_path / "bad"), *args)
+    assert result.code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "bad" / "model.pt").exists()

@@ -420,6 +420,7 @@ class DecodeConfig:
     batch_size: Optional[int] = key("utterances per batch", NANO8K)
     max_new_tokens: Optional[int] = key("most tokens generated per utterance", NANO8K)
     llm_dtype: Optional[str] = key("fp32, bf16 or fp16; null: fp32 on CPU, llm_conf.llm_dtype on GPU", NANO8K)
+    dither: Optional[float] = key("front-end dither, seeded per utterance; null: the model's (training's), 0: none", NANO8K)
     language: Optional[str] = key("null/auto, an ISO code (zh, en, ...) or FunASR's name (中文, 英文, ...)", NANO8K)
     prompt: Optional[str] = key("literal user prompt; null: FunASR's get_prompt(hotwords, language, itn)", NANO8K)
     itn: Optional[bool] = key("inverse text normalization (false adds FunASR's ，不进行文本规整)", NANO8K)

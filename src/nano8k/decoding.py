@@ -79,6 +79,7 @@ class Item:
     ref: str | None = None  # None: no reference known
     fields: dict = field(default_factory=dict)  # manifest fields copied to results.jsonl
     segment: tuple[float, float] | None = None  # (start, end) seconds of a Kaldi segment
+    prompt: str | None = None  # a Nano manifest's user prompt before the audio (what training saw)
     reason: str | None = None  # why it cannot be decoded (set on reading, probing or decoding)
     duration: float | None = None
     samples: int = 0  # at the file's own rate
@@ -251,12 +252,14 @@ def _read_jsonl(path: Path) -> list[Item]:
             continue
         key = next((obj[k] for k in ("key", "id", "utt_id", "utt") if isinstance(obj.get(k), (str, int))), None)
         key = str(key) if key not in (None, "") else f"line{lineno}"
-        audio, ref = None, None
+        audio, ref, prompt = None, None, None
         messages = obj.get("messages")
         if isinstance(messages, list):
             turns = [m for m in messages if isinstance(m, dict)]
-            paths = data.audio_paths([m.get("content") for m in turns if m.get("role") == "user"])
+            users = [m.get("content") for m in turns if m.get("role") == "user"]
+            paths = data.audio_paths(users)
             audio = paths[0] if paths else None
+            prompt = users[0].split("<|startofspeech|>", 1)[0] if users and isinstance(users[0], str) else None
             answers = [m.get("content") for m in turns if m.get("role") == "assistant"]
             ref = answers[-1] if answers and isinstance(answers[-1], str) else None
         else:
@@ -267,7 +270,7 @@ def _read_jsonl(path: Path) -> list[Item]:
             items.append(Item(key, None, ref, fields, reason=f"{where}: no audio (no <|startofspeech|>!PATH in a user "
                                                               "turn, no source/audio field)"))
             continue
-        items.append(Item(key, _locate(audio, path.parent), ref, fields))
+        items.append(Item(key, _locate(audio, path.parent), ref, fields, prompt=prompt))
     return items
 
 
@@ -450,6 +453,8 @@ class Decoder:
         self.dtype_name, self.dtype = dtype_name, DTYPES[dtype_name]()
         # the front end's dither (training's; FunASR's default 1.0), added seeded (item 12)
         self.dither, self.dither_scale = funasr_gaps.frontend_dither(frontend)
+        if settings.get("dither") is not None:
+            self.dither = float(settings["dither"])
         self.frontend = funasr_gaps.decoding_frontend(frontend)
         self.max_new_tokens = int(settings.get("max_new_tokens") or 512)
         self.has_ctc = self.model.ctc_decoder is not None and self.model.ctc is not None
@@ -461,15 +466,33 @@ class Decoder:
             self.timestamps = False
         if settings.get("ctc") is not False and not self.has_ctc:
             log.info("the model has no CTC branch: no ctc_hyp")
-        p = prompt_settings
-        if p["prompt"] is not None:  # a literal prompt replaces all of it
-            self.prompt = p["prompt"]
-        elif trained_by_nano8k:  # the run's training prompt (item 17): its prompt class, header, hotword field
-            self.prompt = funasr_gaps.training_prompt(funasr_cfg, self.model.get_prompt([], p["language"], p["itn"]),
-                                                      p["hotwords"])
-        else:  # FunASR's inference prompt
-            self.prompt = self.model.get_prompt(p["hotwords"], p["language"], p["itn"])
+        p = self.prompt_settings = prompt_settings
+        self.trained_by_nano8k = trained_by_nano8k
+        # a Nano manifest's own task prompt is used for its utterances unless decode sets one
+        self.manifest_prompts = trained_by_nano8k and p["prompt"] is None and p["language"] is None and p["itn"]
+        self._prompts: dict[str | None, str] = {}
+        self.prompt = self.prompt_for(None)
         self.seconds_per_frame = self.frontend.lfr_n * self.frontend.frame_shift / 1000
+
+    def prompt_for(self, manifest_prompt: str | None) -> str:
+        """The user prompt before the audio: a literal `prompt`; for a run nano8k trained, the
+        training prompt (funasr_gaps 17: its prompt class, header and hotword field) around the
+        utterance's own task prompt from its manifest (as training read it) or decode's
+        language/itn; else FunASR's inference prompt."""
+        key = manifest_prompt if self.manifest_prompts else None
+        if key not in self._prompts:
+            from nano8k import funasr_gaps
+
+            p = self.prompt_settings
+            if p["prompt"] is not None:
+                prompt = p["prompt"]
+            elif self.trained_by_nano8k:
+                task = key if key is not None else self.model.get_prompt([], p["language"], p["itn"])
+                prompt = funasr_gaps.training_prompt(self.funasr_cfg, task, p["hotwords"])
+            else:
+                prompt = self.model.get_prompt(p["hotwords"], p["language"], p["itn"])
+            self._prompts[key] = prompt
+        return self._prompts[key]
 
     # -- audio ------------------------------------------------------------------------------
 
@@ -550,8 +573,8 @@ class Decoder:
         for index, item in batch:
             try:
                 samples = self.load(item)
-                inputs = funasr_gaps.utterance_inputs(self.model, samples, self.prompt, self.tokenizer, self.frontend,
-                                                      self.funasr_cfg)
+                inputs = funasr_gaps.utterance_inputs(self.model, samples, self.prompt_for(item.prompt), self.tokenizer,
+                                                      self.frontend, self.funasr_cfg)
                 prepared.append((index, item, inputs))
             except UserError as err:
                 item.reason = str(err)

@@ -39,6 +39,9 @@ def _get(cfg: dict, dotted: str) -> Any:
 
 def check(settings: dict) -> None:
     """Errors the run can be refused for before anything is built."""
+    from nano8k import funasr_gaps
+
+    funasr_gaps.check_training_audio_path(settings)
     criterion = _get(settings, "train_conf.avg_keep_nbest_models_type") or "acc"
     if criterion not in BEST_CRITERIA:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion!r} is not a criterion; use "

@@ -248,7 +248,7 @@ class Trainer:
         import torch
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        started = self.started = time.perf_counter()
         self._setup()
         state = self._resume()
         if self.is_main:
@@ -502,8 +502,9 @@ class Trainer:
         name = f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
         for field_name, value in result.items():  # FunASR's val_acc_/val_loss_step_or_epoch, and nano8k's others
             state.setdefault(f"{field_name}_step_or_epoch", {})[name] = value
-        if self.is_main:
-            metrics.emit({"epoch": epoch + 1, "step": state["step"], **result, "checkpoint": name}, "valid", state["step"])
+        if self.is_main:  # wall_s: since this process started training (bench_learn plots CER against it)
+            metrics.emit({"epoch": epoch + 1, "step": state["step"], **result, "checkpoint": name,
+                          "wall_s": round(time.perf_counter() - self.started, 2)}, "valid", state["step"])
         better = state.get("best_step_or_epoch") in (None, "") or (
             _rank_key(self.criterion, result) > _rank_key(self.criterion, state.get("best_metrics") or {}))
         if better:
@@ -708,7 +709,7 @@ class Metrics:
         self.file.write(json.dumps({"split": split, **record}) + "\n")
         self.file.flush()
         scalars = {f"{split}/{key}": float(value) for key, value in record.items()
-                   if key not in ("epoch", "step", "checkpoint") and _is_number(value)}
+                   if key not in ("epoch", "step", "checkpoint", "wall_s") and _is_number(value)}
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
         if self.wandb is not None:
