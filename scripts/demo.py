@@ -3,7 +3,7 @@
 recognises held-out telephone speech.
 
 1. writes a tiny Fun-ASR-Nano (same classes as the released model, random weights, sized to learn
-   in minutes: `nano8k model tiny --adaptor-downsample 8`);
+   in minutes: `nano8k model tiny --adaptor-downsample 8 --adaptor-ffn 512`);
 2. prepares the bundled IVR corpus (data/ivr: 1,620 train / 180 dev utterances of digit strings
    and commands, espeak-ng voices through a G.711 channel at 8 kHz) into the Nano JSONL FunASR reads;
 3. trains it from scratch (`+stage=from_scratch`: every module, the LLM included, on native 8 kHz
@@ -19,7 +19,7 @@ LLM must learn from scratch, which is why the seed's stages (which freeze the LL
 from-scratch stage here; with the released model they come first.
 
 Every step is the real command line, run as a subprocess, exactly as a user would type it.
-usage: scripts/demo.py [--out runs/demo] [--epochs 18]
+usage: scripts/demo.py [--out runs/demo] [--epochs 15]
 """
 
 from __future__ import annotations
@@ -39,16 +39,19 @@ NANO8K = [sys.executable, "-m", "nano8k"]
 # The tiny model and the from-scratch settings of the demo (scripts/bench_learn.py measures them).
 # FunASR's training gives the LLM one audio position per 8 encoder frames (480 ms), so the adaptor
 # stacks the 8 frames each position stands for (the default, 1, would show the LLM only the first
-# eighth of the audio).
-MODEL_SIZES = ["--adaptor-downsample", "8"]
+# eighth of the audio), through a projection wide enough for them (dev CER 21% instead of 28% after
+# 15 epochs).
+MODEL_SIZES = ["--adaptor-downsample", "8", "--adaptor-ffn", "512"]
 # Batches of up to 16 utterances, loaded by 2 worker processes (on 2 cores, 19 s an epoch instead of 30).
 BATCHES = ["dataset_conf.batch_size=4000", "dataset_conf.batch_size_token_max=4000", "dataset_conf.batch_size_sample_max=17",
            "dataset_conf.num_workers=2"]
-SCRATCH_OVERRIDES = ["optim_conf.lr=2e-3", "scheduler_conf.warmup_steps=300", *BATCHES, "train_conf.log_interval=50"]
-# stage 1 as the seed sets it, shortened: one epoch, a warmup that fits it, time masks that fit
-# 1.3 s utterances (the seed's 2 x up to 50 LFR frames would mask most of each one)
-STAGE1_OVERRIDES = ["train_conf.max_epoch=1", "scheduler_conf.warmup_steps=20", "specaug_conf.time_mask_width_range=[0,5]",
-                    *BATCHES, "++train_conf.avg_keep_nbest_models_type=cer", "train_conf.avg_nbest_model=1"]
+SCRATCH_OVERRIDES = ["optim_conf.lr=3e-3", "scheduler_conf.warmup_steps=300", *BATCHES, "train_conf.log_interval=50"]
+# stage 1 as the seed sets it (8 kHz features, the encoder trains at lr 1e-4, the rest frozen),
+# shortened: one epoch with a warmup that fits it, and no SpecAug (the from-scratch model never
+# saw masks, and one epoch is too short to learn to read through them: with masks, the dev CER
+# rose by about 2 points here)
+STAGE1_OVERRIDES = ["train_conf.max_epoch=1", "scheduler_conf.warmup_steps=20", "specaug=null", *BATCHES,
+                    "++train_conf.avg_keep_nbest_models_type=cer", "train_conf.avg_nbest_model=1"]
 
 
 def step(title: str, args: list[str]) -> None:
@@ -82,7 +85,7 @@ def show_run(name: str, run_dir: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
-    ap.add_argument("--epochs", type=int, default=18, help="epochs of the from-scratch stage")
+    ap.add_argument("--epochs", type=int, default=15, help="epochs of the from-scratch stage")
     args = ap.parse_args()
     out = args.out.resolve()
     if out.exists():

@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test-fast`
 
-from conftest import REPO, invoke  # noqa: E402
+from conftest import REPO, invoke, run_cli  # noqa: E402
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
@@ -382,3 +382,33 @@ def test_cli_marks_unreadable_files_failed_and_exits_1_without_torchaudio(env, t
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert {"config.yaml", "decode.log"} <= {p.name for p in run_dir.iterdir()}
     assert "torchaudio" not in sys.modules
+
+
+class _RunsCode:
+    """What a crafted checkpoint can hold: unpickling it calls os.system (here: touch a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(env, tmp_path):
+    marker = tmp_path / "pwned"
+    state = torch.load(env["tiny"] / "model.pt", map_location="cpu", weights_only=True)
+    crafted = tmp_path / "model.pt.avg3"
+    torch.save({**state, "payload": _RunsCode(marker)}, crafted)
+    result = run_cli("decode", f"checkpoint={crafted}", f"model_dir={env['tiny']}", f"input={env['files']['demo']}",
+                     f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.code == 2 and "Traceback" not in result.output
+    assert "refused: it holds Python objects beyond tensors and plain values" in result.stderr
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused(env, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(3, 3)}}, foreign)
+    result = run_cli("decode", f"checkpoint={foreign}", f"model_dir={env['tiny']}", f"input={env['files']['demo']}",
+                     f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.code == 2 and "holds none of this model's tensors" in result.stderr

@@ -29,7 +29,7 @@ UTTERANCES = 20
 def overfit(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("learning")
     model_dir = root / "model"
-    result = run_cli("model", "tiny", str(model_dir), "--adaptor-downsample", "8")
+    result = run_cli("model", "tiny", str(model_dir), "--adaptor-downsample", "8", "--adaptor-ffn", "512")
     assert result.code == 0, result.output
     kaldi = root / "kaldi"
     kaldi.mkdir()
@@ -41,9 +41,9 @@ def overfit(tmp_path_factory) -> dict:
     assert result.code == 0, result.output
     run = root / "run"
     result = run_cli("train", "+stage=from_scratch", "+preset=tiny", f"model_dir={model_dir}",
-                     f"train_data_set_list={manifest}", f"valid_data_set_list={manifest}", "train_conf.max_epoch=45",
-                     "optim_conf.lr=3e-3", "scheduler_conf.warmup_steps=20", "train_conf.log_interval=1000",
-                     "train_conf.avg_nbest_model=1", f"hydra.run.dir={run}", timeout=900)
+                     f"train_data_set_list={manifest}", f"valid_data_set_list={manifest}", "train_conf.max_epoch=80",
+                     "optim_conf.lr=5e-3", "scheduler_conf.warmup_steps=150", "dataset_conf.batch_size_sample_max=3",
+                     "train_conf.log_interval=1000", "train_conf.avg_nbest_model=1", f"hydra.run.dir={run}", timeout=900)
     assert result.code == 0, result.output
     return {"root": root, "model_dir": model_dir, "manifest": manifest, "run": run, "kaldi": kaldi}
 

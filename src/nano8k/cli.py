@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from nano8k import __version__
+from nano8k.tiny import TinySizes
 
 app = typer.Typer(
     name="nano8k",
@@ -344,6 +345,7 @@ def sweep_summary(
 
 
 model_app = typer.Typer(help="Model directories: write a tiny offline model.", no_args_is_help=True)
+TINY = TinySizes()  # the defaults of `nano8k model tiny` (conf/preset/tiny.yaml's sizes)
 app.add_typer(model_app, name="model")
 
 
@@ -351,17 +353,17 @@ app.add_typer(model_app, name="model")
 def model_tiny(
     directory: Path = typer.Argument(..., help="Directory to write (created; existing files are replaced)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the weights (same seed and sizes, same model)."),
-    encoder_dim: int = typer.Option(64, help="Encoder width (SenseVoice output_size; the CTC decoder's too)."),
-    encoder_blocks: int = typer.Option(2, help="Encoder depth (num_blocks, at least 2)."),
-    encoder_heads: int = typer.Option(4, help="Encoder attention heads (divide --encoder-dim)."),
-    encoder_ffn: int = typer.Option(128, help="Encoder feed-forward width (linear_units)."),
-    adaptor_layers: int = typer.Option(2, help="Adaptor Transformer blocks (n_layer)."),
-    adaptor_ffn: int = typer.Option(128, help="Adaptor projection width (ffn_dim)."),
-    adaptor_downsample: int = typer.Option(1, help="Encoder frames per LLM position (downsample_rate)."),
-    llm_dim: int = typer.Option(64, help="LLM width (Qwen3 hidden_size, a multiple of 8)."),
-    llm_layers: int = typer.Option(2, help="LLM depth (num_hidden_layers)."),
-    llm_heads: int = typer.Option(4, help="LLM attention heads (even; half as many key/value heads)."),
-    llm_ffn: int = typer.Option(128, help="LLM feed-forward width (intermediate_size)."),
+    encoder_dim: int = typer.Option(TINY.encoder_dim, help="Encoder width (SenseVoice output_size; the CTC decoder's too)."),
+    encoder_blocks: int = typer.Option(TINY.encoder_blocks, help="Encoder depth (num_blocks, at least 2)."),
+    encoder_heads: int = typer.Option(TINY.encoder_heads, help="Encoder attention heads (divide --encoder-dim)."),
+    encoder_ffn: int = typer.Option(TINY.encoder_ffn, help="Encoder feed-forward width (linear_units)."),
+    adaptor_layers: int = typer.Option(TINY.adaptor_layers, help="Adaptor Transformer blocks (n_layer)."),
+    adaptor_ffn: int = typer.Option(TINY.adaptor_ffn, help="Adaptor projection width (ffn_dim)."),
+    adaptor_downsample: int = typer.Option(TINY.adaptor_downsample, help="Encoder frames per LLM position (downsample_rate)."),
+    llm_dim: int = typer.Option(TINY.llm_dim, help="LLM width (Qwen3 hidden_size, a multiple of 8)."),
+    llm_layers: int = typer.Option(TINY.llm_layers, help="LLM depth (num_hidden_layers)."),
+    llm_heads: int = typer.Option(TINY.llm_heads, help="LLM attention heads (even; half as many key/value heads)."),
+    llm_ffn: int = typer.Option(TINY.llm_ffn, help="LLM feed-forward width (intermediate_size)."),
 ) -> None:
     """Write a tiny Fun-ASR-Nano (same classes, small dims, random weights) for offline CPU runs.
 
@@ -369,7 +371,7 @@ def model_tiny(
     (+preset=tiny follows the sizes the directory was written with).
     """
     from nano8k.errors import reported
-    from nano8k.tiny import TinySizes, write_tiny_model
+    from nano8k.tiny import write_tiny_model
 
     with reported():
         sizes = TinySizes(encoder_dim, encoder_blocks, encoder_heads, encoder_ffn, adaptor_layers, adaptor_ffn,

@@ -28,6 +28,10 @@ with each key" is the user-facing summary of this module.
    branch is deleted. nano8k: the base model.pt is loaded first and the checkpoint over it; a missing
    file, a shape mismatch or a key no source provides is an error; a CTC branch absent from every
    source is trained from scratch when the stage trains it and removed (with a warning) otherwise.
+   FunASR's effective_save_name_excludes drops the named tensors from checkpoints even when they
+   trained (the base config's `llm.` drops a fine-tuned LLM and its LoRA adapters); nano8k drops
+   only frozen tensors still equal to the base model's (trainer._choose_saved_tensors), records
+   the modules a run trained, and refuses a checkpoint lacking any (check_trained_tensors()).
 7. CHECKPOINTS — FunASR writes with torch.save directly (a crash leaves a truncated file). nano8k
    writes a temporary file and renames it (atomic on POSIX).
 8. CPU — FunASR's funasr-train-ds forces CUDA device 0; nano8k picks the device itself (`device`).
@@ -345,11 +349,19 @@ def checkpoint_in(path: Path) -> Path:
 
 
 def read_checkpoint(path: Path) -> Any:
-    """The object a checkpoint file holds (one-line error when unreadable)."""
+    """The object a checkpoint file holds, unpickled with weights_only=True: tensors and plain
+    values only, so a crafted file cannot run code (nano8k's own checkpoints, random states
+    included, need nothing more). One-line error when unreadable or refused."""
+    import pickle
+
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        what = str(err).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:120]
+        raise UserError(f"{path}: refused: it holds Python objects beyond tensors and plain values, and loading it "
+                        f"could run code ({what}); nano8k loads checkpoints with weights_only=True") from None
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-liner
         raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:100]})") from None
 
@@ -400,6 +412,9 @@ def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str]
             log.info("%s: the mean of %s (best by validation %s)", source, ", ".join(checkpoint["averaged"]),
                      checkpoint.get("best_criterion", "acc"))
         unexpected = [k for k in state if k not in target]
+        if state and len(unexpected) == len(state):
+            raise UserError(f"{source}: holds none of this model's tensors ({len(state)} others, e.g. {unexpected[0]}): "
+                            "not a checkpoint of this model")
         for key, value in state.items():
             if key not in target:
                 continue

@@ -375,7 +375,10 @@ class Trainer:
         import numpy
         import torch
 
-        mine = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy.random.get_state(),
+        name, keys, position, has_gauss, cached = numpy.random.get_state()
+        # NumPy's key array as a tensor: the checkpoint then loads with weights_only=True
+        mine = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": (name, torch.from_numpy(keys.astype(numpy.int64)), int(position), int(has_gauss), float(cached)),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.startswith("cuda") else None}
         if self.world_size == 1:
             return [mine]
@@ -398,7 +401,9 @@ class Trainer:
         mine = states[self.rank]
         torch.set_rng_state(mine["torch"])
         random.setstate(mine["python"])
-        numpy.random.set_state(mine["numpy"])
+        name, keys, position, has_gauss, cached = mine["numpy"]
+        numpy.random.set_state((name, numpy.asarray(keys, dtype=numpy.int64).astype(numpy.uint32), position, has_gauss,
+                                cached))
         if mine.get("cuda") is not None and self.device.startswith("cuda"):
             torch.cuda.set_rng_state_all(mine["cuda"])
 
@@ -585,9 +590,8 @@ class Trainer:
         latest = self.run_dir / "model.pt"
         if not (self.train_conf.get("resume", True) and latest.is_file()):
             return state
-        import torch
 
-        checkpoint = torch.load(latest, map_location="cpu", weights_only=False)
+        checkpoint = funasr_gaps.read_checkpoint(latest)
         written_with = "with DeepSpeed" if checkpoint.get("deepspeed_state") else "without DeepSpeed"
         if (self.engine is not None) != bool(checkpoint.get("deepspeed_state")):
             raise UserError(f"{latest}: written {written_with}, so it resumes only with use_deepspeed="
