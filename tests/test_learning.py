@@ -119,10 +119,16 @@ def test_decoding_prompts_a_run_token_for_token_as_its_training_did(overfit):
     funasr_gaps.quiet_funasr_import()
     from funasr.register import tables
 
+    import yaml
+
+    from nano8k import model as nano_model
+
     cfg = decoder.funasr_cfg
     dataset_conf = {k: v for k, v in cfg["dataset_conf"].items() if k not in ("index_ds",)}
-    dataset = tables.dataset_classes["FunASR"](str(overfit["manifest"]), index_ds="FunASR", frontend=decoder.frontend,
-                                               tokenizer=decoder.tokenizer, **dataset_conf)
+    # the front end and tokenizer training builds (model.build, as the trainer does), dither and all
+    training = nano_model.build(yaml.safe_load((overfit["run"] / "config.yaml").read_text()))
+    dataset = tables.dataset_classes["FunASR"](str(overfit["manifest"]), index_ds="FunASR", frontend=training.frontend,
+                                               tokenizer=training.tokenizer, **dataset_conf)
     sample = dataset[0]
     labels = sample["labels_ids"].tolist()
     prompt_ids = sample["input_ids"][: next(i for i, v in enumerate(labels) if v != -100)].tolist()
@@ -136,3 +142,11 @@ def test_decoding_prompts_a_run_token_for_token_as_its_training_did(overfit):
     assert (inputs.fbank_beg, inputs.fake_token_len) == (int(sample["fbank_beg"][0]), int(sample["fake_token_len"][0]))
     header = decoder.tokenizer.decode(prompt_ids[: inputs.fbank_beg])
     assert "请结合下面提供的上下文信息" in header and header.endswith("语音转写：")
+    # the same features, randomness aside: training's front end dithers (FunASR's default 1.0),
+    # decoding adds the same dither, seeded; over the leading 0.3 s of digital silence (5 LFR
+    # frames) features without dither would sit at log(float eps), about 15 below these
+    trained, decoded = sample["speech"][0], inputs.speech
+    assert trained.shape == decoded.shape
+    silent_train, silent_decode = float(trained[:4].mean()), float(decoded[:4].mean())
+    assert abs(silent_train - silent_decode) < 0.5, (silent_train, silent_decode)
+    assert abs(float(trained.mean()) - float(decoded.mean())) < 0.2

@@ -227,7 +227,7 @@ def test_sizes_shape_the_model_and_preset_tiny_follows_them(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--llm-dim", "100"], "--llm-dim 100: must be a multiple of 8"),
+    (["--llm-dim", "100"], "--llm-dim 100: must be a multiple of 8 (the adaptor's 8 attention heads)"),
     (["--encoder-dim", "64", "--encoder-heads", "5"], "--encoder-dim 64 is not divisible by --encoder-heads 5"),
     (["--adaptor-downsample", "0"], "--adaptor-downsample: must be a positive integer, got 0"),
 ])
