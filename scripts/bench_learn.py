@@ -12,7 +12,7 @@ Every step is the real command line. Prints one JSON object:
      "dither": {"clean": {"training_dither": CER, "no_dither": CER}, "noisy_line": {...}},
      "dev_cer_final_model"}
 
-usage: scripts/bench_learn.py [--out runs/bench-learn] [--epochs 24] [--threads 2] [--json FILE]
+usage: scripts/bench_learn.py [--out runs/bench-learn] [--epochs 15] [--threads 2] [--json FILE]
 This is a benchmark (run by hand, quoted in the README), not a test.
 """
 
@@ -47,7 +47,7 @@ def decoded_cer(checkpoint: Path, data: Path, out: Path, *extra: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-learn")
-    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
