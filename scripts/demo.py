@@ -39,8 +39,8 @@ NANO8K = [sys.executable, "-m", "nano8k"]
 # The tiny model and the from-scratch settings of the demo (scripts/bench_learn.py measures them).
 # FunASR's training gives the LLM one audio position per 8 encoder frames (480 ms), so the adaptor
 # stacks the 8 frames each position stands for (the default, 1, would show the LLM only the first
-# eighth of the audio), through a projection wide enough for them (dev CER 21% instead of 28% after
-# 15 epochs).
+# eighth of the audio), through a projection wide enough for them (the default 128 learned markedly
+# slower here).
 MODEL_SIZES = ["--adaptor-downsample", "8", "--adaptor-ffn", "512"]
 # Batches of up to 16 utterances, loaded by 2 worker processes (on 2 cores, 19 s an epoch instead of 30).
 BATCHES = ["dataset_conf.batch_size=4000", "dataset_conf.batch_size_token_max=4000", "dataset_conf.batch_size_sample_max=17",
@@ -49,7 +49,7 @@ SCRATCH_OVERRIDES = ["optim_conf.lr=3e-3", "scheduler_conf.warmup_steps=300", *B
 # stage 1 as the seed sets it (8 kHz features, the encoder trains at lr 1e-4, the rest frozen),
 # shortened: one epoch with a warmup that fits it, and no SpecAug (the from-scratch model never
 # saw masks, and one epoch is too short to learn to read through them: with masks, the dev CER
-# rose by about 2 points here)
+# rose here)
 STAGE1_OVERRIDES = ["train_conf.max_epoch=1", "scheduler_conf.warmup_steps=20", "specaug=null", *BATCHES,
                     "++train_conf.avg_keep_nbest_models_type=cer", "train_conf.avg_nbest_model=1"]
 

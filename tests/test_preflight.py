@@ -4,7 +4,6 @@ and a best-model criterion nano8k cannot compute is refused: `nano8k train ... d
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -78,11 +77,10 @@ def test_everything_frozen_is_named(setup):
 def test_a_criterion_that_cannot_be_computed_is_refused(setup, overrides, message):
     result = dry_run(setup, "+stage=stage1", *overrides)
     assert result.code == 2 and "Traceback" not in result.output
-    assert result.stderr.strip().splitlines()[-1] == f"error: {message}" or message in result.stderr, result.stderr
+    assert f"error: {message}" in result.stderr, result.stderr
 
 
 def test_training_refuses_the_frame_rate_switch_funasr_ignores_in_training(setup):
     result = dry_run(setup, "+stage=stage1", "audio_adaptor_conf.use_low_frame_rate=false")
     assert result.code == 2 and "Traceback" not in result.output
-    assert "audio_adaptor_conf.use_low_frame_rate: false is applied by FunASR's inference only" in result.stderr
-    assert Path(setup["run"]).is_dir()
+    assert "error: audio_adaptor_conf.use_low_frame_rate: false is applied by FunASR's inference only" in result.stderr

@@ -380,11 +380,13 @@ def _load_yaml(path: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
-DTYPES = {  # decode's llm_dtype names -> torch dtypes (called: torch is imported lazily)
-    "fp32": lambda: __import__("torch").float32,
-    "bf16": lambda: __import__("torch").bfloat16,
-    "fp16": lambda: __import__("torch").float16,
-}
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # decode's llm_dtype values
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 def _device(requested: str | None) -> str:
@@ -427,7 +429,7 @@ class Decoder:
         bf16_ok = not device.startswith("cuda") or torch.cuda.is_bf16_supported()
         dtype_name = funasr_gaps.llm_dtype(settings.get("llm_dtype"), llm_conf.get("llm_dtype"), device, bf16_ok)
         model.to(device)
-        model.llm.to(DTYPES[dtype_name]())
+        model.llm.to(torch_dtype(dtype_name))
         self._attach(model, built.tokenizer, built.frontend, built.funasr_config, device, dtype_name, settings,
                      prompt_settings, trained_by_nano8k=source.trained_by_nano8k)
 
@@ -439,7 +441,7 @@ class Decoder:
         self = cls.__new__(cls)
         self.model_dir, self.checkpoint, self.config_source, self.loaded_from = None, None, "training", []
         dtype = next(model.llm.parameters()).dtype
-        dtype_name = next((name for name, make in DTYPES.items() if make() == dtype), "fp32")
+        dtype_name = next((name for name in DTYPE_NAMES if torch_dtype(name) == dtype), "fp32")
         settings = {"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False}
         self._attach(model, tokenizer, frontend, funasr_cfg, device, dtype_name, settings, prompt_options(settings),
                      trained_by_nano8k=True)
@@ -450,7 +452,7 @@ class Decoder:
         from nano8k import funasr_gaps
 
         self.model, self.tokenizer, self.funasr_cfg, self.device = model, tokenizer, funasr_cfg, device
-        self.dtype_name, self.dtype = dtype_name, DTYPES[dtype_name]()
+        self.dtype_name, self.dtype = dtype_name, torch_dtype(dtype_name)
         # the front end's dither (training's; FunASR's default 1.0), added seeded (item 12)
         self.dither, self.dither_scale = funasr_gaps.frontend_dither(frontend)
         if settings.get("dither") is not None:

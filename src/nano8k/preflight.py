@@ -107,14 +107,13 @@ def learns_llm(run_or_model: Any, seen: set | None = None) -> bool:
 def warnings(settings: dict) -> list[str]:
     """One line per reason this run cannot learn (empty when none is found)."""
     out: list[str] = []
-    frozen = {
-        "audio_encoder": _get(settings, "audio_encoder_conf.freeze") is not False,
-        "audio_adaptor": bool(_get(settings, "audio_adaptor_conf.freeze")),
-        "ctc_decoder": bool(_get(settings, "ctc_decoder_conf.freeze")) or not settings.get("ctc_decoder"),
-        "llm": _get(settings, "llm_conf.freeze") is not False,
-    }
+    from nano8k import model as nano_model
+
+    frozen = nano_model.freeze_policy(settings)  # what the trainer will apply
+    if not settings.get("ctc_decoder"):  # no CTC branch: nothing there can learn
+        frozen.update(ctc_decoder=True, ctc=True)
     lora = bool(_get(settings, "llm_conf.use_lora"))
-    if all(frozen.values()) and not lora:
+    if all(v for module, v in frozen.items() if module != "lora") and not lora:
         out.append("audio_encoder_conf.freeze, audio_adaptor_conf.freeze, ctc_decoder_conf.freeze, llm_conf.freeze: "
                    "every module is frozen, nothing can learn")
     elif frozen["llm"] and not lora and not (frozen["audio_encoder"] and frozen["audio_adaptor"]):
