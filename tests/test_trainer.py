@@ -104,30 +104,7 @@ def test_loading_a_run_directory_restores_the_llm_from_base(corpus, tmp_path):
     assert all(torch.equal(state[k], v) for k, v in base.items() if k.startswith("llm."))
 
 
-def test_resume_continues_the_run(corpus, tmp_path):
-    run = tmp_path / "run"
-    assert train(corpus, run, "stage1").code == 0
-    steps = json.loads((run / "summary.json").read_text())["steps"]
-    again = train(corpus, run, "stage1", "train_conf.max_epoch=2")
-    assert again.code == 0, again.output
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["epochs"] == 2 and summary["steps"] == 2 * steps
-    assert "resumed from" in (run / "train.log").read_text()
-    assert (run / "model.pt.ep2").is_file()
-
-
-def test_a_resumed_run_equals_the_uninterrupted_one(corpus, tmp_path):
-    # Optimizer, scheduler and random state (SpecAug masks, dropout) are restored. Dither is off:
-    # kaldi-native-fbank draws it from its own generator, which no checkpoint can capture.
-    run, straight = tmp_path / "run", tmp_path / "straight"
-    no_dither = "+frontend_conf.dither=0.0"
-    assert train(corpus, run, "stage1", no_dither).code == 0
-    assert train(corpus, run, "stage1", no_dither, "train_conf.max_epoch=2").code == 0
-    assert train(corpus, straight, "stage1", no_dither, "train_conf.max_epoch=2").code == 0
-    records = [[json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (run, straight)]
-    assert [r.get("loss", r.get("val_loss")) for r in records[0]] == [r.get("loss", r.get("val_loss")) for r in records[1]]
-    resumed, uninterrupted = weights(run / "model.pt"), weights(straight / "model.pt")
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+# Resuming (mid-epoch, after kill -9, SIGTERM, damaged checkpoints): tests/test_faults.py.
 
 
 def test_wandb_gets_the_same_numbers_as_metrics_jsonl(corpus, tmp_path):
@@ -151,14 +128,19 @@ def test_wandb_gets_the_same_numbers_as_metrics_jsonl(corpus, tmp_path):
 
 def test_early_stopping_ends_the_run_when_validation_stops_improving(corpus, tmp_path):
     run = tmp_path / "run"
-    # learning rate 0: the weights never move, so the validation loss after epoch 2 equals epoch 1's
+    # learning rate 1e-30: no update reaches float32's resolution, so the weights never move and the
+    # validation loss after epoch 2 equals epoch 1's
     result = train(corpus, run, "stage1", "train_conf.max_epoch=5", "+train_conf.early_stopping_patience=1",
-                   "optim_conf.lr=0")
+                   "optim_conf.lr=1e-30")
     assert result.code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["stopped_early"] is True
     assert "early stopping after epoch 2: the validation loss has not improved for 1 epochs" in (run / "train.log").read_text()
     assert "stopped early" in result.stderr
+    again = train(corpus, run, "stage1", "train_conf.max_epoch=5", "+train_conf.early_stopping_patience=1",
+                  "optim_conf.lr=1e-30")  # a finished run is left alone
+    assert again.code == 0 and "finished: it stopped early after epoch 2" in again.stdout
+    assert json.loads((run / "summary.json").read_text()) == summary
 
 
 def test_samples_funasr_would_drop_stop_the_run_unless_allowed(corpus, tmp_path):
@@ -207,12 +189,20 @@ def test_model_dir_missing_a_file_names_it(corpus, tmp_path):
     assert "ctc_tokenizer_conf.vocab_path: multilingual.tiktoken not found" in result.stderr
 
 
-def test_empty_training_list_names_the_key(corpus, tmp_path):
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    result = train({**corpus, "train": empty}, tmp_path / "run", "stage1")
-    assert result.code == 2
-    assert result.stderr.startswith("error: train_data_set_list: FunASR cannot train on") and "Traceback" not in result.output
+@pytest.mark.parametrize("kind,message", [("directory", "is a directory"), ("empty", "is empty"),
+                                          ("blank", "is empty"), ("binary", "is a binary file")])
+def test_a_data_list_that_cannot_be_one_is_named_before_the_model_build(corpus, tmp_path, kind, message):
+    path = tmp_path / "train.jsonl"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes({"empty": b"", "blank": b"\n \n", "binary": b"\x00\x01 not text"}[kind])
+    result = train({**corpus, "train": path}, tmp_path / "run", "stage1")
+    assert result.code == 2 and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [f"error: train_data_set_list: {path} {message}" + (
+        f"; give the manifest file (e.g. {path / 'train.jsonl'})" if kind == "directory" else
+        ", not a JSONL manifest or a list of manifests" if kind == "binary" else "")]
+    assert not (tmp_path / "run" / "params.tsv").exists()  # no model was built
 
 
 def test_unreadable_audio_is_reported_with_key_and_path(corpus, tmp_path):

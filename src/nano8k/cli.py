@@ -46,6 +46,10 @@ def _run_hydra_app(name: str, args: list[str]) -> None:
 
     with reported():
         config.check_overrides(name, args)
+        if name == "train":
+            from nano8k import rundir
+
+            rundir.check_requested(args)
     args = config.presets_last(args)
     saved, sys.argv = sys.argv, [sys.argv[0], *args]  # keep argv[0]: `-sc install` uses its name
     try:
@@ -66,6 +70,9 @@ def train(ctx: typer.Context) -> None:
     Example: nano8k train +stage=stage1 model_dir=DIR train_data_set_list=train.jsonl
     valid_data_set_list=dev.jsonl optim_conf.lr=5e-5
     """
+    from nano8k import interrupts
+
+    interrupts.install()  # from the first moment: a Ctrl-C during start-up is honoured, not lost
     _run_hydra_app("train", ctx.args)
 
 
@@ -414,4 +421,8 @@ def main() -> None:
     """Console-script entry point (`nano8k`, `python -m nano8k`)."""
     if _complete(sys.argv[1:]):
         return
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling: no traceback
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -26,10 +26,17 @@ from nano8k.errors import UserError
 USED, IGNORED, NANO8K = "used", "ignored", "nano8k"
 
 
-def key(note: str = "", effect: str = USED) -> Any:
+def key(note: str = "", effect: str = USED, at_least: float | None = None, above: float | None = None) -> Any:
     """A schema field. Defaults are never injected into the composed config: a key left out stays
-    out, so FunASR applies its own default, exactly as it would without nano8k."""
-    return field(default=None, metadata={"effect": effect, "note": note})
+    out, so FunASR applies its own default, exactly as it would without nano8k. `at_least` and
+    `above` bound a number (FunASR takes any: accum_grad=0 divides by zero hours into a run, lr=0
+    trains nothing)."""
+    bounds = {k: v for k, v in (("at_least", at_least), ("above", above)) if v is not None}
+    return field(default=None, metadata={"effect": effect, "note": note, **bounds})
+
+
+def at_least(bound: float, note: str = "") -> Any:
+    return key(note, at_least=bound)
 
 
 def ignored(note: str) -> Any:
@@ -182,16 +189,16 @@ class SpecAugConf:
 
 @dataclass
 class TrainConf:
-    accum_grad: Optional[int] = key()
+    accum_grad: Optional[int] = at_least(1)
     grad_clip: Optional[float] = key()
     grad_clip_type: Optional[float] = key()
-    max_epoch: Optional[int] = key()
-    log_interval: Optional[int] = key()
-    validate_interval: Optional[int] = key()
-    save_checkpoint_interval: Optional[int] = key()
-    keep_nbest_models: Optional[int] = key()
+    max_epoch: Optional[int] = at_least(1)
+    log_interval: Optional[int] = at_least(1)
+    validate_interval: Optional[int] = at_least(1)
+    save_checkpoint_interval: Optional[int] = at_least(1)
+    keep_nbest_models: Optional[int] = at_least(1)
     avg_keep_nbest_models_type: Optional[str] = key("what 'best' means: acc or loss (FunASR), cer or wer (nano8k: validation decoding)")
-    avg_nbest_model: Optional[int] = key()
+    avg_nbest_model: Optional[int] = at_least(1)
     resume: Optional[bool] = key()
     effective_save_name_excludes: Optional[Union[list[str], str]] = key("parameter prefixes left out of checkpoints")
     save_init_model: Optional[bool] = ignored("never read")
@@ -202,7 +209,7 @@ class TrainConf:
     use_deepspeed: Optional[bool] = key()
     deepspeed_config: Optional[str] = key()
     find_unused_parameters: Optional[bool] = key()
-    early_stopping_patience: Optional[int] = key()
+    early_stopping_patience: Optional[int] = key("epochs without improvement before stopping; 0 or less: never")
     reset_gpu_cache: Optional[bool] = ignored("stored, never used")
     use_wandb: Optional[bool] = key("log to Weights & Biases too (pip install 'nano8k[wandb]')")
     wandb_token: Optional[str] = key()
@@ -215,10 +222,10 @@ class TrainConf:
 class OptimConf:
     """torch.optim.AdamW / Adam / SGD keyword arguments."""
 
-    lr: Optional[float] = key()
+    lr: Optional[float] = key(above=0)
     betas: Optional[list[float]] = key()
-    eps: Optional[float] = key()
-    weight_decay: Optional[float] = key()
+    eps: Optional[float] = key(above=0)
+    weight_decay: Optional[float] = at_least(0)
     amsgrad: Optional[bool] = key()
     momentum: Optional[float] = key("SGD only")
     nesterov: Optional[bool] = key("SGD only")
@@ -231,7 +238,7 @@ class OptimConf:
 
 @dataclass
 class SchedulerConf:
-    warmup_steps: Optional[int] = key()
+    warmup_steps: Optional[int] = key("warmuplr: at least 1")
     last_epoch: Optional[int] = key()
 
 
@@ -262,23 +269,23 @@ class DatasetConf:
     index_ds: Optional[str] = key()
     batch_sampler: Optional[str] = key()
     batch_type: Optional[str] = key("token or example")
-    batch_size: Optional[int] = key()
+    batch_size: Optional[int] = at_least(1)
     max_token_length: Optional[int] = key("samples over it are skipped by the sampler")
     shuffle: Optional[bool] = key()
-    sort_size: Optional[int] = key()
+    sort_size: Optional[int] = key("samples sorted by length per buffer; 0 or less: no buffer")
     batch_size_scale_ratio_max: Optional[float] = ignored("stored by the sampler, never used")
-    num_workers: Optional[int] = key()
+    num_workers: Optional[int] = at_least(0)
     pin_memory: Optional[bool] = key()
     persistent_workers: Optional[bool] = key()
-    prefetch_factor: Optional[int] = key()
+    prefetch_factor: Optional[int] = at_least(1)
     drop_last: Optional[bool] = key()
     audio_adaptor_downsample_rate: Optional[int] = ignored("read only by the llm_asr models")
     audio_encoder_downsample_rate: Optional[int] = ignored("read only by the llm_asr models")
     audio_downsample_rate: Optional[int] = ignored("only scales the logged hours")
-    data_split_num: Optional[int] = key("splits of a list file; a single .jsonl is re-read per split")
-    batch_size_sample_max: Optional[int] = key()
+    data_split_num: Optional[int] = key(at_least=1, note="splits of a list file; a single .jsonl is re-read per split")
+    batch_size_sample_max: Optional[int] = at_least(1)
     retry: Optional[int] = key()
-    batch_size_token_max: Optional[int] = key()
+    batch_size_token_max: Optional[int] = at_least(1)
     max_source_length: Optional[int] = key()
     max_target_length: Optional[int] = key()
     min_source_length: Optional[int] = key()
@@ -326,9 +333,9 @@ class TokenizerConf:
 class ValidDecode:
     """nano8k's validation decoding: recognition rates (val_cer, val_wer) at every validation."""
 
-    max_utterances: Optional[int] = key("validation utterances decoded (the first N); 0: none", NANO8K)
-    batch_size: Optional[int] = key("utterances per decoding batch", NANO8K)
-    max_new_tokens: Optional[int] = key("most tokens per hypothesis; null: twice the longest reference + 8", NANO8K)
+    max_utterances: Optional[int] = key("validation utterances decoded (the first N); 0: none", NANO8K, at_least=0)
+    batch_size: Optional[int] = key("utterances per decoding batch", NANO8K, at_least=1)
+    max_new_tokens: Optional[int] = key("most tokens per hypothesis; null: twice the longest reference + 8", NANO8K, at_least=1)
 
 
 @dataclass
@@ -337,7 +344,11 @@ class TrainConfig:
     model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
     dry_run: Optional[bool] = key("validate and write the resolved config, then stop", NANO8K)
     allow_drops: Optional[bool] = key("train even if FunASR would drop samples", NANO8K)
-    nproc_per_node: Optional[int] = key("processes of this job; >1 re-executes it under torchrun", NANO8K)
+    nproc_per_node: Optional[int] = key("processes of this job; >1 re-executes it under torchrun", NANO8K, at_least=1)
+    max_nonfinite_steps: Optional[int] = key("batches with a non-finite loss or gradient the run may skip before it "
+                                             "stops as diverged", NANO8K, at_least=0)
+    resume_with_changes: Optional[bool] = key("resume although optimizer, scheduler, batching or data values differ "
+                                              "from the run's config.yaml; the new values apply", NANO8K)
     valid_decode: Optional[ValidDecode] = key("validation decoding: val_cer / val_wer at every validation", NANO8K)
 
     # FunASR's top-level keys
@@ -417,8 +428,8 @@ class DecodeConfig:
     checkpoint: Optional[str] = key("checkpoint file or training run directory", NANO8K)
     input: Optional[str] = key("JSONL, Kaldi directory, audio list, folder or audio file", NANO8K)
     device: Optional[str] = key("auto, cpu, cuda or cuda:N", NANO8K)
-    batch_size: Optional[int] = key("utterances per batch", NANO8K)
-    max_new_tokens: Optional[int] = key("most tokens generated per utterance", NANO8K)
+    batch_size: Optional[int] = key("utterances per batch", NANO8K, at_least=1)
+    max_new_tokens: Optional[int] = key("most tokens generated per utterance", NANO8K, at_least=1)
     llm_dtype: Optional[str] = key("fp32, bf16 or fp16; null: fp32 on CPU, llm_conf.llm_dtype on GPU", NANO8K)
     dither: Optional[float] = key("front-end dither, seeded per utterance; null: the model's (training's), 0: none", NANO8K)
     language: Optional[str] = key("null/auto, an ISO code (zh, en, ...) or FunASR's name (中文, 英文, ...)", NANO8K)
@@ -569,19 +580,43 @@ def lookup_type(dotted: str, schema: type) -> Any:
     return tp
 
 
-def _problems(value: Any, tp: Any, dotted: str, schema: type) -> Iterator[str]:
+def lookup_metadata(dotted: str, schema: type) -> dict:
+    """The schema metadata (effect, note, bounds) of a dotted key; {} when unknown."""
+    parent, _, leaf = dotted.rpartition(".")
+    owner = _unwrap_optional(lookup_type(parent, schema)) if parent else schema
+    if not dataclasses.is_dataclass(owner):
+        return {}
+    return next((dict(f.metadata) for f in dataclasses.fields(owner) if f.name == leaf), {})
+
+
+def _out_of_range(value: Any, meta: dict, dotted: str) -> str | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if "at_least" in meta and not value >= meta["at_least"]:
+        return f"{dotted}: {value} is out of range: at least {meta['at_least']:g}"
+    if "above" in meta and not value > meta["above"]:
+        return f"{dotted}: {value} is out of range: must be above {meta['above']:g}"
+    return None
+
+
+def _problems(value: Any, tp: Any, dotted: str, schema: type, meta: dict | None = None) -> Iterator[str]:
     inner = _unwrap_optional(tp)
     if dataclasses.is_dataclass(inner) and isinstance(value, dict):
         hints = _hints(inner)
+        metadata = {f.name: dict(f.metadata) for f in dataclasses.fields(inner)}
         for k, v in value.items():
             child = f"{dotted}.{k}" if dotted else str(k)
             if k not in hints:
                 yield _unknown(child, schema)
             else:
-                yield from _problems(v, hints[k], child, schema)
+                yield from _problems(v, hints[k], child, schema, metadata[k])
     elif not _matches(value, tp):
         hint = f" (quote it to pass a string: {dotted}='{value}')" if _type_name(tp) == "str" and not isinstance(value, (list, dict)) else ""
         yield f"{dotted}: expected {_type_name(tp)}, got {_describe(value)}{hint}"
+    else:
+        bad = _out_of_range(value, meta if meta is not None else lookup_metadata(dotted, schema), dotted)
+        if bad:
+            yield bad
 
 
 def problems(container: dict, app: str = "train") -> list[str]:

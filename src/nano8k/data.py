@@ -1714,6 +1714,25 @@ def _line_audio_paths(line: str) -> list[str]:
     return [p for p in audio_paths(users) if not re.match(r"^https?://", p)]
 
 
+def check_list_file(path: Any, key: str) -> None:
+    """A training/validation list (a manifest, or a list of manifests) that is missing, a
+    directory, empty or binary: one line naming the key, before any model is built."""
+    path = Path(str(path))
+    if path.is_dir():
+        raise UserError(f"{key}: {path} is a directory; give the manifest file (e.g. {path / 'train.jsonl'})")
+    if not path.is_file():
+        raise UserError(f"{key}: {path} not found")
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)
+    except OSError as err:
+        raise UserError(f"{key}: {path}: cannot read it ({err.strerror or err})") from None
+    if not head.strip():
+        raise UserError(f"{key}: {path} is empty")
+    if b"\0" in head:
+        raise UserError(f"{key}: {path} is a binary file, not a JSONL manifest or a list of manifests")
+
+
 def check_cached(
     manifest: Path,
     dataset_conf: Mapping[str, Any],

@@ -33,7 +33,8 @@ with each key" is the user-facing summary of this module.
    only frozen tensors still equal to the base model's (trainer._choose_saved_tensors), records
    the modules a run trained, and refuses a checkpoint lacking any (check_trained_tensors()).
 7. CHECKPOINTS — FunASR writes with torch.save directly (a crash leaves a truncated file). nano8k
-   writes a temporary file and renames it (atomic on POSIX).
+   writes a temporary file and renames it (atomic on POSIX); a failed write (disk full) is one
+   line and leaves the previous file intact (atomic_save()).
 8. CPU — FunASR's funasr-train-ds forces CUDA device 0; nano8k picks the device itself (`device`).
 10. DATA SPLITS — FunASR slices a *list file* of manifests into data_split_num parts, but with a
    single .jsonl every "slice" is the whole file, so data_split_num: 512 (config_8k_telephone)
@@ -43,8 +44,11 @@ with each key" is the user-facing summary of this module.
    is assumed to be 16 kHz unless `audio_fs` is passed, so an 8 kHz array is read at double speed.
    nano8k's waveform()/fbank() take the array's rate explicitly (refusing an array without one) and
    resample to the front end's rate with soxr, as FunASR's loader does for files.
-9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide and prints a banner;
-   nano8k imports it through quiet_funasr_import(), which undoes both.
+9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide, prints a banner,
+   and imports every one of its ~1,000 modules (every model it has: 16 s here, for each command).
+   nano8k imports it through quiet_funasr_import(), which undoes the first two and imports only the
+   modules that register what Fun-ASR-Nano's configs name (4 s); a config naming anything else
+   gets FunASR's full import (require_registered()).
 12. DITHER AT DECODING — FunASR: WavFrontend's dither (1.0 by default; the released config does
    not set it) adds fresh random noise at inference too, so the same audio can decode differently
    from run to run; decoding with dither 0 instead (the obvious fix) feeds a model trained with
@@ -84,6 +88,10 @@ with each key" is the user-facing summary of this module.
    replaces train_conf's accumulation/clipping/precision, and checkpoints become DeepSpeed
    directories under FunASR's file names. nano8k: presets, "auto" filled from train_conf (conflicts
    logged), FunASR's single-file checkpoints plus a resumable DeepSpeed state (deepspeed_support.py).
+20. RESUME INSIDE AN EPOCH — FunASR: only one of its batch samplers honours build_iter's
+   start_step; nano8k skips by loading the batches for the others (sampler_skips()).
+21. KEYBOARD INTERRUPT — `import funasr` loses a Ctrl-C that arrives during it (the run then
+   trains to the end); nano8k records signals itself (interrupts.py) and acts on them between steps.
 """
 
 from __future__ import annotations
@@ -104,20 +112,77 @@ from nano8k.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def quiet_funasr_import() -> None:
-    """Import funasr without its side effects on the process.
+# 9: the modules whose @tables.register decorators Fun-ASR-Nano's configs need (model, encoder,
+# adaptor and CTC decoder, front end, SpecAug, tokenizers, dataset, prompt, sampler, data loader).
+NANO_MODULES = (
+    "funasr.models.fun_asr_nano.model", "funasr.models.sense_voice.model", "funasr.models.llm_asr.adaptor",
+    "funasr.models.specaug.specaug", "funasr.frontends.wav_frontend", "funasr.tokenizer.hf_tokenizer",
+    "funasr.tokenizer.whisper_tokenizer", "funasr.datasets.fun_asr_datasets.datasets",
+    "funasr.datasets.fun_asr_datasets.multicontext_prompt", "funasr.datasets.audio_datasets.index_ds",
+    "funasr.datasets.audio_datasets.samplers", "funasr.datasets.dataloader_entry",
+)
+# config key -> the registry table FunASR looks its value up in
+REGISTRY_KEYS = {
+    "model": "model_classes", "audio_encoder": "encoder_classes", "audio_adaptor": "adaptor_classes",
+    "ctc_decoder": "adaptor_classes", "frontend": "frontend_classes", "specaug": "specaug_classes",
+    "tokenizer": "tokenizer_classes", "ctc_tokenizer": "tokenizer_classes", "dataset": "dataset_classes",
+    "dataset_conf.index_ds": "index_ds_classes", "dataset_conf.batch_sampler": "batch_sampler_classes",
+    "dataset_conf.dataloader": "dataloader_classes", "dataset_conf.prompt_classes": "prompt_classes",
+    "dataset_conf.ctc_tokenizer": "tokenizer_classes",
+}
 
-    FunASR prints an "ffmpeg is not installed" banner (soundfile reads audio here) and sets
+
+def quiet_funasr_import() -> None:
+    """Import funasr without its side effects on the process (item 9).
+
+    FunASR prints an "ffmpeg is not installed" banner (soundfile reads audio here), sets
     HYDRA_FULL_ERROR=1 for the whole process (funasr/__init__.py), which turns every later
-    one-line Hydra error, in this process and its children, into a traceback.
+    one-line Hydra error, in this process and its children, into a traceback, and imports all of
+    its submodules through pkgutil.walk_packages; nano8k imports the NANO_MODULES instead.
     """
+    import importlib
+    import pkgutil
+    import sys
+
+    if "funasr" in sys.modules:
+        return
     before = os.environ.get("HYDRA_FULL_ERROR")
-    with contextlib.redirect_stdout(io.StringIO()):
-        import funasr  # noqa: F401  (imported for its side effects, undone below)
-    if before is None:
-        os.environ.pop("HYDRA_FULL_ERROR", None)
-    else:
-        os.environ["HYDRA_FULL_ERROR"] = before
+    walk = pkgutil.walk_packages
+    pkgutil.walk_packages = lambda *args, **kwargs: iter(())  # funasr/__init__.py's import_submodules
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import funasr  # noqa: F401  (imported for its side effects, undone below)
+            for name in NANO_MODULES:
+                importlib.import_module(name)
+    finally:
+        pkgutil.walk_packages = walk
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def require_registered(cfg: dict) -> None:
+    """9: every registry name the config uses is registered; for one outside NANO_MODULES, FunASR's
+    own full import (every module) runs, as `import funasr` would have."""
+    quiet_funasr_import()
+    from funasr.register import tables
+
+    def value(dotted: str) -> Any:
+        node: Any = cfg
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    missing = [f"{key}={value(key)}" for key, table in REGISTRY_KEYS.items()
+               if isinstance(value(key), str) and value(key) not in (getattr(tables, table, None) or {})]
+    if missing:
+        import funasr
+
+        log.info("%s: not among the modules nano8k imports for Fun-ASR-Nano; importing all of FunASR",
+                 ", ".join(missing))
+        with contextlib.redirect_stdout(io.StringIO()):
+            funasr.import_submodules("funasr")
 
 
 @contextlib.contextmanager
@@ -348,22 +413,24 @@ def checkpoint_in(path: Path) -> Path:
     raise UserError(f"init_param: {path} does not exist")
 
 
-def read_checkpoint(path: Path) -> Any:
+def read_checkpoint(path: Path, mmap: bool = False) -> Any:
     """The object a checkpoint file holds, unpickled with weights_only=True: tensors and plain
     values only, so a crafted file cannot run code (nano8k's own checkpoints, random states
-    included, need nothing more). One-line error when unreadable or refused."""
+    included, need nothing more). One-line error when unreadable or refused. mmap: tensors stay
+    on disk until read (looking at a multi-GB checkpoint's fields costs next to nothing)."""
     import pickle
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         what = str(err).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:120]
         raise UserError(f"{path}: refused: it holds Python objects beyond tensors and plain values, and loading it "
                         f"could run code ({what}); nano8k loads checkpoints with weights_only=True") from None
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-liner
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:100]})") from None
+        reason = str(err).strip().split(". ")[0].splitlines()[0][:120] if str(err).strip() else "empty"
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
 
 
 def weights_in(checkpoint: Any) -> dict:
@@ -455,13 +522,50 @@ def _handle_missing_ctc(model: Any, missing: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# 20. RESUME INSIDE AN EPOCH — FunASR: build_iter(start_step=k) makes only the buffered token
+# sampler (CustomDistributedBufferDynamicBatchSampler: batch_type token with sort_size > 0, as in
+# every nano8k stage) leave out an epoch's first k batches; the other samplers take the argument
+# and ignore it, and the buffered one's len() is 1 until it is iterated. nano8k asks, and skips by
+# loading the batches where the sampler does not.
+
+
+def sampler_skips(loader: Any, skip: int) -> bool:
+    """20: does this training loader's batch sampler itself leave out the first `skip` batches?"""
+    return skip == 0 or getattr(getattr(loader, "batch_sampler", None), "start_step", 0) == skip
+
+
+def batches_in(loader: Any) -> int | None:
+    """20: batches an epoch's loader yields, once its iterator exists; None when unknown."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if type(sampler).__name__ == "CustomDistributedDynamicBatchSampler":
+        return None  # its len() is always 1
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file and a rename (FunASR writes in place, so a kill or a
+    full disk mid-write leaves a torn checkpoint): the file is whole or not there, and the one it
+    replaces stays intact when the write fails (a one-line error saying how much space is left)."""
+    import shutil
+
     import torch
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as a RuntimeError
+        log.debug("writing %s failed: %s", path, err)
+        reason = (err.strerror if isinstance(err, OSError) else None) or "the write failed"
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 1e9:.2f} GB free on that file system"
+        except OSError:
+            free = "free space unknown"
+        raise UserError(f"{path}: cannot write the checkpoint ({reason}; {free}: disk full, or a quota?); the "
+                        "checkpoints written before it are intact") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -113,11 +113,28 @@ def reexec_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> in
 # --------------------------------------------------------------------------------------------
 
 
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+class NothingToDo(Exception):
+    """A job with nothing left to do (a finished run rerun): said in one line, status.json kept."""
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result
+
+
 def write_status(run_dir: Path, status: str, started: float, overrides: list[str], result: Any = None,
-                 error: str | None = None) -> None:
+                 error: str | None = None, **details: Any) -> None:
     record = {"status": status, "overrides": overrides, "wall_s": round(time.time() - started, 2),
-              "result": result, "error": error}
-    (run_dir / STATUS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+              "result": result, "error": error, **details}
+    try:
+        (run_dir / STATUS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:  # a full disk: the error itself still reaches the terminal and train.log
+        log.error("%s: cannot write the job's status (%s)", run_dir / STATUS_FILE, err.strerror or err)
 
 
 def in_sweep() -> bool:
@@ -138,21 +155,43 @@ def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any]
 
     from nano8k.errors import reported
 
+    from nano8k import interrupts
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     started = time.time()
     writes = rank() == 0
-    try:
-        result = body(run_dir, overrides)
-    except UserError as err:
+    def stopped_at_once(signum: int) -> None:
         if writes:
-            write_status(run_dir, "failed", started, overrides, error=str(err))
+            write_status(run_dir, "interrupted", started, overrides, signal=signal_name(signum),
+                         error="interrupted during start-up; nothing was trained")
+
+    try:
+        with interrupts.job(stopped_at_once):
+            result = body(run_dir, overrides)
+    except NothingToDo as done:
+        log.info("%s", done)
+        return done.result
+    except interrupts.Interrupted as stop:  # resumable: status.json says where; a sweep stops too
+        if writes:
+            write_status(run_dir, "interrupted", started, overrides, error=str(stop), **stop.details)
+        print(str(stop), file=sys.stderr, flush=True)
+        interrupts.hand_over(stop.signum)  # under submitit: requeue the job (exits)
+        raise SystemExit(stop.exit_code) from None
+    except UserError as err:
+        if writes and not getattr(err, "leaves_run_dir_alone", False):
+            write_status(run_dir, "failed", started, overrides, error=str(err), **getattr(err, "details", {}))
         if in_sweep():
             log.error("job failed: %s", err)
             return None
         with reported():
             raise
+    except KeyboardInterrupt:  # the second Ctrl-C ends the process itself; this is a stray one
+        if writes:
+            write_status(run_dir, "interrupted", started, overrides, error="KeyboardInterrupt", signal="SIGINT")
+        print("interrupted: KeyboardInterrupt", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         if writes:
             write_status(run_dir, "failed", started, overrides, error=f"{type(err).__name__}: {err}")

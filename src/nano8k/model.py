@@ -168,7 +168,7 @@ def build(settings: dict, init_param: str | None = None) -> Built:
     if not sources:
         raise UserError(f"model_dir: {base} is missing and init_param is not set: no weights to start from")
 
-    funasr_gaps.quiet_funasr_import()
+    funasr_gaps.require_registered(cfg)
     from funasr.auto.auto_model import AutoModel
 
     build_cfg = {**copy.deepcopy(cfg), "init_param": None, "device": "cpu", "disable_update": True,

@@ -1,6 +1,7 @@
 """Before training starts: errors in what the run asks for, and warnings about runs that cannot learn.
 
-Errors (UserError, before the model is built): a best-model criterion nano8k cannot compute.
+Errors (UserError, before the model is built): a best-model criterion nano8k cannot compute; a
+warmup of no steps (ranges of single keys are the schema's: config.py).
 Warnings (one line each, also under dry_run): a learning-rate warmup longer than the run, so the
 peak rate is never reached; nothing trainable; only modules trainable whose output a frozen,
 randomly initialised module must turn into text (a tiny model's random LLM); SpecAug time masks
@@ -50,10 +51,10 @@ def check(settings: dict) -> None:
     if criterion in DECODED_CRITERIA and decoded is not None and int(decoded) <= 0:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion} needs validation decoding, which "
                         "valid_decode.max_utterances=0 turns off; set it above 0 or choose acc or loss")
-    for key in ("valid_decode.max_utterances", "valid_decode.batch_size", "valid_decode.max_new_tokens"):
-        value = _get(settings, key)
-        if value is not None and (int(value) < (0 if key.endswith("max_utterances") else 1)):
-            raise UserError(f"{key}: {value} is out of range (at least {0 if key.endswith('max_utterances') else 1})")
+    warmup = _get(settings, "scheduler_conf.warmup_steps")
+    if (settings.get("scheduler") or "warmuplr") == "warmuplr" and warmup is not None and warmup < 1:
+        raise UserError(f"scheduler_conf.warmup_steps: {warmup} is out of range: at least 1 under scheduler=warmuplr "
+                        "(FunASR's WarmupLR divides by it)")
 
 
 def manifest_lengths(path: Any) -> list[int]:

@@ -417,14 +417,14 @@ def build_model(directory: Path, init_param: Union[bool, str, Path] = True, **ov
     """
     import torch
 
-    from nano8k.funasr_gaps import quiet_funasr_import
-
-    quiet_funasr_import()
-    from funasr.auto.auto_model import AutoModel
+    from nano8k.funasr_gaps import require_registered
 
     kwargs = model_kwargs(directory, init_param=init_param)
     kwargs.update(device="cpu", ncpu=torch.get_num_threads(), disable_update=True, disable_log=True)
     _deep_update(kwargs, overrides)
+    require_registered(kwargs)
+    from funasr.auto.auto_model import AutoModel
+
     return AutoModel.build_model(**kwargs)
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
 import yaml
 from omegaconf import DictConfig
 
-from nano8k import config, deepspeed_support, launch, preflight
+from nano8k import config, data, deepspeed_support, interrupts, launch, preflight, rundir
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -26,35 +27,94 @@ def run(cfg: DictConfig) -> float | None:
 
     Every job leaves status.json; a failed job in a sweep does not stop the others (launch.run_tracked).
     """
+    interrupts.install()
     return launch.run_tracked(lambda run_dir, overrides: _run(cfg, run_dir, overrides))
 
 
 def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
     launch.export_slurm_environment()
     settings = config.validate(cfg, app="train")
-    if launch.rank() == 0:
-        resolved = run_dir / "config.yaml"
-        resolved.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
     if deepspeed_support.enabled(settings):  # the JSON's errors once, before any process starts (dry runs too)
         deepspeed_support.engine_config(settings, on_cuda=False, bf16_supported=False, announce=False)
     preflight.check(settings)
-    if launch.rank() == 0:
-        for warning in preflight.warnings(settings):
-            log.warning("this run cannot learn as configured: %s", warning)
+    run_dir = Path(settings.get("output_dir") or run_dir)
+    main_rank = launch.rank() == 0
+    if main_rank:
+        rundir.check_writable(run_dir)
     if settings.get("dry_run"):
+        _write_config(settings, run_dir)
+        _warn(settings)
         log.info("dry run: the config is valid; resolved config written to %s", run_dir / "config.yaml")
         return None
     config.require(settings, ("train_data_set_list", "valid_data_set_list"), action="training")
-    nproc = int(settings.get("nproc_per_node") or 1)
-    if nproc > 1 and not launch.under_torchrun():
-        launch.check_processes(nproc, settings.get("device"))
-        status = launch.reexec_under_torchrun(nproc, overrides, run_dir)
-        if status != 0:
-            raise UserError(f"torchrun exited with status {status}; see {run_dir / 'train.log'}")
-        return json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
-    from nano8k import trainer  # torch and funasr load here, not before
+    for key in ("train_data_set_list", "valid_data_set_list"):
+        data.check_list_file(settings[key], key)
+    lock = rundir.RunLock(run_dir).acquire() if main_rank else None
+    try:
+        if main_rank:
+            rundir.remove_temporaries(run_dir)
+        resume_from, changes = _resume_point(settings, run_dir)
+        if resume_from is not None:
+            done = rundir.finished(resume_from, int((settings.get("train_conf") or {}).get("max_epoch", 100)))
+            if done:
+                raise launch.NothingToDo(f"{run_dir}: finished: {done}; nothing to do (raise train_conf.max_epoch "
+                                         "to train on)", _previous_result(run_dir))
+        nproc = int(settings.get("nproc_per_node") or 1)
+        reexecute = nproc > 1 and not launch.under_torchrun()
+        if main_rank and not reexecute:  # under torchrun, rank 0 writes it (after its own resume check)
+            _write_config(settings, run_dir)
+        if main_rank:
+            _warn(settings)
+        interrupts.stop_if_requested("during start-up")
+        if reexecute:
+            launch.check_processes(nproc, settings.get("device"))
+            status = launch.reexec_under_torchrun(nproc, overrides, run_dir)
+            interrupts.stop_if_requested("while torchrun ran")  # ranks checkpointed: see their status
+            if status != 0:
+                raise UserError(f"torchrun exited with status {status}; see {run_dir / 'train.log'}")
+            return json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
+        from nano8k import trainer  # torch and funasr load here, not before
 
-    return trainer.fit(cfg, run_dir)
+        return trainer.fit(cfg, run_dir, resume_from, changes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume_point(settings: dict, run_dir: Path) -> tuple[rundir.ResumePoint | None, list[str]]:
+    """Where this run continues from (None: from the start), and the resume-sensitive values the
+    command changes against the run's config.yaml (an error unless resume_with_changes=true)."""
+    if not (settings.get("train_conf") or {}).get("resume", True):
+        if any(run_dir.glob("model.pt*")):
+            log.warning("train_conf.resume=false: %s holds checkpoints; this run starts over and replaces them", run_dir)
+        return None, []
+    point = rundir.resume_point(run_dir)
+    if point is None:
+        return None, []
+    changes = rundir.config_changes(run_dir, settings)
+    if changes and not settings.get("resume_with_changes"):
+        raise UserError(f"{run_dir}: resuming with values that differ from its config.yaml: {'; '.join(changes)}; "
+                        "pass resume_with_changes=true to apply them from here on, or train in a new directory")
+    return point, changes
+
+
+def _write_config(settings: dict, run_dir: Path) -> None:
+    """config.yaml, whole or not at all (a resume compares the next command with it)."""
+    resolved, partial = run_dir / "config.yaml", run_dir / f".config.yaml.tmp-{os.getpid()}"
+    partial.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(partial, resolved)
+
+
+def _warn(settings: dict) -> None:
+    for warning in preflight.warnings(settings):
+        log.warning("this run cannot learn as configured: %s", warning)
+
+
+def _previous_result(run_dir: Path) -> float | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 main = hydra.main(config_path="pkg://nano8k.conf", config_name="train", version_base="1.3")(run)

@@ -22,11 +22,11 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from nano8k import data, deepspeed_support, funasr_gaps, model as nano_model
+from nano8k import data, deepspeed_support, funasr_gaps, interrupts, model as nano_model, rundir
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,34 @@ class Summary:
     best_checkpoint: str | None = None
     averaged_model: str | None = None
     stopped_early: bool = False  # train_conf.early_stopping_patience
-    loss_curve: list[dict] = field(default_factory=list)  # every log_interval steps
+    nonfinite_steps: int = 0  # batches skipped for a non-finite loss or gradient (max_nonfinite_steps)
+    diverged: bool = False
+    interrupted: bool = False  # by a signal; the run resumes from model.pt
+    resumes: int = 0  # times this run was resumed
+    total_wall_s: float = 0.0  # over every resume (wall_s: this process)
+    loss_curve: list[dict] = field(default_factory=list)  # every log_interval steps, over every resume
     epochs_log: list[dict] = field(default_factory=list)  # per epoch: mean train loss, validation
+
+
+def new_history() -> dict:
+    """What summary.json reports over a run's whole life; checkpoints carry it across resumes."""
+    return {"loss_curve": [], "epochs_log": [], "epoch_losses": [], "nonfinite_steps": 0, "stopped_early": False,
+            "resumes": 0, "wall_s": 0.0}
+
+
+class Diverged(Exception):
+    def __init__(self, count: int, budget: int, epoch: int, batch: int):
+        super().__init__(f"{count} batches had a non-finite loss or gradient (max_nonfinite_steps={budget}), the last "
+                         f"at epoch {epoch + 1}, batch {batch}")
+        self.count = count
+
+
+class DivergedError(UserError):
+    """The one line a diverged run ends with; status.json gets `details` too."""
+
+    def __init__(self, message: str, details: dict):
+        super().__init__(message)
+        self.details = details
 
 
 def _device(requested: str | None) -> str:
@@ -66,19 +92,25 @@ def _rank() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Train under the composed config; returns the best validation loss."""
-    return Trainer(OmegaConf.to_container(cfg, resolve=True), run_dir).fit()
+def fit(cfg: DictConfig, run_dir: Path, resume_from: rundir.ResumePoint | None = None,
+        changes: list[str] | tuple = ()) -> float | None:
+    """Train under the composed config; returns the best validation loss. resume_from: the run
+    directory's checkpoint to continue (rundir.resume_point); changes: the resume-sensitive values
+    that differ from the run's config.yaml, which apply from here on (resume_with_changes)."""
+    return Trainer(OmegaConf.to_container(cfg, resolve=True), run_dir, resume_from, changes).fit()
 
 
 class Trainer:
-    def __init__(self, settings: dict, run_dir: Path):
+    def __init__(self, settings: dict, run_dir: Path, resume_from: rundir.ResumePoint | None = None,
+                 changes: list[str] | tuple = ()):
         settings.pop("hydra", None)
         self.settings = settings
         self.train_conf = settings.get("train_conf") or {}
         self.run_dir = Path(settings.get("output_dir") or run_dir)
+        self.resume_from, self.changes = resume_from, list(changes)
         self.rank, self.local_rank, self.world_size = _rank()
         self.is_main = self.rank == 0
+        self.metrics: Metrics | None = None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -138,6 +170,7 @@ class Trainer:
 
         funasr_gaps.check_training_audio_path(self.settings)
         self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
+        interrupts.defer()  # from here on the run directory's data is touched: signals wait for a safe point
         self.funasr_cfg = self.built.funasr_config
         log.info("weights: %s", ", then ".join(self.built.loaded_from))
         self._check_data(self.funasr_cfg)
@@ -250,11 +283,14 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         started = self.started = time.perf_counter()
         self._setup()
+        interrupts.stop_if_requested("while the model was being built")
         state = self._resume()
+        history = state["history"]
         if self.is_main:
             nano_model.write_parameter_table(self.params, self.run_dir / "params.tsv")
             _print_parameter_table(self.params, self.policy, self.built)
-        metrics = Metrics(self.run_dir, self.settings) if self.is_main else None
+        metrics = self.metrics = Metrics(self.run_dir, self.settings, purge_step=state["step"] + 1 if state["resumed"] else None) \
+            if self.is_main else None
         max_epoch = int(self.train_conf.get("max_epoch", 100))
         accum = int(self.train_conf.get("accum_grad", 1))
         log_interval = int(self.train_conf.get("log_interval", 50))
@@ -263,7 +299,7 @@ class Trainer:
         grad_clip = float(self.train_conf.get("grad_clip", 10.0))
         grad_clip_type = float(self.train_conf.get("grad_clip_type", 2.0))
         patience = int(self.train_conf.get("early_stopping_patience") or 0)
-        summary = Summary(run_dir=str(self.run_dir))
+        nonfinite_budget = int(self.settings.get("max_nonfinite_steps", 20))
         module = self.engine or self.ddp or self.net
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -272,79 +308,125 @@ class Trainer:
                             TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]} {task.fields[val]}"),
                             TimeElapsedColumn(), disable=not self.is_main, transient=False)
         last_validation = ""
-        with progress:
-            for epoch in range(state["epoch"], max_epoch):
-                train_loader, total = self._epoch_batches(epoch)
-                task = progress.add_task("train", total=total, epoch=f"{epoch + 1}/{max_epoch}", loss="-", lr="-", speed="",
-                                         val=last_validation)
-                funasr_gaps.set_train_mode(self.net, self.policy, True)
-                window: list[float] = []
-                tick = time.perf_counter()
-                step_in_epoch = 0
-                for step_in_epoch, batch in enumerate(train_loader, start=1):
-                    if not batch:
-                        continue
-                    batch = _to_device(batch, self.device)
-                    with self._autocast():
-                        loss, stats, _ = module(**batch)
-                    if not self._finite_everywhere(loss):
-                        log.warning("epoch %d step %d: non-finite loss %s skipped", epoch + 1, step_in_epoch, loss.item())
-                        if self.engine is None:
-                            self.optimizer.zero_grad(set_to_none=True)
-                        continue
-                    if self.engine is not None:  # DeepSpeed accumulates, clips, steps and schedules itself
-                        updated = self.engine.is_gradient_accumulation_boundary()
-                        self.engine.backward(loss)
-                        self.engine.step()
-                    else:
-                        (loss / accum).backward()
-                        updated = step_in_epoch % accum == 0
-                        if updated:
-                            torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip, norm_type=grad_clip_type)
-                            self.optimizer.step()
-                            self.scheduler.step()
-                            self.optimizer.zero_grad(set_to_none=True)
-                    state["step"] += int(updated)
-                    window.append(loss.item())
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    progress.update(task, advance=1, loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
-                                    speed=f"{1.0 / max(time.perf_counter() - tick, 1e-9):.1f} it/s")
+        try:
+            with progress:
+                for epoch in range(state["epoch"], max_epoch):
+                    # A mid-epoch checkpoint resumes at its next batch: the sampler skips the trained
+                    # ones, and the random state is put back after the epoch's iterator is created
+                    # (the uninterrupted run created it before the checkpoint took the state).
+                    done_batches, state["step_in_epoch"] = state.get("step_in_epoch", 0), 0
+                    batches, remaining = self._epoch_batches(epoch, skip=done_batches)
+                    if done_batches:
+                        self._restore_rng(state.pop("rng_states", None))
+                    total = remaining + done_batches if remaining is not None else None
+                    task = progress.add_task("train", total=total, completed=done_batches, epoch=f"{epoch + 1}/{max_epoch}",
+                                             loss="-", lr="-", speed="", val=last_validation)
+                    funasr_gaps.set_train_mode(self.net, self.policy, True)
+                    window: list[float] = history["epoch_losses"] if done_batches else []
+                    history["epoch_losses"] = window
                     tick = time.perf_counter()
-                    if self.is_main and (state["step"] % log_interval == 0 or step_in_epoch == 1):
-                        record = {"epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": lr,
-                                  **{k: float(v) for k, v in stats.items() if k.startswith(("loss_", "acc")) and _is_number(v)}}
-                        metrics.emit(record, "train", state["step"])
-                        summary.loss_curve.append({"step": state["step"], "loss": round(loss.item(), 4)})
-                    if validate_interval > 0 and step_in_epoch % validate_interval == 0:
-                        last_validation = _brief(self._validate_and_save(state, epoch, step_in_epoch, metrics))
-                        progress.update(task, val=last_validation)
-                        funasr_gaps.set_train_mode(self.net, self.policy, True)
-                summary.final_train_loss = sum(window) / len(window) if window else None
-                state["epoch"] = epoch + 1
-                result = self._validate_and_save(state, epoch, None, metrics)
-                summary.epochs_log.append({"epoch": epoch + 1, "train_loss": summary.final_train_loss, **result})
-                progress.update(task, completed=step_in_epoch, total=step_in_epoch, val=_brief(result))
-                stale = _epochs_without_improvement(state["val_loss_step_or_epoch"])
-                if patience > 0 and stale >= patience:
-                    summary.stopped_early = True
-                    log.info("early stopping after epoch %d: the validation loss has not improved for %d epochs "
-                             "(early_stopping_patience %d)", epoch + 1, stale, patience)
-                    break
-        if self.is_main:
+                    step_in_epoch = done_batches
+                    validation_due = False
+                    for step_in_epoch, batch in enumerate(batches, start=done_batches + 1):
+                        if not batch:
+                            continue
+                        batch = _to_device(batch, self.device)
+                        with self._autocast():
+                            loss, stats, _ = module(**batch)
+                        finite = self._finite_everywhere(loss)
+                        if finite and self.engine is not None:  # DeepSpeed accumulates, clips, steps and schedules itself
+                            updated = self.engine.is_gradient_accumulation_boundary()
+                            self.engine.backward(loss)
+                            self.engine.step()
+                        elif finite:
+                            (loss / accum).backward()
+                            updated = step_in_epoch % accum == 0
+                            if updated:
+                                norm = torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip, norm_type=grad_clip_type)
+                                finite = self._finite_everywhere(norm)
+                                if finite:
+                                    self.optimizer.step()
+                                    self.scheduler.step()
+                                self.optimizer.zero_grad(set_to_none=True)
+                        if not finite:
+                            history["nonfinite_steps"] += 1
+                            log.warning("epoch %d batch %d: non-finite %s, batch skipped (%d of max_nonfinite_steps=%d)",
+                                        epoch + 1, step_in_epoch, "loss" if not torch.isfinite(loss.detach()).all() else
+                                        "gradient", history["nonfinite_steps"], nonfinite_budget)
+                            if self.engine is None:
+                                self.optimizer.zero_grad(set_to_none=True)
+                            if history["nonfinite_steps"] > nonfinite_budget:
+                                raise Diverged(history["nonfinite_steps"], nonfinite_budget, epoch, step_in_epoch)
+                            continue
+                        state["step"] += int(updated)
+                        window.append(loss.item())
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        progress.update(task, advance=1, loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
+                                        speed=f"{1.0 / max(time.perf_counter() - tick, 1e-9):.1f} it/s")
+                        tick = time.perf_counter()
+                        if self.is_main and (state["step"] % log_interval == 0 or step_in_epoch == 1):
+                            record = {"epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": lr,
+                                      **{k: float(v) for k, v in stats.items() if k.startswith(("loss_", "acc")) and _is_number(v)}}
+                            metrics.emit(record, "train", state["step"])
+                            history["loss_curve"].append({"step": state["step"], "loss": round(loss.item(), 4)})
+                        # Checkpoints fall on optimizer steps only: gradients accumulated over part of
+                        # accum_grad batches are not saved, so a checkpoint between them could not resume exactly.
+                        validation_due = validation_due or step_in_epoch % validate_interval == 0
+                        validated = validation_due and updated
+                        if validated:
+                            validation_due = False
+                            last_validation = _brief(self._validate_and_save(state, epoch, step_in_epoch, metrics))
+                            progress.update(task, val=last_validation)
+                            funasr_gaps.set_train_mode(self.net, self.policy, True)
+                        if updated and self._signalled():
+                            self._stop_for_signal(state, epoch, step_in_epoch, saved=validated)
+                    history["epoch_losses"] = []
+                    state["epoch"] = epoch + 1
+                    result = self._validate_and_save(state, epoch, None, metrics, train_loss=_mean(window),
+                                                     patience=patience)
+                    progress.update(task, completed=step_in_epoch, total=step_in_epoch, val=_brief(result))
+                    if history["stopped_early"]:
+                        break
+                    if self._signalled():
+                        self._stop_for_signal(state, epoch, None, saved=True)
+        except Diverged as err:
+            self._finish(state, metrics, diverged=True)
+            raise DivergedError(f"{err}: the run diverged; lower optim_conf.lr (now "
+                                f"{(self.settings.get('optim_conf') or {}).get('lr')}) or raise max_nonfinite_steps",
+                                {"diverged": True, "nonfinite_steps": err.count}) from None
+        except interrupts.Interrupted:
+            self._finish(state, metrics, interrupted=True)
+            raise
+        return self._finish(state, metrics)
+
+    def _finish(self, state: dict, metrics: "Metrics | None", diverged: bool = False, interrupted: bool = False) -> float | None:
+        """summary.json (the whole history, over every resume), the average of the best checkpoints,
+        and the end of the process group."""
+        import torch
+
+        history = state["history"]
+        summary = Summary(run_dir=str(self.run_dir))
+        if self.is_main and not (diverged or interrupted):
             summary.averaged_model = self._average(state)
         summary.steps, summary.epochs = state["step"], state["epoch"]
         summary.best_val_loss, summary.best_val_acc = state.get("best_val_loss"), state.get("best_val_acc")
         summary.best_val_cer = (state.get("best_metrics") or {}).get("val_cer")
         summary.best_criterion = self.criterion
-        summary.best_step_or_epoch = state.get("best_step_or_epoch")
+        summary.best_step_or_epoch = state.get("best_step_or_epoch") or None
         summary.best_checkpoint = str(self.run_dir / "model.pt.best") if (self.run_dir / "model.pt.best").exists() else None
-        summary.wall_s = round(time.perf_counter() - started, 2)
+        summary.loss_curve, summary.epochs_log = history["loss_curve"], history["epochs_log"]
+        summary.final_train_loss = history["epochs_log"][-1]["train_loss"] if history["epochs_log"] else None
+        summary.stopped_early, summary.nonfinite_steps = history["stopped_early"], history["nonfinite_steps"]
+        summary.diverged, summary.interrupted, summary.resumes = diverged, interrupted, history["resumes"]
+        summary.wall_s = round(time.perf_counter() - self.started, 2)
+        summary.total_wall_s = round(history["wall_s"] + summary.wall_s, 2)
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
-            _print_summary(summary)
+            if not (diverged or interrupted):
+                _print_summary(summary)
         if metrics:
             metrics.close()
-        if self.world_size > 1:
+        if self.world_size > 1 and not (diverged or interrupted):
             agree = self._ranks_agree()
             log.log(logging.INFO if agree else logging.ERROR, "parameters identical across %d ranks: %s",
                     self.world_size, "yes" if agree else "NO")
@@ -356,6 +438,33 @@ class Trainer:
             gc.collect()
             torch.distributed.destroy_process_group()
         return summary.best_val_loss
+
+    def _signalled(self) -> int | None:
+        """The signal every rank acts on now (SIGTERM, SIGINT, submitit's preemption signal): ranks
+        get them at slightly different moments, and all must write the same checkpoint."""
+        signum = interrupts.pending()
+        if self.world_size == 1:
+            return signum
+        import torch
+
+        flag = torch.tensor([signum or 0], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def _stop_for_signal(self, state: dict, epoch: int, step_in_epoch: int | None, saved: bool) -> None:
+        """A resumable model.pt at this step unless one was just written (no validation: a cluster's
+        grace period is short), then stop with the signal's exit status."""
+        import signal as signals
+
+        signum = self._signalled() or signals.SIGTERM
+        if not saved:
+            self._save_latest(state, epoch, step_in_epoch)
+        where = f"epoch {epoch + 1}, batch {step_in_epoch}" if step_in_epoch else f"the end of epoch {epoch + 1}"
+        latest = self.run_dir / "model.pt"
+        raise interrupts.Interrupted(signum, f"interrupted by {signals.Signals(signum).name} at {where} (step "
+                                     f"{state['step']}); checkpoint {latest}: the same command resumes the run",
+                                     {"epoch": epoch + 1, "step": state["step"], "step_in_epoch": step_in_epoch or 0,
+                                      "checkpoint": str(latest)})
 
     def _finite_everywhere(self, loss: Any) -> bool:
         """Is the loss finite on every rank? One rank skipping a backward that the others run would
@@ -418,21 +527,31 @@ class Trainer:
         torch.distributed.all_gather(every, mine)
         return all(torch.equal(every[0], other) for other in every[1:])
 
-    def _epoch_batches(self, epoch: int) -> tuple[Any, int | None]:
-        """The epoch's training batches: every slice of a list file in turn, each slice's loader built
-        only when reached (FunASR's DataloaderMapStyle re-reads a slice per build_iter)."""
+    def _epoch_batches(self, epoch: int, skip: int = 0) -> tuple[Iterator, int | None]:
+        """An iterator over the epoch's training batches, the first `skip` left out (a resume inside
+        the epoch), and how many it yields (None: unknown). Every slice of a list file in turn, each
+        slice's loader built only when reached (FunASR's DataloaderMapStyle re-reads a slice per
+        build_iter). The iterator exists on return: fit() puts the random state back after it."""
         with funasr_gaps.funasr_prints_to_log():
-            first, self.valid_loader = self.dataloader.build_iter(epoch=epoch, data_split_i=0)
-        if self.splits == 1:
-            return first, _safe_len(first)
+            first, self.valid_loader = self.dataloader.build_iter(epoch=epoch, data_split_i=0, start_step=skip)
+        batches: Iterator = iter(first)
+        by_sampler = funasr_gaps.sampler_skips(first, skip)
+        remaining = funasr_gaps.batches_in(first) if self.splits == 1 else None
+        if self.splits > 1:
+            def rest():
+                for split in range(1, self.splits):
+                    with funasr_gaps.funasr_prints_to_log():
+                        loader, _ = self.dataloader.build_iter(epoch=epoch, data_split_i=split)
+                    yield from loader
 
-        def rest():
-            for split in range(1, self.splits):
-                with funasr_gaps.funasr_prints_to_log():
-                    loader, _ = self.dataloader.build_iter(epoch=epoch, data_split_i=split)
-                yield from loader
-
-        return itertools.chain(first, rest()), None
+            batches = itertools.chain(batches, rest())
+        if not by_sampler:
+            log.info("resuming inside epoch %d: loading and leaving out its first %d batches (this batch sampler "
+                     "cannot skip them itself)", epoch + 1, skip)
+            for _ in itertools.islice(batches, skip):
+                pass
+            remaining = remaining - skip if remaining is not None else None
+        return batches, remaining
 
     # -- validation and checkpoints -----------------------------------------------------------
 
@@ -501,34 +620,67 @@ class Trainer:
             rates = shared[0]
         return rates
 
-    def _validate_and_save(self, state: dict, epoch: int, step_in_epoch: int | None,
-                           metrics: Metrics | None) -> dict[str, float]:
+    def _validate_and_save(self, state: dict, epoch: int, step_in_epoch: int | None, metrics: Metrics | None,
+                           train_loss: float | None = None, patience: int = 0) -> dict[str, float]:
+        """Validate, then write model.pt.epN[.STEP], model.pt and (when better) model.pt.best. At an
+        epoch's end also the epoch's row of the history and the early-stopping decision, so that the
+        checkpoint holds them."""
         result = self._validate()
         name = f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
         for field_name, value in result.items():  # FunASR's val_acc_/val_loss_step_or_epoch, and nano8k's others
             state.setdefault(f"{field_name}_step_or_epoch", {})[name] = value
+        history = state["history"]
         if self.is_main:  # wall_s: since this process started training (bench_learn plots CER against it)
             metrics.emit({"epoch": epoch + 1, "step": state["step"], **result, "checkpoint": name,
                           "wall_s": round(time.perf_counter() - self.started, 2)}, "valid", state["step"])
-        better = state.get("best_step_or_epoch") in (None, "") or (
-            _rank_key(self.criterion, result) > _rank_key(self.criterion, state.get("best_metrics") or {}))
+        if step_in_epoch is None:
+            history["epochs_log"].append({"epoch": epoch + 1, "train_loss": train_loss, **result})
+            stale = _epochs_without_improvement(state["val_loss_step_or_epoch"])
+            if patience > 0 and stale >= patience:
+                history["stopped_early"] = True
+                log.info("early stopping after epoch %d: the validation loss has not improved for %d epochs "
+                         "(early_stopping_patience %d)", epoch + 1, stale, patience)
+        # Diverged weights are never saved; a non-finite validation loss is never "best" nor averaged.
+        if not self._weights_finite():
+            log.warning("%s not written: the weights are no longer finite (the run is diverging)", name)
+            return result
+        usable = math.isfinite(result["val_loss"])
+        if not usable:
+            log.warning("%s: validation loss %s: never used as best or averaged", name, result["val_loss"])
+        better = usable and (state.get("best_step_or_epoch") in (None, "") or (
+            _rank_key(self.criterion, result) > _rank_key(self.criterion, state.get("best_metrics") or {})))
         if better:
             state.update(best_val_loss=result["val_loss"], best_val_acc=result["val_acc"], best_step_or_epoch=name,
                          best_metrics=result)
-        engine_state = deepspeed_support.save_state(self.engine, self.run_dir, name) if self.engine else None  # every rank
+        if usable:
+            state["saved_ckpts"][name] = result["val_loss"]
+        checkpoint = self._save_latest(state, epoch, step_in_epoch, also=(name,) if usable else ())
+        if checkpoint is not None and better:
+            funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt.best")
+        if self.is_main:
+            self._prune(state)
+        return result
+
+    def _save_latest(self, state: dict, epoch: int, step_in_epoch: int | None, also: tuple[str, ...] = ()) -> dict | None:
+        """model.pt (and `also`, written first: model.pt never names a file that is not there yet),
+        resumable at this point; every rank calls it (DeepSpeed state, random states), rank 0 writes.
+        Returns the checkpoint written (rank 0)."""
+        tag = also[0] if also else f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
+        engine_state = deepspeed_support.save_state(self.engine, self.run_dir, tag) if self.engine else None  # every rank
         rng_states = self._rng_states()  # every rank
         if not self.is_main:
-            return result
+            return None
         checkpoint = {**self._checkpoint(state, epoch, step_in_epoch, engine_state), "rng_states": rng_states}
-        funasr_gaps.atomic_save(checkpoint, self.run_dir / name)
-        state["saved_ckpts"][name] = result["val_loss"]
-        funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt")
+        for name in (*also, "model.pt"):
+            funasr_gaps.atomic_save(checkpoint, self.run_dir / name)
         if engine_state:
             deepspeed_support.keep_only(self.run_dir, engine_state)
-        if better:
-            funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt.best")
-        self._prune(state)
-        return result
+        return checkpoint
+
+    def _weights_finite(self) -> bool:
+        import torch
+
+        return all(bool(torch.isfinite(p.detach()).all()) for p in self.trainable)
 
     def _weights(self) -> OrderedDict:
         """The tensors a checkpoint holds: all but those effective_save_name_excludes names that
@@ -551,6 +703,9 @@ class Trainer:
             "best_val_loss": state.get("best_val_loss"), "best_val_acc": state.get("best_val_acc"),
             "best_metrics": state.get("best_metrics"), "excluded_prefixes": list(self.excluded),
             "trained_modules": self.trained_modules, "nano8k": True,
+            # nano8k: what summary.json and metrics.jsonl held at this point (a resume continues them)
+            "history": {**state["history"], "wall_s": round(state["history"]["wall_s"] + time.perf_counter() - self.started, 2),
+                        "metrics_lines": self.metrics.lines if self.metrics else 0},
         }
 
     def _ranked(self, state: dict) -> list[str]:
@@ -586,11 +741,11 @@ class Trainer:
         return str(path)
 
     def _resume(self) -> dict:
-        state = {"epoch": 0, "step": 0, "saved_ckpts": {}, "val_acc_step_or_epoch": {}, "val_loss_step_or_epoch": {}}
-        latest = self.run_dir / "model.pt"
-        if not (self.train_conf.get("resume", True) and latest.is_file()):
+        state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "saved_ckpts": {}, "val_acc_step_or_epoch": {},
+                 "val_loss_step_or_epoch": {}, "history": new_history(), "resumed": False}
+        if self.resume_from is None:
             return state
-
+        latest = self.resume_from.path
         checkpoint = funasr_gaps.read_checkpoint(latest)
         written_with = "with DeepSpeed" if checkpoint.get("deepspeed_state") else "without DeepSpeed"
         if (self.engine is not None) != bool(checkpoint.get("deepspeed_state")):
@@ -600,17 +755,55 @@ class Trainer:
         if self.engine is not None:
             deepspeed_support.load_state(self.engine, self.run_dir, checkpoint["deepspeed_state"])
         else:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self._restore_rng(checkpoint.get("rng_states"))
+            try:
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                self.scheduler.load_state_dict(checkpoint["scheduler"])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise UserError(f"{latest}: its optimizer state does not fit this run's trainable parameters ({err}); "
+                                "was the freeze policy changed? Use a new run directory") from None
+            if self.changes:
+                self._apply_changed_values()
         for key in ("saved_ckpts", *(k for k in checkpoint if k.endswith("_step_or_epoch") and k != "best_step_or_epoch")):
             state[key] = dict(checkpoint.get(key) or {})
+        history = {**new_history(), **(checkpoint.get("history") or {})}
+        history["resumes"] += 1
         state.update(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
+                     step_in_epoch=int(checkpoint.get("step_in_epoch") or 0), history=history, resumed=True,
                      best_val_loss=checkpoint.get("best_val_loss"), best_val_acc=checkpoint.get("best_val_acc"),
                      best_step_or_epoch=checkpoint.get("best_step_or_epoch"),
                      best_metrics=checkpoint.get("best_metrics") or _metrics_of(state, checkpoint.get("best_step_or_epoch")))
-        log.info("resumed from %s at epoch %d, step %d", latest, state["epoch"], state["step"])
+        if state["step_in_epoch"]:
+            state["rng_states"] = checkpoint.get("rng_states")  # put back once the epoch's iterator exists (fit)
+        else:
+            self._restore_rng(checkpoint.get("rng_states"))
+        if self.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", history.get("metrics_lines"))
+        where = f"epoch {state['epoch'] + 1}, batch {state['step_in_epoch'] + 1}" if state["step_in_epoch"] else \
+            f"the start of epoch {state['epoch'] + 1}"
+        log.info("resumed from %s at %s (step %d)", latest, where, state["step"])
         return state
+
+    def _apply_changed_values(self) -> None:
+        """resume_with_changes: the optimizer and scheduler values of this command, not the
+        checkpoint's, from the resumed step on (the moments and the step count are kept)."""
+        optim_conf = self.settings.get("optim_conf") or {}
+        for group in self.optimizer.param_groups:
+            for key, value in optim_conf.items():
+                if key in group and key != "lr":
+                    group[key] = tuple(value) if isinstance(group[key], tuple) else value
+            if "lr" in optim_conf:
+                group["initial_lr"] = optim_conf["lr"]
+        if "lr" in optim_conf and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [optim_conf["lr"] for _ in self.optimizer.param_groups]
+        for key, value in (self.settings.get("scheduler_conf") or {}).items():
+            if hasattr(self.scheduler, key) and key != "last_epoch":  # the step count stays the checkpoint's
+                setattr(self.scheduler, key, value)
+        if hasattr(self.scheduler, "get_lr"):
+            rates = self.scheduler.get_lr()
+            for group, lr in zip(self.optimizer.param_groups, rates):
+                group["lr"] = lr
+            self.scheduler._last_lr = list(rates)  # what get_last_lr() reports
+        log.warning("resume_with_changes: these values apply from here on: %s", "; ".join(self.changes))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -677,11 +870,22 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _safe_len(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _truncate_metrics(path: Path, lines: int | None) -> None:
+    """metrics.jsonl as it was when the resumed checkpoint was written: the records of steps that
+    are trained again after a resume would otherwise appear twice."""
+    if lines is None or not path.is_file():
+        return
+    with path.open("rb") as f:
+        kept = [line for _, line in zip(range(lines), f)]
+        dropped = sum(1 for _ in f)
+    if dropped:
+        path.write_bytes(b"".join(kept))
+        log.info("metrics.jsonl: %d record(s) after the resumed checkpoint removed (those steps are trained again)",
+                 dropped)
 
 
 def _is_number(value: Any) -> bool:
@@ -702,16 +906,20 @@ class Metrics:
     train_conf.use_wandb, Weights & Biases (FunASR's keys: wandb_project, wandb_team,
     wandb_exp_name, wandb_token; WANDB_MODE=offline writes RUN/wandb without a network)."""
 
-    def __init__(self, run_dir: Path, settings: dict):
+    def __init__(self, run_dir: Path, settings: dict, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        path = run_dir / "metrics.jsonl"
+        self.lines = sum(1 for _ in path.open("rb")) if path.is_file() else 0  # checkpoints record it
+        self.file = path.open("a", encoding="utf-8")
+        # purge_step: TensorBoard hides the killed run's events from the resumed step on
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         self.wandb = _wandb_run(run_dir, settings) if (settings.get("train_conf") or {}).get("use_wandb") else None
 
     def emit(self, record: dict, split: str, step: int) -> None:
         self.file.write(json.dumps({"split": split, **record}) + "\n")
         self.file.flush()
+        self.lines += 1
         scalars = {f"{split}/{key}": float(value) for key, value in record.items()
                    if key not in ("epoch", "step", "checkpoint", "wall_s") and _is_number(value)}
         for name, value in scalars.items():

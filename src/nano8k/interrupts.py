@@ -1,0 +1,134 @@
+"""Signals a training run must survive: SIGTERM (SLURM preemption, `scancel`, torchrun shutting its
+workers down), SIGINT (Ctrl-C) and, under submitit, its preemption signal (USR2 unless
+SUBMITIT_PREEMPT_SIGNAL says otherwise).
+
+During start-up (until the trainer has built the model and starts touching the run's data) there
+is nothing to save: a signal stops the process at once, after the clean-ups registered with
+at_once() (status.json, the run directory's lock). Python's default SIGINT handler would raise
+KeyboardInterrupt wherever the interpreter is, and `import funasr` loses it (a module it imports
+catches every exception: 5 of 5 Ctrl-Cs during the import were lost, and the run trained to the
+end). From defer() on, a signal is recorded, not acted on where it lands: the trainer finishes the
+step it is in, writes a resumable checkpoint, and the job exits 143 (SIGTERM) or 130 (SIGINT) with
+status.json saying `interrupted`; a second SIGINT aborts at once. Under submitit the preemption
+signal is then handed to submitit's own handler, which requeues the job; the requeued job resumes
+from the checkpoint.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
+
+_received: list[int] = []
+_previous: dict[int, Any] = {}
+_clean_ups: list[Callable[[int], None]] = []
+_deferred = False
+
+
+class Interrupted(Exception):
+    """A stop the user or the cluster asked for; the run can be resumed."""
+
+    def __init__(self, signum: int, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.signum = signum
+        self.details = {"signal": signal.Signals(signum).name, **(details or {})}
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 128 + int(self.signum))
+
+
+def preemption_signal() -> int | None:
+    """submitit's preemption/timeout signal, in a job submitit started."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
+
+
+def install() -> None:
+    """Record SIGINT, SIGTERM (and submitit's preemption signal) from now on. Idempotent."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread (joblib workers, ...)
+    for signum in (signal.SIGINT, signal.SIGTERM, preemption_signal()):
+        if signum is not None and signal.getsignal(signum) is not _record:
+            _previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, _record)
+
+
+def at_once(clean_up: Callable[[int], None]) -> None:
+    """Run clean_up(signum) before a signal ends the process during start-up (until forget())."""
+    _clean_ups.append(clean_up)
+
+
+def forget(clean_up: Callable[[int], None]) -> None:
+    if clean_up in _clean_ups:
+        _clean_ups.remove(clean_up)
+
+
+@contextlib.contextmanager
+def job(clean_up: Callable[[int], None]) -> Iterator[None]:
+    """One job (of a run or a sweep): start-up stops at once, with clean_up, until defer()."""
+    global _deferred
+    _deferred = False
+    at_once(clean_up)
+    try:
+        yield
+    finally:
+        forget(clean_up)
+        _deferred = False
+
+
+def defer() -> None:
+    """From now on a signal is acted on between training steps (the run has state to save)."""
+    global _deferred
+    _deferred = True
+
+
+def _record(signum: int, frame: Any) -> None:
+    name = signal.Signals(signum).name
+    if not _deferred and signum != preemption_signal():  # submitit's is left for the requeue after start-up
+        print(f"nano8k: {name} during start-up: stopped; nothing was trained", file=sys.stderr, flush=True)
+        for clean_up in reversed(_clean_ups):
+            try:
+                clean_up(signum)
+            except Exception:  # noqa: BLE001 - the process ends either way
+                pass
+        os._exit(EXIT_CODES.get(signum, 128 + int(signum)))
+    if signum == signal.SIGINT and signal.SIGINT in _received:
+        print(f"nano8k: {name} again: aborted at once (no checkpoint of the last steps)", file=sys.stderr, flush=True)
+        os._exit(EXIT_CODES[signal.SIGINT])
+    _received.append(signum)
+    again = "; Ctrl-C again aborts at once" if signum == signal.SIGINT else ""
+    print(f"nano8k: {name} received: stopping after the current step, with a checkpoint{again}", file=sys.stderr,
+          flush=True)
+
+
+def pending() -> int | None:
+    """The first signal received and not yet acted on, or None."""
+    return _received[0] if _received else None
+
+
+def stop_if_requested(where: str) -> None:
+    """Before training starts: nothing to save, stop now."""
+    signum = pending()
+    if signum is not None:
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name} {where}; nothing was trained",
+                          {"during": where})
+
+
+def hand_over(signum: int) -> None:
+    """After the checkpoint: the handler that was there before nano8k's gets the signal (submitit's
+    requeues the job and exits)."""
+    previous = _previous.get(signum)
+    if callable(previous) and signum == preemption_signal():
+        previous(signum, None)

@@ -1,0 +1,269 @@
+"""A training run's directory, before anything is built: can it be written, is another run using
+it, where does training resume from, has it finished, and does the command agree with the run's
+config.yaml.
+
+The rules (README, "What a run survives"):
+- a run directory that cannot be created or written is a one-line error; a lock file
+  (`.nano8k.lock`: pid, host, start time) keeps a second run out while one is training there;
+- temporary files of writes that were killed (`.model.pt*.tmp-PID`) are removed;
+- training resumes from `model.pt`, or, when it is missing or damaged, from the newest intact
+  epoch checkpoint (`model.pt.epN` or `model.pt.epN.STEP`), saying so; never silently from scratch;
+- a finished run (max_epoch reached, or stopped early) is left as it is;
+- resuming with other optimizer, scheduler, batching or data values than config.yaml is an error
+  unless `resume_with_changes=true`.
+
+Nothing here imports funasr; reading a checkpoint imports torch (memory-mapped, weights_only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nano8k import interrupts
+from nano8k.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".nano8k.lock"
+LOCK_ENV = "NANO8K_RUN_LOCK"  # processes a locked run starts (torchrun ranks) inherit the lock
+TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # funasr_gaps.atomic_save's temporary names
+EPOCH_CHECKPOINT = re.compile(r"^model\.pt\.ep(\d+)(?:\.(\d+))?$")
+
+# What a resumed run must not change silently: the optimizer and its schedule, how batches are
+# formed, and what they are formed from (a changed value means the run is no longer the one its
+# checkpoints and config.yaml describe).
+RESUME_SENSITIVE = ("optim", "optim_conf", "scheduler", "scheduler_conf", "dataset_conf", "train_data_set_list",
+                    "valid_data_set_list", "train_conf.accum_grad", "train_conf.grad_clip", "train_conf.grad_clip_type",
+                    "seed")
+
+
+def check_writable(run_dir: Path) -> None:
+    """One line, before anything is built, when the run directory cannot hold a run."""
+    run_dir = Path(run_dir)
+    for parent in (run_dir, *run_dir.parents):
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"run directory {run_dir}: {parent} is not a directory")
+        if parent.exists():
+            break
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".nano8k-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"run directory {run_dir}: cannot write there ({err.strerror or err})") from None
+
+
+def check_requested(argv: list[str]) -> None:
+    """The run (or sweep) directory a command line names, checked before Hydra creates it (Hydra
+    answers a path under a file, or one it cannot create, with a traceback). A directory that
+    still holds interpolations (`outputs/${now:...}`) is checked from its literal start."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return
+    if args.cfg or args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    key = "hydra.sweep.dir=" if args.multirun else "hydra.run.dir="
+    given = [a.split("=", 1)[1] for a in args.overrides if a.lstrip("+").startswith(key)]
+    if not given:
+        return
+    value = given[-1].strip("'\"")
+    literal = value.split("${", 1)[0]
+    if literal:
+        check_writable(Path(literal) if literal == value or literal.endswith("/") else Path(literal).parent)
+    if literal == value and not args.multirun:
+        RunLock(Path(value)).check()
+
+
+class InUse(UserError):
+    """The run directory is another run's: nothing of it may be touched (status.json neither)."""
+
+    leaves_run_dir_alone = True
+
+
+class RunLock:
+    """`.nano8k.lock` in the run directory while a run trains there (rank 0 of a job)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+        self.owned = False
+
+    def check(self) -> None:
+        """Refuse now if a live run holds the directory (before Hydra writes .hydra/ and its log)."""
+        if self.path.exists() and not self._inherited():
+            holder = self._holder()
+            if not self._stale(holder):
+                raise self._in_use(holder)
+
+    def _inherited(self) -> bool:
+        return bool(os.environ.get(LOCK_ENV)) and self._holder().get("token") == os.environ[LOCK_ENV]
+
+    def _in_use(self, holder: dict) -> UserError:
+        return InUse(f"run directory {self.path.parent} is in use by another nano8k run (pid {holder.get('pid', '?')} "
+                     f"on {holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it or choose another "
+                     f"hydra.run.dir (if that run is gone, delete {self.path})")
+
+    def acquire(self) -> "RunLock":
+        if self._inherited():
+            return self  # our parent process (the job that re-executed itself under torchrun) holds it
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if self._stale(holder):
+                    log.warning("%s: removing the lock of a run that is gone (pid %s on %s)", self.path,
+                                holder.get("pid"), holder.get("host"))
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise self._in_use(holder) from None
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": self.token}, f)
+            self.owned = True
+            os.environ[LOCK_ENV] = self.token
+            interrupts.at_once(self._released_at_once)
+            return self
+        raise UserError(f"{self.path}: cannot take the run directory's lock")
+
+    def _released_at_once(self, signum: int) -> None:
+        self.release()
+
+    def release(self) -> None:
+        interrupts.forget(self._released_at_once)
+        if self.owned and self._holder().get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+        self.owned = False
+        if os.environ.get(LOCK_ENV) == self.token:
+            del os.environ[LOCK_ENV]
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _stale(holder: dict) -> bool:
+        """A lock left by a killed run on this host (its pid is gone). A lock from another host is
+        never taken over: nano8k cannot tell whether that run is alive."""
+        if holder.get("host") != socket.gethostname() or not str(holder.get("pid", "")).isdigit():
+            return not holder  # an empty or unreadable lock file: a run killed while writing it
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Temporary files of checkpoint writes that were killed (the lock says nobody else writes)."""
+    found = [p for p in Path(run_dir).iterdir() if TEMPORARY.match(p.name) and p.is_file()]
+    if found:
+        size = sum(p.stat().st_size for p in found)
+        for p in found:
+            p.unlink(missing_ok=True)
+        log.info("removed %d temporary file(s) of interrupted writes (%.1f MB): %s", len(found), size / 1e6,
+                 ", ".join(p.name for p in found))
+
+
+@dataclass
+class ResumePoint:
+    path: Path
+    epoch: int  # epochs completed
+    step_in_epoch: int  # batches of the next epoch already trained (0: at an epoch boundary)
+    step: int
+    stopped_early: bool
+
+
+def _position(name: str) -> tuple[int, float]:
+    epoch, step = EPOCH_CHECKPOINT.match(name).groups()
+    return int(epoch), int(step) if step else float("inf")
+
+
+def _resumable(path: Path) -> tuple[ResumePoint | None, str]:
+    """(the point a checkpoint resumes at, "") or (None, why it cannot be resumed from)."""
+    from nano8k import funasr_gaps
+
+    try:
+        checkpoint = funasr_gaps.read_checkpoint(path, mmap=True)
+    except UserError as err:
+        return None, str(err)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or not (
+            "optimizer" in checkpoint or "deepspeed_state" in checkpoint):
+        return None, f"{path}: not a training checkpoint (no weights and optimizer state)"
+    return ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("step_in_epoch") or 0),
+                       int(checkpoint.get("step", 0)), bool((checkpoint.get("history") or {}).get("stopped_early"))), ""
+
+
+def resume_point(run_dir: Path) -> ResumePoint | None:
+    """Where training resumes: model.pt, else the newest intact epoch checkpoint; None for a
+    directory without checkpoints. A damaged model.pt is named, and the fallback too."""
+    run_dir = Path(run_dir)
+    epochs = sorted((p for p in run_dir.glob("model.pt.ep*") if EPOCH_CHECKPOINT.match(p.name)),
+                    key=lambda p: _position(p.name), reverse=True)
+    latest = run_dir / "model.pt"
+    candidates = ([latest] if latest.exists() else []) + epochs
+    problems = []
+    for path in candidates:
+        point, problem = _resumable(path)
+        if point is None:
+            problems.append(problem)
+            continue
+        for problem in problems:
+            log.error("%s", problem)
+        if path != latest:
+            why = "is damaged" if latest.exists() else "is missing"
+            log.warning("%s %s: resuming from %s (epoch %d, step %d) instead", latest, why, path.name,
+                        point.epoch + (1 if point.step_in_epoch else 0), point.step)
+        return point
+    if problems:
+        raise UserError(f"{problems[0]}; no intact checkpoint in {run_dir} to resume from (train_conf.resume=false "
+                        "starts over, overwriting it)")
+    return None
+
+
+def finished(point: ResumePoint, max_epoch: int) -> str | None:
+    """Why a run needs no more training, or None."""
+    if point.stopped_early:
+        return f"it stopped early after epoch {point.epoch} (train_conf.early_stopping_patience)"
+    if point.step_in_epoch == 0 and point.epoch >= max_epoch:
+        return f"it trained {point.epoch} of train_conf.max_epoch={max_epoch} epochs"
+    return None
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_changes(run_dir: Path, settings: dict) -> list[str]:
+    """`key: old -> new` for each resume-sensitive value that differs from the run's config.yaml."""
+    saved_file = Path(run_dir) / "config.yaml"
+    if not saved_file.is_file():
+        return []
+    saved = _flatten(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    new = _flatten(settings)
+    sensitive = lambda key: any(key == s or key.startswith(s + ".") for s in RESUME_SENSITIVE)  # noqa: E731
+    keys = sorted(k for k in set(saved) | set(new) if sensitive(k) and saved.get(k) != new.get(k))
+    return [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in keys]

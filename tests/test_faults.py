@@ -1,0 +1,317 @@
+"""Fault injection: what a cluster does to a run (kill -9, SIGTERM, SIGINT, preemption with requeue,
+damaged and missing checkpoints, a full disk, divergence, a second run in the same directory,
+config drift on resume). Real subprocesses and real signals on the tiny model; README, "What a
+run survives", is the table these tests check.
+
+One uninterrupted run is the reference: 2 epochs of BATCHES batches (12 utterances), validated (and checkpointed) every
+2 batches, every step logged, dither off (kaldi-native-fbank draws it from a generator no
+checkpoint can hold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import NANO8K, run_cli
+
+pytestmark = pytest.mark.funasr
+torch = pytest.importorskip("torch")
+
+EXACT = ("train_conf.max_epoch=2", "train_conf.validate_interval=2", "++dataset_conf.batch_size_sample_max=2",
+         "train_conf.log_interval=1", "+frontend_conf.dither=0.0", "scheduler_conf.warmup_steps=2",
+         "train_conf.keep_nbest_models=100")  # every checkpoint stays
+
+
+@pytest.fixture(scope="module")
+def corpus(small_corpus) -> dict:
+    return small_corpus
+
+
+BATCHES = 7  # per epoch: 12 utterances, at most 2 a batch, the preset's token budget splitting one pair
+
+
+def command(corpus: dict, run: Path, *extra: str) -> list[str]:
+    return [str(NANO8K), "train", "+stage=stage1", "+preset=tiny", f"model_dir={corpus['model_dir']}",
+            f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}", *EXACT,
+            f"hydra.run.dir={run}", *extra]
+
+
+def train(corpus: dict, run: Path, *extra: str, **popen):
+    return run_cli(*command(corpus, run, *extra)[1:], timeout=300, **popen)
+
+
+def env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+def signal_when(corpus: dict, run: Path, checkpoint: str, signum: int, *extra: str) -> subprocess.CompletedProcess:
+    """Start a run and send it `signum` as soon as `checkpoint` exists and model.pt has been
+    written after it (the next checkpoint is two batches away)."""
+    proc = subprocess.Popen(command(corpus, run, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env())
+    trigger, latest = run / checkpoint, run / "model.pt"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if trigger.exists() and latest.exists() and latest.stat().st_mtime_ns >= trigger.stat().st_mtime_ns:
+            proc.send_signal(signum)
+            break
+        time.sleep(0.002)
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def records(run: Path) -> list[tuple]:
+    return [(r["split"], r["epoch"], r["step"], r.get("loss", r.get("val_loss")))
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = checkpoint(a)["state_dict"], checkpoint(b)["state_dict"]
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = train(corpus, run)
+    assert result.code == 0, result.output
+    assert sum(r[0] == "train" for r in records(run)) == 2 * BATCHES  # each batch logged
+    return run
+
+
+def test_sigterm_then_kill_9_mid_epoch_resume_bit_exact(corpus, reference, tmp_path):
+    run = tmp_path / "run"
+    # SIGTERM (SLURM's preemption notice) in epoch 1: the step finishes, a checkpoint, exit 143
+    stopped = signal_when(corpus, run, "model.pt.ep1.2", signal.SIGTERM)
+    assert stopped.returncode == 143, stopped.stderr
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
+    latest = checkpoint(run / "model.pt")
+    assert latest["epoch"] == 0 and latest["step_in_epoch"] == status["step_in_epoch"] > 0  # inside epoch 1
+    assert status["step"] == latest["step"] and status["checkpoint"] == str(run / "model.pt")
+    assert stopped.stderr.splitlines()[-1].startswith(f"interrupted by SIGTERM at epoch 1, batch {status['step_in_epoch']}")
+    assert not (run / ".nano8k.lock").exists() and "Traceback" not in stopped.stderr
+
+    # resumed, then kill -9 right after a checkpoint inside epoch 2: its lock and whatever it was
+    # writing are left behind
+    killed = signal_when(corpus, run, "model.pt.ep2.2", signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    latest = checkpoint(run / "model.pt")
+    assert latest["epoch"] == 1 and latest["step_in_epoch"] > 0, "the kill came after another checkpoint"
+    assert (run / ".nano8k.lock").exists()
+    (run / ".model.pt.ep2.4.tmp-999999").write_bytes(b"torn")  # a write a kill cut short
+
+    resumed = train(corpus, run)
+    assert resumed.code == 0, resumed.output
+    log = (run / "train.log").read_text()
+    assert f"resumed from {run / 'model.pt'} at epoch 2, batch {latest['step_in_epoch'] + 1}" in log
+    assert "removing the lock of a run that is gone" in log and "removed 1 temporary file(s)" in log
+    assert not list(run.glob(".*.tmp-*"))
+    # bit for bit the uninterrupted run: every logged loss (no step twice), the weights, the history
+    assert records(run) == records(reference)
+    assert same_weights(run / "model.pt", reference / "model.pt")
+    mine, theirs = (json.loads((r / "summary.json").read_text()) for r in (run, reference))
+    assert mine["resumes"] == 2 and mine["steps"] == theirs["steps"] == 2 * BATCHES
+    assert mine["loss_curve"] == theirs["loss_curve"] and mine["epochs_log"] == theirs["epochs_log"]
+
+
+def test_damaged_or_missing_model_pt_falls_back_to_the_newest_epoch_checkpoint(reference, tmp_path):
+    from nano8k import rundir
+
+    last_inside = BATCHES - 1 - (BATCHES - 1) % 2  # the last validation inside an epoch
+    good = {name: reference / name for name in ("model.pt.ep2", f"model.pt.ep2.{last_inside}", f"model.pt.ep1.{last_inside}")}
+    damages = {"truncated": (reference / "model.pt").read_bytes()[:1000], "garbage": os.urandom(4096), "empty": b"",
+               "foreign": None}
+    for kind, content in damages.items():
+        run = tmp_path / kind
+        run.mkdir()
+        for name, path in good.items():
+            shutil.copy(path, run / name)
+        if content is None:
+            torch.save({"weights": torch.zeros(3)}, run / "model.pt")
+        else:
+            (run / "model.pt").write_bytes(content)
+        point = rundir.resume_point(run)
+        assert point.path == run / "model.pt.ep2" and (point.epoch, point.step_in_epoch, point.step) == (2, 0, 2 * BATCHES), kind
+    # missing (a kill between the first epoch checkpoint and model.pt): never a silent restart
+    (tmp_path / "truncated" / "model.pt").unlink()
+    (tmp_path / "truncated" / "model.pt.ep2").unlink()
+    point = rundir.resume_point(tmp_path / "truncated")
+    assert point.path.name == f"model.pt.ep2.{last_inside}" and (point.epoch, point.step_in_epoch) == (1, last_inside)
+    # nothing intact: one line naming the file, no restart
+    for path in (tmp_path / "empty").glob("model.pt.ep*"):
+        path.write_bytes(b"")
+    with pytest.raises(rundir.UserError) as err:
+        rundir.resume_point(tmp_path / "empty")
+    assert str(err.value).startswith(f"{tmp_path / 'empty' / 'model.pt'}: not a readable checkpoint")
+    assert "no intact checkpoint" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_damaged_model_pt_is_named_and_training_goes_on_from_the_epoch_checkpoint(corpus, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    finished = train(corpus, run)
+    assert finished.code == 0 and "finished: it trained 2 of train_conf.max_epoch=2 epochs; nothing to do" in finished.stdout
+    assert (run / "summary.json").read_text() == (reference / "summary.json").read_text()
+    (run / "model.pt").write_bytes((reference / "model.pt").read_bytes()[:1000])  # torn by a crash of old
+    result = train(corpus, run, "train_conf.max_epoch=3")
+    assert result.code == 0, result.output
+    log = (run / "train.log").read_text()
+    assert f"{run / 'model.pt'}: not a readable checkpoint" in log
+    assert f"{run / 'model.pt'} is damaged: resuming from model.pt.ep2 (epoch 2, step {2 * BATCHES}) instead" in log
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * BATCHES and [e["epoch"] for e in summary["epochs_log"]] == [1, 2, 3]
+    assert records(run)[: len(records(reference))] == records(reference)  # the history kept, nothing twice
+
+
+def test_resuming_with_changed_values_is_refused_unless_they_should_apply(corpus, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    refused = train(corpus, run, "train_conf.max_epoch=3", "optim_conf.lr=1e-3", "++dataset_conf.batch_size_sample_max=3")
+    assert refused.code == 2
+    assert refused.stderr.splitlines() == [
+        f"error: {run}: resuming with values that differ from its config.yaml: dataset_conf.batch_size_sample_max: "
+        "2 -> 3; optim_conf.lr: 0.0001 -> 0.001; pass resume_with_changes=true to apply them from here on, or train in "
+        "a new directory"]
+    assert (run / "config.yaml").read_text() == (reference / "config.yaml").read_text()
+    applied = train(corpus, run, "train_conf.max_epoch=3", "optim_conf.lr=1e-3", "resume_with_changes=true")
+    assert applied.code == 0, applied.output
+    epoch3 = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["split"] == "train" and json.loads(line)["epoch"] == 3]
+    # warmuplr after step s: lr * warmup**0.5 * (s + 1)**-0.5 (warmup 2), from the new base rate
+    steps = range(2 * BATCHES + 1, 3 * BATCHES + 1)
+    assert [r["lr"] for r in epoch3] == pytest.approx([1e-3 * 2 ** 0.5 * (s + 1) ** -0.5 for s in steps])
+
+
+def test_a_diverging_run_stops_and_saves_nothing_diverged(corpus, tmp_path):
+    run = tmp_path / "run"
+    result = train(corpus, run, "optim_conf.lr=1e6", "train_conf.max_epoch=20", "max_nonfinite_steps=5")
+    assert result.code == 2
+    (line,) = result.stderr.splitlines()[-1:]
+    assert line.startswith("error: 6 batches had a non-finite loss or gradient (max_nonfinite_steps=5)")
+    assert line.endswith("the run diverged; lower optim_conf.lr (now 1000000.0) or raise max_nonfinite_steps")
+    summary, status = (json.loads((run / name).read_text()) for name in ("summary.json", "status.json"))
+    assert summary["diverged"] is True and summary["nonfinite_steps"] == status["nonfinite_steps"] == 6
+    assert status["status"] == "failed" and summary["averaged_model"] is None
+    assert not list(run.glob("model.pt.avg*")) and not (run / "model.pt.best").exists()
+    for path in run.glob("model.pt*"):  # whatever was written holds finite weights
+        assert all(torch.isfinite(t).all() for t in checkpoint(path)["state_dict"].values() if t.is_floating_point())
+
+
+def test_a_full_disk_is_one_line_and_the_earlier_checkpoints_stay(corpus, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = checkpoint(run / "model.pt")
+
+    def small_files():  # writes over 1 MB fail (EFBIG) as on a full disk (ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    proc = subprocess.run(command(corpus, run, "train_conf.max_epoch=3"), capture_output=True, text=True, env=env(),
+                          preexec_fn=small_files, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.splitlines()[-1]
+    assert line.startswith(f"error: {run / 'model.pt.ep3.2'}: cannot write the checkpoint (")
+    assert line.endswith("disk full, or a quota?); the checkpoints written before it are intact")
+    assert json.loads((run / "status.json").read_text())["error"] == line[len("error: "):]
+    assert not list(run.glob(".*.tmp-*")) and not (run / "model.pt.ep3.2").exists()
+    after = checkpoint(run / "model.pt")
+    assert after["step"] == before["step"] and all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
+
+
+def test_sigint_during_start_up_stops_at_once(corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(corpus, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    while not (run / ".nano8k.lock").exists() and proc.poll() is None:  # the job has started: funasr is loading
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.splitlines()[-1] == "nano8k: SIGINT during start-up: stopped; nothing was trained"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGINT"
+    assert not (run / ".nano8k.lock").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_a_second_sigint_aborts_a_long_step_at_once(corpus, tmp_path):
+    run = tmp_path / "run"
+    # validation decodes up to 1,000 tokens per utterance with the tiny model's random LLM: seconds
+    proc = subprocess.Popen(command(corpus, run, "valid_decode.max_new_tokens=1000"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env())
+    metrics = run / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.exists() and '"step": 2,' in metrics.read_text()):
+        time.sleep(0.01)  # step 2 is logged: its validation has begun
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "nano8k: SIGINT received: stopping after the current step, with a checkpoint; Ctrl-C again aborts at once" in err
+    assert err.splitlines()[-1] == "nano8k: SIGINT again: aborted at once (no checkpoint of the last steps)"
+    assert not (run / "model.pt").exists()  # the validation's checkpoint was never written
+
+
+def test_a_second_run_in_a_directory_in_use_is_refused_before_it_touches_anything(corpus, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "since": "2026-12-01 08:00:00", "token": "x"}
+        (run / ".nano8k.lock").write_text(json.dumps(lock))
+        result = train(corpus, run)
+        assert result.code == 2
+        assert result.stderr.splitlines() == [
+            f"error: run directory {run} is in use by another nano8k run (pid {holder.pid} on {socket.gethostname()}, "
+            f"since 2026-12-01 08:00:00); wait for it or choose another hydra.run.dir (if that run is gone, delete "
+            f"{run / '.nano8k.lock'})"]
+        assert sorted(p.name for p in run.iterdir()) == [".nano8k.lock"]  # no .hydra, no log, no status.json
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "proc"])
+def test_a_run_directory_that_cannot_be_one_is_a_line_before_anything_runs(tmp_path, where):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    run_dir = {"file": a_file, "under_a_file": a_file / "run", "proc": Path("/proc/nano8k-run")}[where]
+    result = run_cli("train", "+stage=stage1", "dry_run=true", f"hydra.run.dir={run_dir}")
+    assert result.code == 2 and "Traceback" not in result.output
+    expected = f"{a_file} is not a directory" if where != "proc" else "cannot write there"
+    assert result.stderr.splitlines() == [f"error: run directory {run_dir}: {expected}" +
+                                          (" (No such file or directory)" if where == "proc" else "")]
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes(corpus, reference, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    args = [a for a in command(corpus, tmp_path, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}")
+            if not a.startswith("hydra.run.dir")]
+    proc = subprocess.Popen([args[0], "train", "-m", *args[2:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env())
+    job = sweep / "0"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and not (job / "model.pt.ep1.2").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # submitit's preemption signal (SLURM sends it before the job's time is up or it is preempted)
+    os.kill(json.loads((job / ".nano8k.lock").read_text())["pid"], signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    log = (job / "train.log").read_text()
+    assert "Caught signal SIGUSR2" in log and "Requeued job" in log and "resumed from" in log and json.loads((job / "status.json").read_text())["status"] == "completed"
+    assert records(job) == records(reference) and same_weights(job / "model.pt", reference / "model.pt")
