@@ -137,6 +137,24 @@ BAD_OVERRIDES = [
     ("optim_conf.lr=1e-4,oops", "optim_conf.lr: expected float, got str 'oops'"),
     ("++ctc_conf.blank_id=3", "ctc_conf.blank_id: not accepted: FunASR passes it to CTC() twice, so any value crashes; the blank is ctc_vocab_size - 1"),
     ("+stage=stage9", "stage: unknown stage 'stage9'; available: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt"),
+    # ranges: FunASR takes any number, and fails hours later (or never says)
+    ("train_conf.max_epoch=0", "train_conf.max_epoch: 0 is out of range: at least 1"),
+    ("train_conf.max_epoch=-1", "train_conf.max_epoch: -1 is out of range: at least 1"),
+    ("train_conf.accum_grad=0", "train_conf.accum_grad: 0 is out of range: at least 1"),
+    ("train_conf.log_interval=0", "train_conf.log_interval: 0 is out of range: at least 1"),
+    ("train_conf.validate_interval=-1", "train_conf.validate_interval: -1 is out of range: at least 1"),
+    ("train_conf.save_checkpoint_interval=0", "train_conf.save_checkpoint_interval: 0 is out of range: at least 1"),
+    ("train_conf.keep_nbest_models=0", "train_conf.keep_nbest_models: 0 is out of range: at least 1"),
+    ("train_conf.avg_nbest_model=0", "train_conf.avg_nbest_model: 0 is out of range: at least 1"),
+    ("optim_conf.lr=0", "optim_conf.lr: 0 is out of range: must be above 0"),
+    ("optim_conf.lr=-1e-4", "optim_conf.lr: -0.0001 is out of range: must be above 0"),
+    ("dataset_conf.batch_size=0", "dataset_conf.batch_size: 0 is out of range: at least 1"),
+    ("++dataset_conf.batch_size_sample_max=0", "dataset_conf.batch_size_sample_max: 0 is out of range: at least 1"),
+    ("dataset_conf.num_workers=-1", "dataset_conf.num_workers: -1 is out of range: at least 0"),
+    ("nproc_per_node=0", "nproc_per_node: 0 is out of range: at least 1"),
+    ("valid_decode.batch_size=0", "valid_decode.batch_size: 0 is out of range: at least 1"),
+    ("max_nonfinite_steps=-1", "max_nonfinite_steps: -1 is out of range: at least 0"),
+    ("optim_conf.lr=1e-4,0", "optim_conf.lr: 0 is out of range: must be above 0"),
 ]
 
 
@@ -150,6 +168,13 @@ def test_bad_override_is_one_line_naming_the_key(override, message):
 
 def test_at_least_twenty_typos_and_wrong_types():
     assert len(BAD_OVERRIDES) >= 20
+
+
+def test_warmup_of_no_steps_is_refused_before_anything_is_built(tmp_path):
+    result = invoke("train", "+stage=stage1", "scheduler_conf.warmup_steps=0", "dry_run=true", f"hydra.run.dir={tmp_path}")
+    assert result.code == 2
+    assert result.stderr.splitlines() == ["error: scheduler_conf.warmup_steps: 0 is out of range: at least 1 under "
+                                          "scheduler=warmuplr (FunASR's WarmupLR divides by it)"]
 
 
 @pytest.mark.parametrize("override", ["++optim_conf.lrr=1e-4", "++train_conf.max_epoch=x", "+model_conf.lsm_wieght=0.2"])

@@ -82,7 +82,8 @@ def test_more_processes_than_gpus_is_a_clear_error(tiny, tmp_path, args, message
     assert result.code == 2 and result.stderr.strip().startswith(f"error: {message}")
 
 
-@pytest.mark.parametrize("launcher,extra", [("ray", "ray"), ("submitit_slurm", "slurm"), ("slurm", "slurm")])
+# (the submitit launcher is a dev dependency: tests/test_faults.py runs it)
+@pytest.mark.parametrize("launcher,extra", [("ray", "ray"), ("ray_aws", "ray")])
 def test_a_launcher_whose_plugin_is_missing_names_the_extra(launcher, extra):
     import importlib.util
 

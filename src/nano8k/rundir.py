@@ -190,6 +190,7 @@ class ResumePoint:
     step_in_epoch: int  # batches of the next epoch already trained (0: at an epoch boundary)
     step: int
     stopped_early: bool
+    deepspeed: bool  # written under DeepSpeed: its optimizer state is a DeepSpeed directory
 
 
 def _position(name: str) -> tuple[int, float]:
@@ -209,7 +210,8 @@ def _resumable(path: Path) -> tuple[ResumePoint | None, str]:
             "optimizer" in checkpoint or "deepspeed_state" in checkpoint):
         return None, f"{path}: not a training checkpoint (no weights and optimizer state)"
     return ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("step_in_epoch") or 0),
-                       int(checkpoint.get("step", 0)), bool((checkpoint.get("history") or {}).get("stopped_early"))), ""
+                       int(checkpoint.get("step", 0)), bool((checkpoint.get("history") or {}).get("stopped_early")),
+                       bool(checkpoint.get("deepspeed_state"))), ""
 
 
 def resume_point(run_dir: Path) -> ResumePoint | None:

@@ -91,6 +91,10 @@ def _resume_point(settings: dict, run_dir: Path) -> tuple[rundir.ResumePoint | N
     point = rundir.resume_point(run_dir)
     if point is None:
         return None, []
+    if point.deepspeed != deepspeed_support.enabled(settings):
+        raise UserError(f"{point.path}: written {'with' if point.deepspeed else 'without'} DeepSpeed, so it resumes only "
+                        f"with use_deepspeed={str(point.deepspeed).lower()}; or set train_conf.resume=false, or use a new "
+                        "run directory")
     changes = rundir.config_changes(run_dir, settings)
     if changes and not settings.get("resume_with_changes"):
         raise UserError(f"{run_dir}: resuming with values that differ from its config.yaml: {'; '.join(changes)}; "
