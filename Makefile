@@ -23,8 +23,11 @@ install: $(STAMP)
 demo: install
 	$(PY) scripts/demo.py
 
+# two worker processes (pytest-xdist), each test file on one of them: most tests wait on a
+# subprocess that spends its first seconds importing, so two overlap well on two cores
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 # configs, validation, CLI, alignment, channel DSP: no FunASR model is built (under 2 minutes)
 test-fast: install
