@@ -47,6 +47,10 @@ class Interrupted(Exception):
         return EXIT_CODES.get(self.signum, 128 + int(self.signum))
 
 
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
 def preemption_signal() -> int | None:
     """submitit's preemption/timeout signal, in a job submitit started."""
     if not os.environ.get("SUBMITIT_EXECUTOR"):

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
-from nano8k import config
+from nano8k import config, interrupts
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -100,23 +100,28 @@ def check_processes(nproc: int, device: str | None) -> None:
 
 def reexec_under_torchrun(nproc: int, overrides: list[str], run_dir: Path) -> int:
     """Run this job again as `torchrun --standalone --nproc_per_node N -m nano8k train ...`, pinned
-    to this job's run directory, and wait for it; returns torchrun's exit status."""
+    to this job's run directory, and wait for it; returns torchrun's exit status. A signal this
+    process gets meanwhile is passed on to torchrun (which passes it to the ranks: they stop at a
+    step, with a checkpoint)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "nano8k", "train", *overrides, f"hydra.run.dir={run_dir}"]
     log.info("re-executing under torchrun: %s", " ".join(command[1:]))
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(command, env=env).returncode
+    interrupts.defer()  # the ranks have the state to save; this process waits for them
+    child, passed_on = subprocess.Popen(command, env=env), None
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            signum = interrupts.pending()
+            if signum is not None and passed_on is None:
+                child.send_signal(signum)
+                passed_on = signum
 
 
 # --------------------------------------------------------------------------------------------
 # Job status and the sweep report
 # --------------------------------------------------------------------------------------------
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
 
 
 class NothingToDo(Exception):
@@ -137,6 +142,14 @@ def write_status(run_dir: Path, status: str, started: float, overrides: list[str
         log.error("%s: cannot write the job's status (%s)", run_dir / STATUS_FILE, err.strerror or err)
 
 
+def read_status(run_dir: Path) -> dict:
+    """A job's status.json; {} when it has none (yet)."""
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def in_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -155,16 +168,15 @@ def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any]
 
     from nano8k.errors import reported
 
-    from nano8k import interrupts
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     started = time.time()
     writes = rank() == 0
+
     def stopped_at_once(signum: int) -> None:
         if writes:
-            write_status(run_dir, "interrupted", started, overrides, signal=signal_name(signum),
+            write_status(run_dir, "interrupted", started, overrides, signal=interrupts.signal_name(signum),
                          error="interrupted during start-up; nothing was trained")
 
     try:

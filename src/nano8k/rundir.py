@@ -45,6 +45,15 @@ EPOCH_CHECKPOINT = re.compile(r"^model\.pt\.ep(\d+)(?:\.(\d+))?$")
 RESUME_SENSITIVE = ("optim", "optim_conf", "scheduler", "scheduler_conf", "dataset_conf", "train_data_set_list",
                     "valid_data_set_list", "train_conf.accum_grad", "train_conf.grad_clip", "train_conf.grad_clip_type",
                     "seed")
+# ... except how the batches are loaded, which a new machine may well change
+LOADING_ONLY = ("dataset_conf.num_workers", "dataset_conf.pin_memory", "dataset_conf.persistent_workers",
+                "dataset_conf.prefetch_factor")
+
+
+class InUse(UserError):
+    """The run directory is another run's: nothing of it may be touched (status.json neither)."""
+
+    leaves_run_dir_alone = True
 
 
 def check_writable(run_dir: Path) -> None:
@@ -86,12 +95,6 @@ def check_requested(argv: list[str]) -> None:
         check_writable(Path(literal) if literal == value or literal.endswith("/") else Path(literal).parent)
     if literal == value and not args.multirun:
         RunLock(Path(value)).check()
-
-
-class InUse(UserError):
-    """The run directory is another run's: nothing of it may be touched (status.json neither)."""
-
-    leaves_run_dir_alone = True
 
 
 class RunLock:
@@ -157,12 +160,16 @@ class RunLock:
         except (OSError, ValueError):
             return {}
 
-    @staticmethod
-    def _stale(holder: dict) -> bool:
+    def _stale(self, holder: dict) -> bool:
         """A lock left by a killed run on this host (its pid is gone). A lock from another host is
         never taken over: nano8k cannot tell whether that run is alive."""
+        if not holder:  # empty or unreadable: being written this instant, or by a run killed doing it
+            try:
+                return time.time() - self.path.stat().st_mtime > 10
+            except OSError:
+                return True
         if holder.get("host") != socket.gethostname() or not str(holder.get("pid", "")).isdigit():
-            return not holder  # an empty or unreadable lock file: a run killed while writing it
+            return False
         try:
             os.kill(int(holder["pid"]), 0)
         except ProcessLookupError:
@@ -266,6 +273,7 @@ def config_changes(run_dir: Path, settings: dict) -> list[str]:
         return []
     saved = _flatten(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
     new = _flatten(settings)
-    sensitive = lambda key: any(key == s or key.startswith(s + ".") for s in RESUME_SENSITIVE)  # noqa: E731
+    sensitive = lambda key: key not in LOADING_ONLY and any(key == s or key.startswith(s + ".")  # noqa: E731
+                                                            for s in RESUME_SENSITIVE)
     keys = sorted(k for k in set(saved) | set(new) if sensitive(k) and saved.get(k) != new.get(k))
     return [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in keys]

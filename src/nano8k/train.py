@@ -69,7 +69,10 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
         if reexecute:
             launch.check_processes(nproc, settings.get("device"))
             status = launch.reexec_under_torchrun(nproc, overrides, run_dir)
-            interrupts.stop_if_requested("while torchrun ran")  # ranks checkpointed: see their status
+            if interrupts.pending() is not None:  # rank 0 wrote the checkpoint and status.json: say the same
+                ranks = launch.read_status(run_dir)
+                raise interrupts.Interrupted(interrupts.pending(), ranks.get("error") or "interrupted while torchrun ran",
+                                             {k: ranks[k] for k in ("epoch", "step", "step_in_epoch", "checkpoint") if k in ranks})
             if status != 0:
                 raise UserError(f"torchrun exited with status {status}; see {run_dir / 'train.log'}")
             return json.loads((run_dir / "summary.json").read_text())["best_val_loss"]

@@ -281,7 +281,7 @@ class Trainer:
         import torch
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        started = self.started = time.perf_counter()
+        self.started = time.perf_counter()
         self._setup()
         interrupts.stop_if_requested("while the model was being built")
         state = self._resume()
@@ -289,7 +289,8 @@ class Trainer:
         if self.is_main:
             nano_model.write_parameter_table(self.params, self.run_dir / "params.tsv")
             _print_parameter_table(self.params, self.policy, self.built)
-        metrics = self.metrics = Metrics(self.run_dir, self.settings, purge_step=state["step"] + 1 if state["resumed"] else None) \
+        # TensorBoard hides the events a killed run logged after the checkpoint this one resumes from
+        metrics = self.metrics = Metrics(self.run_dir, self.settings, purge_step=state["step"] + 1 if state["resumed"] else 0) \
             if self.is_main else None
         max_epoch = int(self.train_conf.get("max_epoch", 100))
         accum = int(self.train_conf.get("accum_grad", 1))
@@ -744,6 +745,8 @@ class Trainer:
         state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "saved_ckpts": {}, "val_acc_step_or_epoch": {},
                  "val_loss_step_or_epoch": {}, "history": new_history(), "resumed": False}
         if self.resume_from is None:
+            if self.is_main:  # a run killed before its first checkpoint starts over: so do its metrics
+                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
             return state
         latest = self.resume_from.path  # train.py checked that it fits this run (DeepSpeed or not, config drift)
         checkpoint = funasr_gaps.read_checkpoint(latest)
@@ -871,8 +874,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _truncate_metrics(path: Path, lines: int | None) -> None:
-    """metrics.jsonl as it was when the resumed checkpoint was written: the records of steps that
-    are trained again after a resume would otherwise appear twice."""
+    """metrics.jsonl as it was when the resumed checkpoint was written (lines: 0 for a run that
+    starts over): the records of steps trained again would otherwise appear twice."""
     if lines is None or not path.is_file():
         return
     with path.open("rb") as f:
@@ -880,8 +883,8 @@ def _truncate_metrics(path: Path, lines: int | None) -> None:
         dropped = sum(1 for _ in f)
     if dropped:
         path.write_bytes(b"".join(kept))
-        log.info("metrics.jsonl: %d record(s) after the resumed checkpoint removed (those steps are trained again)",
-                 dropped)
+        log.info("metrics.jsonl: %d record(s) after the checkpoint this run starts from removed (those steps are "
+                 "trained again)", dropped)
 
 
 def _is_number(value: Any) -> bool:
@@ -902,13 +905,12 @@ class Metrics:
     train_conf.use_wandb, Weights & Biases (FunASR's keys: wandb_project, wandb_team,
     wandb_exp_name, wandb_token; WANDB_MODE=offline writes RUN/wandb without a network)."""
 
-    def __init__(self, run_dir: Path, settings: dict, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, settings: dict, purge_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         path = run_dir / "metrics.jsonl"
         self.lines = sum(1 for _ in path.open("rb")) if path.is_file() else 0  # checkpoints record it
         self.file = path.open("a", encoding="utf-8")
-        # purge_step: TensorBoard hides the killed run's events from the resumed step on
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
         self.wandb = _wandb_run(run_dir, settings) if (settings.get("train_conf") or {}).get("use_wandb") else None
 
