@@ -55,15 +55,17 @@ def env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
 
 
-def signal_when(corpus: dict, run: Path, checkpoint: str, signum: int, *extra: str) -> subprocess.CompletedProcess:
-    """Start a run and send it `signum` as soon as `checkpoint` exists and model.pt has been
-    written after it (the next checkpoint is two batches away)."""
+def signal_when(corpus: dict, run: Path, checkpoint: str, signum: int, *extra: str,
+                logged: str | None = None) -> subprocess.CompletedProcess:
+    """Start a run and send it `signum` as soon as `checkpoint` exists, model.pt has been written
+    after it (the next checkpoint is two batches away) and metrics.jsonl holds `logged`."""
     proc = subprocess.Popen(command(corpus, run, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env())
-    trigger, latest = run / checkpoint, run / "model.pt"
+    trigger, latest, metrics = run / checkpoint, run / "model.pt", run / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
-        if trigger.exists() and latest.exists() and latest.stat().st_mtime_ns >= trigger.stat().st_mtime_ns:
+        if trigger.exists() and latest.exists() and latest.stat().st_mtime_ns >= trigger.stat().st_mtime_ns and (
+                logged is None or logged in metrics.read_text()):
             proc.send_signal(signum)
             break
         time.sleep(0.002)
@@ -107,13 +109,14 @@ def test_sigterm_then_kill_9_mid_epoch_resume_bit_exact(corpus, reference, tmp_p
     assert stopped.stderr.splitlines()[-1].startswith(f"interrupted by SIGTERM at epoch 1, batch {status['step_in_epoch']}")
     assert not (run / ".nano8k.lock").exists() and "Traceback" not in stopped.stderr
 
-    # resumed, then kill -9 right after a checkpoint inside epoch 2: its lock and whatever it was
-    # writing are left behind
-    killed = signal_when(corpus, run, "model.pt.ep2.2", signal.SIGKILL)
+    # resumed, then kill -9 one batch after a checkpoint inside epoch 2: its lock, whatever it was
+    # writing and the metrics of the batch after the checkpoint are left behind
+    killed = signal_when(corpus, run, "model.pt.ep2.2", signal.SIGKILL,
+                         logged=f'{{"split": "train", "epoch": 2, "step": {BATCHES + 3},')
     assert killed.returncode == -signal.SIGKILL
     latest = checkpoint(run / "model.pt")
     assert latest["epoch"] == 1 and latest["step_in_epoch"] > 0, "the kill came after another checkpoint"
-    assert (run / ".nano8k.lock").exists()
+    assert (run / ".nano8k.lock").exists() and records(run)[-1][:3] == ("train", 2, BATCHES + 3)
     (run / ".model.pt.ep2.4.tmp-999999").write_bytes(b"torn")  # a write a kill cut short
 
     resumed = train(corpus, run)
