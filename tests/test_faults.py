@@ -133,24 +133,39 @@ def test_sigterm_then_kill_9_mid_epoch_resume_bit_exact(corpus, reference, tmp_p
     assert mine["loss_curve"] == theirs["loss_curve"] and mine["epochs_log"] == theirs["epochs_log"]
 
 
+class RunsCode:
+    """A pickle that runs a command when loaded without weights_only."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_damaged_or_missing_model_pt_falls_back_to_the_newest_epoch_checkpoint(reference, tmp_path):
     from nano8k import rundir
 
     last_inside = BATCHES - 1 - (BATCHES - 1) % 2  # the last validation inside an epoch
     good = {name: reference / name for name in ("model.pt.ep2", f"model.pt.ep2.{last_inside}", f"model.pt.ep1.{last_inside}")}
+    marker = tmp_path / "pwned"
     damages = {"truncated": (reference / "model.pt").read_bytes()[:1000], "garbage": os.urandom(4096), "empty": b"",
-               "foreign": None}
+               "foreign": {"weights": torch.zeros(3)}, "crafted": {**checkpoint(reference / "model.pt"),
+                                                                  "payload": RunsCode(marker)}}
     for kind, content in damages.items():
         run = tmp_path / kind
         run.mkdir()
         for name, path in good.items():
             shutil.copy(path, run / name)
-        if content is None:
-            torch.save({"weights": torch.zeros(3)}, run / "model.pt")
+        if isinstance(content, dict):
+            torch.save(content, run / "model.pt")
         else:
             (run / "model.pt").write_bytes(content)
         point = rundir.resume_point(run)
         assert point.path == run / "model.pt.ep2" and (point.epoch, point.step_in_epoch, point.step) == (2, 0, 2 * BATCHES), kind
+    assert not marker.exists()  # the crafted model.pt was refused (weights_only), not run ...
+    torch.load(tmp_path / "crafted" / "model.pt", weights_only=False)
+    assert marker.exists()  # ... though it would have run
     # missing (a kill between the first epoch checkpoint and model.pt): never a silent restart
     (tmp_path / "truncated" / "model.pt").unlink()
     (tmp_path / "truncated" / "model.pt.ep2").unlink()
