@@ -1,15 +1,20 @@
 """Scale-out on CPU: multirun with the basic and joblib launchers, failure isolation, sweep
-summary, DDP over gloo with two processes, and the launcher/process-count errors."""
+summary, DDP over gloo with two processes (stopped by SIGTERM and resumed), and the
+launcher/process-count errors."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import NANO8K, run_cli
 
 pytestmark = pytest.mark.funasr  # trains the tiny model
 
@@ -54,18 +59,33 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert all(json.loads((sweep / j / "status.json").read_text())["status"] == "completed" for j in ("0", "1"))
 
 
-def test_ddp_two_cpu_processes_one_run_directory(tiny, tmp_path):
+def test_ddp_two_cpu_processes_one_run_directory_stopped_and_resumed(tiny, tmp_path):
     run = tmp_path / "run"
     # nproc_per_node re-executes the job under torchrun --standalone (gloo on CPU)
-    result = run_cli("train", *common(tiny), f"train_data_set_list={tiny['train']}", "nproc_per_node=2",
-                     "device=cpu", "train_conf.effective_save_name_excludes=null", f"hydra.run.dir={run}", timeout=300)
+    args = ["train", *common(tiny), f"train_data_set_list={tiny['train']}", "nproc_per_node=2", "device=cpu",
+            "train_conf.effective_save_name_excludes=null", "train_conf.validate_interval=1",
+            "++dataset_conf.batch_size_sample_max=2", f"hydra.run.dir={run}"]
+    # SIGTERM to the job, as SLURM sends it: passed on to torchrun and its ranks, which stop at the same step
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([str(NANO8K), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and not (run / "model.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM" and status["step"] >= 1
+    assert err.splitlines()[-1].startswith("interrupted by SIGTERM at ")
+
+    result = run_cli(*args, timeout=300)  # the same command resumes
     assert result.code == 0, result.output
     log = (run / "train.log").read_text()
     assert "parameters identical across 2 ranks: yes" in log
-    assert log.count("validation at step") == 1  # one rank writes the log
-    checkpoints = sorted(p.name for p in run.glob("model.pt*"))
-    assert checkpoints == ["model.pt", "model.pt.avg3", "model.pt.best", "model.pt.ep1"]
-    assert not list(run.glob("*.rank*")) and not list(run.glob(".*.tmp-*"))
+    assert log.count("resumed from") == 1  # one rank writes the log
+    checkpoints = {p.name for p in run.glob("model.pt*")}
+    assert {"model.pt", "model.pt.avg3", "model.pt.best", "model.pt.ep1"} <= checkpoints
+    assert not list(run.glob("*.rank*")) and not list(run.glob(".*.tmp-*")) and not (run / ".nano8k.lock").exists()
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
 
