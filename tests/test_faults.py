@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,22 +56,45 @@ def env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
 
 
-def signal_when(corpus: dict, run: Path, checkpoint: str, signum: int, *extra: str,
-                logged: str | None = None) -> subprocess.CompletedProcess:
-    """Start a run and send it `signum` as soon as `checkpoint` exists, model.pt has been written
-    after it (the next checkpoint is two batches away) and metrics.jsonl holds `logged`."""
+def signal_when(corpus: dict, run: Path, signum: int, ready: Callable[[], bool], *extra: str
+                ) -> subprocess.CompletedProcess:
+    """Start a run and send it `signum` at a moment `ready()` holds: checked while the run is
+    stopped (SIGSTOP), so that what the test saw is what the signal finds."""
     proc = subprocess.Popen(command(corpus, run, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env())
-    trigger, latest, metrics = run / checkpoint, run / "model.pt", run / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
-        if trigger.exists() and latest.exists() and latest.stat().st_mtime_ns >= trigger.stat().st_mtime_ns and (
-                logged is None or logged in metrics.read_text()):
-            proc.send_signal(signum)
-            break
+        if ready():
+            proc.send_signal(signal.SIGSTOP)
+            fired = ready()
+            if fired:
+                proc.send_signal(signum)
+            proc.send_signal(signal.SIGCONT)
+            if fired:
+                break
         time.sleep(0.002)
     out, err = proc.communicate(timeout=240)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def after(run: Path, name: str, inside_epoch: int | None = None) -> Callable[[], bool]:
+    """Ready once checkpoint `name` exists and model.pt was written after it; with inside_epoch,
+    once moreover model.pt is inside that epoch and metrics.jsonl holds a step trained after it."""
+    trigger, latest, metrics = run / name, run / "model.pt", run / "metrics.jsonl"
+
+    def ready() -> bool:
+        if not (trigger.exists() and latest.exists() and latest.stat().st_mtime_ns >= trigger.stat().st_mtime_ns):
+            return False
+        if inside_epoch is None:
+            return True
+        try:
+            state, logged = checkpoint(latest), records(run)
+        except (RuntimeError, ValueError, OSError):  # a line being written, a file being replaced
+            return False
+        return state["epoch"] == inside_epoch - 1 and state["step_in_epoch"] > 0 and any(
+            r[0] == "train" and r[2] > state["step"] for r in logged)
+
+    return ready
 
 
 def checkpoint(path: Path) -> dict:
@@ -99,7 +123,7 @@ def reference(corpus, tmp_path_factory) -> Path:
 def test_sigterm_then_kill_9_mid_epoch_resume_bit_exact(corpus, reference, tmp_path):
     run = tmp_path / "run"
     # SIGTERM (SLURM's preemption notice) in epoch 1: the step finishes, a checkpoint, exit 143
-    stopped = signal_when(corpus, run, "model.pt.ep1.2", signal.SIGTERM)
+    stopped = signal_when(corpus, run, signal.SIGTERM, after(run, "model.pt.ep1.2"))
     assert stopped.returncode == 143, stopped.stderr
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
@@ -109,14 +133,13 @@ def test_sigterm_then_kill_9_mid_epoch_resume_bit_exact(corpus, reference, tmp_p
     assert stopped.stderr.splitlines()[-1].startswith(f"interrupted by SIGTERM at epoch 1, batch {status['step_in_epoch']}")
     assert not (run / ".nano8k.lock").exists() and "Traceback" not in stopped.stderr
 
-    # resumed, then kill -9 one batch after a checkpoint inside epoch 2: its lock, whatever it was
-    # writing and the metrics of the batch after the checkpoint are left behind
-    killed = signal_when(corpus, run, "model.pt.ep2.2", signal.SIGKILL,
-                         logged=f'{{"split": "train", "epoch": 2, "step": {BATCHES + 3},')
+    # resumed, then kill -9 inside epoch 2 after a batch past its checkpoint: its lock, whatever
+    # it was writing and the metrics of the batches after the checkpoint are left behind
+    killed = signal_when(corpus, run, signal.SIGKILL, after(run, "model.pt.ep2.2", inside_epoch=2))
     assert killed.returncode == -signal.SIGKILL
     latest = checkpoint(run / "model.pt")
     assert latest["epoch"] == 1 and latest["step_in_epoch"] > 0, "the kill came after another checkpoint"
-    assert (run / ".nano8k.lock").exists() and records(run)[-1][:3] == ("train", 2, BATCHES + 3)
+    assert (run / ".nano8k.lock").exists() and records(run)[-1][2] > latest["step"]
     (run / ".model.pt.ep2.4.tmp-999999").write_bytes(b"torn")  # a write a kill cut short
 
     resumed = train(corpus, run)

@@ -101,6 +101,13 @@ def fit(cfg: DictConfig, run_dir: Path, resume_from: rundir.ResumePoint | None =
 
 
 class Trainer:
+    """One training job (one rank of it): set-up (_setup: device, model, freeze policy, objective,
+    optimizer, FunASR's data loader, validation decoding), resume (_resume: weights, optimizer,
+    scheduler, random state, history, the batch to continue at), the loop (fit: steps, non-finite
+    steps counted against max_nonfinite_steps, signals acted on at optimizer steps), validation and
+    checkpoints (_validate_and_save, _save_latest: FunASR's files, written atomically by rank 0),
+    and the end (_finish: averaging, summary.json, the process group)."""
+
     def __init__(self, settings: dict, run_dir: Path, resume_from: rundir.ResumePoint | None = None,
                  changes: list[str] | tuple = ()):
         settings.pop("hydra", None)
