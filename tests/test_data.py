@@ -949,6 +949,32 @@ def audio_cases(tmp_path) -> dict[str, Path]:
     }
 
 
+def test_nonfinite_samples_are_a_load_reject_in_check_and_prepare_never_silence(tmp_path, tokenizer, tokenizer_dir):
+    good = pcm(tmp_path / "good.wav", ints(8000, seed=3), 8000)
+    samples = ints(8000, seed=3).astype(np.float32) / 32768
+    samples[[100, 200, 300]] = [np.nan, np.inf, -np.inf]
+    bad = pcm(tmp_path / "nan.wav", samples, 8000, "FLOAT")
+    manifest = write_lines(tmp_path / "m.jsonl", [_line("good", good), _line("nan", bad)])
+    report = data.check(manifest, CONF, expected_fs=8000)
+    assert report.rows() == [(2, "nan", "nonfinite_audio")] and report.by_effect == {"load": 1}
+    assert report.problems[0].detail == f"3 of 8000 samples are NaN or infinite: {bad}"
+    # FunASR agrees: its front end cannot read the file (the dataset would retry another sample)
+    dataset = _funasr_dataset(manifest, CONF, tokenizer)
+    assert [dataset.index_ds[i]["key"] for i in range(len(dataset)) if dataset[i] is None] == ["nan"]
+    # prepare rejects it too, read whole or cut by a segment
+    write_lines(tmp_path / "k" / "wav.scp", ["good " + str(good), "nan " + str(bad), "rec " + str(bad)])
+    write_lines(tmp_path / "k" / "text", ["good hello there", "nan hello there", "cut hello there"])
+    write_lines(tmp_path / "k" / "segments", ["good good 0 1", "nan nan 0 1", "cut rec 0 0.5"])
+    prepared = data.prepare(tmp_path / "k", tmp_path / "p.jsonl", tokenizer_dir)
+    assert [(p.key, p.reason) for p in prepared.rejects] == [("nan", "nonfinite_audio"), ("cut", "nonfinite_audio")]
+    assert [r["key"] for r in read_jsonl(prepared.output)] == ["good"]
+    (tmp_path / "k" / "segments").unlink()  # whole files: only float files are read for this
+    write_lines(tmp_path / "k" / "text", ["good hello there", "nan hello there"])
+    write_lines(tmp_path / "k" / "wav.scp", ["good " + str(good), "nan " + str(bad)])
+    whole = data.prepare(tmp_path / "k", tmp_path / "w.jsonl", tokenizer_dir)
+    assert [(p.key, p.reason) for p in whole.rejects] == [("nan", "nonfinite_audio")]
+
+
 def test_check_reports_audio_and_text_problems(audio_cases, tmp_path, tokenizer):
     audio_cases["header"].write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\x00" * 40)
     c = audio_cases

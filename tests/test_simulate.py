@@ -456,6 +456,10 @@ def test_bad_input_is_reported_and_the_rest_written(tmp_path):
     sf.write(silent, np.zeros(8000), 8000)
     short = tmp_path / "short.wav"
     sf.write(short, speechlike(8000, 1.0)[:100], 8000)
+    nan = tmp_path / "nan.wav"
+    samples = speechlike(8000, 1.0)
+    samples[[10, 20]] = [np.nan, np.inf]
+    sf.write(nan, samples, 8000, subtype="FLOAT")
     lines = [
         {"key": "ok1", "source": str(good), "target": "hello"},
         {"key": "missing", "source": str(tmp_path / "nope.wav"), "target": "hello"},
@@ -466,6 +470,7 @@ def test_bad_input_is_reported_and_the_rest_written(tmp_path):
         {"key": "notext", "source": str(good)},
         {"key": "ok1", "source": str(good), "target": "duplicate"},
         {"key": "ok 2", "source": str(good), "target": "world"},
+        {"key": "nan", "source": str(nan), "target": "hello"},
     ]
     manifest = tmp_path / "in.jsonl"
     manifest.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
@@ -476,7 +481,8 @@ def test_bad_input_is_reported_and_the_rest_written(tmp_path):
         got = {(p.line, p.key, p.reason) for p in report.rejects}
         assert got == {(2, "missing", "missing_audio"), (3, None, "malformed_line"),
                        (4, "corrupt", "unreadable_audio"), (5, "silent", "silent_audio"),
-                       (6, "short", "audio_too_short"), (7, "notext", "no_text"), (8, "ok1", "duplicate_key")}
+                       (6, "short", "audio_too_short"), (7, "notext", "no_text"), (8, "ok1", "duplicate_key"),
+                       (10, "nan", "nonfinite_audio")}
         rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
         assert [(r["file"], r["line"], r["key"], r["reason"]) for r in rejects] == \
             [(str(manifest), p.line, p.key, p.reason) for p in report.rejects]
@@ -485,7 +491,8 @@ def test_bad_input_is_reported_and_the_rest_written(tmp_path):
         assert [r["key"] for r in rows] == ["ok1", "ok 2"]
         assert sorted(p.name for p in (out / "wav").iterdir()) == sorted(
             sim.output_names(["ok1", "ok 2"]).values())  # no partial or temporary files
-        assert "2 of 9 utterances simulated" in report.summary() and "7 rejected" in report.summary()
+        assert "2 of 10 utterances simulated" in report.summary() and "8 rejected" in report.summary()
+        assert "2 samples are NaN or infinite" in next(p.detail for p in report.rejects if p.key == "nan")
     # A key with whitespace cannot go into a Kaldi output: rejected, not fatal.
     report = sim.simulate_corpus(manifest, tmp_path / "k", output_format="kaldi", progress=False)
     assert ("ok 2", "bad_key") in {(p.key, p.reason) for p in report.rejects}

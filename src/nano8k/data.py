@@ -232,6 +232,9 @@ RULES: dict[str, Rule] = {
                           "soundfile reads the header but not the samples (ffmpeg, FunASR's last resort, is "
                           "not modelled): retried with a random other sample"),
     "empty_audio": Rule("load", "datasets.py:234-250 + wav_frontend.py:169-181", "audio has no samples: the front end raises, retried with a random other sample"),
+    "nonfinite_audio": Rule("load", "datasets.py:226-250 + utils/fbank.py:148",
+                            "NaN or infinite samples: kaldi-native-fbank raises `mel energy is nan`, retried with a "
+                            "random other sample"),
     "input_ids_over_max_token_length": Rule(
         "load", "datasets.py:81, 333-337",
         "at least fake_token_len + text_length + 1 input ids > the dataset's max_token_length (default 1500): retried"),
@@ -303,6 +306,7 @@ PREPARE_REASONS: dict[str, str] = {
     "missing_audio": "the audio file does not exist",
     "unreadable_audio": "soundfile cannot read the audio",
     "corrupt_audio": "soundfile reads the header but not the samples",
+    "nonfinite_audio": "NaN or infinite samples (a float file): FunASR's front end cannot compute features from them",
     "no_such_channel": "the channel asked for (A/B) is not in the file",
     "split_needs_channel_text": "channel=split on a multi-channel file with one transcript: give <key>-A/<key>-B",
     "audio_too_short": "the audio is shorter than one 25 ms fbank window (speech_length would be 0)",
@@ -1357,6 +1361,7 @@ def _entry_audio(
     entry: Entry, header: _Audio, opener: Callable[[], Any], label: str, audio_dir: Path, tolerance: float,
     frontend_fs: int | None,
 ) -> _Audio:
+    import numpy as np
     import soundfile as sf
 
     def reject(reason: str, detail: str) -> _Audio:
@@ -1372,7 +1377,8 @@ def _entry_audio(
                       f"{entry.key}-A and {entry.key}-B: {label}")
     pick = entry.channel is not None and header.channels > 1
     if not (entry.pipe or entry.segment or pick):
-        return header
+        bad = nonfinite_samples(opener, header.subtype)
+        return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}") if bad else header
     start, stop = 0, total
     if entry.segment is not None:
         start, stop = (nearest_sample(t, rate) for t in entry.segment)
@@ -1402,6 +1408,9 @@ def _entry_audio(
                       f"{label}: read {len(samples)} of {count} samples from sample {start}")
     if pick:
         samples = samples[:, [entry.channel]]
+    bad = int(np.count_nonzero(~np.isfinite(samples))) if samples.dtype.kind == "f" else 0
+    if bad:
+        return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}")
     target = (audio_dir / _audio_name(entry.key)).absolute()
     try:
         _write_wav_atomic(target, samples, rate, subtype)
@@ -1409,6 +1418,23 @@ def _entry_audio(
         return reject("write_failed", f"{target}: {_one_line(err)}")
     return _Audio(path=str(target), frames=len(samples), sample_rate=rate, channels=samples.shape[1],
                   subtype=subtype, materialized=True)
+
+
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only sample formats that can hold NaN or infinity
+
+
+def nonfinite_samples(opener: Callable[[], Any], subtype: str) -> int:
+    """How many samples of a float file are NaN or infinite (0 for integer formats, unread)."""
+    if subtype not in FLOAT_SUBTYPES:
+        return 0
+    import numpy as np
+    import soundfile as sf
+
+    bad = 0
+    with sf.SoundFile(opener()) as f:
+        for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+            bad += int(np.count_nonzero(~np.isfinite(block)))
+    return bad
 
 
 def nearest_sample(seconds: Fraction, rate: int) -> int:
@@ -1542,7 +1568,7 @@ def check(
         state = states[pos]
         if state["stage"] != "kept":
             continue  # an earlier file of this line already failed
-        if audio.problem is not None and audio.problem[0] != "corrupt_audio":
+        if audio.problem is not None and audio.problem[0] not in ("corrupt_audio", "nonfinite_audio"):
             state["problems"].append(audio.problem)
             state["stage"] = "load"
             continue
@@ -1552,7 +1578,7 @@ def check(
             state["problems"].append(("empty_audio", f"0 samples: {audio.path}"))
             state["stage"] = "load"
             continue
-        if audio.problem is not None:  # corrupt: the header was fine
+        if audio.problem is not None:  # corrupt or non-finite samples: the header was fine
             state["problems"].append(audio.problem)
             state["stage"] = "load"
             continue
@@ -1615,10 +1641,11 @@ def _inspect_audio(location: str, content: bool) -> _Audio:
 
     level = FULL_SCALE.get(audio.subtype, FULL_SCALE_DEFAULT) - 1e-6
     clipped = np.zeros(audio.channels, dtype=np.int64)
-    energy, count = 0.0, 0
+    energy, count, nonfinite = 0.0, 0, 0
     try:
         with sf.SoundFile(audio.path) as f:
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                nonfinite += int(np.count_nonzero(~np.isfinite(block)))
                 clipped += np.count_nonzero(np.abs(block) >= level, axis=0)
                 mix = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)  # what FunASR trains on
                 energy += float(np.dot(mix, mix))
@@ -1628,6 +1655,10 @@ def _inspect_audio(location: str, content: bool) -> _Audio:
         return audio
     if count < audio.frames:
         audio.problem = ("corrupt_audio", f"read {count} of the {audio.frames} samples the header announces: {audio.path}")
+        return audio
+    if nonfinite:  # never "silence": the level of such a file is NaN
+        audio.problem = ("nonfinite_audio", f"{nonfinite} of {count * audio.channels} samples are NaN or infinite: "
+                                            f"{audio.path}")
         return audio
     audio.clipped = float(clipped.max()) / count
     rms = math.sqrt(energy / count)
@@ -1640,7 +1671,7 @@ def _inspect_audio(location: str, content: bool) -> _Audio:
 # check, cached
 # ---------------------------------------------------------------------------------------------
 
-CHECK_CACHE_FORMAT = 1  # bump when check() changes what it reports
+CHECK_CACHE_FORMAT = 2  # bump when check() changes what it reports
 # The dataset_conf keys check() reads; other keys (num_workers, shuffle, ...) do not change the report.
 CHECK_CONF_KEYS = ("index_ds", "batch_sampler", "batch_type", "batch_size", "sort_size", "max_token_length",
                    "length_scale_source", "batch_size_sample_max", "min_source_length", "max_source_length",

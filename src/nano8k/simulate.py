@@ -131,6 +131,7 @@ SIMULATE_REASONS: dict[str, str] = {
     "bad_key": "the key has whitespace, which a Kaldi output cannot hold",
     "missing_audio": "the audio file does not exist (or is a URL)",
     "unreadable_audio": "soundfile cannot read the audio",
+    "nonfinite_audio": "NaN or infinite samples: no level, no SNR, and nothing FunASR can compute features from",
     "pipe_failed": "the wav.scp command failed or did not write readable audio",
     "audio_too_short": "shorter than one 25 ms window",
     "silent_audio": "the audio is digital silence: no speech level to set an SNR against",
@@ -1118,6 +1119,9 @@ def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | No
         if channel_index >= channels:
             raise _Reject("no_such_channel", f"channel {channel_index} of a {channels}-channel file: {label}")
         x = x[:, [channel_index]]
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:  # the level and SNR of such audio are NaN: never written out
+        raise _Reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}")
     return x, rate
 
 
