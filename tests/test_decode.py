@@ -412,3 +412,13 @@ def test_a_checkpoint_of_another_model_is_refused(env, tmp_path):
     result = run_cli("decode", f"checkpoint={foreign}", f"model_dir={env['tiny']}", f"input={env['files']['demo']}",
                      f"hydra.run.dir={tmp_path / 'out'}")
     assert result.code == 2 and "holds none of this model's tensors" in result.stderr
+
+
+@pytest.mark.parametrize("name,content", [("prompt.ulaw", bytes(range(256)) * 64), ("notes.txt", b"\x00\x01\x02" * 100),
+                                          ("calls.mp4", b"not a container")])
+def test_an_input_that_is_neither_audio_nor_a_list_is_one_line_never_a_list_of_paths(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        decoding.read_input(str(path))
+    assert str(err.value).startswith(f"input: {path}: not audio soundfile can read here") and "\n" not in str(err.value)

@@ -114,11 +114,29 @@ def read_input(spec: Any) -> tuple[list[Item], str]:
         items, kind = _read_jsonl(path), "jsonl"
     elif _is_audio(path):
         items, kind = [Item(path.stem, str(path))], "audio"
-    else:
+    elif path.suffix.lower() in LIST_SUFFIXES and _is_text(path):
         items, kind = _read_list(path), "list"
+    else:  # never read as a list of paths: a raw .ulaw prompt would be thousands of "paths"
+        raise UserError(f"input: {path}: not audio soundfile can read here ({path.suffix or 'no extension'}), nor a "
+                        f"JSONL, nor a text list of audio files ({', '.join(s or 'no extension' for s in LIST_SUFFIXES)}); "
+                        "convert raw telephony audio (.ulaw, .alaw, .gsm, .sln) to WAV first, e.g. with sox")
     if not items:
         raise UserError(f"input: {path} holds no utterances")
     return _unique(items), kind
+
+
+LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp", "")  # a text list of audio paths, one a line
+
+
+def _is_text(path: Path) -> bool:
+    head = _head(path)
+    if b"\0" in head:
+        return False
+    try:
+        head[:-4].decode("utf-8")  # the last bytes may cut a character
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _head(path: Path) -> bytes:
