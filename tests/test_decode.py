@@ -422,3 +422,17 @@ def test_an_input_that_is_neither_audio_nor_a_list_is_one_line_never_a_list_of_p
     with pytest.raises(UserError) as err:
         decoding.read_input(str(path))
     assert str(err.value).startswith(f"input: {path}: not audio soundfile can read here") and "\n" not in str(err.value)
+
+
+def test_a_duplicate_key_in_a_kaldi_directory_decodes_the_first_and_reports_the_second(tmp_path):
+    for name in ("one.wav", "two.wav"):
+        sf.write(tmp_path / name, np.zeros(800, dtype=np.float32), 8000)
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"utt1 {tmp_path / 'one.wav'}\nutt2 {tmp_path / 'two.wav'}\nutt1 {tmp_path / 'two.wav'}\n")
+    items, kind = decoding.read_input(str(kaldi))
+    assert kind == "kaldi"
+    assert [(i.key, i.audio, i.reason) for i in items[:2]] == [("utt1", str(tmp_path / "one.wav"), None),
+                                                               ("utt2", str(tmp_path / "two.wav"), None)]
+    (second,) = items[2:]
+    assert second.key == "utt1#2" and "duplicate_key" in second.reason and "wav.scp:1" in second.reason

@@ -172,7 +172,7 @@ def _unique(items: list[Item]) -> list[Item]:
         seen[item.key] = n
         if n > 1:
             item = Item(f"{item.key}#{n}", item.audio, item.ref, item.fields, item.segment,
-                        reason=f"duplicate key {item.key!r} (the first one is decoded)")
+                        reason=item.reason or f"duplicate key {item.key!r} (the first one is decoded)")
         out.append(item)
     return out
 
@@ -184,8 +184,10 @@ def _read_kaldi(directory: Path) -> list[Item]:
     scp = data.read_keyed(directory / "wav.scp", problems, "audio path")
     texts = data.read_keyed(directory / "text", problems, None) if (directory / "text").is_file() else {}
     speakers = data.read_keyed(directory / "utt2spk", problems, "speaker") if (directory / "utt2spk").is_file() else {}
-    items = [Item(p.key or f"line{p.line}", reason=f"{p.where}: {p.reason}" + (f" ({p.detail})" if p.detail else ""))
-             for p in problems if p.file.endswith("wav.scp")]
+    # after the entries: a duplicate key's second line must not take the key from the first
+    failed = [Item(p.key or f"line{p.line}", reason=f"{p.where}: {p.reason}" + (f" ({p.detail})" if p.detail else ""))
+              for p in problems if p.file.endswith("wav.scp")]
+    items: list[Item] = []
     for p in problems:
         if not p.file.endswith("wav.scp"):
             log.warning("%s", p)
@@ -220,7 +222,7 @@ def _read_kaldi(directory: Path) -> list[Item]:
             items.append(entry(parts[0], scp[parts[1]].value, (start, end), parts[1]))
     else:
         items += [entry(key, rec.value) for key, rec in scp.items()]
-    return items
+    return items + failed
 
 
 def _read_folder(directory: Path, files: list[Path]) -> list[Item]:
