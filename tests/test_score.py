@@ -285,6 +285,22 @@ def test_compare_buckets_by_duration_and_fields():
     assert [bk.label for bk in cmp.buckets if bk.field == "duration"] == ["<2s", "2-5s", "5-10s", ">=10s", "(missing)"]
 
 
+def test_compare_buckets_by_nested_fields_and_refuses_a_field_nobody_has():
+    a, b = ab_records()
+    for records in (a, b):  # as simulate writes them and decode carries them: nested under `channel`
+        for r in records:
+            if "codec" in r:
+                r["channel"] = {"codec": r.pop("codec"), "snr_db": r.pop("snr")}
+    cmp = sc.compare(a, b, bucket_by=["channel.codec", "channel.snr_db:10"], n_boot=50)
+    got = {(bk.field, bk.label): len(bk.keys) for bk in cmp.buckets}
+    assert got == {("channel.codec", "amr"): 2, ("channel.codec", "g711"): 3, ("channel.codec", "(missing)"): 1,
+                   ("channel.snr_db", "<10"): 3, ("channel.snr_db", ">=10"): 2, ("channel.snr_db", "(missing)"): 1}
+    with pytest.raises(UserError) as err:
+        sc.compare(a, b, bucket_by=["codec"], n_boot=10)
+    assert str(err.value) == ("--bucket codec: no utterance has a field 'codec'; the fields there are: channel, "
+                              "channel.codec, channel.snr_db, duration (nested ones with dots, e.g. channel.codec)")
+
+
 def test_bucket_parsing():
     assert sc.parse_bucket("duration") == ("duration", (2.0, 5.0, 10.0))
     assert sc.parse_bucket("codec") == ("codec", None)

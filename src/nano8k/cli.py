@@ -299,7 +299,7 @@ def compare(
     results_a: Path = typer.Argument(..., help="Baseline results JSONL (key, ref, hyp, duration, manifest fields)."),
     results_b: Path = typer.Argument(..., help="Candidate results JSONL; deltas are B - A."),
     bucket: Optional[list[str]] = typer.Option(
-        None, "--bucket", "-b", help="Bucket by `duration` or any field (repeatable); FIELD:E1,E2,... bins a number. Default: duration."
+        None, "--bucket", "-b", help="Bucket by `duration` or any field, nested ones dotted (channel.codec; repeatable); FIELD:E1,E2,... bins a number. Default: duration."
     ),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Paired bootstrap resamples (0: no confidence interval)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (same seed, same interval)."),

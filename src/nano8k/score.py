@@ -862,6 +862,29 @@ def paired_bootstrap(errors_a: np.ndarray, n_a: np.ndarray, errors_b: np.ndarray
     return low, high, p_better
 
 
+def field_value(fields: dict, name: str, default: Any = None) -> Any:
+    """An utterance's field by name; a dotted name reaches into nested fields (`channel.snr_db`:
+    the channel simulate drew, as results.jsonl carries it)."""
+    if name in fields:
+        return fields[name]
+    node: Any = fields
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def field_names(fields: dict, prefix: str = "") -> list[str]:
+    """Every field name `field_value` can reach, nested ones dotted."""
+    names = []
+    for key, value in fields.items():
+        names.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            names += field_names(value, f"{prefix}{key}.")
+    return names
+
+
 def parse_bucket(spec: str) -> tuple[str, Optional[tuple[float, ...]]]:
     """`duration` (edges 2,5,10 s), `FIELD` (one bucket per value) or `FIELD:E1,E2,...` (numeric bins)."""
     name, sep, edges = spec.partition(":")
@@ -974,11 +997,16 @@ def compare(results_a: Union[Scores, Path, str, Sequence[Mapping[str, Any]]],
 
     buckets: list[Bucket] = []
     specs = [parse_bucket(s) for s in bucket_by]
-    for field_name, edges in specs:
+    for spec, (field_name, edges) in zip(bucket_by, specs):
         suffix = "s" if field_name == "duration" else ""
         groups: dict[str, list[int]] = {}
-        for i, (ua, ub) in enumerate(zip(a.utterances, b.utterances)):
-            value = ua.fields.get(field_name, ub.fields.get(field_name))
+        values = [field_value(ua.fields, field_name, field_value(ub.fields, field_name))
+                  for ua, ub in zip(a.utterances, b.utterances)]
+        if field_name != "duration" and values and all(v is None for v in values):
+            known = sorted({n for u in (*a.utterances, *b.utterances) for n in field_names(u.fields)})
+            raise UserError(f"--bucket {spec}: no utterance has a field {field_name!r}; the fields there are: "
+                            f"{', '.join(known) or 'none'} (nested ones with dots, e.g. channel.codec)")
+        for i, value in enumerate(values):
             groups.setdefault(bucket_label(value, edges, suffix), []).append(i)
         order = _bin_order(edges, suffix) if edges else sorted(k for k in groups if not k.startswith("("))
         labels = [label for label in order if label in groups] + sorted(k for k in groups if k not in order)
