@@ -1158,3 +1158,14 @@ def test_cli_prepare_then_check(new_cli, stereo, corpus, tokenizer_dir):
     assert _invoke("data", "check", "out/train.jsonl", "+stage=stage1", "--allow-drops")[0] == 0
     code, out, _ = _invoke("data", "check", "out/train.jsonl", "+stage=stage1", "--expected-fs", "16000", "--allow-drops")
     assert code == 0 and "sample_rate_differs 3" in out
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_honour_the_umask(corpus, tokenizer_dir, umask, mode):
+    old = os.umask(umask)
+    try:
+        report = data.prepare(Path("kaldi"), corpus / f"u{umask:o}" / "train.jsonl", tokenizer_dir)
+    finally:
+        os.umask(old)
+    for path in (report.output, report.rejects_file):
+        assert path.stat().st_mode & 0o777 == mode, path

@@ -90,7 +90,7 @@ import sys
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -1452,16 +1452,8 @@ def _audio_name(key: str) -> str:
 def _write_wav_atomic(path: Path, samples: Any, rate: int, subtype: str) -> None:
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, samples, rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1796,16 +1788,8 @@ def check_cached(
             return report
     report = check(manifest, dataset_conf, workers=workers, **options)
     with contextlib.suppress(OSError):
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"key": key, "report": report.to_json()}, f, ensure_ascii=False, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"key": key, "report": report.to_json()}, f, ensure_ascii=False, default=str)
     return report
 
 
@@ -2074,18 +2058,44 @@ def _map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, label: 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
     """Write JSON lines to a temporary file beside `path`, then rename it into place."""
+    write_lines_atomic(path, (json.dumps(record, ensure_ascii=False) for record in records))
+
+
+def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary path beside `path` to write to, renamed over `path` when the block succeeds
+    (readers see the old file or the new one, never half of one) and removed when it fails. The
+    file gets the mode a plain open() would give it: mkstemp's 0600 would ignore the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, racing other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _one_line(err: BaseException | str) -> str:

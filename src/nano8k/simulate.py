@@ -76,7 +76,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1128,13 +1127,12 @@ def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | No
 def _write_wav(path: str, samples: np.ndarray, rate: int, subtype: str) -> None:
     import soundfile as sf
 
-    tmp = f"{path}.{os.getpid()}.tmp"
+    from nano8k import data
+
     try:
-        sf.write(tmp, channel.float_to_pcm16(samples), rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
+        with data.atomic_path(Path(path)) as tmp:
+            sf.write(tmp, channel.float_to_pcm16(samples), rate, subtype=subtype, format="WAV")
     except Exception as err:  # noqa: BLE001
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise _Reject("write_failed", f"{path}: {_one_line(err)}") from None
 
 
@@ -1178,33 +1176,22 @@ def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tupl
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_kaldi(out_dir: Path, records: list[tuple[_Item, dict]]) -> None:
+    from nano8k import data
+
     compact = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
-    _write_lines_atomic(out_dir / "wav.scp", (f"{i.key} {r['path']}" for i, r in records))
-    _write_lines_atomic(out_dir / "text", (f"{i.key} {' '.join(i.text.split())}" for i, _ in records))
-    _write_lines_atomic(out_dir / "utt2channel", (f"{i.key} {compact(r['channel'])}" for i, r in records))
+    data.write_lines_atomic(out_dir / "wav.scp", (f"{i.key} {r['path']}" for i, r in records))
+    data.write_lines_atomic(out_dir / "text", (f"{i.key} {' '.join(i.text.split())}" for i, _ in records))
+    data.write_lines_atomic(out_dir / "utt2channel", (f"{i.key} {compact(r['channel'])}" for i, r in records))
     speakers = [(i.key, i.speaker) for i, _ in records if i.speaker]
     if speakers:  # Kaldi wants every utterance in utt2spk: the speakerless ones are their own speaker
         spk = dict(speakers)
         pairs = [(i.key, spk.get(i.key, i.key)) for i, _ in records]
-        _write_lines_atomic(out_dir / "utt2spk", (f"{u} {s}" for u, s in pairs))
+        data.write_lines_atomic(out_dir / "utt2spk", (f"{u} {s}" for u, s in pairs))
         by_speaker: dict[str, list[str]] = {}
         for u, s in pairs:
             by_speaker.setdefault(s, []).append(u)
-        _write_lines_atomic(out_dir / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_speaker.items())))
+        data.write_lines_atomic(out_dir / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_speaker.items())))
 
 
 def _write_jsonl(manifest: Path, records: list[tuple[_Item, dict]], output_format: str, frontend_fs: int) -> None:
