@@ -77,3 +77,13 @@ def seed_spec() -> Path:
     if not SEED_SPEC.is_file():
         pytest.skip(f"the seed spec is not beside the repository ({SEED_SPEC})")
     return SEED_SPEC
+
+
+class RunsCode:
+    """What a crafted checkpoint can hold: unpickling it calls os.system (here: touch a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

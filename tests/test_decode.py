@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test-fast`
 
-from conftest import REPO, invoke, run_cli  # noqa: E402
+from conftest import REPO, RunsCode, invoke, run_cli  # noqa: E402
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
@@ -384,21 +384,11 @@ def test_cli_marks_unreadable_files_failed_and_exits_1_without_torchaudio(env, t
     assert "torchaudio" not in sys.modules
 
 
-class _RunsCode:
-    """What a crafted checkpoint can hold: unpickling it calls os.system (here: touch a file)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(env, tmp_path):
     marker = tmp_path / "pwned"
     state = torch.load(env["tiny"] / "model.pt", map_location="cpu", weights_only=True)
     crafted = tmp_path / "model.pt.avg3"
-    torch.save({**state, "payload": _RunsCode(marker)}, crafted)
+    torch.save({**state, "payload": RunsCode(marker)}, crafted)
     result = run_cli("decode", f"checkpoint={crafted}", f"model_dir={env['tiny']}", f"input={env['files']['demo']}",
                      f"hydra.run.dir={tmp_path / 'out'}")
     assert result.code == 2 and "Traceback" not in result.output
