@@ -3,7 +3,9 @@
 
 Measures the median wall time of `nano8k train --cfg job +stage=stage1` (target: <= 1.5 s on a
 2-core machine), `nano8k --help` and `nano8k align`, and, as the peer in the same run, FunASR's own
-`funasr-train --cfg job` on the same composed config (it imports torch and funasr first).
+`funasr-train --cfg job` on the same composed config (it imports torch and funasr first). Also what
+every command that builds a model pays first: FunASR's `import funasr` (all of its modules) against
+nano8k's import of the modules Fun-ASR-Nano needs (funasr_gaps.quiet_funasr_import).
 
 usage: scripts/bench_cli.py [--runs 5] [--peer-runs 3] [--no-peer]
 """
@@ -62,6 +64,11 @@ def main() -> None:
                           "--cfg", "job"], args.peer_runs)
         results["peer_funasr_train_cfg_job"] = peer
         results["speedup_vs_peer"] = round(peer["median_s"] / results["nano8k_train_cfg_job"]["median_s"], 1)
+        python = sys.executable
+        ours = timed([python, "-c", "from nano8k import funasr_gaps; funasr_gaps.quiet_funasr_import()"], args.peer_runs)
+        full = timed([python, "-c", "import funasr"], args.peer_runs)
+        results["funasr_import"] = {"nano8k": ours, "peer_import_funasr": full,
+                                    "speedup_vs_peer": round(full["median_s"] / ours["median_s"], 1)}
     print(json.dumps(results, indent=2))
 
 

@@ -69,9 +69,9 @@ def build(stages: Sequence[str] = DEFAULT_STAGES, overrides: Sequence[str] = (),
     config.check_overrides("train", list(overrides))
     selections, overridden = _split_overrides(overrides)
     # Group selections (e.g. `+preset=tiny`) pick the model, so they shape the baseline too.
-    base = _flatten(_load(against) if against else _resolved(config.compose("train", selections)))
-    effective = {s: _flatten(_resolved(config.compose("train", [f"+stage={s}", *overrides]))) for s in stages}
-    explicit = {s: set(_flatten(OmegaConf.to_container(config.compose("train", [f"+stage={s}"], stage_only=True))))
+    base = config.flatten(_load(against) if against else _resolved(config.compose("train", selections)))
+    effective = {s: config.flatten(_resolved(config.compose("train", [f"+stage={s}", *overrides]))) for s in stages}
+    explicit = {s: set(config.flatten(OmegaConf.to_container(config.compose("train", [f"+stage={s}"], stage_only=True))))
                 | overridden for s in stages}
 
     keys = list(dict.fromkeys([*base, *(k for flat in effective.values() for k in flat)]))
@@ -127,15 +127,6 @@ def _resolved(cfg: Any) -> dict:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         raise UserError(f"{getattr(err, 'full_key', '') or 'config'}: {str(err).strip().splitlines()[0]}") from None
-
-
-def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
-    """Dotted leaf keys; lists and empty mappings are leaves."""
-    flat: dict[str, Any] = {}
-    for k, v in node.items():
-        dotted = f"{prefix}{k}"
-        flat.update(_flatten(v, dotted + ".") if isinstance(v, dict) and v else {dotted: v})
-    return flat
 
 
 def _prefixes(key: str) -> list[str]:

@@ -648,13 +648,28 @@ def validate(cfg: Any, app: str = "train") -> dict:
     return container
 
 
+def lookup(node: Any, dotted: str, default: Any = None) -> Any:
+    """The value at a dotted key of nested mappings (`dataset_conf.batch_size`), or `default`."""
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def flatten(node: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaf keys of nested mappings; lists and empty mappings are leaves."""
+    flat: dict[str, Any] = {}
+    for k, v in node.items():
+        dotted = f"{prefix}{k}"
+        flat.update(flatten(v, dotted + ".") if isinstance(v, dict) and v else {dotted: v})
+    return flat
+
+
 def require(container: dict, keys: Iterable[str], action: str) -> None:
     """Required values for an action, e.g. the data lists for training."""
     for dotted in keys:
-        node: Any = container
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node in (None, ""):
+        if lookup(container, dotted) in (None, ""):
             raise UserError(f"{dotted}: required for {action}; set {dotted}=PATH")
 
 

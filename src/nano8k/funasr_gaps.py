@@ -165,17 +165,14 @@ def quiet_funasr_import() -> None:
 def require_registered(cfg: dict) -> None:
     """9: every registry name the config uses is registered; for one outside NANO_MODULES, FunASR's
     own full import (every module) runs, as `import funasr` would have."""
+    from nano8k import config
+
     quiet_funasr_import()
     from funasr.register import tables
 
-    def value(dotted: str) -> Any:
-        node: Any = cfg
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
-
-    missing = [f"{key}={value(key)}" for key, table in REGISTRY_KEYS.items()
-               if isinstance(value(key), str) and value(key) not in (getattr(tables, table, None) or {})]
+    names = {key: config.lookup(cfg, key) for key in REGISTRY_KEYS}
+    missing = [f"{key}={name}" for key, name in names.items()
+               if isinstance(name, str) and name not in (getattr(tables, REGISTRY_KEYS[key], None) or {})]
     if missing:
         import funasr
 

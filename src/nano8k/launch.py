@@ -199,7 +199,7 @@ def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any]
             return None
         with reported():
             raise
-    except KeyboardInterrupt:  # the second Ctrl-C ends the process itself; this is a stray one
+    except KeyboardInterrupt:  # an app without nano8k's signal handling (decode): Ctrl-C lands here
         if writes:
             write_status(run_dir, "interrupted", started, overrides, error="KeyboardInterrupt", signal="SIGINT")
         print("interrupted: KeyboardInterrupt", file=sys.stderr)

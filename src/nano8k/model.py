@@ -34,15 +34,6 @@ ARCHITECTURE_KEYS = (
 MODULES = ("audio_encoder", "audio_adaptor", "ctc_decoder", "ctc", "llm", "lora")
 
 
-def _get(cfg: dict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 # --------------------------------------------------------------------------------------------
 # The model directory
 # --------------------------------------------------------------------------------------------
@@ -106,9 +97,9 @@ def tokenizer_dir(model_dir: Path) -> Path:
     """The LLM tokenizer of a model directory (tokenizer_conf.init_param_path, as FunASR reads it)."""
     path = model_dir / "config.yaml"
     released = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    spec = _get(released, "tokenizer_conf.init_param_path") or _get(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
+    spec = config.lookup(released, "tokenizer_conf.init_param_path") or config.lookup(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
     if isinstance(spec, str) and spec.startswith("${"):
-        spec = _get(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
+        spec = config.lookup(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
     return Path(_resolve_path(spec, model_dir, "tokenizer_conf.init_param_path"))
 
 
@@ -122,12 +113,12 @@ def check_architecture(cfg: dict, model_dir: Path) -> None:
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     mismatches = [
-        f"{key} is {_get(released, key)!r} there but {_get(cfg, key)!r} here"
+        f"{key} is {config.lookup(released, key)!r} there but {config.lookup(cfg, key)!r} here"
         for key in ARCHITECTURE_KEYS
-        if _get(released, key) is not None and _get(cfg, key) is not None and _get(released, key) != _get(cfg, key)
+        if config.lookup(released, key) is not None and config.lookup(cfg, key) is not None and config.lookup(released, key) != config.lookup(cfg, key)
     ]
     if mismatches:
-        hint = " (a tiny model needs +preset=tiny)" if _get(released, "audio_encoder_conf.num_blocks") == 2 else ""
+        hint = " (a tiny model needs +preset=tiny)" if config.lookup(released, "audio_encoder_conf.num_blocks") == 2 else ""
         raise UserError(f"{path}: architecture mismatch: {'; '.join(mismatches)}{hint}")
 
 
@@ -172,7 +163,7 @@ def build(settings: dict, init_param: str | None = None) -> Built:
     from funasr.auto.auto_model import AutoModel
 
     build_cfg = {**copy.deepcopy(cfg), "init_param": None, "device": "cpu", "disable_update": True,
-                 "ncpu": _get(cfg, "ncpu") or funasr_gaps.cpu_threads()}
+                 "ncpu": config.lookup(cfg, "ncpu") or funasr_gaps.cpu_threads()}
     model, kwargs = AutoModel.build_model(**build_cfg)
     origin = funasr_gaps.load_weights(model, sources, excluded_ok=excluded_prefixes(cfg))
     funasr_gaps.mask_adaptor_padding(model)
@@ -180,7 +171,7 @@ def build(settings: dict, init_param: str | None = None) -> Built:
 
 
 def excluded_prefixes(cfg: dict) -> tuple[str, ...]:
-    excludes = _get(cfg, "train_conf.effective_save_name_excludes") or ()
+    excludes = config.lookup(cfg, "train_conf.effective_save_name_excludes") or ()
     if isinstance(excludes, str):
         excludes = [e for e in excludes.split(",") if e and e != "None"]
     return tuple(excludes)
@@ -200,13 +191,13 @@ def freeze_policy(cfg: dict) -> dict[str, bool]:
     The CTC output layer (`ctc`) follows ctc_decoder_conf.freeze: FunASR leaves it trainable even
     when the decoder is frozen (funasr_gaps item 4).
     """
-    ctc_frozen = bool(_get(cfg, "ctc_decoder_conf.freeze") or False)
+    ctc_frozen = bool(config.lookup(cfg, "ctc_decoder_conf.freeze") or False)
     return {
-        "audio_encoder": _get(cfg, "audio_encoder_conf.freeze") is not False,
-        "audio_adaptor": bool(_get(cfg, "audio_adaptor_conf.freeze") or False),
+        "audio_encoder": config.lookup(cfg, "audio_encoder_conf.freeze") is not False,
+        "audio_adaptor": bool(config.lookup(cfg, "audio_adaptor_conf.freeze") or False),
         "ctc_decoder": ctc_frozen,
         "ctc": ctc_frozen,
-        "llm": _get(cfg, "llm_conf.freeze") is not False,
+        "llm": config.lookup(cfg, "llm_conf.freeze") is not False,
         "lora": False,
     }
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from nano8k import config
 from nano8k.errors import UserError
 
 BEST_CRITERIA = ("acc", "loss", "cer", "wer")  # train_conf.avg_keep_nbest_models_type
@@ -29,29 +30,20 @@ DECODED_CRITERIA = ("cer", "wer")
 MASKED_TOO_MUCH = 0.5  # expected share of a typical utterance's frames under SpecAug's time masks
 
 
-def _get(cfg: dict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
-
-
 def check(settings: dict) -> None:
     """Errors the run can be refused for before anything is built."""
     from nano8k import funasr_gaps
 
     funasr_gaps.check_training_audio_path(settings)
-    criterion = _get(settings, "train_conf.avg_keep_nbest_models_type") or "acc"
+    criterion = config.lookup(settings, "train_conf.avg_keep_nbest_models_type") or "acc"
     if criterion not in BEST_CRITERIA:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion!r} is not a criterion; use "
                         f"{', '.join(BEST_CRITERIA)}")
-    decoded = _get(settings, "valid_decode.max_utterances")
+    decoded = config.lookup(settings, "valid_decode.max_utterances")
     if criterion in DECODED_CRITERIA and decoded is not None and int(decoded) <= 0:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion} needs validation decoding, which "
                         "valid_decode.max_utterances=0 turns off; set it above 0 or choose acc or loss")
-    warmup = _get(settings, "scheduler_conf.warmup_steps")
+    warmup = config.lookup(settings, "scheduler_conf.warmup_steps")
     if (settings.get("scheduler") or "warmuplr") == "warmuplr" and warmup is not None and warmup < 1:
         raise UserError(f"scheduler_conf.warmup_steps: {warmup} is out of range: at least 1 under scheduler=warmuplr "
                         "(FunASR's WarmupLR divides by it)")
@@ -100,7 +92,7 @@ def learns_llm(run_or_model: Any, seen: set | None = None) -> bool:
         return True
     if "model_dir" not in cfg:  # a released model's config, not a nano8k run
         return True
-    if _get(cfg, "llm_conf.freeze") is False:
+    if config.lookup(cfg, "llm_conf.freeze") is False:
         return True
     return learns_llm(cfg["init_param"], seen) if cfg.get("init_param") else learns_llm(cfg["model_dir"], seen)
 
@@ -113,7 +105,7 @@ def warnings(settings: dict) -> list[str]:
     frozen = nano_model.freeze_policy(settings)  # what the trainer will apply
     if not settings.get("ctc_decoder"):  # no CTC branch: nothing there can learn
         frozen.update(ctc_decoder=True, ctc=True)
-    lora = bool(_get(settings, "llm_conf.use_lora"))
+    lora = bool(config.lookup(settings, "llm_conf.use_lora"))
     if all(v for module, v in frozen.items() if module != "lora") and not lora:
         out.append("audio_encoder_conf.freeze, audio_adaptor_conf.freeze, ctc_decoder_conf.freeze, llm_conf.freeze: "
                    "every module is frozen, nothing can learn")
@@ -135,10 +127,10 @@ def _schedule_warnings(settings: dict, lengths: list[int]) -> list[str]:
     warmup never reaches optim_conf.lr."""
     if (settings.get("scheduler") or "warmuplr") != "warmuplr":
         return []
-    warmup = int(_get(settings, "scheduler_conf.warmup_steps") or 25000)
-    batch_type = _get(settings, "dataset_conf.batch_type") or "example"
-    batch = int(_get(settings, "dataset_conf.batch_size") or 1)
-    cap = int(_get(settings, "dataset_conf.batch_size_sample_max") or 10**9)
+    warmup = int(config.lookup(settings, "scheduler_conf.warmup_steps") or 25000)
+    batch_type = config.lookup(settings, "dataset_conf.batch_type") or "example"
+    batch = int(config.lookup(settings, "dataset_conf.batch_size") or 1)
+    cap = int(config.lookup(settings, "dataset_conf.batch_size_sample_max") or 10**9)
     if batch_type in ("token", "length"):
         # FunASR's sampler pads each batch to its longest sample (sorted in sort_size buckets):
         # about batch_size / typical length samples a batch, at most batch_size_sample_max - 1
@@ -146,8 +138,8 @@ def _schedule_warnings(settings: dict, lengths: list[int]) -> list[str]:
     else:
         per_batch = max(1, batch)
     steps_per_epoch = math.ceil(len(lengths) / per_batch)
-    accum = max(1, int(_get(settings, "train_conf.accum_grad") or 1))
-    epochs = max(1, int(_get(settings, "train_conf.max_epoch") or 100))
+    accum = max(1, int(config.lookup(settings, "train_conf.accum_grad") or 1))
+    epochs = max(1, int(config.lookup(settings, "train_conf.max_epoch") or 100))
     total = max(1, steps_per_epoch * epochs // accum)
     if warmup <= total:
         return []
@@ -167,7 +159,7 @@ def _specaug_warnings(settings: dict, lengths: list[int]) -> list[str]:
         return []
     lo, hi = (list(conf["time_mask_width_range"]) + [0, 0])[:2]
     masks = int(conf.get("num_time_mask") or 2)
-    lfr_n = int(_get(settings, "frontend_conf.lfr_n") or 6)
+    lfr_n = int(config.lookup(settings, "frontend_conf.lfr_n") or 6)
     typical = statistics.median(lengths) / lfr_n  # LFR frames (speech_length counts 10 ms frames; text is small)
     share = min(1.0, masks * (lo + max(lo, hi - 1)) / 2 / max(typical, 1))
     if share <= MASKED_TOO_MUCH:

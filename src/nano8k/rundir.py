@@ -25,11 +25,11 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
 
 import yaml
 
-from nano8k import interrupts
+from nano8k import config, interrupts
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -257,22 +257,13 @@ def finished(point: ResumePoint, max_epoch: int) -> str | None:
     return None
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def config_changes(run_dir: Path, settings: dict) -> list[str]:
     """`key: old -> new` for each resume-sensitive value that differs from the run's config.yaml."""
     saved_file = Path(run_dir) / "config.yaml"
     if not saved_file.is_file():
         return []
-    saved = _flatten(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
-    new = _flatten(settings)
+    saved = config.flatten(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    new = config.flatten(settings)
     sensitive = lambda key: key not in LOADING_ONLY and any(key == s or key.startswith(s + ".")  # noqa: E731
                                                             for s in RESUME_SENSITIVE)
     keys = sorted(k for k in set(saved) | set(new) if sensitive(k) and saved.get(k) != new.get(k))

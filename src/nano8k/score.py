@@ -865,14 +865,9 @@ def paired_bootstrap(errors_a: np.ndarray, n_a: np.ndarray, errors_b: np.ndarray
 def field_value(fields: dict, name: str, default: Any = None) -> Any:
     """An utterance's field by name; a dotted name reaches into nested fields (`channel.snr_db`:
     the channel simulate drew, as results.jsonl carries it)."""
-    if name in fields:
-        return fields[name]
-    node: Any = fields
-    for part in name.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
+    from nano8k import config
+
+    return fields[name] if name in fields else config.lookup(fields, name, default)
 
 
 def field_names(fields: dict, prefix: str = "") -> list[str]:

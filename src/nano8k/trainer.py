@@ -62,19 +62,14 @@ def new_history() -> dict:
             "resumes": 0, "wall_s": 0.0}
 
 
-class Diverged(Exception):
-    def __init__(self, count: int, budget: int, epoch: int, batch: int):
+class Diverged(UserError):
+    """The one line a diverged run ends with; status.json gets `details` (the count) too."""
+
+    def __init__(self, count: int, budget: int, epoch: int, batch: int, lr: Any):
         super().__init__(f"{count} batches had a non-finite loss or gradient (max_nonfinite_steps={budget}), the last "
-                         f"at epoch {epoch + 1}, batch {batch}")
-        self.count = count
-
-
-class DivergedError(UserError):
-    """The one line a diverged run ends with; status.json gets `details` too."""
-
-    def __init__(self, message: str, details: dict):
-        super().__init__(message)
-        self.details = details
+                         f"at epoch {epoch + 1}, batch {batch}: the run diverged; lower optim_conf.lr (now {lr}) or "
+                         "raise max_nonfinite_steps")
+        self.details = {"diverged": True, "nonfinite_steps": count}
 
 
 def _device(requested: str | None) -> str:
@@ -297,7 +292,8 @@ class Trainer:
             nano_model.write_parameter_table(self.params, self.run_dir / "params.tsv")
             _print_parameter_table(self.params, self.policy, self.built)
         # TensorBoard hides the events a killed run logged after the checkpoint this one resumes from
-        metrics = self.metrics = Metrics(self.run_dir, self.settings, purge_step=state["step"] + 1 if state["resumed"] else 0) \
+        resumed = self.resume_from is not None
+        metrics = self.metrics = Metrics(self.run_dir, self.settings, purge_step=state["step"] + 1 if resumed else 0) \
             if self.is_main else None
         max_epoch = int(self.train_conf.get("max_epoch", 100))
         accum = int(self.train_conf.get("accum_grad", 1))
@@ -364,7 +360,8 @@ class Trainer:
                             if self.engine is None:
                                 self.optimizer.zero_grad(set_to_none=True)
                             if history["nonfinite_steps"] > nonfinite_budget:
-                                raise Diverged(history["nonfinite_steps"], nonfinite_budget, epoch, step_in_epoch)
+                                raise Diverged(history["nonfinite_steps"], nonfinite_budget, epoch, step_in_epoch,
+                                               (self.settings.get("optim_conf") or {}).get("lr"))
                             continue
                         state["step"] += int(updated)
                         window.append(loss.item())
@@ -386,8 +383,9 @@ class Trainer:
                             last_validation = _brief(self._validate_and_save(state, epoch, step_in_epoch, metrics))
                             progress.update(task, val=last_validation)
                             funasr_gaps.set_train_mode(self.net, self.policy, True)
-                        if updated and self._signalled():
-                            self._stop_for_signal(state, epoch, step_in_epoch, saved=validated)
+                        signum = self._signalled() if updated else None
+                        if signum:
+                            self._stop_for_signal(signum, state, epoch, step_in_epoch, saved=validated)
                     history["epoch_losses"] = []
                     state["epoch"] = epoch + 1
                     result = self._validate_and_save(state, epoch, None, metrics, train_loss=_mean(window),
@@ -395,13 +393,12 @@ class Trainer:
                     progress.update(task, completed=step_in_epoch, total=step_in_epoch, val=_brief(result))
                     if history["stopped_early"]:
                         break
-                    if self._signalled():
-                        self._stop_for_signal(state, epoch, None, saved=True)
-        except Diverged as err:
+                    signum = self._signalled()
+                    if signum:
+                        self._stop_for_signal(signum, state, epoch, None, saved=True)
+        except Diverged:
             self._finish(state, metrics, diverged=True)
-            raise DivergedError(f"{err}: the run diverged; lower optim_conf.lr (now "
-                                f"{(self.settings.get('optim_conf') or {}).get('lr')}) or raise max_nonfinite_steps",
-                                {"diverged": True, "nonfinite_steps": err.count}) from None
+            raise
         except interrupts.Interrupted:
             self._finish(state, metrics, interrupted=True)
             raise
@@ -459,17 +456,14 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item()) or None
 
-    def _stop_for_signal(self, state: dict, epoch: int, step_in_epoch: int | None, saved: bool) -> None:
+    def _stop_for_signal(self, signum: int, state: dict, epoch: int, step_in_epoch: int | None, saved: bool) -> None:
         """A resumable model.pt at this step unless one was just written (no validation: a cluster's
         grace period is short), then stop with the signal's exit status."""
-        import signal as signals
-
-        signum = self._signalled() or signals.SIGTERM
         if not saved:
             self._save_latest(state, epoch, step_in_epoch)
         where = f"epoch {epoch + 1}, batch {step_in_epoch}" if step_in_epoch else f"the end of epoch {epoch + 1}"
         latest = self.run_dir / "model.pt"
-        raise interrupts.Interrupted(signum, f"interrupted by {signals.Signals(signum).name} at {where} (step "
+        raise interrupts.Interrupted(signum, f"interrupted by {interrupts.signal_name(signum)} at {where} (step "
                                      f"{state['step']}); checkpoint {latest}: the same command resumes the run",
                                      {"epoch": epoch + 1, "step": state["step"], "step_in_epoch": step_in_epoch or 0,
                                       "checkpoint": str(latest)})
@@ -750,7 +744,7 @@ class Trainer:
 
     def _resume(self) -> dict:
         state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "saved_ckpts": {}, "val_acc_step_or_epoch": {},
-                 "val_loss_step_or_epoch": {}, "history": new_history(), "resumed": False}
+                 "val_loss_step_or_epoch": {}, "history": new_history()}
         if self.resume_from is None:
             if self.is_main:  # a run killed before its first checkpoint starts over: so do its metrics
                 _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
@@ -774,7 +768,7 @@ class Trainer:
         history = {**new_history(), **(checkpoint.get("history") or {})}
         history["resumes"] += 1
         state.update(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
-                     step_in_epoch=int(checkpoint.get("step_in_epoch") or 0), history=history, resumed=True,
+                     step_in_epoch=int(checkpoint.get("step_in_epoch") or 0), history=history,
                      best_val_loss=checkpoint.get("best_val_loss"), best_val_acc=checkpoint.get("best_val_acc"),
                      best_step_or_epoch=checkpoint.get("best_step_or_epoch"),
                      best_metrics=checkpoint.get("best_metrics") or _metrics_of(state, checkpoint.get("best_step_or_epoch")))
