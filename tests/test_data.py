@@ -14,6 +14,7 @@ pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in 
 import soundfile as sf
 
 from nano8k import data
+from nano8k.data import checking
 from nano8k.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1048,7 +1049,7 @@ def test_check_cached_hits_and_invalidations(audio_cases, tmp_path, monkeypatch)
     cache = tmp_path / "cache"
     calls = []
     real_check = data.check
-    monkeypatch.setattr(data, "check", lambda *a, **k: calls.append(1) or real_check(*a, **k))
+    monkeypatch.setattr(checking, "check", lambda *a, **k: calls.append(1) or real_check(*a, **k))
 
     first = data.check_cached(manifest, CONF, cache_dir=cache)
     again = data.check_cached(manifest, {**CONF, "num_workers": 8}, cache_dir=cache)  # a key check() ignores

@@ -20,3 +20,9 @@ def reported(exit_code: int = 2) -> Iterator[None]:
         for line in str(err).splitlines():
             print(f"error: {line}", file=sys.stderr)
         raise SystemExit(exit_code) from None
+
+
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    """An exception's message on one line, cut to `limit` characters (for one-line reports)."""
+    text = " ".join(str(err).split())
+    return text[:limit] + ("…" if len(text) > limit else "")

@@ -1,0 +1,85 @@
+"""The corpus: the Nano JSONL line FunASR trains on, and every way nano8k reads, writes and checks it.
+
+One module a concern, each data format with one writer and one parser:
+
+* `manifest`  the Nano JSONL line: its fields, the one writer (`manifest.record`) and the one
+              parser (`manifest.parse`), `speech_length` (`fbank_frames`), `text_length`
+              (`count_tokens`), the prompt (`decoding_prompt`).
+* `text`      reading text files: UTF-8 with or without BOM, UTF-16 detected, transcripts cleaned.
+* `audio`     the one audio loader: formats (WAV, FLAC, raw telephony), headers, samples,
+              segment cuts, channels, non-finite samples, pipes.
+* `sources`   what users hand over (Kaldi directory, JSONL, CSV/TSV, folder, list, one file) read
+              into one entry type, with one path rule.
+* `problems`  the reports and their reject records.
+* `preparing` sources -> Nano JSONL (`nano8k data prepare`).
+* `checking`  what FunASR will do with a Nano JSONL (`nano8k data check`, and `nano8k train`).
+
+torch, funasr and transformers are imported inside functions: the CLI imports this package.
+The names below are the package's public interface (`from nano8k import data; data.prepare(...)`).
+"""
+
+from nano8k.data.audio import (
+                               AUDIO_SUFFIXES,
+                               CLIP_FRACTION,
+                               SILENCE_DBFS,
+                               nearest_sample,
+                               nonfinite_samples,
+)
+from nano8k.data.checking import (
+                               CHECK_CACHE_FORMAT,
+                               DEFAULTS,
+                               RULES,
+                               check,
+                               check_cached,
+                               check_key,
+                               check_list_file,
+                               default_cache_dir,
+)
+from nano8k.data.manifest import (
+                               DEFAULT_FRONTEND_FS,
+                               DEFAULT_PROMPT,
+                               DEFAULT_SYSTEM,
+                               LANGUAGES,
+                               SPEECH_BEGIN,
+                               SPEECH_END,
+                               TELEPHONE_FS,
+                               audio_paths,
+                               count_tokens,
+                               decoding_prompt,
+                               fake_token_len,
+                               fbank_frames,
+                               load_tokenizer,
+                               resampled_length,
+)
+from nano8k.data.preparing import PREPARE_REASONS, SEGMENT_TOLERANCE, prepare
+from nano8k.data.problems import (
+                               EFFECTS,
+                               REMOVING,
+                               CheckReport,
+                               PrepareReport,
+                               Problem,
+                               check_rejects_path,
+                               rejects_path,
+                               write_rejects,
+)
+from nano8k.data.sources import (
+                               CHANNEL_MODES,
+                               Entry,
+                               audio_files,
+                               folder_key,
+                               read_keyed,
+                               read_source,
+)
+from nano8k.data.text import read_lines
+from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
+
+__all__ = [
+    "AUDIO_SUFFIXES", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS", "DEFAULT_FRONTEND_FS",
+    "DEFAULT_PROMPT", "DEFAULT_SYSTEM", "EFFECTS", "LANGUAGES", "PREPARE_REASONS", "REMOVING", "RULES",
+    "SEGMENT_TOLERANCE", "SILENCE_DBFS", "SPEECH_BEGIN", "SPEECH_END", "TELEPHONE_FS", "CheckReport", "Entry",
+    "PrepareReport", "Problem", "atomic_path", "audio_files", "audio_paths", "check", "check_cached", "check_key",
+    "check_list_file", "check_rejects_path", "count_tokens", "decoding_prompt", "default_cache_dir",
+    "fake_token_len", "fbank_frames", "folder_key", "load_tokenizer", "nearest_sample", "nonfinite_samples",
+    "prepare", "read_keyed", "read_lines", "read_source", "rejects_path", "resampled_length", "write_jsonl_atomic",
+    "write_lines_atomic", "write_rejects",
+]

@@ -1,0 +1,312 @@
+"""`nano8k data prepare`: a source (see `sources`) -> the Nano JSONL FunASR trains on (see `manifest`).
+
+Output lines follow the input's order (wav.scp or segments order for Kaldi, sorted relative paths
+for a folder) whatever the number of workers. Sample rates are recorded, never changed: FunASR's
+loader resamples every file to the front end's rate.
+
+* Audio that is not a whole file FunASR's loader reads (a Kaldi segment, one channel of a stereo
+  file, a pipe's output, a headerless telephony file) is written as a WAV file under
+  ``<output stem>.audio/``, named after the key (sanitized, plus 8 hex digits of its SHA-1: keys are
+  unique, so names cannot collide), in the source's own sample format when WAV holds it
+  losslessly (PCM 8-32 bit, float, mu-law, A-law), else PCM 16. Segment bounds are rounded to the
+  nearest sample; an end past the recording by at most ``segment_tolerance`` (Kaldi's
+  extract-segments --max-overshoot, 0.5 s) is cut at the recording's end, further is a reject.
+* A transcript whose token count provably exceeds ``max_target_length`` (its UTF-8 bytes over the
+  tokenizer's longest token) is rejected before it is tokenized.
+
+Every input line that cannot become a manifest line is reported with file, line, key and reason
+and written, with the input line (cut to a bound), to ``rejects_path(output)``; the good lines are
+written all the same (one bad file never stops a run).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nano8k.data.audio import (
+    LOSSLESS_WAV_SUBTYPES,
+    Audio,
+    audio_name,
+    header_of,
+    is_url,
+    nearest_sample,
+    nonfinite_samples,
+    probe,
+    resolve_path,
+    run_pipe,
+    write_wav_atomic,
+)
+from nano8k.data.manifest import (
+    DEFAULT_FRONTEND_FS,
+    DEFAULT_SYSTEM,
+    SPEECH_BEGIN,
+    SPEECH_END,
+    count_tokens,
+    decoding_prompt,
+    fbank_frames,
+    load_tokenizer,
+)
+from nano8k.data.problems import (
+    PrepareReport,
+    Problem,
+    rejects_path,
+    sibling_path,
+    write_rejects,
+)
+from nano8k.data.sources import CHANNEL_SUFFIXES, Entry, channel_mode, read_source
+from nano8k.errors import UserError, one_line
+from nano8k.files import write_jsonl_atomic
+from nano8k.parallel import map_ordered
+
+# prepare(): a segment ending at most this far past its recording is cut at the recording's end
+# (Kaldi's extract-segments --max-overshoot default); further is a reject.
+SEGMENT_TOLERANCE = 0.5
+
+
+# prepare()'s reasons for not writing an input line (all have effect "reject").
+PREPARE_REASONS: dict[str, str] = {
+    "malformed_line": "the line cannot be parsed (bad JSON, not an object, a field of the wrong type, no path, "
+                      "a segments line that is not `utt rec start end` with 0 <= start < end)",
+    "undecodable_text": "the line is not UTF-8, or its transcript holds U+FFFD or control characters (tabs and "
+                        "line breaks inside a transcript become spaces)",
+    "duplicate_key": "the key was already used by an earlier line (the first one is kept)",
+    "no_audio": "a transcript without audio (no wav.scp/segments entry, no source field, no audio file)",
+    "no_text": "audio without a transcript (no text entry / no target field / no .txt file)",
+    "unused_text": "channel=split: a transcript for the whole recording beside per-channel ones (<key>-A/-B)",
+    "empty_text": "the transcript is empty",
+    "no_recording": "a segment of a recording that wav.scp does not have",
+    "segment_out_of_range": "a segment starting at or ending (beyond segment_tolerance) after the recording's end",
+    "missing_audio": "the audio file does not exist",
+    "unreadable_audio": "soundfile cannot read the audio",
+    "corrupt_audio": "soundfile reads the header but not the samples",
+    "nonfinite_audio": "NaN or infinite samples (a float file): FunASR's front end cannot compute features from them",
+    "no_such_channel": "the channel asked for (A/B) is not in the file",
+    "split_needs_channel_text": "channel=split on a multi-channel file with one transcript: give <key>-A/<key>-B",
+    "audio_too_short": "the audio is shorter than one 25 ms fbank window (speech_length would be 0)",
+    "pipe_failed": "the wav.scp command failed or did not write readable audio",
+    "write_failed": "the cut audio could not be written under <output stem>.audio/",
+}
+
+
+def prepare(
+    source: Path,
+    output: Path,
+    tokenizer_dir: Path,
+    prompt: str | None = None,
+    system: str = DEFAULT_SYSTEM,
+    workers: int = 1,
+    allow_pipes: bool = False,
+    frontend_fs: int | None = DEFAULT_FRONTEND_FS,
+    *,
+    language: str | None = None,
+    itn: bool = True,
+    channel: str | int = "mix",
+    source_format: str | None = None,
+    audio_column: str | None = None,
+    text_column: str | None = None,
+    key_column: str | None = None,
+    audio_root: Path | None = None,
+    segment_tolerance: float = SEGMENT_TOLERANCE,
+) -> PrepareReport:
+    """Write the Nano JSONL manifest for a Kaldi data directory, a source/target JSONL, a CSV/TSV
+    file or a folder of audio files with .txt transcripts (see the module docstring).
+
+    Lines come out in input order whatever `workers` is. Rejected lines go to the report and, with
+    the input line, to `rejects_path(output)` (always written, empty when nothing was rejected);
+    everything else is written: no single input line or audio file stops the run. Relative audio
+    paths are resolved against `audio_root`, by default the current directory (as Kaldi and FunASR
+    do); written paths are absolute. Pipe entries (`cmd |`) in wav.scp are refused unless
+    `allow_pipes`. `prompt` defaults to decoding's (`decoding_prompt(language, itn)`); give
+    `prompt` or `language`, not both. `channel` is "mix", "A"/0, "B"/1 or "split". `source_format`
+    (kaldi, jsonl, csv, tsv, folder) overrides the detection by name. `frontend_fs` is the front
+    end's rate (frontend_conf.fs) that speech_length is counted at.
+    """
+    source, output = Path(source), Path(output)
+    if workers < 1:
+        raise UserError(f"workers must be at least 1, got {workers}")
+    if frontend_fs is not None and int(frontend_fs) <= 0:
+        raise UserError(f"frontend_fs must be a positive sample rate, got {frontend_fs}")
+    if not segment_tolerance >= 0:
+        raise UserError(f"segment_tolerance must be >= 0 seconds, got {segment_tolerance}")
+    mode = channel_mode(channel)
+    if prompt is not None and (language is not None or not itn):
+        raise UserError("give a literal prompt or a language (and itn), not both: the prompt is then decoding's")
+    if prompt is None:
+        prompt = decoding_prompt(language, itn)
+    root = Path(audio_root) if audio_root is not None else None
+    if root is not None and not root.is_dir():
+        raise UserError(f"audio_root {root}: no such directory")
+    if output.is_dir():
+        raise UserError(f"{output}: is a directory; give the manifest's file name (e.g. {output / 'train.jsonl'})")
+    audio_dir = sibling_path(output, ".audio")
+    fmt, location, entries, rejects = read_source(
+        source, mode=mode, allow_pipes=allow_pipes, source_format=source_format, audio_column=audio_column,
+        text_column=text_column, key_column=key_column, exclude=audio_dir)
+    if location.is_file() and output.resolve() == location.resolve():
+        raise UserError(f"{output}: the output would overwrite the input")
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    groups = _group_by_audio(entries, root)
+
+    def work(indices: list[int]) -> list[Audio]:
+        return _process_group([entries[i] for i in indices], root, audio_dir, segment_tolerance, frontend_fs)
+
+    audios: list[Audio] = [Audio()] * len(entries)
+    for indices, results in zip(groups, map_ordered(work, groups, workers, "reading audio")):
+        for i, audio in zip(indices, results):
+            audios[i] = audio
+    lengths = count_tokens(tokenizer, [e.text or "" for e in entries])
+
+    report = PrepareReport(source=source, output=output, rejects_file=rejects_path(output), format=fmt,
+                           frontend_fs=frontend_fs, audio_dir=audio_dir)
+    records = []
+    rates: Counter = Counter()
+    for entry, audio, text_length in zip(entries, audios, lengths):
+        problem = audio.problem
+        if problem is None:
+            speech_length = fbank_frames(audio.frames, audio.sample_rate, frontend_fs)
+            if speech_length < 1:
+                problem = ("audio_too_short", f"{audio.frames} samples at {audio.sample_rate} Hz, {audio.path}")
+        if problem is not None:
+            rejects.append(Problem(entry.file, entry.line, entry.key, problem[0], problem[1], input=entry.raw))
+            continue
+        duration = audio.frames / audio.sample_rate
+        record = {
+            "key": entry.key,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"{prompt}{SPEECH_BEGIN}!{audio.path}{SPEECH_END}"},
+                {"role": "assistant", "content": entry.text},
+            ],
+            "speech_length": speech_length,
+            "text_length": text_length,
+            "duration": round(duration, 6),
+            "sample_rate": audio.sample_rate,
+        }
+        if entry.speaker is not None:
+            record["speaker"] = entry.speaker
+        records.append(record)
+        report.total_duration += duration
+        rates[audio.sample_rate] += 1
+        report.multichannel += audio.channels > 1
+        report.materialized += audio.materialized
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(output, records)
+    report.written = len(records)
+    report.rejects = sorted(rejects, key=lambda p: (p.file, p.line))
+    report.sample_rates = dict(sorted(rates.items()))
+    write_rejects(report, report.rejects_file)
+    return report
+
+
+def _group_by_audio(entries: list[Entry], root: Path | None) -> list[list[int]]:
+    """Entry indices per audio source (a file or a pipe command), sources in order of first use:
+    a recording is opened (a pipe run) once for all its segments and channels."""
+    groups: dict[tuple[bool, str], list[int]] = {}
+    for i, entry in enumerate(entries):
+        source = entry.audio if entry.pipe or is_url(entry.audio) else resolve_path(entry.audio, root)
+        groups.setdefault((entry.pipe, source), []).append(i)
+    return list(groups.values())
+
+
+def _process_group(
+    group: list[Entry], root: Path | None, audio_dir: Path, tolerance: float, frontend_fs: int | None,
+) -> list[Audio]:
+    """The audio of every entry of one source: its header, and for cuts, channel picks and pipes
+    the samples, written under `audio_dir`. Never raises: a failure is each entry's problem."""
+    first = group[0]
+    label = f"'{first.audio}'" if first.pipe else str(first.audio)
+    try:
+        if first.pipe:
+            output, problem = run_pipe(first.audio or "")
+            if problem is not None:
+                return [Audio(problem=problem)] * len(group)
+            assert output is not None
+            try:
+                frames, rate, channels, subtype = header_of(io.BytesIO(output))
+            except Exception as err:  # noqa: BLE001
+                return [Audio(problem=("pipe_failed", f"{label} did not write readable audio: {one_line(err)}"))] * len(group)
+            header = Audio(path=None, frames=frames, sample_rate=rate, channels=channels, subtype=subtype)
+
+            def opener() -> Any:
+                return io.BytesIO(output)
+        else:
+            header = probe(first.audio or "", root)
+            if header.problem is not None:
+                return [header] * len(group)
+            label = str(header.path)
+
+            def opener() -> Any:
+                return header.path
+        return [_entry_audio(entry, header, opener, label, audio_dir, tolerance, frontend_fs) for entry in group]
+    except Exception as err:  # noqa: BLE001 -- one bad file never stops the run
+        reason = "pipe_failed" if first.pipe else "unreadable_audio"
+        return [Audio(problem=(reason, f"{label}: {type(err).__name__}: {one_line(err)}"))] * len(group)
+
+
+def _entry_audio(
+    entry: Entry, header: Audio, opener: Callable[[], Any], label: str, audio_dir: Path, tolerance: float,
+    frontend_fs: int | None,
+) -> Audio:
+    import numpy as np
+    import soundfile as sf
+
+    def reject(reason: str, detail: str) -> Audio:
+        return Audio(path=header.path, problem=(reason, detail))
+
+    rate, total = header.sample_rate, header.frames
+    if entry.channel is not None and entry.channel >= header.channels:
+        return reject("no_such_channel", f"channel {CHANNEL_SUFFIXES[entry.channel]} of a {header.channels}-channel "
+                                         f"file: {label}")
+    if entry.mono_only and header.channels > 1:
+        return reject("split_needs_channel_text",
+                      f"{header.channels}-channel audio with one transcript, {entry.key}; channel=split needs "
+                      f"{entry.key}-A and {entry.key}-B: {label}")
+    pick = entry.channel is not None and header.channels > 1
+    if not (entry.pipe or entry.segment or pick):
+        bad = nonfinite_samples(opener, header.subtype)
+        return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}") if bad else header
+    start, stop = 0, total
+    if entry.segment is not None:
+        start, stop = (nearest_sample(t, rate) for t in entry.segment)
+        length = f"recording {entry.recording} is {total / rate:.3f} s ({total} samples at {rate} Hz): {label}"
+        if start >= total:
+            return reject("segment_out_of_range", f"starts at {float(entry.segment[0]):g} s; the {length}")
+        if stop > total:
+            if stop - total > tolerance * rate:
+                return reject("segment_out_of_range", f"ends at {float(entry.segment[1]):g} s, "
+                                                      f"{(stop - total) / rate:.3f} s past the end (tolerance "
+                                                      f"{tolerance:g} s); the {length}")
+            stop = total
+    count = stop - start
+    if fbank_frames(count, rate, frontend_fs) < 1:
+        return reject("audio_too_short", f"{count} samples at {rate} Hz, {label}")
+    dtype = LOSSLESS_WAV_SUBTYPES.get(header.subtype, "float32")
+    subtype = header.subtype if header.subtype in LOSSLESS_WAV_SUBTYPES and sf.check_format("WAV", header.subtype) else "PCM_16"
+    try:
+        with sf.SoundFile(opener()) as f:
+            if start:
+                f.seek(start)
+            samples = f.read(count, dtype=dtype, always_2d=True)
+    except Exception as err:  # noqa: BLE001 -- soundfile raises several types
+        return reject("pipe_failed" if entry.pipe else "corrupt_audio", f"{label}: {one_line(err)}")
+    if len(samples) < count:
+        return reject("pipe_failed" if entry.pipe else "corrupt_audio",
+                      f"{label}: read {len(samples)} of {count} samples from sample {start}")
+    if pick:
+        samples = samples[:, [entry.channel]]
+    bad = int(np.count_nonzero(~np.isfinite(samples))) if samples.dtype.kind == "f" else 0
+    if bad:
+        return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}")
+    target = (audio_dir / audio_name(entry.key)).absolute()
+    try:
+        write_wav_atomic(target, samples, rate, subtype)
+    except Exception as err:  # noqa: BLE001
+        return reject("write_failed", f"{target}: {one_line(err)}")
+    return Audio(path=str(target), frames=len(samples), sample_rate=rate, channels=samples.shape[1],
+                  subtype=subtype, materialized=True)

@@ -1,0 +1,543 @@
+"""What users hand over, read into one entry type (`Entry`): a Kaldi data directory (wav.scp +
+text, optional segments ``utt rec start end`` and utt2spk; pipe entries ``cmd |`` refused unless
+allowed), a source/target JSONL (the seed's "simple" format; ``audio``/``text`` are accepted too),
+a CSV/TSV file with a header (named columns for the audio, the transcript and optionally the key;
+defaults: the first of audio|path|wav|source, text|transcript|target|sentence, key|id|utt), or a
+folder of audio files (any format `audio` reads), searched recursively, each with a same-stem
+``.txt`` transcript; the key is the relative path without extension.
+
+Every input line that cannot become an entry is a Problem with file, line, key and reason; a key
+seen before keeps the first line and reports the later one. Stereo (``channel``): "mix" keeps the
+file as it is (FunASR averages the channels), "A"/"B" (or 0/1) pick one channel, "split" makes one
+entry per channel transcript (``K-A``/``K-B`` for a key ``K``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from nano8k.data.audio import AUDIO_SUFFIXES
+from nano8k.data.problems import Problem
+from nano8k.data.text import (
+    bad_bytes,
+    clean_transcript,
+    read_lines,
+    replaced,
+    shown,
+    undecodable,
+)
+from nano8k.errors import UserError, one_line
+
+# prepare(channel=...): "mix" keeps every channel (FunASR averages them), "A"/"B" pick one,
+# "split" writes one line per channel transcript (keys <key>-A, <key>-B).
+CHANNEL_MODES = ("mix", "A", "B", "split")
+
+
+CHANNEL_SUFFIXES = ("A", "B")  # channel 0, channel 1
+
+
+@dataclass
+class Entry:
+    """One utterance read from the input, before its audio is looked at."""
+
+    file: str
+    line: int
+    key: str
+    audio: str | None  # path as written (or the command of a pipe entry)
+    text: str | None
+    pipe: bool = False
+    raw: str | None = None  # the input line, for the rejects file
+    segment: tuple[Fraction, Fraction] | None = None  # (start, end) in seconds: a Kaldi segment
+    recording: str | None = None  # the wav.scp key of a segment
+    channel: int | None = None  # 0 (A) or 1 (B): that channel alone; None: all channels
+    mono_only: bool = False  # channel=split with one transcript: right for mono audio only
+    speaker: str | None = None
+
+
+@dataclass
+class Keyed:
+    """A `key value` line of a Kaldi file (or a folder's transcript)."""
+
+    value: str
+    file: str
+    line: int
+    raw: str
+
+
+def channel_mode(channel: str | int) -> str | int:
+    """"mix" | 0 | 1 | "split" from what users write (mix, A, B, 0, 1, split; any case)."""
+    text = str(channel).strip()
+    lowered = text.lower()
+    if lowered in ("mix", "split"):
+        return lowered
+    if text.upper() in CHANNEL_SUFFIXES:
+        return CHANNEL_SUFFIXES.index(text.upper())
+    if text in ("0", "1"):
+        return int(text)
+    raise UserError(f"channel {channel!r}: use mix, A (or 0), B (or 1) or split")
+
+
+def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = False, source_format: str | None = None,
+                audio_column: str | None = None, text_column: str | None = None, key_column: str | None = None,
+                exclude: Path | None = None) -> tuple[str, Path, list[Entry], list[Problem]]:
+    """Any source `prepare` reads (Kaldi directory, source/target JSONL, CSV/TSV, folder):
+    (format, location, entries with unique keys, rejects). The one reader of sources, shared by
+    prepare and simulate, so both apply the same rules and reject reasons."""
+    fmt, location, delimiter = detect_source(source, source_format)
+    if fmt == "kaldi":
+        entries, rejects = _read_kaldi(location, allow_pipes, mode)
+    elif fmt == "jsonl":
+        entries, rejects = _read_source_jsonl(location, mode)
+    elif fmt == "table":
+        entries, rejects = _read_table(location, mode, delimiter, audio_column, text_column, key_column)
+    else:
+        entries, rejects = _read_folder(location, mode, exclude=exclude)
+    return fmt, location, _unique_keys(entries, rejects), rejects
+
+
+def detect_source(source: Path, source_format: str | None = None) -> tuple[str, Path, str | None]:
+    """(format, location, CSV delimiter or None)."""
+    if not source.exists():
+        raise UserError(f"{source}: no such file or directory")
+    if source.is_file() and source.name == "wav.scp":
+        source = source.parent
+    wanted = source_format.lower().strip() if source_format else None
+    if wanted not in (None, "kaldi", "jsonl", "csv", "tsv", "folder"):
+        raise UserError(f"source format {source_format!r}: use kaldi, jsonl, csv, tsv or folder")
+    if source.is_dir():
+        if wanted not in (None, "kaldi", "folder"):
+            raise UserError(f"{source}: a directory cannot be read as {wanted}")
+        if wanted != "folder" and (source / "wav.scp").is_file():
+            if not (source / "text").is_file():
+                raise UserError(f"{source}: Kaldi data directory without a text file")
+            return "kaldi", source, None
+        if wanted == "kaldi":
+            raise UserError(f"{source}: not a Kaldi data directory (no wav.scp)")
+        if any(True for _ in audio_files(source, exclude=None)):
+            return "folder", source, None
+        raise UserError(f"{source}: neither a Kaldi data directory (no wav.scp) nor a folder of audio files "
+                        f"({', '.join(sorted(AUDIO_SUFFIXES))}) with .txt transcripts")
+    if wanted in ("kaldi", "folder"):
+        raise UserError(f"{source}: a file cannot be read as {wanted}; give the directory")
+    suffix = source.suffix.lower()
+    if wanted == "jsonl" or (wanted is None and suffix in (".jsonl", ".json")):
+        return "jsonl", source, None
+    if wanted in ("csv", "tsv") or suffix in (".csv", ".tsv", ".tab"):
+        if wanted == "tsv" or (wanted is None and suffix in (".tsv", ".tab")):
+            return "table", source, "\t"
+        return "table", source, "," if suffix == ".csv" else None  # None: sniffed
+    with open(source, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"{"):
+        return "jsonl", source, None
+    raise UserError(f"{source}: neither a Kaldi data directory (wav.scp + text), a JSONL file nor a .csv/.tsv "
+                    "file (give the format with source_format / --format)")
+
+
+def read_keyed(
+    path: Path, rejects: list[Problem], value_name: str | None, claimed: set[str] | None = None,
+) -> dict[str, Keyed]:
+    """`key value` lines of a Kaldi file. `value_name`: the value must be there (a malformed line
+    otherwise); None: it may be empty (a transcript: reported as empty where it is used). Keys of
+    rejected lines go to `claimed`: their transcripts are not reported a second time."""
+    out: dict[str, Keyed] = {}
+    claimed = set() if claimed is None else claimed
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        if undecodable(line):
+            rejects.append(Problem(str(path), lineno, shown(key), "undecodable_text", bad_bytes(line), input=shown(line)))
+            claimed.add(key)
+            continue
+        if value_name is not None and not value:
+            rejects.append(Problem(str(path), lineno, key, "malformed_line", f"no {value_name} after the key", input=line))
+            claimed.add(key)
+            continue
+        if key in out:
+            rejects.append(Problem(str(path), lineno, key, "duplicate_key", f"first at {path}:{out[key].line}", input=line))
+            continue
+        out[key] = Keyed(value, str(path), lineno, line)
+    return out
+
+
+def _pair_transcripts(
+    unit: Entry, transcripts: dict[str, Keyed], used: set[str], mode: str | int, missing: str,
+    speakers: Mapping[str, Keyed], entries: list[Entry], rejects: list[Problem],
+) -> None:
+    """Entries for one audio unit (a wav.scp line, a segment, a folder's file) keyed `unit.key`,
+    with transcripts looked up by key; channel=split looks for `<key>-A`/`<key>-B` first."""
+
+    def pair(key: str, channel: int | None, mono_only: bool, note: str = "") -> None:
+        found = transcripts.get(key)
+        if found is None:
+            rejects.append(Problem(unit.file, unit.line, key, "no_text", f"{key} is not in {missing}{note}", input=unit.raw))
+            return
+        used.add(key)
+        text, bad = clean_transcript(found.value)
+        if not text:
+            rejects.append(Problem(found.file, found.line, key, "empty_text", "no words after the key" if found.line
+                                   else "the transcript file is empty", input=found.raw))
+            return
+        if bad:
+            rejects.append(Problem(found.file, found.line, key, "undecodable_text", bad, input=found.raw))
+            return
+        speaker = speakers.get(key) or speakers.get(unit.key)
+        entries.append(Entry(unit.file, unit.line, key, unit.audio, text, unit.pipe, raw=unit.raw,
+                              segment=unit.segment, recording=unit.recording, channel=channel, mono_only=mono_only,
+                              speaker=speaker.value if speaker else None))
+
+    if mode == "split":
+        per_channel = [f"{unit.key}-{suffix}" for suffix in CHANNEL_SUFFIXES]
+        if any(key in transcripts for key in per_channel):
+            for channel, key in enumerate(per_channel):
+                pair(key, channel, False, " (channel=split: one transcript per channel, "
+                                          f"{per_channel[0]} and {per_channel[1]})")
+            whole = transcripts.get(unit.key)
+            if whole is not None:
+                used.add(unit.key)
+                rejects.append(Problem(whole.file, whole.line, unit.key, "unused_text",
+                                       f"channel=split uses {per_channel[0]}/{per_channel[1]}; this transcript of "
+                                       "the whole recording is not written", input=whole.raw))
+        else:
+            pair(unit.key, None, True)
+    else:
+        pair(unit.key, mode if isinstance(mode, int) else None, False)
+
+
+def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> tuple[list[Entry], list[Problem]]:
+    """wav.scp + text (+ segments, utt2spk) -> entries in wav.scp order (segments order when there
+    is a segments file); pairing problems as rejects."""
+    scp, text, seg, spk = (directory / name for name in ("wav.scp", "text", "segments", "utt2spk"))
+    rejects: list[Problem] = []
+    claimed: set[str] = set()  # keys of rejected audio lines: their transcripts are not reported again
+    transcripts = read_keyed(text, rejects, None)
+    speakers = read_keyed(spk, rejects, "speaker") if spk.is_file() else {}
+    recordings = read_keyed(scp, rejects, "audio path", None if seg.is_file() else claimed)
+
+    pipes = [(r.line, key) for key, r in recordings.items() if r.value.endswith("|")]
+    if pipes and not allow_pipes:
+        lineno, key = pipes[0]
+        more = f" and {len(pipes) - 1} more" if len(pipes) > 1 else ""
+        raise UserError(f"{scp}:{lineno}: '{key}' is a pipe command ('... |'){more}; commands in data files are "
+                        "not run unless pipes are allowed (allow_pipes / --allow-pipes)")
+
+    def location(rec: Keyed) -> tuple[str, bool]:
+        pipe = rec.value.endswith("|")
+        return (rec.value[:-1].strip() if pipe else rec.value), pipe
+
+    units: list[Entry] = []
+    if seg.is_file():
+        seen: dict[str, int] = {}
+        for lineno, line in enumerate(read_lines(seg), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            where = (str(seg), lineno)
+            key = parts[0]
+            claimed.add(key)  # reported below unless it becomes an entry, which uses its transcript
+            if undecodable(line):
+                rejects.append(Problem(*where, shown(key), "undecodable_text", bad_bytes(line), input=shown(line)))
+                continue
+            try:
+                if len(parts) != 4:
+                    raise ValueError(f"{len(parts)} fields, not 4 (utt rec start end)")
+                start, end = Fraction(parts[2]), Fraction(parts[3])
+                if start < 0 or end <= start:
+                    raise ValueError(f"start {parts[2]} and end {parts[3]}: need 0 <= start < end")
+            except (ValueError, ZeroDivisionError) as err:
+                rejects.append(Problem(*where, key, "malformed_line", one_line(err), input=line))
+                continue
+            if key in seen:
+                rejects.append(Problem(*where, key, "duplicate_key", f"first at {seg}:{seen[key]}", input=line))
+                continue
+            seen[key] = lineno
+            rec = recordings.get(parts[1])
+            if rec is None:
+                rejects.append(Problem(*where, key, "no_recording", f"recording {parts[1]} is not in {scp}", input=line))
+                continue
+            audio, pipe = location(rec)
+            units.append(Entry(*where, key, audio, None, pipe, raw=line, segment=(start, end), recording=parts[1]))
+    else:
+        for key, rec in recordings.items():
+            audio, pipe = location(rec)
+            units.append(Entry(rec.file, rec.line, key, audio, None, pipe, raw=rec.raw))
+
+    entries: list[Entry] = []
+    used: set[str] = set()
+    for unit in units:
+        _pair_transcripts(unit, transcripts, used, mode, str(text), speakers, entries, rejects)
+    audio_file = seg if seg.is_file() else scp
+    for key, found in transcripts.items():
+        base = re.sub(r"-[AB]$", "", key) if mode == "split" else key
+        if key not in used and key not in claimed and base not in claimed:
+            rejects.append(Problem(found.file, found.line, key, "no_audio", f"{key} is not in {audio_file}", input=found.raw))
+    return entries, rejects
+
+
+def _row_channel(key: str, mode: str | int) -> tuple[int | None, bool]:
+    """(channel, mono_only) of a JSONL/CSV row: with channel=split, a key ending in -A/-B takes
+    that channel of its audio; any other key must have mono audio."""
+    if isinstance(mode, int):
+        return mode, False
+    if mode == "split":
+        match = re.fullmatch(r".+-([AB])", key)
+        return (CHANNEL_SUFFIXES.index(match[1]), False) if match else (None, True)
+    return None, False
+
+
+def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[Entry], list[Problem]]:
+    """The seed's {"key", "source"|"audio", "target"|"text"} lines -> entries in file order."""
+    entries: list[Entry] = []
+    rejects: list[Problem] = []
+    seen: dict[str, int] = {}
+    checked_format = False
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        where = (str(path), lineno)
+        if undecodable(line):
+            rejects.append(Problem(*where, json_key(replaced(line)), "undecodable_text", bad_bytes(line), input=shown(line)))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            rejects.append(Problem(*where, None, "malformed_line", f"invalid JSON: {err.msg} at column {err.colno}", input=line))
+            continue
+        if not isinstance(obj, dict):
+            rejects.append(Problem(*where, None, "malformed_line", f"a JSON {type(obj).__name__}, not an object", input=line))
+            continue
+        if not checked_format:
+            checked_format = True
+            if "messages" in obj and not any(k in obj for k in ("source", "audio")):
+                raise UserError(f"{path}: already a Nano manifest (it has 'messages'); check it instead of preparing it")
+        key = obj.get("key")
+        if key is None:
+            key = f"sample_{lineno:08d}"
+        elif isinstance(key, (list, tuple)) and len(key) == 1:
+            key = key[0]
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or str(key).strip() == "":
+            rejects.append(Problem(*where, None, "malformed_line", f"key {key!r} is not a non-empty string", input=line))
+            continue
+        key = str(key).strip()
+        if key in seen:
+            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}", input=line))
+            continue
+        seen[key] = lineno
+
+        audio_field = "source" if "source" in obj else "audio"
+        text_field = "target" if "target" in obj else "text"
+        audio, text = obj.get(audio_field), obj.get(text_field)
+        problem = None
+        if audio is None or (isinstance(audio, str) and not audio.strip()):
+            problem = ("no_audio", "no 'source' (or 'audio') field")
+        elif not isinstance(audio, str):
+            problem = ("malformed_line", f"'{audio_field}' is a {type(audio).__name__}, not a path")
+        elif text is None:
+            problem = ("no_text", "no 'target' (or 'text') field")
+        elif not isinstance(text, str):
+            problem = ("malformed_line", f"'{text_field}' is a {type(text).__name__}, not a string")
+        else:
+            text, bad = clean_transcript(text)
+            if not text:
+                problem = ("empty_text", f"'{text_field}' is empty")
+            elif bad:
+                problem = ("undecodable_text", bad)
+        if problem is not None:
+            rejects.append(Problem(*where, key, *problem, input=line))
+            continue
+        channel, mono_only = _row_channel(key, mode)
+        entries.append(Entry(*where, key, audio.strip(), text, raw=line, channel=channel, mono_only=mono_only))
+    return entries, rejects
+
+
+def json_key(line: str) -> str | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    key = obj.get("key") if isinstance(obj, dict) else None
+    return str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else None
+
+
+TABLE_COLUMNS = {
+    "audio": ("audio", "path", "wav", "source", "audio_path", "wav_path", "audio_filepath", "file"),
+    "text": ("text", "transcript", "target", "sentence", "transcription"),
+    "key": ("key", "id", "utt", "utt_id", "uttid"),
+}
+
+
+def _read_table(
+    path: Path, mode: str | int, delimiter: str | None, audio_column: str | None = None,
+    text_column: str | None = None, key_column: str | None = None,
+) -> tuple[list[Entry], list[Problem]]:
+    """A CSV/TSV file with a header row -> entries in file order. Columns are matched by name,
+    case-insensitively; without a key column the key is sample_<line>. `delimiter` None: the
+    header line's most frequent of `,`, TAB, `;` and `|`."""
+    content = path.read_bytes().decode("utf-8", "surrogateescape")
+    if content.startswith("\ufeff"):
+        content = content[1:]
+    if delimiter is None:  # the header's most frequent of , TAB ; | (csv.Sniffer gives up on ragged rows)
+        head = next((line for line in content.splitlines() if line.strip()), "")
+        delimiter = max(",\t;|", key=head.count)
+    physical = content.splitlines()
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    rejects: list[Problem] = []
+    entries: list[Entry] = []
+    header: list[str] | None = None
+    columns: dict[str, int | None] = {}
+    seen: dict[str, int] = {}
+    end = 0
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:  # e.g. a NUL byte or an unterminated quote at the end
+            end = reader.line_num
+            rejects.append(Problem(str(path), start, None, "malformed_line", f"CSV: {one_line(err)}",
+                                   input=shown("\n".join(physical[start - 1:end]))))
+            continue
+        end = reader.line_num
+        raw = "\n".join(physical[start - 1:end])
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip() for cell in row]
+            columns = _table_columns(path, header, audio_column, text_column, key_column)
+            continue
+        where = (str(path), start)
+        if undecodable(raw):
+            key_at = columns["key"]
+            key = shown(row[key_at]).strip() if key_at is not None and key_at < len(row) else None
+            rejects.append(Problem(*where, key, "undecodable_text", bad_bytes(raw), input=shown(raw)))
+            continue
+        if len(row) != len(header):
+            rejects.append(Problem(*where, None, "malformed_line", f"{len(row)} fields, the header has {len(header)}",
+                                   input=raw))
+            continue
+        key = row[columns["key"]].strip() if columns["key"] is not None else f"sample_{start:08d}"
+        if not key:
+            rejects.append(Problem(*where, None, "malformed_line", f"empty {header[columns['key']]!r}", input=raw))
+            continue
+        if key in seen:
+            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}", input=raw))
+            continue
+        seen[key] = start
+        audio, (text, bad) = row[columns["audio"]].strip(), clean_transcript(row[columns["text"]])
+        if not audio:
+            rejects.append(Problem(*where, key, "no_audio", f"empty {header[columns['audio']]!r}", input=raw))
+            continue
+        if not text:
+            rejects.append(Problem(*where, key, "empty_text", f"empty {header[columns['text']]!r}", input=raw))
+            continue
+        if bad:
+            rejects.append(Problem(*where, key, "undecodable_text", bad, input=raw))
+            continue
+        channel, mono_only = _row_channel(key, mode)
+        entries.append(Entry(*where, key, audio, text, raw=raw, channel=channel, mono_only=mono_only))
+    if header is None:
+        raise UserError(f"{path}: no header row (a CSV/TSV file needs named columns)")
+    return entries, rejects
+
+
+def _table_columns(path: Path, header: list[str], audio: str | None, text: str | None, key: str | None) -> dict[str, int | None]:
+    lowered = [name.lower() for name in header]
+    found: dict[str, int | None] = {}
+    for role, given in (("audio", audio), ("text", text), ("key", key)):
+        if given is not None:
+            if given.strip().lower() not in lowered:
+                raise UserError(f"{path}: no column {given!r} for the {role} (columns: {', '.join(header)})")
+            found[role] = lowered.index(given.strip().lower())
+            continue
+        found[role] = next((lowered.index(name) for name in TABLE_COLUMNS[role] if name in lowered), None)
+        if found[role] is None and role != "key":
+            raise UserError(f"{path}: no {role} column (looked for {', '.join(TABLE_COLUMNS[role])}; columns: "
+                            f"{', '.join(header)}); name it with {role}_column / --{role}-column")
+    if found["audio"] == found["text"]:
+        raise UserError(f"{path}: the audio and the text column are both {header[found['audio']]!r}")
+    return found
+
+
+def audio_files(directory: Path, exclude: Path | None) -> Iterable[Path]:
+    """Audio files under `directory`, recursively, sorted by relative path; hidden files and
+    directories, and `exclude` (the output's own audio directory), are skipped."""
+    skip = os.path.abspath(exclude) if exclude is not None else None
+    for current, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (skip is None or os.path.abspath(os.path.join(current, d)) != skip))
+        for name in sorted(files):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_SUFFIXES:
+                yield Path(current) / name
+
+
+def folder_key(relative: Path) -> str:
+    """Key of a file in a folder input: its relative path without extension, '/'-separated,
+    whitespace replaced by '_' (Kaldi keys hold no whitespace)."""
+    return re.sub(r"\s+", "_", relative.with_suffix("").as_posix())
+
+
+def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None = None) -> tuple[list[Entry], list[Problem]]:
+    """Audio files with same-stem .txt transcripts (stem-A.txt/stem-B.txt for channel=split)."""
+    rejects: list[Problem] = []
+    units: list[Entry] = []
+    owners: dict[str, Path] = {}
+    for path in audio_files(directory, exclude):
+        key = folder_key(path.relative_to(directory))
+        if key in owners:
+            rejects.append(Problem(str(path), 0, key, "duplicate_key", f"{owners[key]} has the same key (and transcript)"))
+            continue
+        owners[key] = path
+        units.append(Entry(str(path), 0, key, str(path.absolute()), None, raw=str(path)))
+
+    transcripts: dict[str, Keyed] = {}
+    for current, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in sorted(files):
+            if name.startswith(".") or not name.lower().endswith(".txt"):
+                continue
+            path = Path(current) / name
+            key = folder_key(path.relative_to(directory))
+            content = path.read_bytes()
+            try:
+                text = content.decode("utf-8-sig")
+            except UnicodeDecodeError as err:
+                rejects.append(Problem(str(path), 0, key, "undecodable_text",
+                                       f"not UTF-8: {err.reason} at byte {err.start}",
+                                       input=content.decode("utf-8", "backslashreplace")))
+                continue
+            transcripts[key] = Keyed(text, str(path), 0, text)
+
+    entries: list[Entry] = []
+    used: set[str] = set()
+    for unit in units:
+        _pair_transcripts(unit, transcripts, used, mode, "the folder (no .txt transcript)", {}, entries, rejects)
+    for key, found in sorted(transcripts.items()):
+        if key not in used:
+            rejects.append(Problem(found.file, 0, key, "no_audio", "no audio file with this stem", input=found.raw))
+    return entries, rejects
+
+
+def _unique_keys(entries: list[Entry], rejects: list[Problem]) -> list[Entry]:
+    """Drop entries whose key an earlier entry already has (after channel=split suffixing)."""
+    seen: dict[str, Entry] = {}
+    kept = []
+    for entry in entries:
+        first = seen.get(entry.key)
+        if first is not None:
+            rejects.append(Problem(entry.file, entry.line, entry.key, "duplicate_key",
+                                   f"the key of {first.file}:{first.line}", input=entry.raw))
+            continue
+        seen[entry.key] = entry
+        kept.append(entry)
+    return kept

@@ -1,0 +1,53 @@
+"""Files nano8k writes: atomically (readers see the old file or the new one, never half of one),
+with the mode a plain open() gives (the umask honoured)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+    """Write JSON lines to a temporary file beside `path`, then rename it into place."""
+    write_lines_atomic(path, (json.dumps(record, ensure_ascii=False) for record in records))
+
+
+def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary path beside `path` to write to, renamed over `path` when the block succeeds
+    (readers see the old file or the new one, never half of one) and removed when it fails. The
+    file gets the mode a plain open() would give it: mkstemp's 0600 would ignore the umask."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask sets it, racing other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
