@@ -18,8 +18,7 @@ Outputs (all under ``data/demo/`` of the repository this script lives in, whatev
                               from data/demo/)
     README.md                 provenance
 
-Paths in ``wav.scp`` are RELATIVE TO THE REPOSITORY ROOT (e.g. ``data/demo/wav/utt001.wav``):
-a consumer must resolve them against the repo root (or run from it), not against the data dir.
+Paths in ``wav.scp`` are relative to the data directory (``../wav/utt001.wav``), nano8k's one path rule.
 ``text`` holds the normalized transcript: lower case, no punctuation except apostrophes, no digits
 (numbers are spelled out as words in the prompts, so the reference is unambiguous).
 
@@ -304,7 +303,7 @@ call-centre style English utterances ({n_train} train / {n_dev} dev), {total_s:.
   standard G.711 levels.
 - `train/`, `dev/`: Kaldi-style data dirs with `wav.scp` (`<utt-id> <path>`) and `text`
   (`<utt-id> <transcript>`), sorted by utterance id. Paths in `wav.scp` are **relative to the
-  repository root** (e.g. `data/demo/wav/utt001.wav`), not to the data dir.
+  data dir** (`../wav/utt001.wav`), as nano8k resolves relative paths.
 - Transcripts are normalized: lower case, no punctuation except apostrophes, numbers written as
   words (the prompts contain no digits).
 - `SHA256SUMS`: checksums of all other files (`cd data/demo && sha256sum -c SHA256SUMS`).
@@ -338,7 +337,7 @@ IVR_README = (
     README.replace("# Demo corpus: synthetic 8 kHz telephone speech", "# IVR corpus: synthetic 8 kHz telephone digit strings and commands")
     .replace("short\ncall-centre style English utterances", "English\ndigit strings (3-5 digits, 60 %, some in a carrier phrase: \"my pin is ...\") and IVR commands (40 %)")
     .replace("`wav/uttNNN.wav`", "`wav/ivrNNNN.wav`")
-    .replace("data/demo/wav/utt001.wav", "data/ivr/wav/ivr0001.wav")
+    .replace("../wav/utt001.wav", "../wav/ivr0001.wav")
     .replace("(the prompts contain no digits)", "(digit strings are spelled out; `oh` is a digit)")
     .replace("picked per utterance from a sha256 of its id", "and the text, picked per utterance from a sha256 of its id")
     + "\n## Purpose\n\nThe corpus `make demo` trains on: the dev set's digit strings are new combinations (a model\n"
@@ -364,7 +363,7 @@ def generate(out: Path, version: str) -> dict:
             write_mulaw_wav(wav_dir / f"{utt}.wav", codes)
             durations.append(len(codes) / FS_OUT)
             split = "dev" if (i + 1) % DEV_EVERY == 0 else "train"
-            rows[split].append((utt, (OUT_REL / "wav" / f"{utt}.wav").as_posix(), normalize_text(sentence)))
+            rows[split].append((utt, f"../wav/{utt}.wav", normalize_text(sentence)))
     return finish(out, rows, np.array(durations), version, README, SPEEDS)
 
 
@@ -425,7 +424,7 @@ def generate_ivr(out: Path, version: str) -> dict:
             write_mulaw_wav(wav_dir / f"{utt}.wav", codes)
             durations.append(len(codes) / FS_OUT)
             split = "dev" if (i + 1) % DEV_EVERY == 0 else "train"
-            rows[split].append((utt, (IVR_OUT_REL / "wav" / f"{utt}.wav").as_posix(), normalize_text(text)))
+            rows[split].append((utt, f"../wav/{utt}.wav", normalize_text(text)))
     return finish(out, rows, np.array(durations), version, IVR_README, IVR_SPEEDS, IVR_MARGIN_S)
 
 
@@ -437,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", choices=sorted(CORPORA), default="demo",
                     help="demo: data/demo (100 sentences); ivr: data/ivr (1,800 digit strings and commands)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="output dir (default: <repo>/data/CORPUS; wav.scp paths always say data/CORPUS/...)")
+                    help="output dir (default: <repo>/data/CORPUS; wav.scp paths are relative to each data dir)")
     ap.add_argument("--check", action="store_true",
                     help="regenerate into a temp dir and compare byte for byte with --out; change nothing")
     ap.add_argument("--allow-version-mismatch", action="store_true",

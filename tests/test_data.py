@@ -106,12 +106,12 @@ TRANSCRIPTS = {
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch) -> Path:
-    """Three WAVs (8 kHz, 8 kHz odd length, 16 kHz) and a Kaldi dir with paths relative to the cwd."""
+    """Three WAVs (8 kHz, 8 kHz odd length, 16 kHz) and a Kaldi dir with paths relative to itself."""
     monkeypatch.chdir(tmp_path)
     wav(tmp_path / "audio" / "a01.wav", 24000, 8000, seed=1)  # 3 s
     wav(tmp_path / "audio" / "a02.wav", 16079, 8000, seed=2)  # 2.009875 s, just below a frame boundary
     wav(tmp_path / "audio" / "a03.wav", 40000, 16000, seed=3)  # 2.5 s at 16 kHz
-    write_lines(tmp_path / "kaldi" / "wav.scp", [f"{k} audio/{k}.wav" for k in TRANSCRIPTS])
+    write_lines(tmp_path / "kaldi" / "wav.scp", [f"{k} ../audio/{k}.wav" for k in TRANSCRIPTS])
     write_lines(tmp_path / "kaldi" / "text", [f"{k} {t}" for k, t in TRANSCRIPTS.items()])
     return tmp_path
 
@@ -194,14 +194,15 @@ def test_source_target_jsonl_gives_the_same_lines(corpus, tokenizer_dir):
     assert (report.format, report.written, report.rejected) == ("jsonl", 3, 0)
     lines = read_jsonl(report.output)
     assert [r["key"] for r in lines] == ["a01", "a02", "sample_00000003"]
+    assert lines[0]["domain"] == "x"  # a source's other fields are carried into the manifest
     for a, b in zip(kaldi, lines):
-        assert {**a, "key": None} == {**b, "key": None}
+        assert {**a, "key": None} == {**{k: v for k, v in b.items() if k != "domain"}, "key": None}
 
 
 def test_workers_do_not_change_the_output(corpus, tokenizer_dir):
     for n in range(4, 40):
         wav(corpus / "audio" / f"b{n:02d}.wav", 8000 + 97 * n, 8000, seed=n)
-    write_lines(corpus / "many" / "wav.scp", [f"b{n:02d} audio/b{n:02d}.wav" for n in range(4, 40)] + ["zz missing.wav"])
+    write_lines(corpus / "many" / "wav.scp", [f"b{n:02d} ../audio/b{n:02d}.wav" for n in range(4, 40)] + ["zz missing.wav"])
     write_lines(corpus / "many" / "text", [f"b{n:02d} number {n}" for n in range(4, 40)] + ["zz gone"])
     serial = data.prepare(Path("many"), corpus / "s.jsonl", tokenizer_dir, workers=1)
     parallel = data.prepare(Path("many"), corpus / "p.jsonl", tokenizer_dir, workers=4)
@@ -211,7 +212,7 @@ def test_workers_do_not_change_the_output(corpus, tokenizer_dir):
 
 
 def test_pipe_entries_are_refused_with_file_and_line(corpus, tokenizer_dir):
-    scp = write_lines(corpus / "kaldi" / "wav.scp", ["a01 audio/a01.wav", "a02 cat audio/a02.wav |", "a03 audio/a03.wav"])
+    scp = write_lines(corpus / "kaldi" / "wav.scp", ["a01 ../audio/a01.wav", "a02 cat audio/a02.wav |", "a03 ../audio/a03.wav"])
     with pytest.raises(UserError) as err:
         data.prepare(Path("kaldi"), corpus / "out.jsonl", tokenizer_dir)
     message = str(err.value)
@@ -222,7 +223,7 @@ def test_pipe_entries_are_refused_with_file_and_line(corpus, tokenizer_dir):
 
 
 def test_allowed_pipes_are_run_and_stored_as_wav(corpus, tokenizer_dir):
-    write_lines(corpus / "kaldi" / "wav.scp", ["a01 audio/a01.wav", "a02 cat audio/a02.wav |", "a03 false |"])
+    write_lines(corpus / "kaldi" / "wav.scp", ["a01 ../audio/a01.wav", "a02 cat audio/a02.wav |", "a03 false |"])
     report = data.prepare(Path("kaldi"), corpus / "out" / "p.jsonl", tokenizer_dir, allow_pipes=True)
     assert (report.written, report.counts) == (2, {"pipe_failed": 1})
     assert (report.rejects[0].line, report.rejects[0].key) == (3, "a03")
@@ -237,15 +238,15 @@ def test_kaldi_problems_are_reported_with_lines_and_good_lines_written(corpus, t
     (corpus / "audio" / "bad.wav").write_bytes(b"RIFF0000WAVEnot really audio" * 4)
     wav(corpus / "audio" / "tiny.wav", 150, 8000)  # < 25 ms
     write_lines(corpus / "kaldi" / "wav.scp", [
-        "a01 audio/a01.wav",        # 1 good
-        "gone audio/gone.wav",      # 2 missing audio
-        "a02 audio/a02.wav",        # 3 empty text (text line 3)
-        "bad audio/bad.wav",        # 4 unreadable
-        "a01 audio/a03.wav",        # 5 duplicate key
-        "notext audio/a03.wav",     # 6 not in text
+        "a01 ../audio/a01.wav",        # 1 good
+        "gone ../audio/gone.wav",      # 2 missing audio
+        "a02 ../audio/a02.wav",        # 3 empty text (text line 3)
+        "bad ../audio/bad.wav",        # 4 unreadable
+        "a01 ../audio/a03.wav",        # 5 duplicate key
+        "notext ../audio/a03.wav",     # 6 not in text
         "lonely",                   # 7 no path
-        "tiny audio/tiny.wav",      # 8 too short
-        "a03 audio/a03.wav",        # 9 good
+        "tiny ../audio/tiny.wav",      # 8 too short
+        "a03 ../audio/a03.wav",        # 9 good
     ])
     write_lines(corpus / "kaldi" / "text", [
         f"a01 {TRANSCRIPTS['a01']}", "gone some words", "a02   ", "bad more words",
@@ -303,8 +304,8 @@ def test_user_errors(corpus, tokenizer_dir):
     cases = {
         Path("nowhere"): "no such file",
         write_lines(corpus / "empty_dir" / "README", ["x"]).parent: "neither a Kaldi data directory",
-        write_lines(corpus / "notes.txt", ["a01 audio/a01.wav"]): "neither a Kaldi data directory",
-        write_lines(corpus / "notext" / "wav.scp", ["a01 audio/a01.wav"]).parent: "without a text file",
+        write_lines(corpus / "notes.txt", ["a01 ../audio/a01.wav"]): "neither a Kaldi data directory",
+        write_lines(corpus / "notext" / "wav.scp", ["a01 ../audio/a01.wav"]).parent: "without a text file",
     }
     for source, message in cases.items():
         with pytest.raises(UserError, match=message):
@@ -360,8 +361,8 @@ def mixed_manifest(corpus, tokenizer_dir) -> Path:
     wav(corpus / "audio" / "long.wav", 40000, 8000, seed=7)  # 5 s: 498 frames
     wav(corpus / "audio" / "short.wav", 640, 8000, seed=8)  # 80 ms: 6 frames
     (corpus / "audio" / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 8)
-    write_lines(corpus / "k2" / "wav.scp", ["a01 audio/a01.wav", "a03 audio/a03.wav", "long audio/long.wav",
-                                            "short audio/short.wav"])
+    write_lines(corpus / "k2" / "wav.scp", ["a01 ../audio/a01.wav", "a03 ../audio/a03.wav", "long ../audio/long.wav",
+                                            "short ../audio/short.wav"])
     write_lines(corpus / "k2" / "text", [f"a01 {TRANSCRIPTS['a01']}", f"a03 {TRANSCRIPTS['a03']}",
                                          "long a long call", "short hi"])
     good = read_jsonl(data.prepare(Path("k2"), corpus / "k2.jsonl", tokenizer_dir).output)
@@ -544,8 +545,8 @@ def test_check_reports_a_stale_speech_length(corpus, tokenizer_dir):
 
 @pytest.mark.skipif(not (REPO / "data" / "demo" / "train" / "wav.scp").is_file(), reason="no bundled demo corpus")
 def test_demo_corpus(tmp_path, tokenizer_dir, monkeypatch):
-    monkeypatch.chdir(REPO)  # wav.scp paths are relative to the repository root
-    report = data.prepare(Path("data/demo/train"), tmp_path / "train.jsonl", tokenizer_dir, workers=2)
+    monkeypatch.chdir(tmp_path)  # wav.scp paths are relative to the data directory, wherever prepare runs
+    report = data.prepare(REPO / "data/demo/train", tmp_path / "train.jsonl", tokenizer_dir, workers=2)
     assert report.rejected == 0 and report.written == len((REPO / "data/demo/train/wav.scp").read_text().splitlines())
     assert set(report.sample_rates) == {8000}
     checked = data.check(report.output, {**CONF, "max_token_length": 1024, "batch_size": 6000}, expected_fs=8000)
@@ -569,7 +570,7 @@ def test_line_splitting_and_bom_match_funasr(corpus, tokenizer_dir, tokenizer):
 
 def test_empty_and_stereo_audio(corpus, tokenizer_dir, tokenizer):
     wav(corpus / "audio" / "st.wav", 24000, 8000, channels=2)
-    write_lines(corpus / "kaldi" / "wav.scp", ["a01 audio/a01.wav", "st audio/st.wav"])
+    write_lines(corpus / "kaldi" / "wav.scp", ["a01 ../audio/a01.wav", "st ../audio/st.wav"])
     write_lines(corpus / "kaldi" / "text", [f"a01 {TRANSCRIPTS['a01']}", "st two channels"])
     report = data.prepare(Path("kaldi"), corpus / "m.jsonl", tokenizer_dir)
     assert (report.written, report.multichannel) == (2, 1)
@@ -638,7 +639,7 @@ def segmented(corpus) -> Path:
     pcm(corpus / "rec" / "call1.wav", ints(40000, seed=11), 8000)  # 5 s
     pcm(corpus / "rec" / "call2.wav", ints(24000, channels=2, seed=12, scale=20000), 8000, "ULAW")  # 3 s
     d = corpus / "seg"
-    write_lines(d / "wav.scp", ["call1 rec/call1.wav", "call2 rec/call2.wav", "unused rec/none.wav"])
+    write_lines(d / "wav.scp", ["call1 ../rec/call1.wav", "call2 ../rec/call2.wav", "unused ../rec/none.wav"])
     write_lines(d / "segments", [
         "u1 call1 0.5 1.75",      # 1 samples 4000..14000
         "u2 call1 1.0 2.00005",   # 2 overlapping; end rounds to sample 16000
@@ -689,7 +690,7 @@ def test_segments_are_cut_sample_exactly(segmented, corpus, tokenizer_dir):
 
 
 def test_segments_of_a_pipe_and_parallel_order(segmented, corpus, tokenizer_dir):
-    write_lines(segmented / "wav.scp", ["call1 cat rec/call1.wav |", "call2 rec/call2.wav"])
+    write_lines(segmented / "wav.scp", ["call1 cat rec/call1.wav |", "call2 ../rec/call2.wav"])
     with pytest.raises(UserError, match="pipe"):
         data.prepare(Path("seg"), corpus / "p.jsonl", tokenizer_dir)
     serial = data.prepare(Path("seg"), corpus / "s.jsonl", tokenizer_dir, allow_pipes=True)
@@ -710,7 +711,7 @@ def test_one_corrupt_file_does_not_stop_the_run(corpus, tokenizer_dir):
     raw[200:] = bytes((b * 7 + 3) % 256 for b in raw[200:])
     (corpus / "rec" / "bad.flac").write_bytes(bytes(raw))
     assert sf.info(str(corpus / "rec" / "bad.flac")).frames == 20000
-    write_lines(corpus / "k" / "wav.scp", ["good rec/good.flac", "bad rec/bad.flac"])
+    write_lines(corpus / "k" / "wav.scp", ["good ../rec/good.flac", "bad ../rec/bad.flac"])
     write_lines(corpus / "k" / "segments", ["g1 good 0 1", "b1 bad 0.5 1.5", "g2 good 1 2"])
     write_lines(corpus / "k" / "text", ["g1 one", "b1 two", "g2 three"])
     report = data.prepare(Path("k"), corpus / "o.jsonl", tokenizer_dir)
@@ -765,7 +766,7 @@ def stereo(corpus) -> dict:
 
 
 def test_channel_pick_and_mix(stereo, corpus, tokenizer_dir):
-    write_lines(corpus / "k" / "wav.scp", ["call st/call.wav", "mono st/mono.wav"])
+    write_lines(corpus / "k" / "wav.scp", ["call ../st/call.wav", "mono ../st/mono.wav"])
     write_lines(corpus / "k" / "text", ["call agent and customer", "mono just one"])
     mix = data.prepare(Path("k"), corpus / "mix.jsonl", tokenizer_dir)
     assert [audio_path_of(r) for r in read_jsonl(mix.output)] == [str(corpus / "st" / "call.wav"), str(corpus / "st" / "mono.wav")]
@@ -784,7 +785,7 @@ def test_channel_pick_and_mix(stereo, corpus, tokenizer_dir):
 
 
 def test_split_writes_a_line_per_channel(stereo, corpus, tokenizer_dir):
-    write_lines(corpus / "k" / "wav.scp", ["call st/call.wav", "mono st/mono.wav", "other st/other.wav", "half st/other.wav"])
+    write_lines(corpus / "k" / "wav.scp", ["call ../st/call.wav", "mono ../st/mono.wav", "other ../st/other.wav", "half ../st/other.wav"])
     write_lines(corpus / "k" / "text", ["call-B customer words", "call-A agent words", "call both speakers",
                                         "mono just one", "other one transcript for two channels", "half-A only a"])
     write_lines(corpus / "k" / "utt2spk", ["call-A agent7", "call cust3"])
@@ -835,7 +836,7 @@ def test_csv_and_tsv_give_the_kaldi_lines(corpus, tokenizer_dir):
             writer.writerow([key, f"audio/{key}.wav", text, "has, a comma\nand a newline"])
     report = data.prepare(corpus / "c.csv", corpus / "c.jsonl", tokenizer_dir)
     assert (report.format, report.written, report.rejected) == ("table", 3, 0)
-    assert read_jsonl(report.output) == kaldi
+    assert read_jsonl(report.output) == [{**line, "notes": "has, a comma\nand a newline"} for line in kaldi]
 
     # Common Voice style: paths relative to a clips directory, no key column, `sentence`
     write_lines(corpus / "cv.tsv", ["client_id\tpath\tsentence\tup_votes"]
@@ -843,6 +844,7 @@ def test_csv_and_tsv_give_the_kaldi_lines(corpus, tokenizer_dir):
     report = data.prepare(corpus / "cv.tsv", corpus / "cv.jsonl", tokenizer_dir, audio_root=corpus / "audio")
     records = read_jsonl(report.output)
     assert [r["key"] for r in records] == ["sample_00000002", "sample_00000003", "sample_00000004"]
+    assert [(r.pop("client_id"), r.pop("up_votes")) for r in records] == [("c0", 2), ("c1", 2), ("c2", 2)]
     assert _without_keys(records) == _without_keys(kaldi)
     # named columns, a sniffed delimiter, and problems with their line numbers
     write_lines(corpus / "t.txt", ["utt;file;words", "a01;audio/a01.wav;" + TRANSCRIPTS["a01"], "a02;audio/nope.wav;x",
@@ -898,7 +900,7 @@ def test_folder_of_audio_with_transcripts(corpus, tokenizer_dir):
 
 
 def test_keys_stay_unique_after_split(stereo, corpus, tokenizer_dir):
-    write_lines(corpus / "k" / "wav.scp", ["call st/call.wav", "call-A st/mono.wav"])
+    write_lines(corpus / "k" / "wav.scp", ["call ../st/call.wav", "call-A ../st/mono.wav"])
     write_lines(corpus / "k" / "text", ["call-A agent", "call-B customer"])  # call-A (mono.wav) takes call-A too
     report = data.prepare(Path("k"), corpus / "o.jsonl", tokenizer_dir, channel="split")
     assert [r["key"] for r in read_jsonl(report.output)] == ["call-A", "call-B"]
@@ -1134,7 +1136,7 @@ def test_cli_prepare_then_check(new_cli, stereo, corpus, tokenizer_dir):
 
     shutil.copytree(tokenizer_dir, corpus / "model" / "Qwen3-0.6B")
     pcm(corpus / "st" / "loud.wav", np.full(8000, 32767, np.int16), 8000)
-    write_lines(corpus / "k" / "wav.scp", ["call st/call.wav", "loud st/loud.wav", "bad audio/none.wav"])
+    write_lines(corpus / "k" / "wav.scp", ["call ../st/call.wav", "loud ../st/loud.wav", "bad ../audio/none.wav"])
     write_lines(corpus / "k" / "segments", ["c1 call 0 1.5", "l1 loud 0 1", "b1 bad 0 1"])
     write_lines(corpus / "k" / "text", ["c1-A hello there", "c1-B thank you", "l1 loud", "b1 gone"])
     code, out, err = _invoke("data", "prepare", "k", "out/train.jsonl", "--model-dir", str(corpus / "model"),

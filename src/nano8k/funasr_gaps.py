@@ -92,6 +92,11 @@ with each key" is the user-facing summary of this module.
    start_step; nano8k skips by loading the batches for the others (sampler_skips()).
 21. KEYBOARD INTERRUPT — `import funasr` loses a Ctrl-C that arrives during it (the run then
    trains to the end); nano8k records signals itself (interrupts.py) and acts on them between steps.
+22. RELATIVE AUDIO PATHS — FunASR's loader opens a manifest's relative `!path` against the
+   process's working directory, so one manifest trains or silently swaps in random samples
+   depending on where training starts. nano8k's one path rule (data.sources) takes relative paths
+   from the manifest's directory in prepare, check, simulate and decode; the index of a training
+   run does the same (manifest_relative_paths()). A list file of manifests keeps FunASR's rule.
 """
 
 from __future__ import annotations
@@ -198,6 +203,43 @@ def data_splits(train_list: str, dataset_conf: dict) -> int:
     if str(train_list).endswith((".jsonl", ".json")):
         return 1
     return max(1, int(dataset_conf.get("data_split_num", 1) or 1))
+
+
+# 22: relative audio paths
+
+
+def manifest_relative_paths() -> None:
+    """Make FunASR's `FunASR` index take a manifest's relative audio paths from the manifest's
+    directory (once per process; FunASR's own behaviour for a list file of manifests)."""
+    from funasr.register import tables
+
+    from nano8k.data import SPEECH_BEGIN, SPEECH_END, resolve_path
+
+    index_class = tables.index_ds_classes.get("FunASR")
+    if index_class is None or getattr(index_class, "_nano8k_relative_paths", False):
+        return
+    original = index_class.__init__
+    tag = re.compile(re.escape(SPEECH_BEGIN) + r"!(.*?)" + re.escape(SPEECH_END), re.S)
+
+    def __init__(self, path: str, **kwargs):
+        original(self, path, **kwargs)
+        if not str(path).endswith((".jsonl", ".json")):
+            return
+        root = os.path.dirname(os.path.abspath(path))
+
+        def absolute(match: re.Match) -> str:
+            location = match[1]
+            if os.path.isabs(location) or re.match(r"^[a-z][a-z0-9+.-]*://", location, re.I):
+                return match[0]
+            return f"{SPEECH_BEGIN}!{resolve_path(location, root)}{SPEECH_END}"
+
+        for content in getattr(self, "contents", []):
+            users = content.get("user")
+            if isinstance(users, list):
+                content["user"] = [tag.sub(absolute, u) if isinstance(u, str) else u for u in users]
+
+    index_class.__init__ = __init__
+    index_class._nano8k_relative_paths = True
 
 
 def cpu_threads() -> int:
@@ -349,15 +391,15 @@ def ctc_loss(model: Any, encoder_out: Any, encoder_lens: Any, texts: Sequence[st
 def waveform(audio: Any, frontend_fs: int, sample_rate: int | None = None) -> Any:
     """Mono float32 samples at `frontend_fs` from a file path or an array of a stated rate."""
     import numpy as np
-    import soundfile
 
     from nano8k import channel
+    from nano8k.data import audio as audio_files
 
     if isinstance(audio, (str, Path)):
         try:
-            samples, sample_rate = soundfile.read(str(audio), dtype="float32", always_2d=True)
-        except (RuntimeError, soundfile.LibsndfileError) as err:
-            raise UserError(f"{audio}: unreadable audio ({err})") from None
+            samples, sample_rate = audio_files.load(str(audio))
+        except audio_files.AudioProblem as err:
+            raise UserError(err.detail) from None
         samples = samples.mean(axis=1)
     else:
         if sample_rate is None:

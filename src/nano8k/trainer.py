@@ -218,6 +218,7 @@ class Trainer:
 
         from funasr.register import tables
 
+        funasr_gaps.manifest_relative_paths()
         dataloader_class = tables.dataloader_classes.get((self.funasr_cfg.get("dataset_conf") or {}).get("dataloader", "DataloaderMapStyle"))
         with funasr_gaps.funasr_prints_to_log():
             self.dataloader = dataloader_class(**{**self.funasr_cfg, "frontend": self.built.frontend,

@@ -18,68 +18,28 @@ torch, funasr and transformers are imported inside functions: the CLI imports th
 The names below are the package's public interface (`from nano8k import data; data.prepare(...)`).
 """
 
-from nano8k.data.audio import (
-                               AUDIO_SUFFIXES,
-                               CLIP_FRACTION,
-                               SILENCE_DBFS,
-                               nearest_sample,
-                               nonfinite_samples,
-)
-from nano8k.data.checking import (
-                               CHECK_CACHE_FORMAT,
-                               DEFAULTS,
-                               RULES,
-                               check,
-                               check_cached,
-                               check_key,
-                               check_list_file,
-                               default_cache_dir,
-)
-from nano8k.data.manifest import (
-                               DEFAULT_FRONTEND_FS,
-                               DEFAULT_PROMPT,
-                               DEFAULT_SYSTEM,
-                               LANGUAGES,
-                               SPEECH_BEGIN,
-                               SPEECH_END,
-                               TELEPHONE_FS,
-                               audio_paths,
-                               count_tokens,
-                               decoding_prompt,
-                               fake_token_len,
-                               fbank_frames,
-                               load_tokenizer,
-                               resampled_length,
-)
+from nano8k.data.audio import (AUDIO_SUFFIXES, CLIP_FRACTION, RAW_FORMATS, SILENCE_DBFS, AudioProblem,
+                               nearest_sample, nonfinite_samples, resolve_path)
+from nano8k.data.checking import (CHECK_CACHE_FORMAT, DEFAULTS, RULES, check, check_cached, check_key,
+                                  check_list_file, default_cache_dir)
+from nano8k.data.manifest import (CHANNEL_FIELDS, DEFAULT_FRONTEND_FS, DEFAULT_PROMPT, DEFAULT_SYSTEM, LANGUAGES,
+                                  SPEECH_BEGIN, SPEECH_END, TELEPHONE_FS, audio_paths, count_tokens, decoding_prompt,
+                                  fake_token_len, fbank_frames, load_tokenizer, resampled_length)
 from nano8k.data.preparing import PREPARE_REASONS, SEGMENT_TOLERANCE, prepare
-from nano8k.data.problems import (
-                               EFFECTS,
-                               REMOVING,
-                               CheckReport,
-                               PrepareReport,
-                               Problem,
-                               check_rejects_path,
-                               rejects_path,
-                               write_rejects,
-)
-from nano8k.data.sources import (
-                               CHANNEL_MODES,
-                               Entry,
-                               audio_files,
-                               folder_key,
-                               read_keyed,
-                               read_source,
-)
-from nano8k.data.text import read_lines
+from nano8k.data.problems import (EFFECTS, REMOVING, CheckReport, PrepareReport, Problem, check_notes_path,
+                                  check_rejects_path, rejects_path, write_notes, write_rejects)
+from nano8k.data.sources import CHANNEL_MODES, Entry, audio_files, folder_key, read_keyed, read_source
+from nano8k.data.text import read_lines, read_text
 from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 
 __all__ = [
-    "AUDIO_SUFFIXES", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS", "DEFAULT_FRONTEND_FS",
-    "DEFAULT_PROMPT", "DEFAULT_SYSTEM", "EFFECTS", "LANGUAGES", "PREPARE_REASONS", "REMOVING", "RULES",
-    "SEGMENT_TOLERANCE", "SILENCE_DBFS", "SPEECH_BEGIN", "SPEECH_END", "TELEPHONE_FS", "CheckReport", "Entry",
-    "PrepareReport", "Problem", "atomic_path", "audio_files", "audio_paths", "check", "check_cached", "check_key",
-    "check_list_file", "check_rejects_path", "count_tokens", "decoding_prompt", "default_cache_dir",
-    "fake_token_len", "fbank_frames", "folder_key", "load_tokenizer", "nearest_sample", "nonfinite_samples",
-    "prepare", "read_keyed", "read_lines", "read_source", "rejects_path", "resampled_length", "write_jsonl_atomic",
-    "write_lines_atomic", "write_rejects",
+    "AUDIO_SUFFIXES", "CHANNEL_FIELDS", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS",
+    "DEFAULT_FRONTEND_FS", "DEFAULT_PROMPT", "DEFAULT_SYSTEM", "EFFECTS", "LANGUAGES", "PREPARE_REASONS",
+    "RAW_FORMATS", "REMOVING", "RULES", "SEGMENT_TOLERANCE", "SILENCE_DBFS", "SPEECH_BEGIN", "SPEECH_END",
+    "TELEPHONE_FS", "AudioProblem", "CheckReport", "Entry", "PrepareReport", "Problem", "atomic_path", "audio_files",
+    "audio_paths", "check", "check_cached", "check_key", "check_list_file", "check_notes_path", "check_rejects_path",
+    "count_tokens", "decoding_prompt", "default_cache_dir", "fake_token_len", "fbank_frames", "folder_key",
+    "load_tokenizer", "nearest_sample", "nonfinite_samples", "prepare", "read_keyed", "read_lines", "read_source",
+    "read_text", "rejects_path", "resampled_length", "resolve_path", "write_jsonl_atomic", "write_lines_atomic",
+    "write_notes", "write_rejects",
 ]

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nano8k.data.audio import CLIP_FRACTION, SILENCE_DBFS, Audio, examine
+from nano8k.data.audio import (
+    CLIP_FRACTION,
+    SILENCE_DBFS,
+    Audio,
+    examine,
+    is_url,
+    resolve_path,
+)
 from nano8k.data.manifest import (
     DEFAULT_FRONTEND_FS,
     SPEECH_BEGIN,
@@ -30,11 +37,13 @@ from nano8k.data.manifest import (
     fake_token_len,
     fbank_frames,
 )
+from nano8k.data.manifest import parse as parse_manifest
 from nano8k.data.problems import CheckReport, Problem
-from nano8k.data.sources import json_key
+from nano8k.data.sources import audio_root_hint, json_key
 from nano8k.data.text import (
     bad_bytes,
     bad_characters,
+    encoding_of,
     read_lines,
     replaced,
     shown,
@@ -166,6 +175,7 @@ def check(
     check_content: bool = True,
     clip_fraction: float = CLIP_FRACTION,
     silence_dbfs: float = SILENCE_DBFS,
+    audio_root: Path | None = None,
 ) -> CheckReport:
     """Predict, line by line, what FunASR 1.4.16 does with `manifest` under `dataset_conf`.
 
@@ -180,11 +190,13 @@ def check(
     or hold U+FFFD/control characters are `data` problems (trained on, but wrong); a line that is
     not UTF-8 is fatal (FunASR's reader raises). Returns a CheckReport (counts by reason, problems
     as (line, key, reason) with the input line for all but notes, how many lines the index /
-    sampler / dataset keep).
+    sampler / dataset keep). Relative audio paths are taken from the manifest's directory, as
+    `nano8k train` has FunASR take them (funasr_gaps 22), or from `audio_root`.
     """
     manifest = Path(manifest)
     if not manifest.is_file():
         raise UserError(f"{manifest}: manifest not found")
+    root = audio_root_of(manifest, audio_root)
     if not isinstance(dataset_conf, Mapping):
         raise UserError(f"dataset_conf must be a mapping, got {type(dataset_conf).__name__}")
     conf = _plain(dataset_conf)
@@ -198,6 +210,11 @@ def check(
             f"reads the whole manifest (datasets.py:411-431, train_ds.py:222), so one epoch is {split_num} passes "
             "over the data; use data_split_num: 1 unless the manifest is a list of .jsonl shards")
 
+    with open(manifest, "rb") as f:
+        if encoding_of(f.read(4096)).startswith("utf-16"):
+            report.config_problems.append(
+                f"{manifest} is UTF-16 text: FunASR reads manifests as UTF-8 and the run ends with "
+                "UnicodeDecodeError or indexes nothing; convert it (iconv -f UTF-16 -t UTF-8)")
     parsed: list[tuple[int, str]] = []
     # utf-8, not utf-8-sig: FunASR opens it so (datasets.py:437), and a BOM turns line 1 into a JSON error.
     for lineno, line in enumerate(read_lines(manifest, encoding="utf-8"), 1):
@@ -229,7 +246,7 @@ def check(
 
     # Pass 2: audio headers and samples (parallel, results in order).
     def inspect(job: tuple[int, str]) -> Audio:
-        return examine(job[1], check_content)
+        return examine(job[1], check_content, root)
 
     label = "reading audio" if check_content else "reading audio headers"
     headers = map_ordered(inspect, audio_jobs, workers, label)
@@ -279,6 +296,13 @@ def check(
                                            input=None if effect == "note" else shown(line)))
 
     report.sample_rates = dict(sorted(rates.items()))
+    report.hint = audio_root_hint(report.problems, len(audio_jobs), manifest, audio_root)
+    relative = sum(not os.path.isabs(path) for _, path in audio_jobs)
+    if audio_root is not None and relative:
+        report.config_notes.append(
+            f"{relative} relative audio paths were taken from --audio-root {root}; `nano8k train` takes them from "
+            f"the manifest's directory ({manifest.absolute().parent}): `nano8k data prepare --audio-root` writes "
+            "absolute paths")
     if settings.sampler is not None and not report.fatal:
         problems, notes = _batch_crash(states, settings)
         report.config_problems += problems
@@ -327,12 +351,13 @@ def check_key(
     check_content: bool = True,
     clip_fraction: float = CLIP_FRACTION,
     silence_dbfs: float = SILENCE_DBFS,
+    audio_root: Path | None = None,
 ) -> str:
     """SHA-256 of everything a check() report depends on: the manifest's bytes and absolute path,
     the dataset_conf keys check() reads, the options and thresholds, nano8k's version, and, with
     `check_audio`, the (absolute path, size, mtime) of every audio file the manifest names (so a
-    file replaced under the same name changes the key; relative paths resolve against the working
-    directory, as FunASR resolves them). Costs a read of the manifest and a stat per audio file."""
+    file replaced under the same name changes the key; relative paths resolve as check() resolves
+    them). Costs a read of the manifest and a stat per audio file."""
     from nano8k import __version__
 
     manifest = Path(manifest)
@@ -347,20 +372,23 @@ def check_key(
         "conf": {k: conf[k] for k in CHECK_CONF_KEYS if k in conf},
         "expected_fs": expected_fs, "frontend_fs": frontend_fs, "check_audio": check_audio,
         "check_content": check_content, "clip_fraction": clip_fraction, "silence_dbfs": silence_dbfs,
+        "audio_root": None if audio_root is None else os.path.abspath(audio_root),
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
     if check_audio:
         seen: set[str] = set()
+        root = audio_root_of(manifest, audio_root)
         for line in read_lines(manifest, encoding="utf-8"):
             for path in _line_audio_paths(line):
+                path = resolve_path(path, root)
                 if path in seen:
                     continue
                 seen.add(path)
                 try:
                     st = os.stat(path)
-                    stamp = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                    stamp = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"
                 except OSError:
-                    stamp = f"{os.path.abspath(path)}\0-\n"
+                    stamp = f"{path}\0-\n"
                 key.update(stamp.encode("utf-8", "surrogateescape"))
     return key.hexdigest()
 
@@ -370,11 +398,19 @@ def _line_audio_paths(line: str) -> list[str]:
     if SPEECH_BEGIN not in line:
         return []
     try:
-        obj = json.loads(line)
-        users = [m.get("content") for m in obj["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+        paths = parse_manifest(line).audio
     except Exception:  # noqa: BLE001 -- a line check() reports; it has no audio to stat
         return []
-    return [p for p in audio_paths(users) if not re.match(r"^https?://", p)]
+    return [p for p in paths if not is_url(p)]
+
+
+def audio_root_of(manifest: Path, audio_root: Path | None) -> Path:
+    """Where a manifest's relative audio paths are taken from: `audio_root`, else its directory."""
+    if audio_root is not None:
+        if not Path(audio_root).is_dir():
+            raise UserError(f"audio_root {audio_root}: no such directory")
+        return Path(audio_root).absolute()
+    return Path(manifest).absolute().parent
 
 
 def check_list_file(path: Any, key: str) -> None:
@@ -407,12 +443,14 @@ def check_cached(
     clip_fraction: float = CLIP_FRACTION,
     silence_dbfs: float = SILENCE_DBFS,
     cache_dir: Path | None = None,
+    audio_root: Path | None = None,
 ) -> CheckReport:
     """check(), with its report stored under `cache_dir` (default: default_cache_dir()) as
     `<check_key>.json`. A hit returns the stored report with `cached=True`. An unwritable or
     unreadable cache is no error: the check just runs (and is not stored)."""
     options = dict(expected_fs=expected_fs, frontend_fs=frontend_fs, check_audio=check_audio,
-                   check_content=check_content, clip_fraction=clip_fraction, silence_dbfs=silence_dbfs)
+                   check_content=check_content, clip_fraction=clip_fraction, silence_dbfs=silence_dbfs,
+                   audio_root=audio_root)
     manifest = Path(manifest)
     if not manifest.is_file():
         raise UserError(f"{manifest}: manifest not found")

@@ -34,8 +34,10 @@ plus, where known, ``"speaker"`` and the fields a source carries (simulate's ``"
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,98 @@ def audio_paths(users: Iterable[Any]) -> list[str]:
             break
         paths += [m[1:] for m in SPEECH_TAG.findall(content) if m.startswith("!")]
     return paths
+
+
+def longest_token_bytes(tokenizer: Any) -> int:
+    """An upper bound on the UTF-8 bytes one token covers (the longest vocabulary entry, in UTF-8:
+    byte-level BPE shows each byte as one character of up to 2 bytes, so this never undercounts).
+    A transcript of B bytes has at least ceil(B / this) tokens: prepare rejects one that provably
+    exceeds max_target_length without tokenizing it."""
+    vocab = tokenizer.get_vocab()
+    return max((len(token.encode("utf-8")) for token in vocab), default=1) or 1
+
+
+# The parameters `nano8k data simulate` records per utterance (its JSONL `channel` object, its
+# CSV columns, its Kaldi utt2channel): prepare carries them into the manifest, decode into results.
+CHANNEL_FIELDS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_rate", "noise_file", "noise_snr_db",
+                  "out_rate")
+
+# The fields of a Nano line nano8k writes itself; a source's other fields are carried after them.
+RECORD_FIELDS = ("key", "messages", "speech_length", "text_length", "duration", "sample_rate")
+
+
+def speech_content(prompt: str, path: str) -> str:
+    """The user turn: the prompt, then the audio path inside FunASR's speech tags."""
+    return f"{prompt}{SPEECH_BEGIN}!{path}{SPEECH_END}"
+
+
+def record(key: str, audio: str, text: str, *, prompt: str, system: str, speech_length: int, text_length: int,
+           duration: float, sample_rate: int, fields: dict | None = None) -> dict:
+    """The one writer of a Nano JSONL line (see the module docstring); `fields` (speaker, channel,
+    any field of the source) follow the ones nano8k computes and never replace them."""
+    line = {
+        "key": key,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": speech_content(prompt, audio)},
+            {"role": "assistant", "content": text},
+        ],
+        "speech_length": int(speech_length),
+        "text_length": int(text_length),
+        "duration": round(float(duration), 6),
+        "sample_rate": int(sample_rate),
+    }
+    line.update({k: v for k, v in (fields or {}).items() if k not in RECORD_FIELDS})
+    return line
+
+
+@dataclass
+class ManifestLine:
+    """A Nano JSONL line as nano8k reads it (decode, simulate, score): the audio paths FunASR's
+    dataset loads, the prompt before the first one, the first assistant turn, the other fields."""
+
+    key: str | None
+    audio: list[str]
+    prompt: str | None
+    text: str | None
+    fields: dict
+    obj: dict
+
+
+def is_manifest(obj: Any) -> bool:
+    """A Nano line: an object with messages and none of a source line's audio fields."""
+    return isinstance(obj, dict) and "messages" in obj and not ("source" in obj or "audio" in obj)
+
+
+def parse(line: str | dict) -> ManifestLine:
+    """The one parser of a Nano JSONL line (a JSON text or the object). Raises ValueError with a
+    one-line reason when it is not JSON, not an object, or has no list of messages."""
+    obj = json.loads(line) if isinstance(line, str) else line
+    if not isinstance(obj, dict):
+        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+    messages = obj.get("messages")
+    if not isinstance(messages, list):
+        raise ValueError("no 'messages' list")
+    turns = [m for m in messages if isinstance(m, dict)]
+    users = [m.get("content") for m in turns if m.get("role") == "user"]
+    answers = [m.get("content") for m in turns if m.get("role") == "assistant"]
+    key = obj.get("key")
+    if isinstance(key, (list, tuple)) and len(key) == 1:
+        key = key[0]
+    key = str(key).strip() if isinstance(key, (str, int)) and not isinstance(key, bool) and str(key).strip() else None
+    first = users[0] if users and isinstance(users[0], str) else None
+    prompt = first.split(SPEECH_BEGIN, 1)[0] if first is not None and SPEECH_BEGIN in first else None
+    text = answers[0] if answers and isinstance(answers[0], str) else None
+    fields = {k: v for k, v in obj.items() if k not in RECORD_FIELDS}
+    return ManifestLine(key, audio_paths(users), prompt, text, fields, obj)
+
+
+def with_audio(obj: dict, old: str, new: str) -> dict:
+    """A copy of a Nano line whose user turn names `new` where it named `old`."""
+    copy = json.loads(json.dumps(obj))
+    for turn in copy.get("messages") or []:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if turn.get("role") == "user" and isinstance(content, str) and f"!{old}{SPEECH_END}" in content:
+            turn["content"] = content.replace(f"{SPEECH_BEGIN}!{old}{SPEECH_END}", f"{SPEECH_BEGIN}!{new}{SPEECH_END}", 1)
+            break
+    return copy

@@ -21,7 +21,6 @@ written all the same (one bad file never stops a run).
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,25 +29,25 @@ from typing import Any
 from nano8k.data.audio import (
     LOSSLESS_WAV_SUBTYPES,
     Audio,
+    AudioProblem,
     audio_name,
     header_of,
-    is_url,
     nearest_sample,
     nonfinite_samples,
+    open_audio,
     probe,
-    resolve_path,
     run_pipe,
     write_wav_atomic,
 )
 from nano8k.data.manifest import (
     DEFAULT_FRONTEND_FS,
     DEFAULT_SYSTEM,
-    SPEECH_BEGIN,
-    SPEECH_END,
     count_tokens,
     decoding_prompt,
     fbank_frames,
     load_tokenizer,
+    longest_token_bytes,
+    record,
 )
 from nano8k.data.problems import (
     PrepareReport,
@@ -57,7 +56,13 @@ from nano8k.data.problems import (
     sibling_path,
     write_rejects,
 )
-from nano8k.data.sources import CHANNEL_SUFFIXES, Entry, channel_mode, read_source
+from nano8k.data.sources import (
+    CHANNEL_SUFFIXES,
+    Entry,
+    audio_root_hint,
+    channel_mode,
+    read_source,
+)
 from nano8k.errors import UserError, one_line
 from nano8k.files import write_jsonl_atomic
 from nano8k.parallel import map_ordered
@@ -65,6 +70,7 @@ from nano8k.parallel import map_ordered
 # prepare(): a segment ending at most this far past its recording is cut at the recording's end
 # (Kaldi's extract-segments --max-overshoot default); further is a reject.
 SEGMENT_TOLERANCE = 0.5
+MAX_TARGET_LENGTH = 2048  # FunASR's index default (datasets.py:405): longer transcripts are dropped
 
 
 # prepare()'s reasons for not writing an input line (all have effect "reject").
@@ -86,6 +92,7 @@ PREPARE_REASONS: dict[str, str] = {
     "nonfinite_audio": "NaN or infinite samples (a float file): FunASR's front end cannot compute features from them",
     "no_such_channel": "the channel asked for (A/B) is not in the file",
     "split_needs_channel_text": "channel=split on a multi-channel file with one transcript: give <key>-A/<key>-B",
+    "text_too_long": "the transcript has more tokens than max_target_length (FunASR's index would drop it)",
     "audio_too_short": "the audio is shorter than one 25 ms fbank window (speech_length would be 0)",
     "pipe_failed": "the wav.scp command failed or did not write readable audio",
     "write_failed": "the cut audio could not be written under <output stem>.audio/",
@@ -111,6 +118,8 @@ def prepare(
     key_column: str | None = None,
     audio_root: Path | None = None,
     segment_tolerance: float = SEGMENT_TOLERANCE,
+    raw_rate: int | None = None,
+    max_target_length: int | None = MAX_TARGET_LENGTH,
 ) -> PrepareReport:
     """Write the Nano JSONL manifest for a Kaldi data directory, a source/target JSONL, a CSV/TSV
     file or a folder of audio files with .txt transcripts (see the module docstring).
@@ -118,12 +127,15 @@ def prepare(
     Lines come out in input order whatever `workers` is. Rejected lines go to the report and, with
     the input line, to `rejects_path(output)` (always written, empty when nothing was rejected);
     everything else is written: no single input line or audio file stops the run. Relative audio
-    paths are resolved against `audio_root`, by default the current directory (as Kaldi and FunASR
-    do); written paths are absolute. Pipe entries (`cmd |`) in wav.scp are refused unless
+    paths are taken from `audio_root`, by default the input's own directory (sources.read_source);
+    written paths are absolute. Pipe entries (`cmd |`) in wav.scp are refused unless
     `allow_pipes`. `prompt` defaults to decoding's (`decoding_prompt(language, itn)`); give
     `prompt` or `language`, not both. `channel` is "mix", "A"/0, "B"/1 or "split". `source_format`
     (kaldi, jsonl, csv, tsv, folder) overrides the detection by name. `frontend_fs` is the front
-    end's rate (frontend_conf.fs) that speech_length is counted at.
+    end's rate (frontend_conf.fs) that speech_length is counted at. `raw_rate` is the sample rate
+    of `.raw` files (headerless 16-bit PCM). A transcript over `max_target_length` tokens (FunASR's
+    index would drop it) is a reject; None: no limit. The source's other fields (speaker,
+    simulate's channel parameters) are carried into the manifest.
     """
     source, output = Path(source), Path(output)
     if workers < 1:
@@ -132,28 +144,28 @@ def prepare(
         raise UserError(f"frontend_fs must be a positive sample rate, got {frontend_fs}")
     if not segment_tolerance >= 0:
         raise UserError(f"segment_tolerance must be >= 0 seconds, got {segment_tolerance}")
+    if max_target_length is not None and int(max_target_length) < 1:
+        raise UserError(f"max_target_length must be at least 1, got {max_target_length}")
     mode = channel_mode(channel)
     if prompt is not None and (language is not None or not itn):
         raise UserError("give a literal prompt or a language (and itn), not both: the prompt is then decoding's")
     if prompt is None:
         prompt = decoding_prompt(language, itn)
-    root = Path(audio_root) if audio_root is not None else None
-    if root is not None and not root.is_dir():
-        raise UserError(f"audio_root {root}: no such directory")
     if output.is_dir():
         raise UserError(f"{output}: is a directory; give the manifest's file name (e.g. {output / 'train.jsonl'})")
     audio_dir = sibling_path(output, ".audio")
     fmt, location, entries, rejects = read_source(
         source, mode=mode, allow_pipes=allow_pipes, source_format=source_format, audio_column=audio_column,
-        text_column=text_column, key_column=key_column, exclude=audio_dir)
+        text_column=text_column, key_column=key_column, exclude=audio_dir, audio_root=audio_root)
     if location.is_file() and output.resolve() == location.resolve():
         raise UserError(f"{output}: the output would overwrite the input")
     tokenizer = load_tokenizer(tokenizer_dir)
+    entries = _within_target_length(entries, tokenizer, max_target_length, rejects)
 
-    groups = _group_by_audio(entries, root)
+    groups = _group_by_audio(entries)
 
     def work(indices: list[int]) -> list[Audio]:
-        return _process_group([entries[i] for i in indices], root, audio_dir, segment_tolerance, frontend_fs)
+        return _process_group([entries[i] for i in indices], audio_dir, segment_tolerance, frontend_fs, raw_rate)
 
     audios: list[Audio] = [Audio()] * len(entries)
     for indices, results in zip(groups, map_ordered(work, groups, workers, "reading audio")):
@@ -171,25 +183,19 @@ def prepare(
             speech_length = fbank_frames(audio.frames, audio.sample_rate, frontend_fs)
             if speech_length < 1:
                 problem = ("audio_too_short", f"{audio.frames} samples at {audio.sample_rate} Hz, {audio.path}")
+            elif max_target_length is not None and text_length > max_target_length:
+                problem = ("text_too_long", f"{text_length} tokens > max_target_length {max_target_length} (FunASR's "
+                                            "index would drop the line)")
         if problem is not None:
             rejects.append(Problem(entry.file, entry.line, entry.key, problem[0], problem[1], input=entry.raw))
             continue
         duration = audio.frames / audio.sample_rate
-        record = {
-            "key": entry.key,
-            "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": f"{prompt}{SPEECH_BEGIN}!{audio.path}{SPEECH_END}"},
-                {"role": "assistant", "content": entry.text},
-            ],
-            "speech_length": speech_length,
-            "text_length": text_length,
-            "duration": round(duration, 6),
-            "sample_rate": audio.sample_rate,
-        }
+        fields = dict(entry.fields)
         if entry.speaker is not None:
-            record["speaker"] = entry.speaker
-        records.append(record)
+            fields["speaker"] = entry.speaker
+        records.append(record(entry.key, str(audio.path), entry.text or "", prompt=prompt, system=system,
+                              speech_length=speech_length, text_length=text_length, duration=duration,
+                              sample_rate=audio.sample_rate, fields=fields))
         report.total_duration += duration
         rates[audio.sample_rate] += 1
         report.multichannel += audio.channels > 1
@@ -200,49 +206,69 @@ def prepare(
     report.written = len(records)
     report.rejects = sorted(rejects, key=lambda p: (p.file, p.line))
     report.sample_rates = dict(sorted(rates.items()))
+    report.hint = audio_root_hint(report.rejects, len(entries), location, audio_root)
     write_rejects(report, report.rejects_file)
     return report
 
 
-def _group_by_audio(entries: list[Entry], root: Path | None) -> list[list[int]]:
+def _within_target_length(entries: list[Entry], tokenizer: Any, max_target_length: int | None,
+                          rejects: list[Problem]) -> list[Entry]:
+    """The entries whose transcript may fit max_target_length: one whose UTF-8 bytes exceed
+    max_target_length x the longest token's bytes has more tokens than that whatever they are, and
+    is rejected without tokenizing it (a 10 MB transcript would take half a minute and gigabytes)."""
+    if max_target_length is None:
+        return entries
+    limit = longest_token_bytes(tokenizer) * int(max_target_length)
+    kept = []
+    for entry in entries:
+        size = len((entry.text or "").encode("utf-8", "surrogateescape"))
+        if size > limit:
+            rejects.append(Problem(entry.file, entry.line, entry.key, "text_too_long",
+                                   f"{size} bytes: more than max_target_length {max_target_length} tokens whatever "
+                                   "the tokenizer makes of them (not tokenized)", input=entry.raw))
+        else:
+            kept.append(entry)
+    return kept
+
+
+def _group_by_audio(entries: list[Entry]) -> list[list[int]]:
     """Entry indices per audio source (a file or a pipe command), sources in order of first use:
     a recording is opened (a pipe run) once for all its segments and channels."""
     groups: dict[tuple[bool, str], list[int]] = {}
     for i, entry in enumerate(entries):
-        source = entry.audio if entry.pipe or is_url(entry.audio) else resolve_path(entry.audio, root)
-        groups.setdefault((entry.pipe, source), []).append(i)
+        groups.setdefault((entry.pipe, entry.audio or ""), []).append(i)
     return list(groups.values())
 
 
 def _process_group(
-    group: list[Entry], root: Path | None, audio_dir: Path, tolerance: float, frontend_fs: int | None,
+    group: list[Entry], audio_dir: Path, tolerance: float, frontend_fs: int | None, raw_rate: int | None,
 ) -> list[Audio]:
-    """The audio of every entry of one source: its header, and for cuts, channel picks and pipes
-    the samples, written under `audio_dir`. Never raises: a failure is each entry's problem."""
+    """The audio of every entry of one source: its header, and for cuts, channel picks, pipes and
+    files FunASR's loader cannot read the samples, written under `audio_dir`. Never raises: a
+    failure is each entry's problem."""
     first = group[0]
     label = f"'{first.audio}'" if first.pipe else str(first.audio)
     try:
         if first.pipe:
-            output, problem = run_pipe(first.audio or "")
-            if problem is not None:
-                return [Audio(problem=problem)] * len(group)
-            assert output is not None
             try:
-                frames, rate, channels, subtype = header_of(io.BytesIO(output))
-            except Exception as err:  # noqa: BLE001
-                return [Audio(problem=("pipe_failed", f"{label} did not write readable audio: {one_line(err)}"))] * len(group)
+                output = run_pipe(first.audio or "")
+                frames, rate, channels, subtype = header_of(output)
+            except AudioProblem as err:
+                reason = err.reason if err.reason == "pipe_failed" else "pipe_failed"
+                detail = err.detail if err.reason == "pipe_failed" else f"{label} did not write readable audio: {err.detail}"
+                return [Audio(problem=(reason, detail))] * len(group)
             header = Audio(path=None, frames=frames, sample_rate=rate, channels=channels, subtype=subtype)
 
             def opener() -> Any:
-                return io.BytesIO(output)
+                return open_audio(output)
         else:
-            header = probe(first.audio or "", root)
+            header = probe(first.audio or "", raw_rate=raw_rate)
             if header.problem is not None:
                 return [header] * len(group)
             label = str(header.path)
 
             def opener() -> Any:
-                return header.path
+                return open_audio(str(header.path), raw_rate)
         return [_entry_audio(entry, header, opener, label, audio_dir, tolerance, frontend_fs) for entry in group]
     except Exception as err:  # noqa: BLE001 -- one bad file never stops the run
         reason = "pipe_failed" if first.pipe else "unreadable_audio"
@@ -268,8 +294,11 @@ def _entry_audio(
                       f"{header.channels}-channel audio with one transcript, {entry.key}; channel=split needs "
                       f"{entry.key}-A and {entry.key}-B: {label}")
     pick = entry.channel is not None and header.channels > 1
-    if not (entry.pipe or entry.segment or pick):
-        bad = nonfinite_samples(opener, header.subtype)
+    if not (entry.pipe or entry.segment or pick or header.headerless):
+        try:
+            bad = nonfinite_samples(opener, header.subtype)
+        except Exception as err:  # noqa: BLE001 -- soundfile raises several types
+            return reject("corrupt_audio", f"{label}: {one_line(err)}")
         return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}") if bad else header
     start, stop = 0, total
     if entry.segment is not None:
@@ -289,7 +318,7 @@ def _entry_audio(
     dtype = LOSSLESS_WAV_SUBTYPES.get(header.subtype, "float32")
     subtype = header.subtype if header.subtype in LOSSLESS_WAV_SUBTYPES and sf.check_format("WAV", header.subtype) else "PCM_16"
     try:
-        with sf.SoundFile(opener()) as f:
+        with opener() as f:
             if start:
                 f.seek(start)
             samples = f.read(count, dtype=dtype, always_2d=True)
@@ -309,4 +338,4 @@ def _entry_audio(
     except Exception as err:  # noqa: BLE001
         return reject("write_failed", f"{target}: {one_line(err)}")
     return Audio(path=str(target), frames=len(samples), sample_rate=rate, channels=samples.shape[1],
-                  subtype=subtype, materialized=True)
+                 subtype=subtype, materialized=True)

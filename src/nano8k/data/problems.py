@@ -16,6 +16,16 @@ EFFECTS = ("fatal", "index", "sampler", "load", "data", "batch", "note")
 
 
 REMOVING = frozenset({"fatal", "index", "sampler", "load"})
+# A reject record keeps the input line up to this many characters (the file and line number find
+# the rest): a 10 MB line must not become a 10 MB record, or one per note.
+INPUT_LIMIT = 4096
+
+
+def bounded(text: str | None, limit: int = INPUT_LIMIT) -> str | None:
+    """`text` cut to `limit` characters, saying how long it was."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [cut: {len(text)} characters]"
 
 
 @dataclass(frozen=True)
@@ -28,7 +38,11 @@ class Problem:
     reason: str
     detail: str = ""
     effect: str = "reject"  # prepare: "reject"; check: one of EFFECTS
-    input: str | None = None  # the input line itself (rejects files keep it: nothing is lost)
+    input: str | None = None  # the input line itself, cut to INPUT_LIMIT (file and line find the rest)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input", bounded(self.input))
+        object.__setattr__(self, "detail", bounded(self.detail, 1000) or "")
 
     @property
     def where(self) -> str:
@@ -62,6 +76,7 @@ class PrepareReport:
     frontend_fs: int | None = DEFAULT_FRONTEND_FS
     materialized: int = 0  # lines whose audio was written under audio_dir (cuts, channels, pipes)
     audio_dir: Path | None = None
+    hint: str = ""  # every audio file missing: where relative paths were taken from
 
     @property
     def rejected(self) -> int:
@@ -90,6 +105,8 @@ class PrepareReport:
             lines.append(f"{self.multichannel} multi-channel files: FunASR averages their channels")
         if self.materialized:
             lines.append(f"{self.materialized} audio files written under {self.audio_dir}")
+        if self.hint:
+            lines.append(self.hint)
         return "\n".join(lines)
 
 
@@ -105,6 +122,7 @@ class CheckReport:
     config_problems: list[str] = field(default_factory=list)  # the run crashes or trains nothing
     config_notes: list[str] = field(default_factory=list)
     sample_rates: dict[int, int] = field(default_factory=dict)  # rate -> readable audio files
+    hint: str = ""  # every audio file missing: where relative paths were taken from
     cached: bool = False  # check_cached(): this report came from the cache
 
     @property
@@ -147,7 +165,7 @@ class CheckReport:
                 "problems": [p.to_json() for p in self.problems], "index_kept": self.index_kept,
                 "sampler_kept": self.sampler_kept, "survivors": self.survivors, "settings": self.settings,
                 "config_problems": self.config_problems, "config_notes": self.config_notes,
-                "sample_rates": {str(k): v for k, v in self.sample_rates.items()}}
+                "sample_rates": {str(k): v for k, v in self.sample_rates.items()}, "hint": self.hint}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> CheckReport:
@@ -156,7 +174,7 @@ class CheckReport:
                    sampler_kept=int(obj["sampler_kept"]), survivors=int(obj["survivors"]),
                    settings=dict(obj["settings"]), config_problems=list(obj["config_problems"]),
                    config_notes=list(obj["config_notes"]),
-                   sample_rates={int(k): int(v) for k, v in obj["sample_rates"].items()})
+                   sample_rates={int(k): int(v) for k, v in obj["sample_rates"].items()}, hint=obj.get("hint", ""))
 
     def rows(self) -> list[tuple[int, str | None, str]]:
         """(line, key, reason) for every problem."""
@@ -170,6 +188,8 @@ class CheckReport:
             if reasons:
                 lines.append(f"  {effect}: " + ", ".join(f"{r} {n}" for r, n in reasons.most_common()))
         lines += [f"  config problem: {m}" for m in self.config_problems]
+        if self.hint:
+            lines.append(f"  {self.hint}")
         lines += [f"  config note: {m}" for m in self.config_notes]
         return "\n".join(lines)
 
@@ -191,6 +211,19 @@ def sibling_path(output: Path, suffix: str) -> Path:
     if output.suffix in (".jsonl", ".json"):
         return output.with_suffix(suffix)
     return output.with_name(output.name + suffix)
+
+
+def check_notes_path(manifest: Path) -> Path:
+    """Where `nano8k data check` writes its notes (clipped, silent, rate, ...: trained on as they
+    are, each naming its key): train.jsonl -> train.check.notes.jsonl."""
+    return sibling_path(manifest, ".check.notes.jsonl")
+
+
+def write_notes(report: CheckReport, path: Path) -> int:
+    """Write a check's notes (effect `note`) to `path` as JSONL; returns the number written."""
+    notes = [p for p in report.problems if p.effect == "note"]
+    write_jsonl_atomic(Path(path), (p.to_json() for p in notes))
+    return len(notes)
 
 
 def write_rejects(report: PrepareReport | CheckReport, path: Path, include_notes: bool = False) -> int:

@@ -14,22 +14,29 @@ entry per channel transcript (``K-A``/``K-B`` for a key ``K``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from nano8k.data.audio import AUDIO_SUFFIXES
+from nano8k.data.audio import AUDIO_SUFFIXES, is_audio_name, is_url, resolve_path
+from nano8k.data.manifest import CHANNEL_FIELDS, is_manifest
+from nano8k.data.manifest import parse as parse_manifest
 from nano8k.data.problems import Problem
 from nano8k.data.text import (
     bad_bytes,
     clean_transcript,
+    decode_text,
+    encoding_of,
     read_lines,
+    read_text,
     replaced,
     shown,
     undecodable,
@@ -60,6 +67,10 @@ class Entry:
     channel: int | None = None  # 0 (A) or 1 (B): that channel alone; None: all channels
     mono_only: bool = False  # channel=split with one transcript: right for mono audio only
     speaker: str | None = None
+    fields: dict = field(default_factory=dict)  # the source's other fields, carried (e.g. simulate's channel)
+    obj: dict | None = None  # the JSON object of a JSONL/Nano line, as read
+    audio_field: str | None = None  # the JSONL field that held the audio path
+    prompt: str | None = None  # a Nano line's prompt before the audio
 
 
 @dataclass
@@ -85,38 +96,73 @@ def channel_mode(channel: str | int) -> str | int:
     raise UserError(f"channel {channel!r}: use mix, A (or 0), B (or 1) or split")
 
 
+SOURCE_FORMATS = ("kaldi", "jsonl", "csv", "tsv", "folder")
+
+
 def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = False, source_format: str | None = None,
                 audio_column: str | None = None, text_column: str | None = None, key_column: str | None = None,
-                exclude: Path | None = None) -> tuple[str, Path, list[Entry], list[Problem]]:
-    """Any source `prepare` reads (Kaldi directory, source/target JSONL, CSV/TSV, folder):
-    (format, location, entries with unique keys, rejects). The one reader of sources, shared by
-    prepare and simulate, so both apply the same rules and reject reasons."""
-    fmt, location, delimiter = detect_source(source, source_format)
+                exclude: Path | None = None, audio_root: Path | str | None = None, need_text: bool = True,
+                manifests: bool = False) -> tuple[str, Path, list[Entry], list[Problem]]:
+    """Any source nano8k reads: (format, location, entries with unique keys, rejects). The one
+    reader, shared by prepare, simulate and decode, so all apply the same rules and reasons.
+
+    Formats: a Kaldi directory, a source/target JSONL, a CSV/TSV, a folder; with `manifests` also a
+    Nano JSONL ("nano"); without `need_text` (decoding: transcripts are references, optional) also
+    a text list of audio paths ("list") and one audio file ("audio"). The one path rule: a relative
+    audio path is taken from `audio_root` when given, else from the input's own directory (the
+    Kaldi directory, the JSONL's or CSV's directory); entries carry absolute paths. A key seen
+    before keeps its first entry; the later one is a duplicate_key reject."""
+    fmt, location, delimiter = detect_source(source, source_format, need_text=need_text, manifests=manifests)
+    if audio_root is not None and not Path(audio_root).is_dir():
+        raise UserError(f"audio_root {audio_root}: no such directory")
     if fmt == "kaldi":
-        entries, rejects = _read_kaldi(location, allow_pipes, mode)
+        entries, rejects = _read_kaldi(location, allow_pipes, mode, need_text)
     elif fmt == "jsonl":
-        entries, rejects = _read_source_jsonl(location, mode)
+        entries, rejects = _read_source_jsonl(location, mode, need_text)
+    elif fmt == "nano":
+        entries, rejects = _read_nano(location, need_text)
     elif fmt == "table":
-        entries, rejects = _read_table(location, mode, delimiter, audio_column, text_column, key_column)
+        entries, rejects = _read_table(location, mode, delimiter, audio_column, text_column, key_column, need_text)
+    elif fmt == "list":
+        entries, rejects = _read_list(location)
+    elif fmt == "audio":
+        entries, rejects = [Entry(str(location), 0, location.stem, str(location), None, raw=str(location))], []
     else:
-        entries, rejects = _read_folder(location, mode, exclude=exclude)
+        entries, rejects = _read_folder(location, mode, exclude=exclude, need_text=need_text)
+    root = Path(audio_root) if audio_root is not None else (location if location.is_dir() else location.parent)
+    for entry in entries:
+        if entry.audio is not None and not entry.pipe and not is_url(entry.audio):
+            entry.audio = resolve_path(entry.audio, root)
     return fmt, location, _unique_keys(entries, rejects), rejects
 
 
-def detect_source(source: Path, source_format: str | None = None) -> tuple[str, Path, str | None]:
+def audio_root_hint(problems: Iterable[Problem], total: int, location: Path, audio_root: Path | str | None) -> str:
+    """When every audio file of an input is missing, the likely cause: relative paths taken from
+    the wrong directory. '' otherwise."""
+    missing = sum(p.reason == "missing_audio" for p in problems)
+    if not total or missing < total:
+        return ""
+    base = audio_root if audio_root is not None else (location if location.is_dir() else location.parent)
+    return (f"every audio file is missing: relative paths are taken from {Path(base).absolute()}; if they are "
+            "relative to another directory, give it with --audio-root (audio_root=)")
+
+
+def detect_source(source: Path, source_format: str | None = None, need_text: bool = True,
+                  manifests: bool = False) -> tuple[str, Path, str | None]:
     """(format, location, CSV delimiter or None)."""
+    source = Path(source).expanduser()
     if not source.exists():
         raise UserError(f"{source}: no such file or directory")
     if source.is_file() and source.name == "wav.scp":
         source = source.parent
     wanted = source_format.lower().strip() if source_format else None
-    if wanted not in (None, "kaldi", "jsonl", "csv", "tsv", "folder"):
+    if wanted not in (None, *SOURCE_FORMATS):
         raise UserError(f"source format {source_format!r}: use kaldi, jsonl, csv, tsv or folder")
     if source.is_dir():
         if wanted not in (None, "kaldi", "folder"):
             raise UserError(f"{source}: a directory cannot be read as {wanted}")
         if wanted != "folder" and (source / "wav.scp").is_file():
-            if not (source / "text").is_file():
+            if need_text and not (source / "text").is_file():
                 raise UserError(f"{source}: Kaldi data directory without a text file")
             return "kaldi", source, None
         if wanted == "kaldi":
@@ -124,22 +170,60 @@ def detect_source(source: Path, source_format: str | None = None) -> tuple[str, 
         if any(True for _ in audio_files(source, exclude=None)):
             return "folder", source, None
         raise UserError(f"{source}: neither a Kaldi data directory (no wav.scp) nor a folder of audio files "
-                        f"({', '.join(sorted(AUDIO_SUFFIXES))}) with .txt transcripts")
+                        f"({', '.join(sorted(AUDIO_SUFFIXES))})" + (" with .txt transcripts" if need_text else ""))
     if wanted in ("kaldi", "folder"):
         raise UserError(f"{source}: a file cannot be read as {wanted}; give the directory")
     suffix = source.suffix.lower()
-    if wanted == "jsonl" or (wanted is None and suffix in (".jsonl", ".json")):
-        return "jsonl", source, None
     if wanted in ("csv", "tsv") or suffix in (".csv", ".tsv", ".tab"):
         if wanted == "tsv" or (wanted is None and suffix in (".tsv", ".tab")):
             return "table", source, "\t"
         return "table", source, "," if suffix == ".csv" else None  # None: sniffed
+    if wanted is None and is_audio_name(source):
+        if need_text:
+            raise UserError(f"{source}: one audio file has no transcript; give a Kaldi directory, a JSONL, a CSV/TSV "
+                            "or a folder of audio files with .txt transcripts")
+        return "audio", source, None
     with open(source, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
-    if head.startswith(b"{"):
+        head = f.read(4096)
+    text_head = decode_text(head, source)[:-2].lstrip("\ufeff").lstrip() if is_text(head) else None
+    if wanted == "jsonl" or suffix in (".jsonl", ".json") or (text_head or "").startswith("{"):
+        if manifests and _first_is_manifest(source):
+            return "nano", source, None
         return "jsonl", source, None
+    if not need_text and wanted is None and text_head is not None and suffix in LIST_SUFFIXES:
+        return "list", source, None
+    if not need_text:  # never read as a list of paths: a raw telephony prompt would be thousands of "paths"
+        raise UserError(f"{source}: not audio nano8k reads ({suffix or 'no extension'}; audio: "
+                        f"{', '.join(sorted(AUDIO_SUFFIXES))}), nor a JSONL, nor a text list of audio files "
+                        f"({', '.join(s or 'no extension' for s in LIST_SUFFIXES)})")
     raise UserError(f"{source}: neither a Kaldi data directory (wav.scp + text), a JSONL file nor a .csv/.tsv "
                     "file (give the format with source_format / --format)")
+
+
+LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp", "")  # a text list of audio paths, one a line
+
+
+def is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are text (UTF-8 or UTF-16), not binary."""
+    if encoding_of(head).startswith("utf-16"):
+        return True
+    if b"\0" in head:
+        return False
+    try:
+        head[:-4].decode("utf-8")  # the last bytes may cut a character
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _first_is_manifest(path: Path) -> bool:
+    for line in read_lines(path):
+        if line.strip():
+            try:
+                return is_manifest(json.loads(line))
+            except ValueError:
+                return False
+    return False
 
 
 def read_keyed(
@@ -164,7 +248,7 @@ def read_keyed(
             claimed.add(key)
             continue
         if key in out:
-            rejects.append(Problem(str(path), lineno, key, "duplicate_key", f"first at {path}:{out[key].line}", input=line))
+            rejects.append(Problem(str(path), lineno, key, "duplicate_key", f"first at {path}:{out[key].line}, which is kept", input=line))
             continue
         out[key] = Keyed(value, str(path), lineno, line)
     return out
@@ -172,13 +256,21 @@ def read_keyed(
 
 def _pair_transcripts(
     unit: Entry, transcripts: dict[str, Keyed], used: set[str], mode: str | int, missing: str,
-    speakers: Mapping[str, Keyed], entries: list[Entry], rejects: list[Problem],
+    speakers: Mapping[str, Keyed], entries: list[Entry], rejects: list[Problem], need_text: bool = True,
+    fields: Mapping[str, dict] | None = None,
 ) -> None:
     """Entries for one audio unit (a wav.scp line, a segment, a folder's file) keyed `unit.key`,
     with transcripts looked up by key; channel=split looks for `<key>-A`/`<key>-B` first."""
 
     def pair(key: str, channel: int | None, mono_only: bool, note: str = "") -> None:
         found = transcripts.get(key)
+        carried = dict((fields or {}).get(key) or (fields or {}).get(unit.key) or {})
+        if found is None and not need_text:
+            speaker = speakers.get(key) or speakers.get(unit.key)
+            entries.append(Entry(unit.file, unit.line, key, unit.audio, None, unit.pipe, raw=unit.raw,
+                                 segment=unit.segment, recording=unit.recording, channel=channel, mono_only=mono_only,
+                                 speaker=speaker.value if speaker else None, fields=carried))
+            return
         if found is None:
             rejects.append(Problem(unit.file, unit.line, key, "no_text", f"{key} is not in {missing}{note}", input=unit.raw))
             return
@@ -194,7 +286,7 @@ def _pair_transcripts(
         speaker = speakers.get(key) or speakers.get(unit.key)
         entries.append(Entry(unit.file, unit.line, key, unit.audio, text, unit.pipe, raw=unit.raw,
                               segment=unit.segment, recording=unit.recording, channel=channel, mono_only=mono_only,
-                              speaker=speaker.value if speaker else None))
+                              speaker=speaker.value if speaker else None, fields=carried))
 
     if mode == "split":
         per_channel = [f"{unit.key}-{suffix}" for suffix in CHANNEL_SUFFIXES]
@@ -214,14 +306,17 @@ def _pair_transcripts(
         pair(unit.key, mode if isinstance(mode, int) else None, False)
 
 
-def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> tuple[list[Entry], list[Problem]]:
-    """wav.scp + text (+ segments, utt2spk) -> entries in wav.scp order (segments order when there
-    is a segments file); pairing problems as rejects."""
+def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix",
+                need_text: bool = True) -> tuple[list[Entry], list[Problem]]:
+    """wav.scp + text (+ segments, utt2spk, and utt2channel: simulate's channel parameters, one
+    JSON object a key) -> entries in wav.scp order (segments order when there is a segments file);
+    pairing problems as rejects."""
     scp, text, seg, spk = (directory / name for name in ("wav.scp", "text", "segments", "utt2spk"))
     rejects: list[Problem] = []
     claimed: set[str] = set()  # keys of rejected audio lines: their transcripts are not reported again
-    transcripts = read_keyed(text, rejects, None)
+    transcripts = read_keyed(text, rejects, None) if text.is_file() else {}
     speakers = read_keyed(spk, rejects, "speaker") if spk.is_file() else {}
+    channels = _read_utt2channel(directory / "utt2channel", rejects)
     recordings = read_keyed(scp, rejects, "audio path", None if seg.is_file() else claimed)
 
     pipes = [(r.line, key) for key, r in recordings.items() if r.value.endswith("|")]
@@ -258,7 +353,7 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> 
                 rejects.append(Problem(*where, key, "malformed_line", one_line(err), input=line))
                 continue
             if key in seen:
-                rejects.append(Problem(*where, key, "duplicate_key", f"first at {seg}:{seen[key]}", input=line))
+                rejects.append(Problem(*where, key, "duplicate_key", f"first at {seg}:{seen[key]}, which is kept", input=line))
                 continue
             seen[key] = lineno
             rec = recordings.get(parts[1])
@@ -275,13 +370,29 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix") -> 
     entries: list[Entry] = []
     used: set[str] = set()
     for unit in units:
-        _pair_transcripts(unit, transcripts, used, mode, str(text), speakers, entries, rejects)
+        _pair_transcripts(unit, transcripts, used, mode, str(text), speakers, entries, rejects, need_text, channels)
     audio_file = seg if seg.is_file() else scp
     for key, found in transcripts.items():
         base = re.sub(r"-[AB]$", "", key) if mode == "split" else key
         if key not in used and key not in claimed and base not in claimed:
             rejects.append(Problem(found.file, found.line, key, "no_audio", f"{key} is not in {audio_file}", input=found.raw))
     return entries, rejects
+
+
+def _read_utt2channel(path: Path, rejects: list[Problem]) -> dict[str, dict]:
+    """utt2channel (`key {json}`, what simulate writes) -> {key: {"channel": {...}}}."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for key, found in read_keyed(path, rejects, "channel object").items():
+        try:
+            value = json.loads(found.value)
+        except ValueError as err:
+            rejects.append(Problem(found.file, found.line, key, "malformed_line", f"not a JSON object: {one_line(err)}",
+                                   input=found.raw))
+            continue
+        out[key] = {"channel": value}
+    return out
 
 
 def _row_channel(key: str, mode: str | int) -> tuple[int | None, bool]:
@@ -295,8 +406,15 @@ def _row_channel(key: str, mode: str | int) -> tuple[int | None, bool]:
     return None, False
 
 
-def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[Entry], list[Problem]]:
-    """The seed's {"key", "source"|"audio", "target"|"text"} lines -> entries in file order."""
+# JSONL fields of a source line, the first present wins; every other field is carried.
+JSONL_AUDIO_FIELDS = ("source", "audio", "wav", "path")
+JSONL_TEXT_FIELDS = ("target", "text", "reference")
+JSONL_KEY_FIELDS = ("key", "id", "utt_id", "utt")
+
+
+def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = True) -> tuple[list[Entry], list[Problem]]:
+    """The seed's {"key", "source"|"audio", "target"|"text"} lines -> entries in file order; the
+    line's other fields (speaker, simulate's channel, ...) are carried."""
     entries: list[Entry] = []
     rejects: list[Problem] = []
     seen: dict[str, int] = {}
@@ -318,9 +436,10 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[Entry]
             continue
         if not checked_format:
             checked_format = True
-            if "messages" in obj and not any(k in obj for k in ("source", "audio")):
+            if is_manifest(obj):
                 raise UserError(f"{path}: already a Nano manifest (it has 'messages'); check it instead of preparing it")
-        key = obj.get("key")
+        key_field = next((k for k in JSONL_KEY_FIELDS if k in obj), "key")
+        key = obj.get(key_field)
         if key is None:
             key = f"sample_{lineno:08d}"
         elif isinstance(key, (list, tuple)) and len(key) == 1:
@@ -330,20 +449,22 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[Entry]
             continue
         key = str(key).strip()
         if key in seen:
-            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}", input=line))
+            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}, which is kept", input=line))
             continue
         seen[key] = lineno
 
-        audio_field = "source" if "source" in obj else "audio"
-        text_field = "target" if "target" in obj else "text"
+        audio_field = next((k for k in JSONL_AUDIO_FIELDS if k in obj), "source")
+        text_field = next((k for k in JSONL_TEXT_FIELDS if k in obj), "target")
         audio, text = obj.get(audio_field), obj.get(text_field)
         problem = None
         if audio is None or (isinstance(audio, str) and not audio.strip()):
-            problem = ("no_audio", "no 'source' (or 'audio') field")
+            problem = ("no_audio", f"no {'/'.join(JSONL_AUDIO_FIELDS)} field")
         elif not isinstance(audio, str):
             problem = ("malformed_line", f"'{audio_field}' is a {type(audio).__name__}, not a path")
+        elif text is None and not need_text:
+            pass
         elif text is None:
-            problem = ("no_text", "no 'target' (or 'text') field")
+            problem = ("no_text", f"no {'/'.join(JSONL_TEXT_FIELDS)} field")
         elif not isinstance(text, str):
             problem = ("malformed_line", f"'{text_field}' is a {type(text).__name__}, not a string")
         else:
@@ -356,8 +477,58 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix") -> tuple[list[Entry]
             rejects.append(Problem(*where, key, *problem, input=line))
             continue
         channel, mono_only = _row_channel(key, mode)
-        entries.append(Entry(*where, key, audio.strip(), text, raw=line, channel=channel, mono_only=mono_only))
+        carried = {k: v for k, v in obj.items() if k not in (key_field, audio_field, text_field)}
+        speaker = carried.get("speaker")
+        entries.append(Entry(*where, key, audio.strip(), text, raw=line, channel=channel, mono_only=mono_only,
+                             speaker=speaker if isinstance(speaker, str) else None, fields=carried, obj=obj,
+                             audio_field=audio_field))
     return entries, rejects
+
+
+def _read_nano(path: Path, need_text: bool = True) -> tuple[list[Entry], list[Problem]]:
+    """A Nano JSONL (simulate's and decode's input): one entry a single-audio line, the first
+    assistant turn its transcript (optional without `need_text`), the line's prompt and fields."""
+    entries: list[Entry] = []
+    rejects: list[Problem] = []
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        where = (str(path), lineno)
+        if undecodable(line):
+            rejects.append(Problem(*where, json_key(replaced(line)), "undecodable_text", bad_bytes(line), input=shown(line)))
+            continue
+        try:
+            parsed = parse_manifest(line)
+        except ValueError as err:
+            rejects.append(Problem(*where, None, "malformed_line", one_line(err), input=line))
+            continue
+        key = parsed.key or f"sample_{lineno:08d}"
+        text = parsed.text.strip() if parsed.text is not None else None
+        if not parsed.audio:
+            rejects.append(Problem(*where, key, "no_audio", "no <|startofspeech|>!path<|endofspeech|> in the user turn",
+                                   input=line))
+        elif len(parsed.audio) > 1:
+            rejects.append(Problem(*where, key, "multiple_audio", f"{len(parsed.audio)} audio files in the user turns",
+                                   input=line))
+        elif text is None and need_text:
+            rejects.append(Problem(*where, key, "no_text", "no assistant turn with a string content", input=line))
+        elif text == "" and need_text:
+            rejects.append(Problem(*where, key, "empty_text", "the assistant turn is empty", input=line))
+        else:
+            speaker = parsed.fields.get("speaker")
+            entries.append(Entry(*where, key, parsed.audio[0], text, raw=line, obj=parsed.obj, prompt=parsed.prompt,
+                                 fields=parsed.fields, speaker=speaker if isinstance(speaker, str) else None))
+    return entries, rejects
+
+
+def _read_list(path: Path) -> tuple[list[Entry], list[Problem]]:
+    """One audio path a line (blank lines and # comments skipped); key: the file's stem, or the
+    path as written where two stems collide."""
+    lines = [(n, line.strip()) for n, line in enumerate(read_lines(path), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    stems = Counter(Path(line).stem for _, line in lines)
+    return [Entry(str(path), n, Path(line).stem if stems[Path(line).stem] == 1 else line, line, None, raw=line)
+            for n, line in lines], []
 
 
 def json_key(line: str) -> str | None:
@@ -378,12 +549,12 @@ TABLE_COLUMNS = {
 
 def _read_table(
     path: Path, mode: str | int, delimiter: str | None, audio_column: str | None = None,
-    text_column: str | None = None, key_column: str | None = None,
+    text_column: str | None = None, key_column: str | None = None, need_text: bool = True,
 ) -> tuple[list[Entry], list[Problem]]:
     """A CSV/TSV file with a header row -> entries in file order. Columns are matched by name,
     case-insensitively; without a key column the key is sample_<line>. `delimiter` None: the
     header line's most frequent of `,`, TAB, `;` and `|`."""
-    content = path.read_bytes().decode("utf-8", "surrogateescape")
+    content = read_text(path)
     if content.startswith("\ufeff"):
         content = content[1:]
     if delimiter is None:  # the header's most frequent of , TAB ; | (csv.Sniffer gives up on ragged rows)
@@ -431,24 +602,45 @@ def _read_table(
             rejects.append(Problem(*where, None, "malformed_line", f"empty {header[columns['key']]!r}", input=raw))
             continue
         if key in seen:
-            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}", input=raw))
+            rejects.append(Problem(*where, key, "duplicate_key", f"first at {path}:{seen[key]}, which is kept", input=raw))
             continue
         seen[key] = start
         audio, (text, bad) = row[columns["audio"]].strip(), clean_transcript(row[columns["text"]])
         if not audio:
             rejects.append(Problem(*where, key, "no_audio", f"empty {header[columns['audio']]!r}", input=raw))
             continue
-        if not text:
+        if not text and need_text:
             rejects.append(Problem(*where, key, "empty_text", f"empty {header[columns['text']]!r}", input=raw))
             continue
         if bad:
             rejects.append(Problem(*where, key, "undecodable_text", bad, input=raw))
             continue
         channel, mono_only = _row_channel(key, mode)
-        entries.append(Entry(*where, key, audio, text, raw=raw, channel=channel, mono_only=mono_only))
+        carried = _table_fields(header, row, {i for i in columns.values() if i is not None})
+        speaker = carried.get("speaker")
+        entries.append(Entry(*where, key, audio, text or None, raw=raw, channel=channel, mono_only=mono_only,
+                             speaker=speaker if isinstance(speaker, str) else None, fields=carried))
     if header is None:
         raise UserError(f"{path}: no header row (a CSV/TSV file needs named columns)")
     return entries, rejects
+
+
+def _table_fields(header: list[str], row: list[str], used: set[int]) -> dict:
+    """A row's other columns, carried: numbers as numbers, empty cells left out; simulate's channel
+    columns (manifest.CHANNEL_FIELDS) together as one `channel` object, as its JSONL writes it."""
+    fields: dict = {}
+    for i, (name, cell) in enumerate(zip(header, row)):
+        if i in used or not cell.strip() or not name:
+            continue
+        value: object = cell.strip()
+        with contextlib.suppress(ValueError):
+            value = float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", str(value)) else value
+            value = int(value) if isinstance(value, float) and value.is_integer() and "." not in cell else value
+        if name in CHANNEL_FIELDS:
+            fields.setdefault("channel", {})[name] = value
+        else:
+            fields[name] = value
+    return fields
 
 
 def _table_columns(path: Path, header: list[str], audio: str | None, text: str | None, key: str | None) -> dict[str, int | None]:
@@ -487,7 +679,8 @@ def folder_key(relative: Path) -> str:
     return re.sub(r"\s+", "_", relative.with_suffix("").as_posix())
 
 
-def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None = None) -> tuple[list[Entry], list[Problem]]:
+def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None = None,
+                 need_text: bool = True) -> tuple[list[Entry], list[Problem]]:
     """Audio files with same-stem .txt transcripts (stem-A.txt/stem-B.txt for channel=split)."""
     rejects: list[Problem] = []
     units: list[Entry] = []
@@ -495,36 +688,48 @@ def _read_folder(directory: Path, mode: str | int = "mix", exclude: Path | None 
     for path in audio_files(directory, exclude):
         key = folder_key(path.relative_to(directory))
         if key in owners:
-            rejects.append(Problem(str(path), 0, key, "duplicate_key", f"{owners[key]} has the same key (and transcript)"))
+            rejects.append(Problem(str(path), 0, key, "duplicate_key", f"the key of {owners[key]}, which is used; this "
+                                                                       "file is not"))
             continue
         owners[key] = path
         units.append(Entry(str(path), 0, key, str(path.absolute()), None, raw=str(path)))
 
     transcripts: dict[str, Keyed] = {}
+    others: dict[str, str] = {}  # key -> a file of that stem in no format nano8k reads
     for current, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(".txt"):
+            if name.startswith("."):
                 continue
             path = Path(current) / name
             key = folder_key(path.relative_to(directory))
+            if not name.lower().endswith(".txt"):
+                if not is_audio_name(name):
+                    others.setdefault(key, name)
+                continue
             content = path.read_bytes()
             try:
-                text = content.decode("utf-8-sig")
-            except UnicodeDecodeError as err:
-                rejects.append(Problem(str(path), 0, key, "undecodable_text",
-                                       f"not UTF-8: {err.reason} at byte {err.start}",
+                text = decode_text(content, path)
+            except UserError as err:
+                rejects.append(Problem(str(path), 0, key, "undecodable_text", str(err),
                                        input=content.decode("utf-8", "backslashreplace")))
+                continue
+            if undecodable(text):
+                rejects.append(Problem(str(path), 0, key, "undecodable_text", bad_bytes(text), input=shown(text)))
                 continue
             transcripts[key] = Keyed(text, str(path), 0, text)
 
     entries: list[Entry] = []
     used: set[str] = set()
     for unit in units:
-        _pair_transcripts(unit, transcripts, used, mode, "the folder (no .txt transcript)", {}, entries, rejects)
+        _pair_transcripts(unit, transcripts, used, mode, "the folder (no .txt transcript)", {}, entries, rejects,
+                          need_text)
     for key, found in sorted(transcripts.items()):
         if key not in used:
-            rejects.append(Problem(found.file, 0, key, "no_audio", "no audio file with this stem", input=found.raw))
+            other = others.get(re.sub(r"-[AB]$", "", key) if mode == "split" else key)
+            detail = (f"no audio file with this stem; {other} is not a format nano8k reads "
+                      f"({', '.join(sorted(AUDIO_SUFFIXES))})" if other else "no audio file with this stem")
+            rejects.append(Problem(found.file, 0, key, "no_audio", detail, input=found.raw))
     return entries, rejects
 
 
@@ -536,7 +741,8 @@ def _unique_keys(entries: list[Entry], rejects: list[Problem]) -> list[Entry]:
         first = seen.get(entry.key)
         if first is not None:
             rejects.append(Problem(entry.file, entry.line, entry.key, "duplicate_key",
-                                   f"the key of {first.file}:{first.line}", input=entry.raw))
+                                   f"the key of {first.file}:{first.line}, which is kept; this one is not used",
+                                   input=entry.raw))
             continue
         seen[entry.key] = entry
         kept.append(entry)
