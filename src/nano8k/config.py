@@ -427,6 +427,8 @@ class DecodeConfig:
     model_dir: Optional[str] = key("local model directory or ModelScope id; null: the run's model_dir", NANO8K)
     checkpoint: Optional[str] = key("checkpoint file or training run directory", NANO8K)
     input: Optional[str] = key("JSONL, Kaldi directory, audio list, folder or audio file", NANO8K)
+    audio_root: Optional[str] = key("directory relative audio paths are taken from; null: the input's own", NANO8K)
+    raw_rate: Optional[int] = key("sample rate of .raw audio (headerless 16-bit PCM)", NANO8K, above=0)
     device: Optional[str] = key("auto, cpu, cuda or cuda:N", NANO8K)
     batch_size: Optional[int] = key("utterances per batch", NANO8K, at_least=1)
     max_new_tokens: Optional[int] = key("most tokens generated per utterance", NANO8K, at_least=1)

@@ -124,7 +124,7 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     before (Decoder(settings)) is reused as it is: its model and prompt win over `settings`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    items, kind = read_input(settings.get("input"))
+    items, kind = read_input(settings.get("input"), settings.get("audio_root"), settings.get("raw_rate"))
     log.info("input: %s (%s), %d utterances", settings.get("input"), kind, len(items))
     prompt_settings = prompt_options(settings)
     batch_size = int(settings.get("batch_size") or 1)

@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,214 +85,59 @@ class Item:
     duration: float | None = None
     samples: int = 0  # at the file's own rate
     sample_rate: int = 0
+    raw_rate: int | None = None  # the declared rate of a .raw file
 
 
-def read_input(spec: Any) -> tuple[list[Item], str]:
-    """Items of a Nano/source-target JSONL, a Kaldi directory, a folder, a list file or an audio
-    file; returns (items, kind). Problems with single lines become failed items."""
+def read_input(spec: Any, audio_root: Any = None, raw_rate: int | None = None) -> tuple[list[Item], str]:
+    """Items of a Nano/source-target JSONL, a Kaldi directory, a CSV/TSV, a folder, a list file or
+    an audio file, read by data.read_source (prepare's reader: the same formats, path rule and
+    duplicate rule); returns (items, kind). A line that cannot be decoded becomes a failed item
+    with its reason, so every input line is accounted for in results.jsonl."""
     from nano8k import data
 
     if spec in (None, ""):
         raise UserError("input: required for decoding; set input=PATH (a Nano JSONL, a Kaldi directory, a folder "
                         "of audio files, a list of audio files, or one audio file)")
-    path = Path(str(spec)).expanduser()
-    if not path.exists():
-        raise UserError(f"input: {spec} does not exist")
-    if path.is_file() and path.name == "wav.scp":
-        path = path.parent
-    if path.is_dir():
-        if (path / "wav.scp").is_file():
-            items, kind = _read_kaldi(path), "kaldi"
+    try:  # pipes are read, never run: decoding marks them failed
+        kind, location, entries, problems = data.read_source(Path(str(spec)), need_text=False, manifests=True,
+                                                             audio_root=audio_root, allow_pipes=True)
+    except UserError as err:
+        raise UserError(f"input: {err}") from None
+    placed = [((entry.file, entry.line), _item(entry)) for entry in entries]
+    taken = Counter(entry.key for entry in entries)
+    for problem in problems:
+        if problem.key is not None and problem.key in taken:  # a duplicate: KEY#2, the first is decoded
+            taken[problem.key] += 1
+            key = f"{problem.key}#{taken[problem.key]}"
         else:
-            files = list(data.audio_files(path, exclude=None))
-            if not files:
-                raise UserError(f"input: {path} is neither a Kaldi data directory (no wav.scp) nor a folder of audio "
-                                f"files ({', '.join(sorted(data.AUDIO_SUFFIXES))})")
-            items, kind = _read_folder(path, files), "folder"
-    elif path.suffix.lower() in data.AUDIO_SUFFIXES:
-        items, kind = [Item(path.stem, str(path))], "audio"
-    elif path.suffix.lower() in (".jsonl", ".json") or _head(path).startswith(b"{"):
-        items, kind = _read_jsonl(path), "jsonl"
-    elif _is_audio(path):
-        items, kind = [Item(path.stem, str(path))], "audio"
-    elif path.suffix.lower() in LIST_SUFFIXES and _is_text(path):
-        items, kind = _read_list(path), "list"
-    else:  # never read as a list of paths: a raw .ulaw prompt would be thousands of "paths"
-        raise UserError(f"input: {path}: not audio soundfile can read here ({path.suffix or 'no extension'}), nor a "
-                        f"JSONL, nor a text list of audio files ({', '.join(s or 'no extension' for s in LIST_SUFFIXES)}); "
-                        "convert raw telephony audio (.ulaw, .alaw, .gsm, .sln) to WAV first, e.g. with sox")
+            key = problem.key or f"line{problem.line}"
+        reason = f"{problem.where}: {problem.reason.replace('_', ' ')}" + (f" ({problem.detail})" if problem.detail else "")
+        placed.append(((problem.file, problem.line), Item(key, reason=reason)))
+    if len({where[0] for where, _ in placed}) == 1:  # one input file: results in its line order
+        placed.sort(key=lambda pair: pair[0][1])
+    items = [item for _, item in placed]
     if not items:
-        raise UserError(f"input: {path} holds no utterances")
-    return _unique(items), kind
-
-
-LIST_SUFFIXES = (".txt", ".lst", ".list", ".scp", "")  # a text list of audio paths, one a line
-
-
-def _is_text(path: Path) -> bool:
-    head = _head(path)
-    if b"\0" in head:
-        return False
-    try:
-        head[:-4].decode("utf-8")  # the last bytes may cut a character
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
-
-
-def _is_audio(path: Path) -> bool:
-    import soundfile
-
-    try:
-        soundfile.info(str(path))
-        return True
-    except Exception:  # noqa: BLE001 - anything soundfile cannot open is not an audio file
-        return False
-
-
-def _locate(location: str, base: Path) -> str:
-    """A relative path is taken from the current directory (as Kaldi and FunASR do), else from the
-    input file's directory."""
-    path = Path(location).expanduser()
-    if path.is_absolute() or path.exists() or not (base / path).exists():
-        return str(path)
-    return str(base / path)
-
-
-def _unique(items: list[Item]) -> list[Item]:
-    """A key seen before makes a failed item `KEY#N` (every input line stays accounted for)."""
-    seen: dict[str, int] = {}
-    out = []
+        raise UserError(f"input: {spec} holds no utterances")
+    hint = data.audio_root_hint(problems, len(entries), location, audio_root)
+    if hint:
+        log.warning("input: %s", hint)
     for item in items:
-        n = seen.get(item.key, 0) + 1
-        seen[item.key] = n
-        if n > 1:
-            item = Item(f"{item.key}#{n}", item.audio, item.ref, item.fields, item.segment,
-                        reason=item.reason or f"duplicate key {item.key!r} (the first one is decoded)")
-        out.append(item)
-    return out
+        item.raw_rate = raw_rate
+    return items, {"nano": "jsonl", "table": "csv"}.get(kind, kind)
 
 
-def _read_kaldi(directory: Path) -> list[Item]:
-    from nano8k import data
-
-    problems: list = []
-    scp = data.read_keyed(directory / "wav.scp", problems, "audio path")
-    texts = data.read_keyed(directory / "text", problems, None) if (directory / "text").is_file() else {}
-    speakers = data.read_keyed(directory / "utt2spk", problems, "speaker") if (directory / "utt2spk").is_file() else {}
-    # after the entries: a duplicate key's second line must not take the key from the first
-    failed = [Item(p.key or f"line{p.line}", reason=f"{p.where}: {p.reason}" + (f" ({p.detail})" if p.detail else ""))
-              for p in problems if p.file.endswith("wav.scp")]
-    items: list[Item] = []
-    for p in problems:
-        if not p.file.endswith("wav.scp"):
-            log.warning("%s", p)
-
-    def entry(key: str, location: str, segment: tuple[float, float] | None = None,
-              recording: str | None = None) -> Item:
-        fields = {"speaker": speakers[key].value} if key in speakers else {}
-        if recording is not None:
-            fields["recording"] = recording
-        ref = texts[key].value if key in texts else None
-        if location.endswith("|"):
-            return Item(key, location, ref, fields, segment, reason="a pipe command in wav.scp (commands are not run)")
-        return Item(key, _locate(location, directory), ref, fields, segment)
-
-    segments = directory / "segments"
-    if segments.is_file():
-        for lineno, line in enumerate(data.read_lines(segments), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                start, end = float(parts[2]), float(parts[3])
-                if len(parts) != 4 or not 0 <= start < end:
-                    raise ValueError
-            except (ValueError, IndexError):
-                items.append(Item(parts[0], reason=f"{segments}:{lineno}: malformed segment (utt rec start end)"))
-                continue
-            if parts[1] not in scp:
-                items.append(Item(parts[0], ref=texts[parts[0]].value if parts[0] in texts else None,
-                                  reason=f"{segments}:{lineno}: recording {parts[1]} is not in wav.scp"))
-                continue
-            items.append(entry(parts[0], scp[parts[1]].value, (start, end), parts[1]))
-    else:
-        items += [entry(key, rec.value) for key, rec in scp.items()]
-    return items + failed
-
-
-def _read_folder(directory: Path, files: list[Path]) -> list[Item]:
-    from nano8k import data
-
-    items = []
-    for path in files:
-        text = path.with_suffix(".txt")
-        ref = text.read_text(encoding="utf-8-sig", errors="replace").strip() if text.is_file() else None
-        items.append(Item(data.folder_key(path.relative_to(directory)), str(path), ref))
-    return items
-
-
-def _read_list(path: Path) -> list[Item]:
-    """One audio path a line (blank lines and # comments skipped); key: the file's stem, or the path
-    as written where two stems collide."""
-    from nano8k import data
-
-    lines = [(n, line.strip()) for n, line in enumerate(data.read_lines(path), 1)]
-    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
-    stems: dict[str, int] = {}
-    for _, line in lines:
-        stems[Path(line).stem] = stems.get(Path(line).stem, 0) + 1
-    items = []
-    for n, line in lines:
-        key = Path(line).stem if stems[Path(line).stem] == 1 else line
-        items.append(Item(key, _locate(line, path.parent)))
-    return items
-
-
-def _read_jsonl(path: Path) -> list[Item]:
-    """Nano JSONL lines (messages) or source/target lines; other fields are kept."""
-    from nano8k import data
-
-    items = []
-    for lineno, line in enumerate(data.read_lines(path), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            items.append(Item(f"line{lineno}", reason=f"{where}: not JSON ({err.msg})"))
-            continue
-        if not isinstance(obj, dict):
-            items.append(Item(f"line{lineno}", reason=f"{where}: not a JSON object"))
-            continue
-        key = next((obj[k] for k in ("key", "id", "utt_id", "utt") if isinstance(obj.get(k), (str, int))), None)
-        key = str(key) if key not in (None, "") else f"line{lineno}"
-        audio, ref, prompt = None, None, None
-        messages = obj.get("messages")
-        if isinstance(messages, list):
-            turns = [m for m in messages if isinstance(m, dict)]
-            users = [m.get("content") for m in turns if m.get("role") == "user"]
-            paths = data.audio_paths(users)
-            audio = paths[0] if paths else None
-            prompt = users[0].split("<|startofspeech|>", 1)[0] if users and isinstance(users[0], str) else None
-            answers = [m.get("content") for m in turns if m.get("role") == "assistant"]
-            ref = answers[-1] if answers and isinstance(answers[-1], str) else None
-        else:
-            audio = next((obj[k] for k in ("source", "audio", "wav", "path") if isinstance(obj.get(k), str)), None)
-            ref = next((obj[k] for k in ("target", "text", "ref", "reference") if isinstance(obj.get(k), str)), None)
-        fields = {k: v for k, v in obj.items() if k not in RESERVED and k not in MANIFEST_INPUTS}
-        if not audio:
-            items.append(Item(key, None, ref, fields, reason=f"{where}: no audio (no <|startofspeech|>!PATH in a user "
-                                                              "turn, no source/audio field)"))
-            continue
-        items.append(Item(key, _locate(audio, path.parent), ref, fields, prompt=prompt))
-    return items
+def _item(entry: Any) -> Item:
+    """An entry of data.read_source as an utterance to decode; its fields go to results.jsonl."""
+    fields = {k: v for k, v in entry.fields.items() if k not in RESERVED and k not in MANIFEST_INPUTS}
+    if entry.speaker is not None:
+        fields.setdefault("speaker", entry.speaker)
+    if entry.recording is not None:
+        fields["recording"] = entry.recording
+    segment = tuple(float(t) for t in entry.segment) if entry.segment is not None else None
+    if entry.pipe:
+        return Item(entry.key, entry.audio, entry.text, fields, segment,
+                    reason=f"{entry.file}:{entry.line}: a pipe command in wav.scp (commands are not run)")
+    return Item(entry.key, entry.audio, entry.text, fields, segment, prompt=entry.prompt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,8 +365,9 @@ class Decoder:
     # -- audio ------------------------------------------------------------------------------
 
     def probe(self, item: Item) -> None:
-        """Duration from the file header; an unreadable file marks the item failed."""
-        import soundfile
+        """Duration from the file header (data.audio, prepare's loader: raw telephony formats
+        included); an unreadable file marks the item failed."""
+        from nano8k.data import audio as audio_files
 
         if item.reason is not None:
             return
@@ -528,11 +375,10 @@ class Decoder:
             item.reason = f"{item.audio}: no such file"
             return
         try:
-            info = soundfile.info(item.audio)
-        except Exception as err:  # noqa: BLE001 - any header soundfile rejects
-            item.reason = f"{item.audio}: unreadable audio ({_one_line(err)})"
+            item.samples, item.sample_rate, _, _ = audio_files.header_of(item.audio, item.raw_rate)
+        except audio_files.AudioProblem as err:
+            item.reason = f"{err.reason.replace('_', ' ')}: {err.detail}"
             return
-        item.samples, item.sample_rate = int(info.frames), int(info.samplerate)
         if item.segment is not None:
             start, end = item.segment
             if start * item.sample_rate >= item.samples:
@@ -545,21 +391,20 @@ class Decoder:
             item.reason = f"{item.audio}: no samples"
 
     def load(self, item: Item) -> Any:
-        """Samples at the front end's rate (funasr_gaps.waveform resamples any rate)."""
-        import soundfile
-
+        """Samples at the front end's rate (funasr_gaps.waveform resamples any rate), through
+        data.audio.load, the one loader."""
         from nano8k import funasr_gaps
+        from nano8k.data import audio as audio_files
 
-        if item.segment is None:
-            samples = funasr_gaps.waveform(item.audio, self.frontend.fs)
-        else:
+        start, stop = 0, None
+        if item.segment is not None:
             start = round(item.segment[0] * item.sample_rate)
             stop = min(round(item.segment[1] * item.sample_rate), item.samples)
-            try:
-                cut, rate = soundfile.read(item.audio, start=start, stop=stop, dtype="float32", always_2d=True)
-            except Exception as err:  # noqa: BLE001
-                raise UserError(f"{item.audio}: unreadable audio ({_one_line(err)})") from None
-            samples = funasr_gaps.waveform(cut.mean(axis=1), self.frontend.fs, rate)
+        try:
+            cut, rate = audio_files.load(item.audio, item.raw_rate, start=start, stop=stop)
+        except audio_files.AudioProblem as err:
+            raise UserError(f"{err.reason.replace('_', ' ')}: {err.detail}") from None
+        samples = funasr_gaps.waveform(cut.mean(axis=1), self.frontend.fs, rate)
         min_samples = int(self.frontend.frame_length * self.frontend.fs / 1000)
         if len(samples) < min_samples:
             raise UserError(f"{item.audio}: shorter than one {self.frontend.frame_length} ms frame")

@@ -69,7 +69,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import math
 import os
@@ -84,8 +83,10 @@ from typing import Any
 
 import numpy as np
 
-from nano8k import channel
-from nano8k.errors import UserError
+from nano8k import channel, data
+from nano8k.data import Entry, Problem
+from nano8k.data.manifest import with_audio
+from nano8k.errors import UserError, one_line
 
 __all__ = [
     "CODECS",
@@ -751,24 +752,6 @@ def output_names(keys: Iterable[str]) -> dict[str, str]:
 
 
 @dataclass
-class _Item:
-    """One utterance to simulate, from any input format."""
-
-    file: str
-    line: int
-    key: str
-    audio: str
-    text: str
-    pipe: bool = False
-    input: str | None = None  # the input line, kept in the rejects file
-    obj: dict | None = None  # the JSONL / Nano object
-    audio_field: str | None = None  # source/target JSONL: the field that holds the path
-    segment: tuple | None = None  # Kaldi segment (start, end) in seconds
-    channel: int | None = None  # one channel of a multi-channel file; None: all, averaged
-    speaker: str | None = None
-
-
-@dataclass
 class SimulateReport:
     source: Path
     out_dir: Path
@@ -783,6 +766,7 @@ class SimulateReport:
     seconds_in: float = 0.0
     seconds_out: float = 0.0
     applied: Counter = field(default_factory=Counter)  # step -> utterances it was applied to
+    hint: str = ""  # every audio file missing: where relative paths were taken from
 
     @property
     def rejected(self) -> int:
@@ -816,6 +800,8 @@ class SimulateReport:
         if self.rejects:
             reasons = ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
             lines.append(f"{self.rejected} rejected ({reasons}): see {self.rejects_file}")
+        if self.hint:
+            lines.append(self.hint)
         return "\n".join(lines)
 
 
@@ -831,6 +817,8 @@ def simulate_corpus(
     allow_pipes: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    audio_root: Path | None = None,
+    raw_rate: int | None = None,
 ) -> SimulateReport:
     """Simulate every utterance of `source` into `out_dir` (see the module docstring).
 
@@ -848,8 +836,6 @@ def simulate_corpus(
     rejected). Lines keep the input's order. `out_dir` must be absent or empty unless `overwrite`.
     Multi-channel audio is averaged. Never raises for a bad line or file: see the report.
     """
-    from nano8k import data
-
     source, out_dir = Path(source), Path(out_dir)
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
@@ -859,7 +845,8 @@ def simulate_corpus(
     if frontend_fs <= 0:
         raise UserError(f"frontend_fs must be a positive sample rate, got {frontend_fs}")
 
-    input_format, items, rejects, location = _read_source(source, allow_pipes)
+    input_format, location, items, rejects = data.read_source(source, allow_pipes=allow_pipes, manifests=True,
+                                                              audio_root=audio_root)
     table_format = "tsv" if location.suffix.lower() == ".tsv" else "csv"
     output_format = output_format or {"kaldi": "kaldi", "nano": "nano", "table": table_format,
                                       "folder": "folder"}.get(input_format, "jsonl")
@@ -903,13 +890,13 @@ def simulate_corpus(
     wav_dir = out_dir / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(item.key for item in items)
-    tasks = [(item.key, item.audio if item.pipe or _is_url(item.audio) else os.path.abspath(item.audio), item.pipe,
-              item.segment, item.channel, str(wav_dir / names[item.key])) for item in items]
+    tasks = [(item.key, item.audio, item.pipe, item.segment, item.channel, str(wav_dir / names[item.key]), raw_rate)
+             for item in items]
     results = _run_tasks(tasks, settings, int(seed), noise, workers, progress)
 
     report = SimulateReport(source=source, out_dir=out_dir, manifest=manifest, rejects_file=out_dir / "rejects.jsonl",
                             input_format=input_format, output_format=output_format, settings=settings, seed=int(seed))
-    records: list[tuple[_Item, dict]] = []
+    records: list[tuple[Entry, dict]] = []
     for item, result in zip(items, results):
         if "reason" in result:
             rejects.append(_problem(item, result["reason"], result["detail"]))
@@ -933,114 +920,13 @@ def simulate_corpus(
         _write_jsonl(manifest, records, output_format, frontend_fs)
     report.written = len(records)
     report.rejects = sorted(rejects, key=lambda p: (p.file, p.line))
+    report.hint = data.audio_root_hint(report.rejects, len(items), location, audio_root)
     data.write_rejects(report, report.rejects_file)
     return report
 
 
-def _problem(item: _Item, reason: str, detail: str) -> Any:
-    from nano8k import data
-
-    return data.Problem(item.file, item.line, item.key, reason, detail, **_input_field(item.input))
-
-
-def _input_field(line: str | None) -> dict:
-    from nano8k import data
-
-    return {"input": line} if "input" in {f.name for f in dataclasses.fields(data.Problem)} else {}
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-
-def _read_source(source: Path, allow_pipes: bool) -> tuple[str, list[_Item], list, Path]:
-    """(format, items, rejects, location): nano8k.data's readers for what `prepare` reads (same
-    rules, same reject reasons); Nano JSONL lines are read here."""
-    from nano8k import data
-
-    if source.is_file() and _is_nano(source):
-        items, rejects = _read_nano(source)
-        return "nano", items, rejects, source
-    fmt, location, entries, rejects = data.read_source(source, allow_pipes=allow_pipes)
-    items = []
-    for e in entries:
-        raw = getattr(e, "raw", None)
-        obj = audio_field = None
-        if fmt == "jsonl":
-            obj = json.loads(raw) if isinstance(raw, str) else json.loads(data.read_lines(location)[e.line - 1])
-            audio_field = "source" if "source" in obj else "audio"
-        items.append(_Item(e.file, e.line, e.key, e.audio, e.text, e.pipe, input=raw if isinstance(raw, str) else None,
-                           obj=obj, audio_field=audio_field, segment=getattr(e, "segment", None),
-                           channel=getattr(e, "channel", None), speaker=getattr(e, "speaker", None)))
-    return fmt, items, rejects, location
-
-
-def _is_url(location: str) -> bool:
-    return re.match(r"^[a-z][a-z0-9+.-]*://", location, re.I) is not None
-
-
-def _is_nano(path: Path) -> bool:
-    """A JSONL whose first line has `messages` and no source/audio field."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                if line.strip():
-                    obj = json.loads(line)
-                    return isinstance(obj, dict) and "messages" in obj and not ("source" in obj or "audio" in obj)
-    except (UnicodeDecodeError, ValueError, OSError):
-        return False
-    return False
-
-
-def _read_nano(path: Path) -> tuple[list[_Item], list]:
-    from nano8k import data
-
-    items: list[_Item] = []
-    rejects: list = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(data.read_lines(path), 1):
-        if not line.strip():
-            continue
-        where = (str(path), lineno)
-
-        def reject(key: str | None, reason: str, detail: str) -> None:
-            rejects.append(data.Problem(*where, key, reason, detail, **_input_field(line)))  # noqa: B023
-
-        try:
-            obj = json.loads(line)
-        except ValueError as err:
-            reject(None, "malformed_line", f"invalid JSON: {_one_line(err)}")
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
-            reject(None, "malformed_line", "not an object with a 'messages' list")
-            continue
-        key = obj.get("key")
-        if isinstance(key, (list, tuple)) and len(key) == 1:
-            key = key[0]
-        if key is None:
-            key = f"sample_{lineno:08d}"
-        if not isinstance(key, (str, int)) or isinstance(key, bool) or not str(key).strip():
-            reject(None, "malformed_line", f"key {key!r} is not a non-empty string")
-            continue
-        key = str(key).strip()
-        if key in seen:
-            reject(key, "duplicate_key", f"first at {path}:{seen[key]}")
-            continue
-        seen[key] = lineno
-        turns = [m for m in obj["messages"] if isinstance(m, dict)]
-        users = [m.get("content") for m in turns if m.get("role") == "user"]
-        answers = [m.get("content") for m in turns if m.get("role") == "assistant"]
-        paths = data.audio_paths(users)
-        if not paths:
-            reject(key, "no_audio", "no <|startofspeech|>!path<|endofspeech|> in the user turn")
-        elif len(paths) > 1:
-            reject(key, "multiple_audio", f"{len(paths)} audio files in the user turns")
-        elif not answers or not isinstance(answers[0], str):
-            reject(key, "no_text", "no assistant turn with a string content")
-        elif not answers[0].strip():
-            reject(key, "empty_text", "the assistant turn is empty")
-        else:
-            items.append(_Item(str(path), lineno, key, paths[0], answers[0].strip(), input=line, obj=obj))
-    return items, rejects
+def _problem(item: Entry, reason: str, detail: str) -> Any:
+    return Problem(item.file, item.line, item.key, reason, detail, input=item.raw)
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -1054,10 +940,10 @@ def _init_worker(settings: SimulationSettings, seed: int, noise: tuple[str, ...]
 
 def _one(task: tuple) -> dict:
     """Read, simulate and write one utterance; a failure becomes {"reason", "detail"}."""
-    key, audio, pipe, segment, channel_index, out_path = task
+    key, audio, pipe, segment, channel_index, out_path, raw_rate = task
     settings: SimulationSettings = _JOB["settings"]
     try:
-        samples, rate = _load(audio, pipe, segment, channel_index)
+        samples, rate = _load(audio, pipe, segment, channel_index, raw_rate)
         if len(samples) < MIN_SECONDS * rate:
             raise _Reject("audio_too_short", f"{len(samples)} samples at {rate} Hz: {audio}")
         out, out_rate, params = simulate_utterance(samples, rate, settings, utterance_seed(_JOB["seed"], key),
@@ -1066,74 +952,48 @@ def _one(task: tuple) -> dict:
     except _Reject as err:
         return {"reason": err.reason, "detail": err.detail}
     except Exception as err:  # noqa: BLE001 -- one utterance never stops the run
-        return {"reason": "simulation_failed", "detail": f"{audio}: {type(err).__name__}: {_one_line(err)}"}
+        return {"reason": "simulation_failed", "detail": f"{audio}: {type(err).__name__}: {one_line(err)}"}
     return {"path": out_path, "samples": len(out), "rate": out_rate, "seconds_in": len(samples) / rate,
             "channel": params}
 
 
-def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | None) -> tuple[np.ndarray, int]:
-    """(frames x channels float32, rate) of a file, a pipe's output, a segment, or one channel."""
-    import soundfile as sf
+def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | None,
+          raw_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """(frames x channels float32, rate) of a file, a pipe's output, a segment, or one channel,
+    through data.audio, the loader prepare and decode use (never NaN: non-finite audio is refused)."""
+    from nano8k.data import audio as audio_files
 
-    from nano8k import data
-
-    if pipe:
-        try:
-            proc = subprocess.run(audio, shell=True, capture_output=True, timeout=600)  # noqa: S602 -- opted in
-        except subprocess.TimeoutExpired:
-            raise _Reject("pipe_failed", f"'{audio}' ran longer than 600 s") from None
-        if proc.returncode != 0:
-            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise _Reject("pipe_failed", f"'{audio}' exited with {proc.returncode}" + (f": {err[-1]}" if err else ""))
-        opened, label, bad = io.BytesIO(proc.stdout), f"'{audio}'", "pipe_failed"
-    else:
-        if _is_url(audio):
-            raise _Reject("missing_audio", f"{audio}: URLs are not supported; download the audio first")
-        path = os.path.abspath(audio)
-        if not os.path.isfile(path):
-            raise _Reject("missing_audio", f"{path} does not exist")
-        opened, label, bad = path, path, "unreadable_audio"
     try:
-        with sf.SoundFile(opened) as f:
-            rate, total, channels = int(f.samplerate), int(f.frames), int(f.channels)
-            if rate <= 0:
-                raise ValueError(f"invalid sample rate {rate}")
-            start, stop = 0, total
-            if segment is not None:
-                start, stop = (data.nearest_sample(t, rate) for t in segment)
-                tolerance = getattr(data, "SEGMENT_TOLERANCE", 0.5)
-                if start >= total or stop - total > tolerance * rate:
-                    raise _Reject("segment_out_of_range", f"{float(segment[0]):g}-{float(segment[1]):g} s of a "
-                                                          f"{total / rate:.3f} s recording: {label}")
-                stop = min(stop, total)
-                f.seek(start)
-            x = f.read(stop - start, dtype="float32", always_2d=True)
-    except _Reject:
-        raise
-    except Exception as err:  # noqa: BLE001 -- soundfile raises several types
-        raise _Reject(bad, f"{label}: {_one_line(err)}") from None
-    if len(x) < stop - start:
-        raise _Reject(bad, f"{label}: read {len(x)} of {stop - start} samples")
-    if channel_index is not None and channels > 1:
-        if channel_index >= channels:
-            raise _Reject("no_such_channel", f"channel {channel_index} of a {channels}-channel file: {label}")
-        x = x[:, [channel_index]]
-    bad = int(np.count_nonzero(~np.isfinite(x)))
-    if bad:  # the level and SNR of such audio are NaN: never written out
-        raise _Reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}")
-    return x, rate
+        if pipe:
+            source: Any = audio_files.run_pipe(audio)
+            label, unreadable = f"'{audio}'", "pipe_failed"
+        else:
+            if audio_files.is_url(audio):
+                raise _Reject("missing_audio", f"{audio}: URLs are not supported; download the audio first")
+            if not os.path.isfile(audio):
+                raise _Reject("missing_audio", f"{audio} does not exist")
+            source, label, unreadable = audio, audio, "unreadable_audio"
+        start, stop = 0, None
+        if segment is not None:
+            total, rate, _, _ = audio_files.header_of(source, raw_rate)
+            start, stop = (data.nearest_sample(t, rate) for t in segment)
+            if start >= total or stop - total > data.SEGMENT_TOLERANCE * rate:
+                raise _Reject("segment_out_of_range", f"{float(segment[0]):g}-{float(segment[1]):g} s of a "
+                                                      f"{total / rate:.3f} s recording: {label}")
+        return audio_files.load(source, raw_rate, start=start, stop=stop, channel=channel_index)
+    except audio_files.AudioProblem as err:
+        reason = unreadable if pipe and err.reason in ("unreadable_audio", "corrupt_audio") else err.reason
+        raise _Reject(reason, err.detail) from None
 
 
 def _write_wav(path: str, samples: np.ndarray, rate: int, subtype: str) -> None:
     import soundfile as sf
 
-    from nano8k import data
-
     try:
         with data.atomic_path(Path(path)) as tmp:
             sf.write(tmp, channel.float_to_pcm16(samples), rate, subtype=subtype, format="WAV")
     except Exception as err:  # noqa: BLE001
-        raise _Reject("write_failed", f"{path}: {_one_line(err)}") from None
+        raise _Reject("write_failed", f"{path}: {one_line(err)}") from None
 
 
 def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tuple[str, ...], workers: int,
@@ -1176,9 +1036,7 @@ def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tupl
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _write_kaldi(out_dir: Path, records: list[tuple[_Item, dict]]) -> None:
-    from nano8k import data
-
+def _write_kaldi(out_dir: Path, records: list[tuple[Entry, dict]]) -> None:
     compact = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
     data.write_lines_atomic(out_dir / "wav.scp", (f"{i.key} {r['path']}" for i, r in records))
     data.write_lines_atomic(out_dir / "text", (f"{i.key} {' '.join(i.text.split())}" for i, _ in records))
@@ -1194,20 +1052,12 @@ def _write_kaldi(out_dir: Path, records: list[tuple[_Item, dict]]) -> None:
         data.write_lines_atomic(out_dir / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_speaker.items())))
 
 
-def _write_jsonl(manifest: Path, records: list[tuple[_Item, dict]], output_format: str, frontend_fs: int) -> None:
-    from nano8k import data
-
+def _write_jsonl(manifest: Path, records: list[tuple[Entry, dict]], output_format: str, frontend_fs: int) -> None:
     rows = []
     for item, result in records:
         path = result["path"]
         if output_format == "nano":
-            row = json.loads(json.dumps(item.obj))  # a deep copy
-            old = f"{data.SPEECH_BEGIN}!{item.audio}{data.SPEECH_END}"
-            for turn in row["messages"]:
-                if isinstance(turn, dict) and turn.get("role") == "user" and isinstance(turn.get("content"), str) \
-                        and old in turn["content"]:
-                    turn["content"] = turn["content"].replace(old, f"{data.SPEECH_BEGIN}!{path}{data.SPEECH_END}", 1)
-                    break
+            row = with_audio(item.obj or {}, path)
             row["key"] = item.key
             row["speech_length"] = data.fbank_frames(result["samples"], result["rate"], frontend_fs)
             row["duration"] = round(result["samples"] / result["rate"], 6)
@@ -1228,7 +1078,7 @@ CHANNEL_COLUMNS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_
                    "out_rate")
 
 
-def _write_table(manifest: Path, records: list[tuple[_Item, dict]], delimiter: str) -> None:
+def _write_table(manifest: Path, records: list[tuple[Entry, dict]], delimiter: str) -> None:
     """CSV/TSV: key, audio, text, speaker, then the drawn channel parameters as columns (so
     `nano8k compare` can bucket by codec or SNR once decoded)."""
     import csv
@@ -1243,18 +1093,11 @@ def _write_table(manifest: Path, records: list[tuple[_Item, dict]], delimiter: s
     os.replace(tmp, manifest)
 
 
-def _write_folder(out_dir: Path, records: list[tuple[_Item, dict]]) -> None:
+def _write_folder(out_dir: Path, records: list[tuple[Entry, dict]]) -> None:
     """A folder of audio with same-stem .txt transcripts (what `data prepare` reads as a folder), plus
     channel.jsonl with each utterance's drawn channel parameters."""
-    from nano8k import data
-
     for item, result in records:
         Path(result["path"]).with_suffix(".txt").write_text(item.text + "\n", encoding="utf-8")
     data.write_jsonl_atomic(out_dir / "channel.jsonl",
                              [{"key": item.key, "audio": result["path"], "channel": result["channel"]}
                               for item, result in records])
-
-
-def _one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] + ("…" if len(text) > 300 else "")

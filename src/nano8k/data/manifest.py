@@ -263,12 +263,12 @@ def parse(line: str | dict) -> ManifestLine:
     return ManifestLine(key, audio_paths(users), prompt, text, fields, obj)
 
 
-def with_audio(obj: dict, old: str, new: str) -> dict:
-    """A copy of a Nano line whose user turn names `new` where it named `old`."""
+def with_audio(obj: dict, path: str) -> dict:
+    """A copy of a single-audio Nano line whose user turn names `path` for its audio."""
     copy = json.loads(json.dumps(obj))
     for turn in copy.get("messages") or []:
         content = turn.get("content") if isinstance(turn, dict) else None
-        if turn.get("role") == "user" and isinstance(content, str) and f"!{old}{SPEECH_END}" in content:
-            turn["content"] = content.replace(f"{SPEECH_BEGIN}!{old}{SPEECH_END}", f"{SPEECH_BEGIN}!{new}{SPEECH_END}", 1)
+        if turn.get("role") == "user" and isinstance(content, str) and SPEECH_TAG.search(content):
+            turn["content"] = SPEECH_TAG.sub(lambda _: f"{SPEECH_BEGIN}!{path}{SPEECH_END}", content, count=1)
             break
     return copy

@@ -118,9 +118,9 @@ def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = Fa
     if fmt == "kaldi":
         entries, rejects = _read_kaldi(location, allow_pipes, mode, need_text)
     elif fmt == "jsonl":
-        entries, rejects = _read_source_jsonl(location, mode, need_text)
+        entries, rejects = _read_source_jsonl(location, mode, need_text, manifests)
     elif fmt == "nano":
-        entries, rejects = _read_nano(location, need_text)
+        entries, rejects = _read_source_jsonl(location, mode, need_text, manifests=True)
     elif fmt == "table":
         entries, rejects = _read_table(location, mode, delimiter, audio_column, text_column, key_column, need_text)
     elif fmt == "list":
@@ -412,9 +412,11 @@ JSONL_TEXT_FIELDS = ("target", "text", "reference")
 JSONL_KEY_FIELDS = ("key", "id", "utt_id", "utt")
 
 
-def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = True) -> tuple[list[Entry], list[Problem]]:
+def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = True,
+                       manifests: bool = False) -> tuple[list[Entry], list[Problem]]:
     """The seed's {"key", "source"|"audio", "target"|"text"} lines -> entries in file order; the
-    line's other fields (speaker, simulate's channel, ...) are carried."""
+    line's other fields (speaker, simulate's channel, ...) are carried. With `manifests`, Nano
+    lines (messages) are read too, line by line (a file may mix both)."""
     entries: list[Entry] = []
     rejects: list[Problem] = []
     seen: dict[str, int] = {}
@@ -433,6 +435,18 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = Tr
             continue
         if not isinstance(obj, dict):
             rejects.append(Problem(*where, None, "malformed_line", f"a JSON {type(obj).__name__}, not an object", input=line))
+            continue
+        if manifests and is_manifest(obj):
+            found = _nano_entry(obj, where, line, need_text)
+            if isinstance(found, Problem):
+                rejects.append(found)
+                continue
+            if found.key in seen:
+                rejects.append(Problem(*where, found.key, "duplicate_key", f"first at {path}:{seen[found.key]}, which is "
+                                                                           "kept", input=line))
+                continue
+            seen[found.key] = lineno
+            entries.append(found)
             continue
         if not checked_format:
             checked_format = True
@@ -485,40 +499,26 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = Tr
     return entries, rejects
 
 
-def _read_nano(path: Path, need_text: bool = True) -> tuple[list[Entry], list[Problem]]:
-    """A Nano JSONL (simulate's and decode's input): one entry a single-audio line, the first
-    assistant turn its transcript (optional without `need_text`), the line's prompt and fields."""
-    entries: list[Entry] = []
-    rejects: list[Problem] = []
-    for lineno, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            continue
-        where = (str(path), lineno)
-        if undecodable(line):
-            rejects.append(Problem(*where, json_key(replaced(line)), "undecodable_text", bad_bytes(line), input=shown(line)))
-            continue
-        try:
-            parsed = parse_manifest(line)
-        except ValueError as err:
-            rejects.append(Problem(*where, None, "malformed_line", one_line(err), input=line))
-            continue
-        key = parsed.key or f"sample_{lineno:08d}"
-        text = parsed.text.strip() if parsed.text is not None else None
-        if not parsed.audio:
-            rejects.append(Problem(*where, key, "no_audio", "no <|startofspeech|>!path<|endofspeech|> in the user turn",
-                                   input=line))
-        elif len(parsed.audio) > 1:
-            rejects.append(Problem(*where, key, "multiple_audio", f"{len(parsed.audio)} audio files in the user turns",
-                                   input=line))
-        elif text is None and need_text:
-            rejects.append(Problem(*where, key, "no_text", "no assistant turn with a string content", input=line))
-        elif text == "" and need_text:
-            rejects.append(Problem(*where, key, "empty_text", "the assistant turn is empty", input=line))
-        else:
-            speaker = parsed.fields.get("speaker")
-            entries.append(Entry(*where, key, parsed.audio[0], text, raw=line, obj=parsed.obj, prompt=parsed.prompt,
-                                 fields=parsed.fields, speaker=speaker if isinstance(speaker, str) else None))
-    return entries, rejects
+def _nano_entry(obj: dict, where: tuple[str, int], line: str, need_text: bool) -> Entry | Problem:
+    """A Nano line (simulate's and decode's input) as an entry: its single audio file, the first
+    assistant turn as its transcript (optional without `need_text`), its prompt and fields."""
+    try:
+        parsed = parse_manifest(obj)
+    except ValueError as err:
+        return Problem(*where, None, "malformed_line", one_line(err), input=line)
+    key = parsed.key or f"sample_{where[1]:08d}"
+    text = parsed.text.strip() if parsed.text is not None else None
+    if not parsed.audio:
+        return Problem(*where, key, "no_audio", "no <|startofspeech|>!path<|endofspeech|> in the user turn", input=line)
+    if len(parsed.audio) > 1:
+        return Problem(*where, key, "multiple_audio", f"{len(parsed.audio)} audio files in the user turns", input=line)
+    if text is None and need_text:
+        return Problem(*where, key, "no_text", "no assistant turn with a string content", input=line)
+    if text == "" and need_text:
+        return Problem(*where, key, "empty_text", "the assistant turn is empty", input=line)
+    speaker = parsed.fields.get("speaker")
+    return Entry(*where, key, parsed.audio[0], text, raw=line, obj=parsed.obj, prompt=parsed.prompt,
+                 fields=parsed.fields, speaker=speaker if isinstance(speaker, str) else None)
 
 
 def _read_list(path: Path) -> tuple[list[Entry], list[Problem]]:
