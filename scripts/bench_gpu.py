@@ -184,6 +184,8 @@ def write_utterances(directory: Path, model_dir: Path, n: int, seconds: float, f
     from transformers import AutoTokenizer
 
     from nano8k import tiny
+    from nano8k.data import manifest
+    from nano8k.data.manifest import fbank_frames
 
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / tiny.LLM_DIR))
@@ -201,14 +203,11 @@ def write_utterances(directory: Path, model_dir: Path, n: int, seconds: float, f
     with path.open("w", encoding="utf-8") as out:
         for r in range(repeat):
             for i, line in enumerate(lines):
-                out.write(json.dumps({
-                    "key": f"noise{i:03d}_{r}",
-                    "messages": [{"role": "system", "content": tiny.SYSTEM_PROMPT},
-                                 {"role": "user", "content": f"{tiny.USER_PROMPT}<|startofspeech|>!{line['wav']}<|endofspeech|>"},
-                                 {"role": "assistant", "content": line["text"]}],
-                    "speech_length": int((1000 * seconds - 25) // 10 + 1),
-                    "text_length": len(tokenizer.tokenize(line["text"])),
-                }, ensure_ascii=False) + "\n")
+                out.write(json.dumps(manifest.record(
+                    f"noise{i:03d}_{r}", str(line["wav"]), line["text"], prompt=tiny.USER_PROMPT,
+                    system=tiny.SYSTEM_PROMPT, speech_length=fbank_frames(samples, fs),
+                    text_length=len(tokenizer.tokenize(line["text"])), duration=samples / fs, sample_rate=fs),
+                    ensure_ascii=False) + "\n")
     return path
 
 

@@ -51,9 +51,10 @@ def tiny_corpus(root: Path, train: int, dev: int) -> dict:
     for split, n in (("train", train), ("dev", dev)):
         kaldi = root / f"kaldi_{split}"
         kaldi.mkdir(parents=True)
-        for name in ("wav.scp", "text"):
-            lines = (REPO / "data" / "demo" / split / name).read_text().splitlines()[:n]
-            (kaldi / name).write_text("\n".join(lines) + "\n")
+        demo = REPO / "data" / "demo" / split
+        scp = [line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines()[:n]]
+        (kaldi / "wav.scp").write_text("".join(f"{key} {(demo / path).resolve()}\n" for key, path in scp))
+        (kaldi / "text").write_text("\n".join((demo / "text").read_text().splitlines()[:n]) + "\n")
         result = run_cli("data", "prepare", str(kaldi), str(root / f"{split}.jsonl"), "--model-dir", str(model_dir))
         assert result.code == 0, result.output
         out[split] = root / f"{split}.jsonl"

@@ -41,7 +41,7 @@ def overfit(tmp_path_factory) -> dict:
     scp = []
     for line in (IVR / "train" / "wav.scp").read_text().splitlines()[:UTTERANCES]:
         key, path = line.split()
-        samples, rate = sf.read(str(REPO / path), dtype="int16")
+        samples, rate = sf.read(str(IVR / "train" / path), dtype="int16")
         silence = np.zeros(int(0.3 * rate), dtype=np.int16)
         sf.write(str(wav / f"{key}.wav"), np.concatenate([silence, samples, silence]), rate, subtype="PCM_16")
         scp.append(f"{key} {wav / f'{key}.wav'}")

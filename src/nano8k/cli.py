@@ -150,7 +150,9 @@ def data_prepare(
     audio_column: Optional[str] = typer.Option(None, "--audio-column", help="CSV/TSV audio column (default: audio, path, wav, source, ...)."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="CSV/TSV transcript column (default: text, transcript, target, sentence, ...)."),
     key_column: Optional[str] = typer.Option(None, "--key-column", help="CSV/TSV key column (default: key, id, utt, ...; none: sample_LINE)."),
-    audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="Directory relative audio paths are resolved against (default: the current one)."),
+    audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="Directory relative audio paths are taken from (default: the input's own directory)."),
+    raw_rate: Optional[int] = typer.Option(None, "--raw-rate", min=1, help="Sample rate of .raw files (headerless 16-bit PCM); .sln/.ulaw/.alaw/.gsm are 8000."),
+    max_target_length: int = typer.Option(2048, "--max-target-length", min=1, help="Reject transcripts of more tokens (FunASR's index would drop them; its default 2048)."),
     segment_tolerance: float = typer.Option(0.5, "--segment-tolerance", min=0.0, help="Seconds a segment may end past its recording (cut there)."),
     frontend_fs: int = typer.Option(16000, "--frontend-fs", help="Front-end rate speech_length is counted at (8 kHz files: the same at 8000 and 16000)."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel workers (the output order does not change)."),
@@ -170,7 +172,8 @@ def data_prepare(
             source, output, tokenizer, prompt=prompt, language=language, itn=itn, channel=channel.value,
             source_format=fmt.value if fmt else None, audio_column=audio_column, text_column=text_column,
             key_column=key_column, audio_root=audio_root, segment_tolerance=segment_tolerance,
-            frontend_fs=frontend_fs, workers=workers, allow_pipes=allow_pipes)
+            frontend_fs=frontend_fs, workers=workers, allow_pipes=allow_pipes, raw_rate=raw_rate,
+            max_target_length=max_target_length)
     typer.echo(report.summary())
     if report.rejected:
         raise typer.Exit(1)
@@ -186,6 +189,8 @@ def data_check(
     audio: bool = typer.Option(True, "--audio/--no-audio", help="--no-audio: apply FunASR's rules to the manifest alone, open no file."),
     content: bool = typer.Option(True, "--content/--headers-only", help="--headers-only: read audio headers, not samples (no corrupt/clipped/silent)."),
     workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel workers reading audio."),
+    audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="Directory relative audio paths are taken from (default: the manifest's directory, as `nano8k train` takes them)."),
+    notes: bool = typer.Option(False, "--notes", help="Also list the notes (clipped, silent, sample rate, ...) with their keys."),
 ) -> None:
     """Apply FunASR's own filters for the composed config (extra args: Hydra overrides, e.g. +stage=stage1)
     and check the audio and text; print counts by reason, write the rejects (line, key, reason, input line)."""
@@ -199,12 +204,19 @@ def data_check(
         settings = OmegaConf.to_container(config.compose("train", config.presets_last(ctx.args)), resolve=True)
         fs = (settings.get("frontend_conf") or {}).get("fs")
         report = data.check(manifest, settings.get("dataset_conf") or {}, expected_fs=expected_fs or None,
-                            frontend_fs=fs, check_audio=audio, check_content=content, workers=workers)
+                            frontend_fs=fs, check_audio=audio, check_content=content, workers=workers,
+                            audio_root=audio_root)
     typer.echo(report.summary())
     target = rejects or data.check_rejects_path(manifest)
+    notes_file = rejects.with_name(f"{rejects.stem}.notes.jsonl") if rejects else data.check_notes_path(manifest)
     with reported():
         written = data.write_rejects(report, target)
-    typer.echo(f"rejects: {written} lines in {target}")
+        noted = data.write_notes(report, notes_file)
+    typer.echo(f"rejects: {written} lines in {target}; notes: {noted} in {notes_file}")
+    if notes:
+        for problem in report.problems:
+            if problem.effect == "note":
+                typer.echo(f"  note: {problem}")
     if report.failed(allow_drops):
         raise typer.Exit(1)
 
@@ -235,6 +247,8 @@ def data_simulate(
     workers: int = typer.Option(1, "--workers", "-j", help="Parallel worker processes (output is the same for any number)."),
     allow_pipes: bool = typer.Option(False, "--allow-pipes", help="Run `cmd |` entries of wav.scp."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty OUT_DIR."),
+    audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="Directory relative audio paths are taken from (default: the input's own directory)."),
+    raw_rate: Optional[int] = typer.Option(None, "--raw-rate", min=1, help="Sample rate of .raw files (headerless 16-bit PCM)."),
 ) -> None:
     """Simulate a telephone channel: 8 kHz, band-pass, G.711/GSM/AMR-NB, line noise, hum, packet loss, background noise."""
     from nano8k import simulate
@@ -245,7 +259,8 @@ def data_simulate(
                                              overrides=overrides or [])
         report = simulate.simulate_corpus(source, out_dir, settings, workers=workers, seed=seed,
                                           output_format=None if fmt is SimulateFormat.same else fmt.value,
-                                          allow_pipes=allow_pipes, overwrite=overwrite)
+                                          allow_pipes=allow_pipes, overwrite=overwrite, audio_root=audio_root,
+                                          raw_rate=raw_rate)
     typer.echo(report.summary())
     if report.rejected:
         raise typer.Exit(1)

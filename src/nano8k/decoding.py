@@ -49,9 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from nano8k.errors import UserError
+from nano8k.devices import resolve_device
+from nano8k.errors import UserError, one_line
+from nano8k.files import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def resolve_model(settings: dict) -> ModelSource:
             raise UserError(str(err).replace("init_param:", "checkpoint:", 1)) from None
         candidate = (given if given.is_dir() else given.parent) / "config.yaml"
         if candidate.is_file():
-            run_config = _load_yaml(candidate)
+            run_config = read_yaml(candidate)
             if run_config.get("model") is None:  # not a FunASR/nano8k config: ignore it
                 run_config = {}
             else:
@@ -222,7 +223,7 @@ def resolve_model(settings: dict) -> ModelSource:
         config_path = model_dir / "config.yaml"
         if not config_path.is_file():
             raise UserError(f"model_dir: {config_path} is missing (every Fun-ASR-Nano model directory has one)")
-        run_config = _load_yaml(config_path)
+        run_config = read_yaml(config_path)
     base = model_dir / "model.pt"
     if checkpoint is not None and base.is_file() and checkpoint.resolve() == base.resolve():
         checkpoint = None  # model_dir/model.pt given explicitly: load it once
@@ -238,14 +239,6 @@ def resolve_model(settings: dict) -> ModelSource:
                        trained)
 
 
-def _load_yaml(path: Path) -> dict:
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: not a readable YAML config ({str(err).splitlines()[0]})") from None
-    return loaded if isinstance(loaded, dict) else {}
-
-
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # decode's llm_dtype values
 
 
@@ -253,19 +246,6 @@ def torch_dtype(name: str) -> Any:
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def _device(requested: str | None) -> str:
-    import torch
-
-    requested = str(requested or "auto").lower()
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={requested}: no CUDA GPU is available here; use device=cpu or device=auto")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise UserError(f"device={requested}: use auto, cpu, cuda or cuda:N")
-    return requested
 
 
 class Decoder:
@@ -283,7 +263,7 @@ class Decoder:
         from nano8k import funasr_gaps, model as nano_model
 
         prompt_settings = prompt_settings or prompt_options(settings)
-        device = _device(settings.get("device"))
+        device = resolve_device(settings.get("device"))
         source = resolve_model(settings)
         self.model_dir, self.checkpoint, self.config_source = source.model_dir, source.checkpoint, source.config_source
         built = nano_model.build(source.settings, init_param=source.checkpoint)
@@ -446,19 +426,19 @@ class Decoder:
             except UserError as err:
                 item.reason = str(err)
             except Exception as err:  # noqa: BLE001 - one utterance must not stop the others
-                item.reason = f"features: {type(err).__name__}: {_one_line(err)}"
+                item.reason = f"features: {type(err).__name__}: {one_line(err)}"
         out: dict[int, dict] = {}
         if prepared:
             try:
                 outputs = self._forward([x[2] for x in prepared])
             except Exception as err:  # noqa: BLE001 - retried one by one below
                 if len(prepared) == 1:
-                    prepared[0][1].reason = f"decoding: {type(err).__name__}: {_one_line(err)}"
+                    prepared[0][1].reason = f"decoding: {type(err).__name__}: {one_line(err)}"
                     outputs = []
                     prepared = []
                 else:
                     log.warning("a batch of %d failed (%s: %s); decoding its utterances one at a time",
-                                len(prepared), type(err).__name__, _one_line(err))
+                                len(prepared), type(err).__name__, one_line(err))
                     self._free_memory()
                     outputs, kept = [], []
                     for entry in prepared:
@@ -466,7 +446,7 @@ class Decoder:
                             outputs += self._forward([entry[2]])
                             kept.append(entry)
                         except Exception as one:  # noqa: BLE001
-                            entry[1].reason = f"decoding: {type(one).__name__}: {_one_line(one)}"
+                            entry[1].reason = f"decoding: {type(one).__name__}: {one_line(one)}"
                             self._free_memory()
                     prepared = kept
             for (index, _, _), result in zip(prepared, outputs):
@@ -581,6 +561,3 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]

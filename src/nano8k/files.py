@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from nano8k.errors import UserError, one_line
+
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
     """Write JSON lines to a temporary file beside `path`, then rename it into place."""
@@ -51,3 +53,24 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def read_yaml(path: Path, what: str = "YAML file") -> dict:
+    """A YAML mapping from `path` ({} for an empty file); one line naming the file when it cannot
+    be read, is not YAML, or holds something other than a mapping."""
+    import yaml
+
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the {what} ({one_line(err)})") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({one_line(err, 200)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a {what} holds a mapping of keys, not a {type(loaded).__name__}")
+    return loaded

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from nano8k import config, funasr_gaps
 from nano8k.errors import UserError
+from nano8k.files import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def runtime_config(settings: dict, model_dir: Path) -> dict:
 def tokenizer_dir(model_dir: Path) -> Path:
     """The LLM tokenizer of a model directory (tokenizer_conf.init_param_path, as FunASR reads it)."""
     path = model_dir / "config.yaml"
-    released = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    released = read_yaml(path, "model config") if path.is_file() else {}
     spec = config.lookup(released, "tokenizer_conf.init_param_path") or config.lookup(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
     if isinstance(spec, str) and spec.startswith("${"):
         spec = config.lookup(released, "llm_conf.init_param_path") or "Qwen3-0.6B"
@@ -108,10 +108,7 @@ def check_architecture(cfg: dict, model_dir: Path) -> None:
     path = model_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"model_dir: {path} is missing (every Fun-ASR-Nano model directory has one)")
-    try:
-        released = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    released = read_yaml(path, "model config")
     mismatches = [
         f"{key} is {config.lookup(released, key)!r} there but {config.lookup(cfg, key)!r} here"
         for key in ARCHITECTURE_KEYS

@@ -20,10 +20,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from nano8k import config
 from nano8k.errors import UserError
+from nano8k.files import read_yaml
 
 BEST_CRITERIA = ("acc", "loss", "cer", "wer")  # train_conf.avg_keep_nbest_models_type
 DECODED_CRITERIA = ("cer", "wer")
@@ -87,8 +87,8 @@ def learns_llm(run_or_model: Any, seen: set | None = None) -> bool:
     if not cfg_path.is_file():
         return True  # a model we know nothing about: assume pretrained
     try:
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        cfg = read_yaml(cfg_path, "model config")
+    except UserError:
         return True
     if "model_dir" not in cfg:  # a released model's config, not a nano8k run
         return True

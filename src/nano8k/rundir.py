@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-import yaml
 
 from nano8k import config, interrupts
 from nano8k.errors import UserError
+from nano8k.files import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def config_changes(run_dir: Path, settings: dict) -> list[str]:
     saved_file = Path(run_dir) / "config.yaml"
     if not saved_file.is_file():
         return []
-    saved = config.flatten(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    saved = config.flatten(read_yaml(saved_file, "run config"))
     new = config.flatten(settings)
     sensitive = lambda key: key not in LOADING_ONLY and any(key == s or key.startswith(s + ".")  # noqa: E731
                                                             for s in RESUME_SENSITIVE)

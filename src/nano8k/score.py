@@ -520,9 +520,11 @@ def _pick(obj: dict, wanted: Optional[str], candidates: Sequence[str], what: str
         if name in obj:
             return obj[name]
     if what == "reference" and isinstance(obj.get("messages"), list):  # a Nano manifest: the assistant turn
-        turns = [m.get("content") for m in obj["messages"] if isinstance(m, dict) and m.get("role") == "assistant"]
-        if turns and isinstance(turns[-1], str):
-            return turns[-1]
+        from nano8k.data import manifest
+
+        text = manifest.parse(obj).text
+        if text is not None:
+            return text
     raise UserError(f"{where}: no {what} field (tried {', '.join(candidates)}; name one with the field option)")
 
 

@@ -87,6 +87,7 @@ from nano8k import channel, data
 from nano8k.data import Entry, Problem
 from nano8k.data.manifest import with_audio
 from nano8k.errors import UserError, one_line
+from nano8k.files import read_yaml
 
 __all__ = [
     "CODECS",
@@ -318,14 +319,7 @@ def _load_preset(preset: str | Path) -> SimulationSettings:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise UserError(f"{path}: preset file not found")
-        import yaml
-
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a preset file holds a mapping of settings")
+        data = read_yaml(path, "preset file")
         base = data.pop("preset", None)
         settings = _load_preset(base) if base is not None else SimulationSettings()
         return _with_changes(settings, data, str(path))
@@ -1074,8 +1068,7 @@ def _write_jsonl(manifest: Path, records: list[tuple[Entry, dict]], output_forma
     data.write_jsonl_atomic(manifest, rows)
 
 
-CHANNEL_COLUMNS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_rate", "noise_file", "noise_snr_db",
-                   "out_rate")
+CHANNEL_COLUMNS = data.CHANNEL_FIELDS  # the drawn parameters, one column each
 
 
 def _write_table(manifest: Path, records: list[tuple[Entry, dict]], delimiter: str) -> None:
@@ -1083,14 +1076,12 @@ def _write_table(manifest: Path, records: list[tuple[Entry, dict]], delimiter: s
     `nano8k compare` can bucket by codec or SNR once decoded)."""
     import csv
 
-    tmp = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with data.atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter=delimiter)
         writer.writerow(["key", "audio", "text", "speaker", *CHANNEL_COLUMNS])
         for item, result in records:
             writer.writerow([item.key, result["path"], item.text, item.speaker or "",
                              *("" if result["channel"].get(c) is None else result["channel"][c] for c in CHANNEL_COLUMNS)])
-    os.replace(tmp, manifest)
 
 
 def _write_folder(out_dir: Path, records: list[tuple[Entry, dict]]) -> None:

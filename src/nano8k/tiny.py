@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any, Union
 
 from nano8k.errors import UserError
+from nano8k.data import manifest
+from nano8k.data.manifest import DEFAULT_PROMPT, DEFAULT_SYSTEM, fbank_frames
+from nano8k.files import read_yaml, write_jsonl_atomic
 
 PRESET = "tiny"
 LLM_DIR = "Qwen3-0.6B"  # the released layout's name, although the LLM here is tiny
@@ -383,10 +386,8 @@ def model_kwargs(directory: Path, init_param: Union[bool, str, Path] = True) -> 
     """DIR/config.yaml as FunASR's build kwargs, with the relative paths resolved against DIR
     (what configuration.json does for FunASR's loader). `init_param`: True loads DIR/model.pt,
     a path loads that checkpoint, False leaves the weights random."""
-    import yaml
-
     directory = Path(directory).resolve()
-    cfg = yaml.safe_load((directory / CONFIG).read_text(encoding="utf-8"))
+    cfg = read_yaml(directory / CONFIG, "model config")
 
     def absolute(value: Any) -> Any:
         return str(directory / value) if isinstance(value, str) and value and not Path(value).is_absolute() else value
@@ -440,8 +441,8 @@ SENTENCES = (
     "好的，谢谢，再见。",
     "my number is one two three four",
 )
-SYSTEM_PROMPT = "You are a helpful assistant."
-USER_PROMPT = "语音转写："
+SYSTEM_PROMPT = DEFAULT_SYSTEM
+USER_PROMPT = DEFAULT_PROMPT
 
 
 def write_tiny_dataset(
@@ -468,21 +469,11 @@ def write_tiny_dataset(
         wav = (directory / "wav" / f"utt{i:03d}.wav").resolve()
         sf.write(str(wav), audio.astype(np.float32), fs, subtype="PCM_16")
         text = SENTENCES[i % len(SENTENCES)]
-        dur_ms = 1000 * samples / fs
-        lines.append(
-            {
-                "key": f"utt{i:03d}",
-                "messages": [
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": f"{USER_PROMPT}<|startofspeech|>!{wav}<|endofspeech|>"},
-                    {"role": "assistant", "content": text},
-                ],
-                "speech_length": int((dur_ms - 25) // 10 + 1),
-                "text_length": len(tokenizer.tokenize(text)),
-            }
-        )
+        lines.append(manifest.record(f"utt{i:03d}", str(wav), text, prompt=USER_PROMPT, system=SYSTEM_PROMPT,
+                                     speech_length=fbank_frames(samples, fs), text_length=len(tokenizer.tokenize(text)),
+                                     duration=samples / fs, sample_rate=fs))
     path = directory / name
-    path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    write_jsonl_atomic(path, lines)
     return path
 
 

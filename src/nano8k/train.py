@@ -78,7 +78,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
             return json.loads((run_dir / "summary.json").read_text())["best_val_loss"]
         from nano8k import trainer  # torch and funasr load here, not before
 
-        return trainer.fit(cfg, run_dir, resume_from, changes)
+        return trainer.fit(settings, run_dir, resume_from, changes)
     finally:
         if lock is not None:
             lock.release()

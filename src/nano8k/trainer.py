@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig, OmegaConf
 
-from nano8k import data, deepspeed_support, funasr_gaps, interrupts, model as nano_model, rundir
+from nano8k import data, deepspeed_support, devices, funasr_gaps, interrupts, model as nano_model, rundir
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,27 +71,13 @@ class Diverged(UserError):
         self.details = {"diverged": True, "nonfinite_steps": count}
 
 
-def _device(requested: str | None) -> str:
-    import torch
-
-    requested = (requested or "auto").lower()
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={requested}: no CUDA GPU is available here; use device=cpu or device=auto")
-    return requested
-
-
-def _rank() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def fit(cfg: DictConfig, run_dir: Path, resume_from: rundir.ResumePoint | None = None,
+def fit(settings: dict, run_dir: Path, resume_from: rundir.ResumePoint | None = None,
         changes: list[str] | tuple = ()) -> float | None:
-    """Train under the composed config; returns the best validation loss. resume_from: the run
-    directory's checkpoint to continue (rundir.resume_point); changes: the resume-sensitive values
-    that differ from the run's config.yaml, which apply from here on (resume_with_changes)."""
-    return Trainer(OmegaConf.to_container(cfg, resolve=True), run_dir, resume_from, changes).fit()
+    """Train under the validated settings (config.validate: resolved once, so `${now:}` and every
+    other interpolation mean what config.yaml says); returns the best validation loss.
+    resume_from: the run directory's checkpoint to continue (rundir.resume_point); changes: the
+    resume-sensitive values that differ from the run's config.yaml (resume_with_changes)."""
+    return Trainer(settings, run_dir, resume_from, changes).fit()
 
 
 class Trainer:
@@ -110,7 +95,7 @@ class Trainer:
         self.train_conf = settings.get("train_conf") or {}
         self.run_dir = Path(settings.get("output_dir") or run_dir)
         self.resume_from, self.changes = resume_from, list(changes)
-        self.rank, self.local_rank, self.world_size = _rank()
+        self.rank, self.local_rank, self.world_size = devices.ranks()
         self.is_main = self.rank == 0
         self.metrics: Metrics | None = None
 
@@ -147,7 +132,7 @@ class Trainer:
     def _setup(self) -> None:
         import torch
 
-        self.device = _device(self.settings.get("device"))
+        self.device = devices.resolve_device(self.settings.get("device"))
         on_cuda = self.device.startswith("cuda")
         if self.settings.get("use_fsdp", self.train_conf.get("use_fsdp")):
             raise UserError("train_conf.use_fsdp: true is not supported (FunASR cannot save FSDP checkpoints either); "

@@ -257,7 +257,7 @@ def read_keyed(
 def _pair_transcripts(
     unit: Entry, transcripts: dict[str, Keyed], used: set[str], mode: str | int, missing: str,
     speakers: Mapping[str, Keyed], entries: list[Entry], rejects: list[Problem], need_text: bool = True,
-    fields: Mapping[str, dict] | None = None,
+    fields: Mapping[str, dict] | None = None, reported: set[str] = frozenset(),
 ) -> None:
     """Entries for one audio unit (a wav.scp line, a segment, a folder's file) keyed `unit.key`,
     with transcripts looked up by key; channel=split looks for `<key>-A`/`<key>-B` first."""
@@ -271,6 +271,8 @@ def _pair_transcripts(
                                  segment=unit.segment, recording=unit.recording, channel=channel, mono_only=mono_only,
                                  speaker=speaker.value if speaker else None, fields=carried))
             return
+        if found is None and key in reported:
+            return  # its transcript line is a reject already: one report per utterance
         if found is None:
             rejects.append(Problem(unit.file, unit.line, key, "no_text", f"{key} is not in {missing}{note}", input=unit.raw))
             return
@@ -314,7 +316,8 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix",
     scp, text, seg, spk = (directory / name for name in ("wav.scp", "text", "segments", "utt2spk"))
     rejects: list[Problem] = []
     claimed: set[str] = set()  # keys of rejected audio lines: their transcripts are not reported again
-    transcripts = read_keyed(text, rejects, None) if text.is_file() else {}
+    bad_text: set[str] = set()  # keys of rejected transcript lines: reported once, there
+    transcripts = read_keyed(text, rejects, None, bad_text) if text.is_file() else {}
     speakers = read_keyed(spk, rejects, "speaker") if spk.is_file() else {}
     channels = _read_utt2channel(directory / "utt2channel", rejects)
     recordings = read_keyed(scp, rejects, "audio path", None if seg.is_file() else claimed)
@@ -370,7 +373,8 @@ def _read_kaldi(directory: Path, allow_pipes: bool, mode: str | int = "mix",
     entries: list[Entry] = []
     used: set[str] = set()
     for unit in units:
-        _pair_transcripts(unit, transcripts, used, mode, str(text), speakers, entries, rejects, need_text, channels)
+        _pair_transcripts(unit, transcripts, used, mode, str(text), speakers, entries, rejects, need_text, channels,
+                          bad_text)
     audio_file = seg if seg.is_file() else scp
     for key, found in transcripts.items():
         base = re.sub(r"-[AB]$", "", key) if mode == "split" else key
