@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from nano8k import data
 from nano8k import simulate as sim
 
 NOISE_GAIN = 0.01  # sox whitenoise is ~uniform full scale: ~ -35 dBFS, speech here ~ -12 dBFS active
@@ -71,17 +72,15 @@ def make_sim_corpus(root: Path, files: int, rate: int = 16000) -> tuple[Path, fl
     kaldi.mkdir()
     rng = np.random.default_rng(0)
     total = 0.0
-    scp, text = [], []
+    rows = []
     for i in range(files):
         seconds = float(rng.uniform(3.0, 9.0))
         path = root / "in" / f"u{i:05d}.wav"
         x = speechlike(rate, seconds, i)
         sf.write(path, x, rate, subtype="PCM_16")
         total += len(x) / rate
-        scp.append(f"u{i:05d} {path}")
-        text.append(f"u{i:05d} some words")
-    (kaldi / "wav.scp").write_text("\n".join(scp) + "\n")
-    (kaldi / "text").write_text("\n".join(text) + "\n")
+        rows.append(data.KaldiRow(f"u{i:05d}", str(path), "some words"))
+    data.write_kaldi(kaldi, rows)
     return kaldi, total
 
 
@@ -128,7 +127,7 @@ def sox_mixed_first(inp: Path, out: Path, seconds: float, rate: int = 16000) -> 
 def bench_sox(kaldi: Path, out: Path, audio_s: float, chain) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    items = [line.split(" ", 1) for line in (kaldi / "wav.scp").read_text().splitlines()]
+    items = [(key, found.value) for key, found in data.read_keyed(kaldi / "wav.scp", [], "audio path").items()]
     wall0, cpu0 = time.perf_counter(), children_cpu()
     for key, path in items:
         chain(Path(path), out / f"{key}.wav", sf.info(path).duration)
@@ -168,14 +167,12 @@ def make_prepare_corpus(root: Path, n: int) -> Path:
         sf.write(buf, speechlike(8000, seconds, i), 8000, subtype="PCM_16", format="WAV")
         blobs.append(buf.getvalue())
     words = "hello thank you for calling customer support my card was blocked please hold".split()
-    scp, text = [], []
+    rows = []
     for i in range(n):
         path = root / "wav" / f"utt{i:06d}.wav"
         path.write_bytes(blobs[i % len(blobs)])
-        scp.append(f"utt{i:06d} {path}")
-        text.append(f"utt{i:06d} " + " ".join(words[(i + k) % len(words)] for k in range(3 + i % 7)))
-    (kaldi / "wav.scp").write_text("\n".join(scp) + "\n")
-    (kaldi / "text").write_text("\n".join(text) + "\n")
+        rows.append(data.KaldiRow(f"utt{i:06d}", str(path), " ".join(words[(i + k) % len(words)] for k in range(3 + i % 7))))
+    data.write_kaldi(kaldi, rows)
     return kaldi
 
 

@@ -69,7 +69,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import os
 import re
@@ -1031,19 +1030,8 @@ def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tupl
 
 
 def _write_kaldi(out_dir: Path, records: list[tuple[Entry, dict]]) -> None:
-    compact = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
-    data.write_lines_atomic(out_dir / "wav.scp", (f"{i.key} {r['path']}" for i, r in records))
-    data.write_lines_atomic(out_dir / "text", (f"{i.key} {' '.join(i.text.split())}" for i, _ in records))
-    data.write_lines_atomic(out_dir / "utt2channel", (f"{i.key} {compact(r['channel'])}" for i, r in records))
-    speakers = [(i.key, i.speaker) for i, _ in records if i.speaker]
-    if speakers:  # Kaldi wants every utterance in utt2spk: the speakerless ones are their own speaker
-        spk = dict(speakers)
-        pairs = [(i.key, spk.get(i.key, i.key)) for i, _ in records]
-        data.write_lines_atomic(out_dir / "utt2spk", (f"{u} {s}" for u, s in pairs))
-        by_speaker: dict[str, list[str]] = {}
-        for u, s in pairs:
-            by_speaker.setdefault(s, []).append(u)
-        data.write_lines_atomic(out_dir / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_speaker.items())))
+    data.write_kaldi(out_dir, [data.KaldiRow(item.key, r["path"], item.text, item.speaker, r["channel"])
+                               for item, r in records])
 
 
 def _write_jsonl(manifest: Path, records: list[tuple[Entry, dict]], output_format: str, frontend_fs: int) -> None:

@@ -28,13 +28,13 @@ from nano8k.data.manifest import (CHANNEL_FIELDS, DEFAULT_FRONTEND_FS, DEFAULT_P
 from nano8k.data.preparing import PREPARE_REASONS, SEGMENT_TOLERANCE, prepare
 from nano8k.data.problems import (EFFECTS, REMOVING, CheckReport, PrepareReport, Problem, check_notes_path,
                                   check_rejects_path, rejects_path, write_notes, write_rejects)
-from nano8k.data.sources import (CHANNEL_MODES, Entry, audio_files, audio_root_hint, folder_key, read_keyed,
-                                 read_source)
+from nano8k.data.sources import (CHANNEL_MODES, Entry, KaldiRow, audio_files, audio_root_hint, folder_key,
+                                 read_keyed, read_source, write_kaldi)
 from nano8k.data.text import read_lines, read_text
 from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 
 __all__ = [
-    "AUDIO_SUFFIXES", "audio_root_hint", "CHANNEL_FIELDS", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS",
+    "AUDIO_SUFFIXES", "KaldiRow", "write_kaldi", "audio_root_hint", "CHANNEL_FIELDS", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS",
     "DEFAULT_FRONTEND_FS", "DEFAULT_PROMPT", "DEFAULT_SYSTEM", "EFFECTS", "LANGUAGES", "PREPARE_REASONS",
     "RAW_FORMATS", "REMOVING", "RULES", "SEGMENT_TOLERANCE", "SILENCE_DBFS", "SPEECH_BEGIN", "SPEECH_END",
     "TELEPHONE_FS", "AudioProblem", "CheckReport", "Entry", "PrepareReport", "Problem", "atomic_path", "audio_files",

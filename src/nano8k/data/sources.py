@@ -21,7 +21,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -42,6 +42,7 @@ from nano8k.data.text import (
     undecodable,
 )
 from nano8k.errors import UserError, one_line
+from nano8k.files import write_lines_atomic
 
 # prepare(channel=...): "mix" keeps every channel (FunASR averages them), "A"/"B" pick one,
 # "split" writes one line per channel transcript (keys <key>-A, <key>-B).
@@ -751,3 +752,40 @@ def _unique_keys(entries: list[Entry], rejects: list[Problem]) -> list[Entry]:
         seen[entry.key] = entry
         kept.append(entry)
     return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing sources: the one Kaldi writer (what read_source reads back)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KaldiRow:
+    key: str
+    audio: str
+    text: str
+    speaker: str | None = None
+    channel: dict | None = None  # simulate's drawn parameters -> utt2channel
+
+
+def write_kaldi(directory: Path, rows: Sequence[KaldiRow]) -> None:
+    """wav.scp and text (transcripts on one line), utt2channel when rows carry channel parameters,
+    utt2spk and spk2utt when they name speakers (Kaldi wants every utterance in utt2spk: one
+    without a speaker is its own). Keys must hold no whitespace."""
+    directory = Path(directory)
+    bad = next((row.key for row in rows if re.search(r"\s", row.key)), None)
+    if bad is not None:
+        raise UserError(f"{directory}: the key {bad!r} has whitespace, which a Kaldi directory cannot hold")
+    write_lines_atomic(directory / "wav.scp", (f"{row.key} {row.audio}" for row in rows))
+    write_lines_atomic(directory / "text", (f"{row.key} {' '.join(row.text.split())}" for row in rows))
+    if any(row.channel is not None for row in rows):
+        write_lines_atomic(directory / "utt2channel",
+                           (f"{row.key} {json.dumps(row.channel or {}, ensure_ascii=False, separators=(',', ':'))}"
+                            for row in rows))
+    if any(row.speaker for row in rows):
+        pairs = [(row.key, row.speaker or row.key) for row in rows]
+        write_lines_atomic(directory / "utt2spk", (f"{u} {s}" for u, s in pairs))
+        by_speaker: dict[str, list[str]] = {}
+        for u, s in pairs:
+            by_speaker.setdefault(s, []).append(u)
+        write_lines_atomic(directory / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_speaker.items())))
