@@ -155,11 +155,15 @@ def prompt_options(settings: dict) -> dict:
     if source:
         path = Path(str(source)).expanduser()
         try:
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
+            lines = data.read_text(path).splitlines()  # UTF-8 or UTF-16, as every text file users hand over
         except FileNotFoundError:
             raise UserError(f"hotwords_file: {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as err:
+        except OSError as err:
             raise UserError(f"hotwords_file: cannot read {path} ({err})") from None
+        except UserError as err:
+            raise UserError(f"hotwords_file: {err}") from None
+        if any(data.undecodable(line) for line in lines):
+            raise UserError(f"hotwords_file: {path} is neither UTF-8 nor UTF-16 text")
         hotwords += [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
     hotwords = list(dict.fromkeys(hotwords))
     language = settings.get("language")

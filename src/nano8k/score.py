@@ -61,6 +61,7 @@ import jiwer
 import jiwer.transforms as jiwer_transforms
 import numpy as np
 
+from nano8k.data import manifest
 from nano8k.errors import UserError
 
 UNITS = ("char", "word", "mixed")
@@ -480,15 +481,19 @@ def score_files(ref: Path, hyp: Optional[Path] = None, lang: str = "auto", numbe
 
 
 def _lines(path: Path) -> list[str]:
+    """The lines of a text or JSONL file, UTF-8 (with or without BOM) or UTF-16 (data.read_lines)."""
+    from nano8k import data
+
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            return [line.rstrip("\r\n") for line in f]
+        lines = data.read_lines(path)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, not a text or JSONL file") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    bad = next((n for n, line in enumerate(lines, 1) if data.undecodable(line)), None)
+    if bad is not None:
+        raise UserError(f"{path}:{bad}: neither UTF-8 nor UTF-16 text")
+    return [line.rstrip("\r") for line in lines]
 
 
 def _is_jsonl(path: Path, lines: list[str]) -> bool:
@@ -520,8 +525,6 @@ def _pick(obj: dict, wanted: Optional[str], candidates: Sequence[str], what: str
         if name in obj:
             return obj[name]
     if what == "reference" and isinstance(obj.get("messages"), list):  # a Nano manifest: the assistant turn
-        from nano8k.data import manifest
-
         text = manifest.parse(obj).text
         if text is not None:
             return text

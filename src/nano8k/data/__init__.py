@@ -30,7 +30,7 @@ from nano8k.data.problems import (EFFECTS, REMOVING, CheckReport, PrepareReport,
                                   check_rejects_path, rejects_path, write_notes, write_rejects)
 from nano8k.data.sources import (CHANNEL_MODES, Entry, KaldiRow, audio_files, audio_root_hint, folder_key,
                                  read_keyed, read_source, write_kaldi)
-from nano8k.data.text import read_lines, read_text
+from nano8k.data.text import read_lines, read_text, undecodable
 from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 
 __all__ = [
@@ -41,6 +41,6 @@ __all__ = [
     "audio_paths", "check", "check_cached", "check_key", "check_list_file", "check_notes_path", "check_rejects_path",
     "count_tokens", "decoding_prompt", "default_cache_dir", "fake_token_len", "fbank_frames", "folder_key",
     "load_tokenizer", "nearest_sample", "nonfinite_samples", "prepare", "read_keyed", "read_lines", "read_source",
-    "read_text", "rejects_path", "resampled_length", "resolve_path", "write_jsonl_atomic", "write_lines_atomic",
+    "read_text", "undecodable", "rejects_path", "resampled_length", "resolve_path", "write_jsonl_atomic", "write_lines_atomic",
     "write_notes", "write_rejects",
 ]
