@@ -390,3 +390,15 @@ def test_check_notes_name_their_keys_beside_the_rejects_and_on_request(corpus, t
     assert {(n["key"], n["reason"]) for n in notes} == {("loud", "clipped"), ("wide", "sample_rate_differs")}
     assert "[loud]: clipped" in result.stdout and "[wide]: sample_rate_differs" in result.stdout
     assert not read(data.check_rejects_path(manifest))
+
+
+def test_scoring_and_hotword_files_read_utf16_alike(tmp_path):
+    ref = lines(tmp_path / "ref.txt", ["u1 grüß gott", "u2 你好"], "utf-16")
+    hyp = lines(tmp_path / "hyp.txt", ["u1 grüß gott", "u2 你好"], "utf-8-sig")
+    assert score.read_texts(ref) == score.read_texts(hyp) == {"u1": "grüß gott", "u2": "你好"}
+    lines(tmp_path / "latin1.txt", ["u1 café"], "latin-1")
+    with pytest.raises(UserError) as err:
+        score.read_texts(tmp_path / "latin1.txt")
+    assert "latin1.txt:1" in str(err.value)
+    words = lines(tmp_path / "hotwords.txt", ["refund", "# a comment", "Überweisung"], "utf-16")
+    assert decoding.prompt_options({"hotwords_file": str(words)})["hotwords"] == ["refund", "Überweisung"]
