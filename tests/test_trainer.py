@@ -18,6 +18,8 @@ STAGE_POLICY = {  # module -> trains?
     "stage1": {"audio_encoder": True, "audio_adaptor": False, "ctc_decoder": False, "ctc": False, "llm": False},
     "config_8k_telephone": {"audio_encoder": True, "audio_adaptor": False, "ctc_decoder": True, "ctc": True,
                             "llm": False},
+    "stage2_adapter_align": {"audio_encoder": False, "audio_adaptor": True, "ctc_decoder": True, "ctc": True,
+                             "llm": False},
 }
 
 

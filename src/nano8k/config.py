@@ -87,14 +87,16 @@ class AudioEncoderConf:
 
 @dataclass
 class LoraConf:
-    freeze_lora: Optional[bool] = ignored("not read by FunASR's own LoRA")
-    task_type: Optional[str] = ignored("not read by FunASR's own LoRA")
-    r: Optional[int] = key()
-    lora_alpha: Optional[int] = key()
-    lora_dropout: Optional[float] = key()
-    bias: Optional[str] = ignored("not read by FunASR's own LoRA")
-    target_modules: Optional[list[str]] = key()
-    init_param_path: Optional[str] = ignored("not read by FunASR's own LoRA")
+    # FunASR's own LoRA reads r, lora_alpha, lora_dropout and target_modules only; nano8k gives the
+    # others their meaning or refuses them (model.check_lora), never lets them pass unread.
+    freeze_lora: Optional[bool] = key("true freezes the adapters (FunASR's LoRA ignores the key)", NANO8K)
+    task_type: Optional[str] = key("CAUSAL_LM, the only kind FunASR's LoRA builds; others are refused", NANO8K)
+    r: Optional[int] = key("adapter rank", at_least=1)
+    lora_alpha: Optional[int] = key("scaling = lora_alpha / r", above=0)
+    lora_dropout: Optional[float] = key("dropout on the adapters' input", at_least=0)
+    bias: Optional[str] = key("none only; adapter biases are the top-level lora_bias", NANO8K)
+    target_modules: Optional[list[str]] = key("LLM Linear layers whose dotted name has one of these parts")
+    init_param_path: Optional[str] = key("refused: adapters travel inside model.pt (init_param=RUN)", NANO8K)
 
 
 @dataclass
@@ -202,6 +204,8 @@ class TrainConf:
     resume: Optional[bool] = key()
     effective_save_name_excludes: Optional[Union[list[str], str]] = key("parameter prefixes left out of checkpoints")
     save_init_model: Optional[bool] = ignored("never read")
+    use_lora: Optional[bool] = key("never read by FunASR; must equal llm_conf.use_lora (the seed's stage 3 "
+                                   "writes ${llm_conf.use_lora})", NANO8K)
     use_fp16: Optional[bool] = key()
     use_bf16: Optional[bool] = key()
     use_ddp: Optional[bool] = ignored("never read: DDP is on whenever WORLD_SIZE > 1")

@@ -162,6 +162,10 @@ def build(settings: dict, init_param: str | None = None) -> Built:
     build_cfg = {**copy.deepcopy(cfg), "init_param": None, "device": "cpu", "disable_update": True,
                  "ncpu": config.lookup(cfg, "ncpu") or funasr_gaps.cpu_threads()}
     model, kwargs = AutoModel.build_model(**build_cfg)
+    adapters = funasr_gaps.prepare_lora(model)
+    if config.lookup(cfg, "llm_conf.use_lora") and not adapters:
+        raise UserError(f"llm_conf.lora_conf.target_modules: {config.lookup(cfg, 'llm_conf.lora_conf.target_modules')} "
+                        "match no Linear layer of the LLM: no adapter was built")
     origin = funasr_gaps.load_weights(model, sources, excluded_ok=excluded_prefixes(cfg))
     funasr_gaps.mask_adaptor_padding(model)
     return Built(model, kwargs["tokenizer"], kwargs["frontend"], cfg, model_dir, [str(s) for s in sources], origin)
@@ -195,8 +199,29 @@ def freeze_policy(cfg: dict) -> dict[str, bool]:
         "ctc_decoder": ctc_frozen,
         "ctc": ctc_frozen,
         "llm": config.lookup(cfg, "llm_conf.freeze") is not False,
-        "lora": False,
+        "lora": config.lookup(cfg, "llm_conf.lora_conf.freeze_lora") is True,  # nano8k's meaning (funasr_gaps 23)
     }
+
+
+def check_lora(cfg: dict) -> None:
+    """The LoRA keys FunASR's own LoRA ignores (funasr_gaps 23): refused where they would mislead."""
+    use_lora = config.lookup(cfg, "llm_conf.use_lora") is True
+    declared = config.lookup(cfg, "train_conf.use_lora")
+    if declared is not None and bool(declared) != use_lora:
+        raise UserError(f"train_conf.use_lora: {declared} but llm_conf.use_lora is {use_lora}; FunASR reads only "
+                        "llm_conf.use_lora: set that one (or leave train_conf.use_lora out)")
+    if not use_lora:
+        return
+    task = config.lookup(cfg, "llm_conf.lora_conf.task_type")
+    if task is not None and str(task).upper() != "CAUSAL_LM":
+        raise UserError(f"llm_conf.lora_conf.task_type: {task!r}; FunASR's LoRA adapts a causal LM only (CAUSAL_LM)")
+    bias = config.lookup(cfg, "llm_conf.lora_conf.bias")
+    if bias is not None and str(bias).lower() != "none":
+        raise UserError(f"llm_conf.lora_conf.bias: {bias!r} is not read by FunASR's LoRA; train biases with the "
+                        "top-level lora_bias (all or lora_only) and lora_only=true")
+    if config.lookup(cfg, "llm_conf.lora_conf.init_param_path"):
+        raise UserError("llm_conf.lora_conf.init_param_path: FunASR's LoRA loads no separate adapter file; adapters "
+                        "travel inside model.pt: start from the run that trained them (init_param=RUN)")
 
 
 def apply_freeze_policy(model: Any, cfg: dict) -> dict[str, bool]:

@@ -33,8 +33,10 @@ MASKED_TOO_MUCH = 0.5  # expected share of a typical utterance's frames under Sp
 def check(settings: dict) -> None:
     """Errors the run can be refused for before anything is built."""
     from nano8k import funasr_gaps
+    from nano8k import model as nano_model
 
     funasr_gaps.check_training_audio_path(settings)
+    nano_model.check_lora(settings)
     criterion = config.lookup(settings, "train_conf.avg_keep_nbest_models_type") or "acc"
     if criterion not in BEST_CRITERIA:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion!r} is not a criterion; use "
@@ -105,10 +107,11 @@ def warnings(settings: dict) -> list[str]:
     frozen = nano_model.freeze_policy(settings)  # what the trainer will apply
     if not settings.get("ctc_decoder"):  # no CTC branch: nothing there can learn
         frozen.update(ctc_decoder=True, ctc=True)
-    lora = bool(config.lookup(settings, "llm_conf.use_lora"))
+    lora = bool(config.lookup(settings, "llm_conf.use_lora")) and not frozen["lora"]  # adapters that train
     if all(v for module, v in frozen.items() if module != "lora") and not lora:
-        out.append("audio_encoder_conf.freeze, audio_adaptor_conf.freeze, ctc_decoder_conf.freeze, llm_conf.freeze: "
-                   "every module is frozen, nothing can learn")
+        out.append("audio_encoder_conf.freeze, audio_adaptor_conf.freeze, ctc_decoder_conf.freeze, llm_conf.freeze"
+                   + (", llm_conf.lora_conf.freeze_lora" if config.lookup(settings, "llm_conf.use_lora") else "")
+                   + ": every module is frozen, nothing can learn")
     elif frozen["llm"] and not lora and not (frozen["audio_encoder"] and frozen["audio_adaptor"]):
         start = settings.get("init_param") or settings.get("model_dir")  # init_param's weights win
         if start and not learns_llm(start):
