@@ -29,8 +29,26 @@ class Result:
 
 def invoke(*args: str) -> Result:
     """Run `nano8k ARGS` in-process (Typer's CliRunner), with stdout and stderr kept apart."""
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    try:
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    finally:
+        _forget_closed_log_streams()
     return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def _forget_closed_log_streams() -> None:
+    """A Hydra app run in-process (e.g. `--info`) configures logging onto CliRunner's captured
+    streams, which close when the invocation ends; a later in-process run would log into them
+    (`--- Logging error ---` on stderr). A real process runs one command: only tests need this."""
+    import logging
+
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120) -> Result:

@@ -34,7 +34,7 @@ def test_train_help_is_hydras_with_the_config_groups():
     result = invoke("train", "--help")
     assert result.code == 0
     assert "== Configuration groups ==" in result.stdout
-    assert "stage: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt" in result.stdout
+    assert "stage: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt, stage2_adapter_align, stage3_lora_domain" in result.stdout
     assert "nano8k train" in result.stdout
 
 
@@ -103,7 +103,7 @@ def test_unknown_stage_lists_the_stages_in_one_line():
     result = run_cli("train", "+stage=nope")
     assert result.code != 0
     assert result.stderr.strip() == ("error: stage: unknown stage 'nope'; "
-                                     "available: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt")
+                                     "available: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt, stage2_adapter_align, stage3_lora_domain")
 
 
 def test_shell_completion_routes_to_the_subcommand():

@@ -136,7 +136,7 @@ BAD_OVERRIDES = [
     ("model_dir=123", "model_dir: expected str, got int 123 (quote it to pass a string: model_dir='123')"),
     ("optim_conf.lr=1e-4,oops", "optim_conf.lr: expected float, got str 'oops'"),
     ("++ctc_conf.blank_id=3", "ctc_conf.blank_id: not accepted: FunASR passes it to CTC() twice, so any value crashes; the blank is ctc_vocab_size - 1"),
-    ("+stage=stage9", "stage: unknown stage 'stage9'; available: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt"),
+    ("+stage=stage9", "stage: unknown stage 'stage9'; available: config_8k_telephone, from_scratch, stage1, stage1_encoder_adapt, stage2_adapter_align, stage3_lora_domain"),
     # ranges: FunASR takes any number, and fails hours later (or never says)
     ("train_conf.max_epoch=0", "train_conf.max_epoch: 0 is out of range: at least 1"),
     ("train_conf.max_epoch=-1", "train_conf.max_epoch: -1 is out of range: at least 1"),
@@ -213,3 +213,29 @@ def test_dry_run_writes_the_resolved_config(tmp_path):
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert written["optim_conf"]["lr"] == 3e-4 and written["frontend_conf"]["fs"] == 8000
     assert written["dataset_conf"]["audio_adaptor_downsample_rate"] == 1
+
+
+@pytest.mark.parametrize("stage,trains", [
+    ("stage2_adapter_align", {"audio_encoder_conf": False, "audio_adaptor_conf": True, "llm_conf": False}),
+    ("stage3_lora_domain", {"audio_encoder_conf": False, "audio_adaptor_conf": False, "llm_conf": False}),
+])
+def test_stages_2_and_3_compose_validate_and_hold_the_seed_values(stage, trains):
+    cfg = composed(f"+stage={stage}")
+    assert config.problems(cfg) == []
+    for section, trained in trains.items():
+        assert cfg[section]["freeze"] is (not trained), section
+    values = flat(cfg)
+    if stage == "stage2_adapter_align":  # seed-system.md §2.4
+        expected = {"optim_conf.lr": 5e-5, "scheduler_conf.warmup_steps": 500, "train_conf.max_epoch": 10,
+                    "train_conf.avg_nbest_model": 3, "specaug_conf.time_mask_width_range": [0, 50],
+                    "specaug_conf.num_time_mask": 2, "dataset_conf.retry": 20, "dataset_conf.data_split_num": 1,
+                    "llm_conf.use_lora": False}
+    else:  # §2.5
+        expected = {"optim_conf.lr": 1e-5, "scheduler_conf.warmup_steps": 100, "train_conf.max_epoch": 20,
+                    "train_conf.accum_grad": 2, "train_conf.avg_nbest_model": 5, "train_conf.validate_interval": 200,
+                    "train_conf.save_checkpoint_interval": 200, "dataset_conf.batch_size": 4096,
+                    "dataset_conf.sort_size": 512, "llm_conf.use_lora": True, "llm_conf.lora_conf.r": 16,
+                    "llm_conf.lora_conf.lora_alpha": 32, "llm_conf.lora_conf.lora_dropout": 0.05,
+                    "llm_conf.lora_conf.target_modules": ["q_proj", "v_proj", "k_proj", "o_proj"],
+                    "llm_conf.lora_conf.freeze_lora": False, "train_conf.use_lora": True}
+    assert {k: values[k] for k in expected} == expected

@@ -80,6 +80,18 @@ def forget(clean_up: Callable[[int], None]) -> None:
 
 
 @contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Signals wait (blocked, then delivered) until the block ends: for a step that must not be
+    cut in two, e.g. a lock file written but not yet registered for clean-up."""
+    wanted = {signal.SIGINT, signal.SIGTERM} | ({preemption_signal()} if preemption_signal() else set())
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def job(clean_up: Callable[[int], None]) -> Iterator[None]:
     """One job (of a run or a sweep): start-up stops at once, with clean_up, until defer()."""
     global _deferred

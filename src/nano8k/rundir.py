@@ -124,23 +124,26 @@ class RunLock:
         if self._inherited():
             return self  # our parent process (the job that re-executed itself under torchrun) holds it
         for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if self._stale(holder):
-                    log.warning("%s: removing the lock of a run that is gone (pid %s on %s)", self.path,
-                                holder.get("pid"), holder.get("host"))
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise self._in_use(holder) from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": self.token}, f)
-            self.owned = True
-            os.environ[LOCK_ENV] = self.token
-            interrupts.at_once(self._released_at_once)
-            return self
+            with interrupts.held():  # a signal never finds the lock on disk but not yet released at once
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    fd = None
+                if fd is not None:
+                    with os.fdopen(fd, "w", encoding="utf-8") as f:
+                        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": self.token}, f)
+                    self.owned = True
+                    os.environ[LOCK_ENV] = self.token
+                    interrupts.at_once(self._released_at_once)
+                    return self
+            holder = self._holder()
+            if self._stale(holder):
+                log.warning("%s: removing the lock of a run that is gone (pid %s on %s)", self.path,
+                            holder.get("pid"), holder.get("host"))
+                self.path.unlink(missing_ok=True)
+                continue
+            raise self._in_use(holder) from None
         raise UserError(f"{self.path}: cannot take the run directory's lock")
 
     def _released_at_once(self, signum: int) -> None:
