@@ -342,6 +342,25 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command("export")
+def export_model(
+    run: Path = typer.Argument(..., help="A training run directory (or one of its checkpoint files)."),
+    out: Path = typer.Argument(..., help="The model directory to write (new or empty)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty OUT."),
+) -> None:
+    """Write RUN as a self-contained model directory: every tensor (LoRA folded in fp32), config, LLM/tokenizer, CTC vocabulary."""
+    from nano8k.errors import reported
+
+    with reported():
+        from nano8k import export as exporting, funasr_gaps
+
+        funasr_gaps.quiet_funasr_import()
+        record = exporting.export(run, out, force=force)
+    typer.echo(f"{out}: {record['tensors']} tensors from {record['checkpoint']}"
+               + (f", {record['lora_layers_folded']} LoRA layers folded" if record["lora_layers_folded"] else "")
+               + f"; decode it with `nano8k decode model_dir={out} input=...`")
+
+
 sweep_app = typer.Typer(help="Sweeps: summarise a Hydra multirun directory.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 

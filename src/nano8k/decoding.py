@@ -236,7 +236,8 @@ def resolve_model(settings: dict) -> ModelSource:
                         "(set checkpoint=FILE or a training run directory)")
     funasr_settings = {k: v for k, v in run_config.items() if k != "hydra"}
     funasr_settings["model_dir"] = str(model_dir)
-    trained = config_path.name == "config.yaml" and config_path.parent != model_dir and "model_dir" in run_config
+    trained = (config_path.name == "config.yaml" and config_path.parent != model_dir and "model_dir" in run_config) \
+        or nano_model.exported_by_nano8k(model_dir)
     if checkpoint is not None:
         log.info("checkpoint: %s", checkpoint)
     return ModelSource(funasr_settings, str(model_dir), str(checkpoint) if checkpoint else None, str(config_path),

@@ -30,6 +30,8 @@ ARCHITECTURE_KEYS = (
     "ctc_decoder_conf.n_layer", "frontend_conf.n_mels", "frontend_conf.lfr_m",
 )
 
+EXPORT_FILE = "export.json"  # what `nano8k export` writes into a model directory it made
+
 # Parameter groups of the table, in display order; `lora` is carved out of `llm`.
 MODULES = ("audio_encoder", "audio_adaptor", "ctc_decoder", "ctc", "llm", "lora")
 
@@ -61,6 +63,17 @@ def resolve_model_dir(spec: str) -> Path:
             f"model_dir: cannot download {spec} from ModelScope ({reason}); on a machine with network run "
             f"`modelscope download --model {spec} --local_dir DIR`, copy DIR here and pass model_dir=DIR"
         ) from None
+
+
+def exported_by_nano8k(model_dir: Path) -> bool:
+    """Whether a model directory is `nano8k export` of a run nano8k trained (then it decodes as
+    that training prompted and dithered)."""
+    import json
+
+    try:
+        return bool(json.loads((Path(model_dir) / EXPORT_FILE).read_text(encoding="utf-8")).get("trained_by_nano8k"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _resolve_path(value: str | None, model_dir: Path, what: str) -> str | None:
