@@ -180,3 +180,15 @@ def test_export_refuses_a_run_without_a_checkpoint_and_a_used_directory(corpus, 
     (used / "keep.txt").write_text("mine")
     result = run_cli("export", str(lora_run), str(used))
     assert result.code == 2 and "--force" in result.stderr and (used / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("use_lora,freeze_lora,frozen", [(True, True, True), (True, False, False), (False, True, False)])
+def test_freeze_lora_freezes_the_adapters_only_when_there_are_adapters(use_lora, freeze_lora, frozen):
+    from nano8k import model, preflight
+
+    cfg = {"llm_conf": {"use_lora": use_lora, "lora_conf": {"freeze_lora": freeze_lora}, "freeze": True},
+           "audio_encoder_conf": {"freeze": True}, "audio_adaptor_conf": {"freeze": True},
+           "ctc_decoder_conf": {"freeze": True}}
+    assert model.freeze_policy(cfg)["lora"] is frozen
+    nothing_learns = any("nothing can learn" in w for w in preflight.warnings(cfg))
+    assert nothing_learns is (not (use_lora and not freeze_lora))

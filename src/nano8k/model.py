@@ -212,7 +212,9 @@ def freeze_policy(cfg: dict) -> dict[str, bool]:
         "ctc_decoder": ctc_frozen,
         "ctc": ctc_frozen,
         "llm": config.lookup(cfg, "llm_conf.freeze") is not False,
-        "lora": config.lookup(cfg, "llm_conf.lora_conf.freeze_lora") is True,  # nano8k's meaning (funasr_gaps 23)
+        # nano8k gives freeze_lora its meaning (funasr_gaps 23); without use_lora there are no adapters
+        "lora": (config.lookup(cfg, "llm_conf.use_lora") is True
+                 and config.lookup(cfg, "llm_conf.lora_conf.freeze_lora") is True),
     }
 
 
