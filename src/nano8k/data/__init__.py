@@ -18,18 +18,67 @@ torch, funasr and transformers are imported inside functions: the CLI imports th
 The names below are the package's public interface (`from nano8k import data; data.prepare(...)`).
 """
 
-from nano8k.data.audio import (AUDIO_SUFFIXES, CLIP_FRACTION, RAW_FORMATS, SILENCE_DBFS, AudioProblem,
-                               nearest_sample, nonfinite_samples, resolve_path)
-from nano8k.data.checking import (CHECK_CACHE_FORMAT, DEFAULTS, RULES, check, check_cached, check_key,
-                                  check_list_file, default_cache_dir)
-from nano8k.data.manifest import (CHANNEL_FIELDS, DEFAULT_FRONTEND_FS, DEFAULT_PROMPT, DEFAULT_SYSTEM, LANGUAGES,
-                                  SPEECH_BEGIN, SPEECH_END, TELEPHONE_FS, audio_paths, count_tokens, decoding_prompt,
-                                  fake_token_len, fbank_frames, load_tokenizer, resampled_length)
+from nano8k.data.audio import (
+                               AUDIO_SUFFIXES,
+                               CLIP_FRACTION,
+                               RAW_FORMATS,
+                               SILENCE_DBFS,
+                               AudioProblem,
+                               nearest_sample,
+                               nonfinite_samples,
+                               resolve_path,
+)
+from nano8k.data.checking import (
+                               CHECK_CACHE_FORMAT,
+                               DEFAULTS,
+                               RULES,
+                               check,
+                               check_cached,
+                               check_key,
+                               check_list_file,
+                               default_cache_dir,
+)
+from nano8k.data.manifest import (
+                               CHANNEL_FIELDS,
+                               DEFAULT_FRONTEND_FS,
+                               DEFAULT_PROMPT,
+                               DEFAULT_SYSTEM,
+                               LANGUAGES,
+                               SPEECH_BEGIN,
+                               SPEECH_END,
+                               TELEPHONE_FS,
+                               audio_paths,
+                               count_tokens,
+                               decoding_prompt,
+                               fake_token_len,
+                               fbank_frames,
+                               load_tokenizer,
+                               resampled_length,
+)
 from nano8k.data.preparing import PREPARE_REASONS, SEGMENT_TOLERANCE, prepare
-from nano8k.data.problems import (EFFECTS, REMOVING, CheckReport, PrepareReport, Problem, check_notes_path,
-                                  check_rejects_path, rejects_path, write_notes, write_rejects)
-from nano8k.data.sources import (CHANNEL_MODES, Entry, KaldiRow, audio_files, audio_root_hint, folder_key,
-                                 read_keyed, read_source, write_kaldi)
+from nano8k.data.problems import (
+                               EFFECTS,
+                               REMOVING,
+                               CheckReport,
+                               PrepareReport,
+                               Problem,
+                               check_notes_path,
+                               check_rejects_path,
+                               rejects_path,
+                               write_notes,
+                               write_rejects,
+)
+from nano8k.data.sources import (
+                               CHANNEL_MODES,
+                               Entry,
+                               KaldiRow,
+                               audio_files,
+                               audio_root_hint,
+                               folder_key,
+                               read_keyed,
+                               read_source,
+                               write_kaldi,
+)
 from nano8k.data.text import read_lines, read_text, undecodable
 from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 

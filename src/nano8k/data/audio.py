@@ -194,14 +194,15 @@ def blocks(f: Any, dtype: str = "float32") -> Iterator[Any]:
 
 
 def load(source: str | bytes | io.BytesIO, raw_rate: int | None = None, start: int = 0, stop: int | None = None,
-         channel: int | None = None, dtype: str = "float32") -> tuple[Any, int]:
+         channel: int | None = None, dtype: str = "float32", label: str | None = None) -> tuple[Any, int]:
     """(samples frames x channels, sample rate) of a file or in-memory audio: samples [start, stop),
-    one channel when `channel` is given (of a multi-channel file; a mono file is kept). Raises
-    AudioProblem: unreadable, corrupt (fewer samples than the header says), no such channel,
-    non-finite samples."""
+    one channel when `channel` is given (of a multi-channel file; a mono file is kept), in `dtype`.
+    Raises AudioProblem (naming `label`, by default the path): unreadable, corrupt (fewer samples
+    than the header says), no such channel, non-finite samples."""
     import numpy as np
 
-    label = "the command's output" if isinstance(source, (bytes, io.BytesIO)) else str(source)
+    if label is None:
+        label = "the command's output" if isinstance(source, (bytes, io.BytesIO)) else str(source)
     with open_audio(source, raw_rate) as f:
         rate, total, channels = int(f.samplerate), int(f.frames), int(f.channels)
         if channel is not None and channel >= channels and channels > 1:

@@ -22,7 +22,6 @@ written all the same (one bad file never stops a run).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from nano8k.data.audio import (
     AudioProblem,
     audio_name,
     header_of,
+    load,
     nearest_sample,
     nonfinite_samples,
     open_audio,
@@ -258,28 +258,23 @@ def _process_group(
                 detail = err.detail if err.reason == "pipe_failed" else f"{label} did not write readable audio: {err.detail}"
                 return [Audio(problem=(reason, detail))] * len(group)
             header = Audio(path=None, frames=frames, sample_rate=rate, channels=channels, subtype=subtype)
-
-            def opener() -> Any:
-                return open_audio(output)
+            source: bytes | str = output
         else:
             header = probe(first.audio or "", raw_rate=raw_rate)
             if header.problem is not None:
                 return [header] * len(group)
-            label = str(header.path)
-
-            def opener() -> Any:
-                return open_audio(str(header.path), raw_rate)
-        return [_entry_audio(entry, header, opener, label, audio_dir, tolerance, frontend_fs) for entry in group]
+            source = label = str(header.path)
+        return [_entry_audio(entry, header, source, raw_rate, label, audio_dir, tolerance, frontend_fs)
+                for entry in group]
     except Exception as err:  # noqa: BLE001 -- one bad file never stops the run
         reason = "pipe_failed" if first.pipe else "unreadable_audio"
         return [Audio(problem=(reason, f"{label}: {type(err).__name__}: {one_line(err)}"))] * len(group)
 
 
 def _entry_audio(
-    entry: Entry, header: Audio, opener: Callable[[], Any], label: str, audio_dir: Path, tolerance: float,
-    frontend_fs: int | None,
+    entry: Entry, header: Audio, source: bytes | str, raw_rate: int | None, label: str, audio_dir: Path,
+    tolerance: float, frontend_fs: int | None,
 ) -> Audio:
-    import numpy as np
     import soundfile as sf
 
     def reject(reason: str, detail: str) -> Audio:
@@ -296,7 +291,7 @@ def _entry_audio(
     pick = entry.channel is not None and header.channels > 1
     if not (entry.pipe or entry.segment or pick or header.headerless):
         try:
-            bad = nonfinite_samples(opener, header.subtype)
+            bad = nonfinite_samples(lambda: open_audio(source, raw_rate), header.subtype)
         except Exception as err:  # noqa: BLE001 -- soundfile raises several types
             return reject("corrupt_audio", f"{label}: {one_line(err)}")
         return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}") if bad else header
@@ -318,20 +313,9 @@ def _entry_audio(
     dtype = LOSSLESS_WAV_SUBTYPES.get(header.subtype, "float32")
     subtype = header.subtype if header.subtype in LOSSLESS_WAV_SUBTYPES and sf.check_format("WAV", header.subtype) else "PCM_16"
     try:
-        with opener() as f:
-            if start:
-                f.seek(start)
-            samples = f.read(count, dtype=dtype, always_2d=True)
-    except Exception as err:  # noqa: BLE001 -- soundfile raises several types
-        return reject("pipe_failed" if entry.pipe else "corrupt_audio", f"{label}: {one_line(err)}")
-    if len(samples) < count:
-        return reject("pipe_failed" if entry.pipe else "corrupt_audio",
-                      f"{label}: read {len(samples)} of {count} samples from sample {start}")
-    if pick:
-        samples = samples[:, [entry.channel]]
-    bad = int(np.count_nonzero(~np.isfinite(samples))) if samples.dtype.kind == "f" else 0
-    if bad:
-        return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}")
+        samples, _ = load(source, raw_rate, start, stop, entry.channel if pick else None, dtype, label=label)
+    except AudioProblem as err:
+        return reject("pipe_failed" if entry.pipe and err.reason == "corrupt_audio" else err.reason, err.detail)
     target = (audio_dir / audio_name(entry.key)).absolute()
     try:
         write_wav_atomic(target, samples, rate, subtype)
