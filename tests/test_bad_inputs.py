@@ -402,3 +402,11 @@ def test_scoring_and_hotword_files_read_utf16_alike(tmp_path):
     assert "latin1.txt:1" in str(err.value)
     words = lines(tmp_path / "hotwords.txt", ["refund", "# a comment", "Überweisung"], "utf-16")
     assert decoding.prompt_options({"hotwords_file": str(words)})["hotwords"] == ["refund", "Überweisung"]
+
+
+def test_a_utf16_list_whose_first_4096_bytes_end_inside_a_character_is_still_a_list(corpus):
+    good = corpus / "audio" / "good.wav"
+    listing = corpus / "calls.txt"  # BOM + 2046 characters = 4094 bytes: the next pair straddles byte 4096
+    listing.write_bytes(("#" + "x" * 2045 + "😀\n" + f"{good}\n").encode("utf-16"))
+    items, kind = decoding.read_input(str(listing))
+    assert kind == "list" and [i.audio for i in items] == [str(good)]

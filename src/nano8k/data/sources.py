@@ -186,7 +186,8 @@ def detect_source(source: Path, source_format: str | None = None, need_text: boo
         return "audio", source, None
     with open(source, "rb") as f:
         head = f.read(4096)
-    text_head = decode_text(head, source)[:-2].lstrip("\ufeff").lstrip() if is_text(head) else None
+    # the head may end inside a character: decoded leniently, for a look at what the file is
+    text_head = head.decode(encoding_of(head), "replace").lstrip("\ufeff").lstrip() if is_text(head) else None
     if wanted == "jsonl" or suffix in (".jsonl", ".json") or (text_head or "").startswith("{"):
         if manifests and _first_is_manifest(source):
             return "nano", source, None
@@ -218,12 +219,16 @@ def is_text(head: bytes) -> bool:
 
 
 def _first_is_manifest(path: Path) -> bool:
-    for line in read_lines(path):
-        if line.strip():
-            try:
-                return is_manifest(json.loads(line))
-            except ValueError:
-                return False
+    """Whether the first non-blank line is a Nano line (read alone: a manifest may be large)."""
+    with open(path, "rb") as raw:
+        encoding = encoding_of(raw.read(4096))
+    with open(path, encoding=encoding, errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return is_manifest(json.loads(line))
+                except ValueError:
+                    return False
     return False
 
 
