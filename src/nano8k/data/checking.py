@@ -39,7 +39,7 @@ from nano8k.data.manifest import (
 )
 from nano8k.data.manifest import parse as parse_manifest
 from nano8k.data.problems import CheckReport, Problem
-from nano8k.data.sources import audio_root_hint, json_key
+from nano8k.data.sources import audio_root_hint, audio_root_of, json_key
 from nano8k.data.text import (
     bad_bytes,
     bad_characters,
@@ -402,15 +402,6 @@ def _line_audio_paths(line: str) -> list[str]:
     except Exception:  # noqa: BLE001 -- a line check() reports; it has no audio to stat
         return []
     return [p for p in paths if not is_url(p)]
-
-
-def audio_root_of(manifest: Path, audio_root: Path | None) -> Path:
-    """Where a manifest's relative audio paths are taken from: `audio_root`, else its directory."""
-    if audio_root is not None:
-        if not Path(audio_root).is_dir():
-            raise UserError(f"audio_root {audio_root}: no such directory")
-        return Path(audio_root).absolute()
-    return Path(manifest).absolute().parent
 
 
 def check_list_file(path: Any, key: str) -> None:

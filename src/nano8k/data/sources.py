@@ -114,8 +114,7 @@ def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = Fa
     Kaldi directory, the JSONL's or CSV's directory); entries carry absolute paths. A key seen
     before keeps its first entry; the later one is a duplicate_key reject."""
     fmt, location, delimiter = detect_source(source, source_format, need_text=need_text, manifests=manifests)
-    if audio_root is not None and not Path(audio_root).is_dir():
-        raise UserError(f"audio_root {audio_root}: no such directory")
+    root = audio_root_of(location, audio_root)
     if fmt == "kaldi":
         entries, rejects = _read_kaldi(location, allow_pipes, mode, need_text)
     elif fmt == "jsonl":
@@ -130,11 +129,21 @@ def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = Fa
         entries, rejects = [Entry(str(location), 0, location.stem, str(location), None, raw=str(location))], []
     else:
         entries, rejects = _read_folder(location, mode, exclude=exclude, need_text=need_text)
-    root = Path(audio_root) if audio_root is not None else (location if location.is_dir() else location.parent)
     for entry in entries:
         if entry.audio is not None and not entry.pipe and not is_url(entry.audio):
             entry.audio = resolve_path(entry.audio, root)
     return fmt, location, _unique_keys(entries, rejects), rejects
+
+
+def audio_root_of(location: Path, audio_root: Path | str | None) -> Path:
+    """The one path rule's directory: `audio_root` when given, else the input's own directory (a
+    directory input itself, a file's parent)."""
+    if audio_root is not None:
+        if not Path(audio_root).is_dir():
+            raise UserError(f"audio_root {audio_root}: no such directory")
+        return Path(audio_root).absolute()
+    location = Path(location).absolute()
+    return location if location.is_dir() else location.parent
 
 
 def audio_root_hint(problems: Iterable[Problem], total: int, location: Path, audio_root: Path | str | None) -> str:
@@ -143,9 +152,8 @@ def audio_root_hint(problems: Iterable[Problem], total: int, location: Path, aud
     missing = sum(p.reason == "missing_audio" for p in problems)
     if not total or missing < total:
         return ""
-    base = audio_root if audio_root is not None else (location if location.is_dir() else location.parent)
-    return (f"every audio file is missing: relative paths are taken from {Path(base).absolute()}; if they are "
-            "relative to another directory, give it with --audio-root (audio_root=)")
+    return (f"every audio file is missing: relative paths are taken from {audio_root_of(location, audio_root)}; "
+            "if they are relative to another directory, give it with --audio-root (audio_root=)")
 
 
 def detect_source(source: Path, source_format: str | None = None, need_text: bool = True,
