@@ -91,9 +91,7 @@ def _copy_model_files(funasr_cfg: dict, model_dir: Path, out: Path) -> str:
 def _model_config(settings: dict, llm_dir: str) -> dict:
     """The run's config as a model directory's config.yaml: FunASR's keys only, LoRA folded away,
     paths relative to the model directory (as on the hub)."""
-    own = {k for k, meta in config.field_effects("train").items() if meta["effect"] == config.NANO8K and "." not in k}
-    cfg = {k: v for k, v in settings.items() if k not in own and k not in ("hydra", "model_dir")}
-    cfg = json.loads(json.dumps(cfg))  # a deep copy of plain data
+    cfg = nano_model.funasr_keys(settings)
     llm_conf = cfg.setdefault("llm_conf", {})
     llm_conf["init_param_path"] = llm_dir
     llm_conf["use_lora"] = False  # the adapters are folded into model.pt's LLM weights

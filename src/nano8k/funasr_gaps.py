@@ -222,6 +222,7 @@ def manifest_relative_paths() -> None:
     from funasr.register import tables
 
     from nano8k.data import SPEECH_BEGIN, SPEECH_END, resolve_path
+    from nano8k.data.audio import is_url
 
     index_class = tables.index_ds_classes.get("FunASR")
     if index_class is None or getattr(index_class, "_nano8k_relative_paths", False):
@@ -237,7 +238,7 @@ def manifest_relative_paths() -> None:
 
         def absolute(match: re.Match) -> str:
             location = match[1]
-            if os.path.isabs(location) or re.match(r"^[a-z][a-z0-9+.-]*://", location, re.I):
+            if os.path.isabs(location) or is_url(location):
                 return match[0]
             return f"{SPEECH_BEGIN}!{resolve_path(location, root)}{SPEECH_END}"
 
@@ -452,7 +453,12 @@ def set_train_mode(model: Any, policy: dict[str, bool], training: bool) -> None:
 
 def lora_layers(model: Any) -> list[Any]:
     """FunASR's LoRA layers (funasr.models.lora.layers.Linear) of a model."""
-    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B") and hasattr(m, "scaling")]
+    return [m for _, m in _named_lora_layers(model)]
+
+
+def _named_lora_layers(model: Any) -> list[tuple[str, Any]]:
+    return [(name, m) for name, m in model.named_modules()
+            if hasattr(m, "lora_A") and hasattr(m, "lora_B") and hasattr(m, "scaling")]
 
 
 def prepare_lora(model: Any) -> int:
@@ -482,8 +488,7 @@ def prepare_lora(model: Any) -> int:
 
 def lora_scalings(model: Any) -> dict[str, float]:
     """Layer name -> alpha / r for the LoRA layers of a model."""
-    return {name: float(m.scaling) for name, m in model.named_modules()
-            if hasattr(m, "lora_A") and hasattr(m, "lora_B") and hasattr(m, "scaling")}
+    return {name: float(m.scaling) for name, m in _named_lora_layers(model)}
 
 
 def fold_lora(state: dict, scalings: dict[str, float]) -> dict:
