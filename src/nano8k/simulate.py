@@ -84,6 +84,7 @@ import numpy as np
 
 from nano8k import channel, data
 from nano8k.data import Entry, Problem
+from nano8k.data.problems import RejectCounts
 from nano8k.data.manifest import with_audio
 from nano8k.errors import UserError, one_line
 from nano8k.files import read_yaml
@@ -745,7 +746,7 @@ def output_names(keys: Iterable[str]) -> dict[str, str]:
 
 
 @dataclass
-class SimulateReport:
+class SimulateReport(RejectCounts):
     source: Path
     out_dir: Path
     manifest: Path  # the manifest file (the directory for Kaldi output)
@@ -760,22 +761,6 @@ class SimulateReport:
     seconds_out: float = 0.0
     applied: Counter = field(default_factory=Counter)  # step -> utterances it was applied to
     hint: str = ""  # every audio file missing: where relative paths were taken from
-
-    @property
-    def rejected(self) -> int:
-        return len(self.rejects)
-
-    @property
-    def problems(self) -> list:
-        return self.rejects
-
-    @property
-    def total(self) -> int:
-        return self.written + self.rejected
-
-    @property
-    def counts(self) -> Counter:
-        return Counter(p.reason for p in self.rejects)
 
     @property
     def exit_code(self) -> int:

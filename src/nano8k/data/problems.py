@@ -62,21 +62,11 @@ class Problem:
         return f"{self.where}{key}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
-@dataclass
-class PrepareReport:
-    source: Path
-    output: Path
-    rejects_file: Path
-    format: str  # "kaldi", "jsonl", "table" (CSV/TSV) or "folder"
-    written: int = 0
-    rejects: list[Problem] = field(default_factory=list)
-    total_duration: float = 0.0  # seconds of audio written
-    sample_rates: dict[int, int] = field(default_factory=dict)  # rate -> lines written
-    multichannel: int = 0  # lines written whose audio has more than one channel (FunASR averages)
-    frontend_fs: int | None = DEFAULT_FRONTEND_FS
-    materialized: int = 0  # lines whose audio was written under audio_dir (cuts, channels, pipes)
-    audio_dir: Path | None = None
-    hint: str = ""  # every audio file missing: where relative paths were taken from
+class RejectCounts:
+    """What prepare's and simulate's reports share: lines written, lines rejected (`rejects`)."""
+
+    written: int
+    rejects: list[Problem]
 
     @property
     def rejected(self) -> int:
@@ -93,6 +83,23 @@ class PrepareReport:
     @property
     def counts(self) -> Counter:
         return Counter(p.reason for p in self.rejects)
+
+
+@dataclass
+class PrepareReport(RejectCounts):
+    source: Path
+    output: Path
+    rejects_file: Path
+    format: str  # "kaldi", "jsonl", "table" (CSV/TSV) or "folder"
+    written: int = 0
+    rejects: list[Problem] = field(default_factory=list)
+    total_duration: float = 0.0  # seconds of audio written
+    sample_rates: dict[int, int] = field(default_factory=dict)  # rate -> lines written
+    multichannel: int = 0  # lines written whose audio has more than one channel (FunASR averages)
+    frontend_fs: int | None = DEFAULT_FRONTEND_FS
+    materialized: int = 0  # lines whose audio was written under audio_dir (cuts, channels, pipes)
+    audio_dir: Path | None = None
+    hint: str = ""  # every audio file missing: where relative paths were taken from
 
     def summary(self) -> str:
         rates = ", ".join(f"{sr} Hz: {n}" for sr, n in sorted(self.sample_rates.items())) or "none"

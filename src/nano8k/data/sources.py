@@ -14,7 +14,6 @@ entry per channel transcript (``K-A``/``K-B`` for a key ``K``).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -643,6 +642,16 @@ def _read_table(
     return entries, rejects
 
 
+INTEGER = re.compile(r"[-+]?\d+")
+DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # no nan/inf: those stay text
+
+
+def _cell_value(text: str) -> int | float | str:
+    if INTEGER.fullmatch(text):
+        return int(text)
+    return float(text) if DECIMAL.fullmatch(text) else text
+
+
 def _table_fields(header: list[str], row: list[str], used: set[int]) -> dict:
     """A row's other columns, carried: numbers as numbers, empty cells left out; simulate's channel
     columns (manifest.CHANNEL_FIELDS) together as one `channel` object, as its JSONL writes it."""
@@ -650,10 +659,7 @@ def _table_fields(header: list[str], row: list[str], used: set[int]) -> dict:
     for i, (name, cell) in enumerate(zip(header, row)):
         if i in used or not cell.strip() or not name:
             continue
-        value: object = cell.strip()
-        with contextlib.suppress(ValueError):
-            value = float(value) if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", str(value)) else value
-            value = int(value) if isinstance(value, float) and value.is_integer() and "." not in cell else value
+        value = _cell_value(cell.strip())
         if name in CHANNEL_FIELDS:
             fields.setdefault("channel", {})[name] = value
         else:
