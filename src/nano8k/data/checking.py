@@ -117,7 +117,6 @@ RULES: dict[str, Rule] = {
     "duplicate_key": Rule("note", "datasets.py:503-505", "key seen on an earlier line (FunASR does not care; decoding and scoring do)"),
 }
 
-
 # FunASR's defaults for the dataset_conf keys the rules read, where FunASR reads them.
 # The same key means different things in different places (see the report in `check`).
 DEFAULTS: dict[str, tuple[Any, str]] = {
@@ -139,7 +138,6 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "sampler.max_token_length[buffer]": (2048, "samplers.py:455"),
     "sampler.batch_size_sample_max[buffer]": (200, "samplers.py:457"),
 }
-
 
 # The names under which samplers.py:14-19 registers the one factory whose rules are modelled.
 FACTORY_SAMPLERS = frozenset({
@@ -326,7 +324,6 @@ def _text_rules(state: dict) -> None:
 
 
 CHECK_CACHE_FORMAT = 2  # bump when check() changes what it reports
-
 
 # The dataset_conf keys check() reads; other keys (num_workers, shuffle, ...) do not change the report.
 CHECK_CONF_KEYS = ("index_ds", "batch_sampler", "batch_type", "batch_size", "sort_size", "max_token_length",

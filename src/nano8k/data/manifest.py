@@ -44,16 +44,9 @@ from typing import Any
 from nano8k.errors import UserError, one_line
 
 DEFAULT_PROMPT = "语音转写："
-
-
 DEFAULT_SYSTEM = "You are a helpful assistant."
-
-
 DEFAULT_FRONTEND_FS = 16000  # WavFrontend's default fs and the released Fun-ASR-Nano's frontend_conf.fs
-
-
 TELEPHONE_FS = 8000  # what the telephone stages expect their audio at (`nano8k data check`'s default)
-
 
 # ISO 639 codes -> the language names FunASR's decoding puts into its prompt (get_prompt,
 # model.py:739-742: f"语音转写成{language}："), as Fun-ASR-Nano / MLT-Nano's model cards spell them.
@@ -68,25 +61,12 @@ LANGUAGES: dict[str, str] = {
     "ga": "爱尔兰语", "mt": "马耳他语",
 }
 
-
 SPEECH_BEGIN = "<|startofspeech|>"
-
-
 SPEECH_END = "<|endofspeech|>"
-
-
 SPEECH_TAG = re.compile(r"<\|startofspeech\|>(.*?)<\|endofspeech\|>", re.S)  # datasets.py:79
-
-
 FRAME_LENGTH_MS = 25  # WavFrontend frame_length (wav_frontend.py:100)
-
-
 FRAME_SHIFT_MS = 10  # WavFrontend frame_shift (wav_frontend.py:101)
-
-
 LFR_N = 6  # Fun-ASR-Nano frontend_conf lfr_m 7 / lfr_n 6: T_lfr = ceil(T / 6)
-
-
 MULTITURN_NUM_MAX = 5  # datasets.py:84 (dataset default)
 
 

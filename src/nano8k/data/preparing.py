@@ -72,7 +72,6 @@ from nano8k.parallel import map_ordered
 SEGMENT_TOLERANCE = 0.5
 MAX_TARGET_LENGTH = 2048  # FunASR's index default (datasets.py:405): longer transcripts are dropped
 
-
 # prepare()'s reasons for not writing an input line (all have effect "reject").
 PREPARE_REASONS: dict[str, str] = {
     "malformed_line": "the line cannot be parsed (bad JSON, not an object, a field of the wrong type, no path, "

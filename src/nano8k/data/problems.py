@@ -13,8 +13,6 @@ from nano8k.data.manifest import DEFAULT_FRONTEND_FS
 from nano8k.files import write_jsonl_atomic
 
 EFFECTS = ("fatal", "index", "sampler", "load", "data", "batch", "note")
-
-
 REMOVING = frozenset({"fatal", "index", "sampler", "load"})
 # A reject record keeps the input line up to this many characters (the file and line number find
 # the rest): a 10 MB line must not become a 10 MB record, or one per note.

@@ -46,8 +46,6 @@ from nano8k.files import write_lines_atomic
 # prepare(channel=...): "mix" keeps every channel (FunASR averages them), "A"/"B" pick one,
 # "split" writes one line per channel transcript (keys <key>-A, <key>-B).
 CHANNEL_MODES = ("mix", "A", "B", "split")
-
-
 CHANNEL_SUFFIXES = ("A", "B")  # channel 0, channel 1
 
 
