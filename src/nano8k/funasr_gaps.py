@@ -98,7 +98,8 @@ with each key" is the user-facing summary of this module.
    from the manifest's directory in prepare, check, simulate and decode; the index of a training
    run does the same (manifest_relative_paths()). A list file of manifests keeps FunASR's rule.
 23. LORA — FunASR (funasr/models/lora, for llm_conf.use_lora) creates the adapters in the LLM's
-   dtype: in bf16, AdamW at lr 1e-5 leaves 88% of lora_A unchanged after 200 steps. A layer's own
+   dtype: in bf16, AdamW at lr 1e-5 left 88% of lora_A unchanged after 200 steps (the probe of
+   anchors-2026-12.md §1.6; tests/test_lora.py checks fp32 moves them all). A layer's own
    `.eval()` merges B@A into the shared base weight in place (the adapters then get no gradient),
    and nano8k's frozen-module eval mode (item 5) switched off their dropout. nano8k: adapters in
    fp32, their path computed in fp32 outside autocast, merging off (fold_lora() folds them for
