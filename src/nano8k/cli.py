@@ -28,13 +28,15 @@ app = typer.Typer(
 
 # Click must not consume anything after the Hydra subcommand, not even --help.
 HYDRA_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-HYDRA_APPS = ("train", "decode")
+HYDRA_APPS = ("train", "decode", "pipeline")
 
 
 def _hydra_main(name: str):
     # Imported lazily so that `nano8k --help` and `nano8k align` stay fast.
     if name == "train":
         from nano8k.train import main
+    elif name == "pipeline":
+        from nano8k.pipeline import main
     else:
         from nano8k.decode import main
     return main
@@ -46,7 +48,7 @@ def _run_hydra_app(name: str, args: list[str]) -> None:
 
     with reported():
         config.check_overrides(name, args)
-        if name == "train":
+        if name in ("train", "pipeline"):
             from nano8k import rundir
 
             rundir.check_requested(args)
@@ -74,6 +76,21 @@ def train(ctx: typer.Context) -> None:
 
     interrupts.install()  # from the first moment: a Ctrl-C during start-up is honoured, not lost
     _run_hydra_app("train", ctx.args)
+
+
+@app.command(context_settings=HYDRA_PASSTHROUGH, add_help_option=False)
+def pipeline(ctx: typer.Context) -> None:
+    """Train a recipe's stages one after another (default: stages 1, 2 and 3 of the seed's recipe),
+    each from the previous one's model. Everything after `pipeline` is Hydra's.
+
+    Example: nano8k pipeline model_dir=DIR train_data_set_list=sim_train.jsonl
+    valid_data_set_list=sim_dev.jsonl stage_conf.stage3_lora_domain.train_data_set_list=calls.jsonl
+    stage_conf.stage3_lora_domain.valid_data_set_list=calls_dev.jsonl hydra.run.dir=runs/recipe
+    """
+    from nano8k import interrupts
+
+    interrupts.install()
+    _run_hydra_app("pipeline", ctx.args)
 
 
 @app.command(context_settings=HYDRA_PASSTHROUGH, add_help_option=False)

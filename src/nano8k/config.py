@@ -448,7 +448,30 @@ class DecodeConfig:
     score: Optional[Score] = key("scoring of hypotheses against references", NANO8K)
 
 
-SCHEMAS: dict[str, type] = {"train": TrainConfig, "decode": DecodeConfig}
+@dataclass
+class PipelineStage:
+    """One stage of `nano8k pipeline`: its data lists and its own `nano8k train` overrides."""
+
+    train_data_set_list: Optional[str] = key("the stage's training manifest", NANO8K)
+    valid_data_set_list: Optional[str] = key("the stage's validation manifest", NANO8K)
+    overrides: Optional[list[str]] = key("`nano8k train` overrides of this stage only (after the pipeline's)", NANO8K)
+
+
+@dataclass
+class PipelineConfig:
+    """`nano8k pipeline`: stages trained one after another, each a `nano8k train` run in its own
+    directory under the pipeline's, each started from the previous stage's averaged model."""
+
+    model_dir: Optional[str] = key("local model directory or ModelScope id, for every stage", NANO8K)
+    stages: Optional[list[str]] = key("the stages, in order (conf/stage names)", NANO8K)
+    train_data_set_list: Optional[str] = key("training manifest of stages 1 and 2 and of any stage stage_conf omits", NANO8K)
+    valid_data_set_list: Optional[str] = key("validation manifest of stages 1 and 2 and of any stage stage_conf omits", NANO8K)
+    overrides: Optional[list[str]] = key("`nano8k train` overrides of every stage, e.g. ['+preset=tiny', device=cpu]", NANO8K)
+    stage_conf: Optional[dict[str, PipelineStage]] = key("per stage name: its data lists and overrides", NANO8K)
+    dry_run: Optional[bool] = key("check every stage and print its command, then stop", NANO8K)
+
+
+SCHEMAS: dict[str, type] = {"train": TrainConfig, "decode": DecodeConfig, "pipeline": PipelineConfig}
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,11 +593,24 @@ def _suggest(dotted: str, schema: type) -> str:
     return f"; did you mean {best}?" if best else ""
 
 
+def _mapping_values(tp: Any) -> Any:
+    """The value type of `dict[str, X]` when X is a schema section (a mapping of sections by name),
+    else None."""
+    if typing.get_origin(tp) is dict:
+        args = typing.get_args(tp)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return args[1]
+    return None
+
+
 def lookup_type(dotted: str, schema: type) -> Any:
     """The schema type at a dotted key, ANY below a free-form mapping, or None when unknown."""
     tp: Any = schema
     for part in dotted.split("."):
         inner = _unwrap_optional(tp)
+        if _mapping_values(inner) is not None:
+            tp = _mapping_values(inner)  # `part` names one section of the mapping
+            continue
         if inner is Any or typing.get_origin(inner) is dict or inner is dict:
             return ANY
         if not dataclasses.is_dataclass(inner):
@@ -616,6 +652,9 @@ def _problems(value: Any, tp: Any, dotted: str, schema: type, meta: dict | None 
                 yield _unknown(child, schema)
             else:
                 yield from _problems(v, hints[k], child, schema, metadata[k])
+    elif _mapping_values(inner) is not None and isinstance(value, dict):
+        for k, v in value.items():
+            yield from _problems(v, _mapping_values(inner), f"{dotted}.{k}", schema, {})
     elif not _matches(value, tp):
         hint = f" (quote it to pass a string: {dotted}='{value}')" if _type_name(tp) == "str" and not isinstance(value, (list, dict)) else ""
         yield f"{dotted}: expected {_type_name(tp)}, got {_describe(value)}{hint}"

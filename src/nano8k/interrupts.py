@@ -110,6 +110,38 @@ def defer() -> None:
     _deferred = True
 
 
+@contextlib.contextmanager
+def passed_to(start: Callable[[], Any]) -> Iterator[Any]:
+    """Start a child process (start(): a Popen in its own session, so a terminal's Ctrl-C reaches
+    this process only) that has the state to save: while the block runs, every signal this process
+    gets is passed on to the child and none is acted on here; the first is recorded (pending()).
+    A second Ctrl-C passed on aborts the child, as it would a run started by hand."""
+    started: list[Any] = []
+    early: list[int] = []  # signals that came while the child was being started
+
+    def pass_on(signum: int, frame: Any) -> None:
+        if not _received:
+            _received.append(signum)
+        if not started:
+            early.append(signum)
+        for child in started:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    wanted = [s for s in (signal.SIGINT, signal.SIGTERM, preemption_signal()) if s is not None]
+    saved = {signum: signal.signal(signum, pass_on) for signum in wanted}
+    try:
+        # (not under held(): a child inherits the blocked signal mask through exec)
+        started.append(start())
+        for signum in early:
+            with contextlib.suppress(ProcessLookupError):
+                started[0].send_signal(signum)
+        yield started[0]
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
 def _record(signum: int, frame: Any) -> None:
     name = signal.Signals(signum).name
     if not _deferred and signum != preemption_signal():  # submitit's is left for the requeue after start-up

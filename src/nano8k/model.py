@@ -273,3 +273,14 @@ def write_parameter_table(rows: list[tuple[str, int, int]], path: Path) -> None:
     total, trainable = sum(r[1] for r in rows), sum(r[2] for r in rows)
     lines.append(f"total\t{total}\t{trainable}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_parameter_table(path: Path) -> dict[str, tuple[int, int]]:
+    """params.tsv (write_parameter_table's): module -> (total, trainable), with the `total` row;
+    {} when the run has none (yet)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
+    except OSError:
+        return {}
+    rows = (line.split("\t") for line in lines if line.strip())
+    return {name: (int(total), int(trainable)) for name, total, trainable in rows}
