@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from nano8k import align, config
 from nano8k.cli import app
 
-TEL, S1 = align.DEFAULT_STAGES  # config_8k_telephone, stage1_encoder_adapt
+TEL, S1 = align.SPEC_STAGES  # config_8k_telephone, stage1_encoder_adapt: the seed's tables compare these
+SPEC = ("-s", TEL, "-s", S1)
 SEED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "config-alignment.md"
 SEED_MARKERS = {"🔵": align.ALIGNED, "🟡": align.MODIFIED, "🟠": align.NEW, "⚪": align.OMITTED}
 SPECAUG_CONF_KEYS = ("apply_time_warp", "apply_freq_mask", "freq_mask_width_range", "lfr_rate", "num_freq_mask",
@@ -49,7 +50,7 @@ def rows_by_key(report: align.Report) -> dict[str, align.Row]:
 
 @pytest.fixture(scope="module")
 def default_report() -> align.Report:
-    return align.build()
+    return align.build(stages=align.SPEC_STAGES)
 
 
 # ------------------------------------------------------------------------------ statuses
@@ -88,7 +89,7 @@ def test_stage_alias_matches_its_target():
 
 
 def test_overrides_are_explicit_and_modified():
-    rows = rows_by_key(align.build(overrides=["optim_conf.lr=2e-4", "enable_tf32=false"]))
+    rows = rows_by_key(align.build(align.SPEC_STAGES, overrides=["optim_conf.lr=2e-4", "enable_tf32=false"]))
     assert rows["optim_conf.lr"].effective == {TEL: 2e-4, S1: 2e-4}
     assert rows["optim_conf.lr"].status == {TEL: align.MODIFIED, S1: align.MODIFIED}
     assert rows["enable_tf32"].status == {TEL: align.MODIFIED, S1: align.MODIFIED}  # OMITTED without the override
@@ -117,7 +118,7 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 def test_against_model_dir_changes_statuses(model_dir):
-    report = align.build(against=model_dir)
+    report = align.build(align.SPEC_STAGES, against=model_dir)
     rows = rows_by_key(report)
     assert report.baseline == str(model_dir)
     assert rows["optim_conf.lr"].status == {TEL: align.ALIGNED, S1: align.MODIFIED}
@@ -129,7 +130,7 @@ def test_against_model_dir_changes_statuses(model_dir):
 
 
 def test_against_yaml_file_via_cli(model_dir):
-    result = invoke("--against", str(model_dir / "config.yaml"), "--format", "json")
+    result = invoke(*SPEC, "--against", str(model_dir / "config.yaml"), "--format", "json")
     assert result.exit_code == 0, result.output
     rows = {r["key"]: r for r in json.loads(result.stdout)["rows"]}
     assert rows["optim_conf.lr"]["status"] == {TEL: "ALIGNED", S1: "MODIFIED"}
@@ -150,7 +151,7 @@ def test_against_unusable_path_is_one_line_error(tmp_path, content):
 
 
 def test_markdown_via_cli():
-    result = invoke()
+    result = invoke(*SPEC)
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "## Legend" in text and "🟠 **NEW**" in text
@@ -165,12 +166,12 @@ def test_markdown_via_cli():
 
 
 def test_markdown_via_functions_equals_cli(default_report):
-    assert invoke().stdout == align.render_markdown(default_report) + "\n"
+    assert invoke(*SPEC).stdout == align.render_markdown(default_report) + "\n"
 
 
 def test_json_via_cli_and_functions(default_report, tmp_path):
     out = tmp_path / "report.json"
-    assert invoke("--format", "json", "--output", str(out)).exit_code == 0
+    assert invoke(*SPEC, "--format", "json", "--output", str(out)).exit_code == 0
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data == json.loads(align.render_json(default_report))
     assert data["baseline"] == "pretrained" and data["stages"] == [TEL, S1]
@@ -240,3 +241,25 @@ def test_statuses_agree_with_the_seed(default_report):
     stale = sorted(set(KNOWN_SEED_INCONSISTENCIES) - set(disagreements))
     assert not unexplained, f"disagreements with the seed not in KNOWN_SEED_INCONSISTENCIES: {unexplained}"
     assert not stale, f"KNOWN_SEED_INCONSISTENCIES entries that no longer disagree: {stale}"
+
+
+def test_default_report_shows_the_seed_s_four_stages_and_the_omitted_keys_decided():
+    result = invoke("--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    s2, s3 = "stage2_adapter_align", "stage3_lora_domain"
+    assert data["stages"] == [TEL, S1, s2, s3]
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["audio_adaptor_conf.freeze"]["effective"] == {TEL: True, S1: True, s2: False, s3: True}
+    assert rows["audio_encoder_conf.freeze"]["effective"][s2] is True
+    assert rows["llm_conf.use_lora"]["effective"] == {TEL: False, S1: False, s2: False, s3: True}
+    assert rows["optim_conf.lr"]["effective"][s2] == 5e-5 and rows["optim_conf.lr"]["effective"][s3] == 1e-5
+    # a key the seed's standalone files omit: the value each nano8k stage takes, and why
+    decided = rows["dataset_conf.batch_size_token_max"]
+    assert decided["status"][s2] == "OMITTED" and decided["effective"][s2] == 6000
+    assert set(decided["seed_omits"]) == {s2, s3} and "2500" in decided["seed_omits"][s2]
+    assert rows["dataset_conf.data_split_num"]["seed_omits"][s3].startswith("1 (FunASR's default, set here)")
+    assert "seed_omits" not in rows["optim_conf.lr"]
+    markdown = invoke().stdout
+    assert f"| Parameter | pretrained | {TEL} | {S1} | {s2} | {s3} | Notes |" in markdown
+    assert f"{s2}: the seed's file omits it; inherited (MultiContextPrompt)" in markdown

@@ -182,6 +182,14 @@ def test_export_refuses_a_run_without_a_checkpoint_and_a_used_directory(corpus, 
     assert result.code == 2 and "--force" in result.stderr and (used / "keep.txt").read_text() == "mine"
 
 
+def test_export_to_hugging_face_format_is_refused_in_one_line(lora_run, tmp_path):
+    # transformers' FunAsrNanoForConditionalGeneration would decode otherwise (README, "Three stages and export")
+    result = run_cli("export", str(lora_run), str(tmp_path / "hf"), "--format", "hf")
+    assert result.code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith("error: --format hf: refused: ") and "1/8" in result.stderr
+    assert not (tmp_path / "hf").exists()
+
+
 @pytest.mark.parametrize("use_lora,freeze_lora,frozen", [(True, True, True), (True, False, False), (False, True, False)])
 def test_freeze_lora_freezes_the_adapters_only_when_there_are_adapters(use_lora, freeze_lora, frozen):
     from nano8k import model, preflight

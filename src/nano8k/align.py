@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from nano8k import config
 from nano8k.errors import UserError
 
-DEFAULT_STAGES = ("config_8k_telephone", "stage1_encoder_adapt")
+SPEC_STAGES = ("config_8k_telephone", "stage1_encoder_adapt")  # the two the seed's alignment tables compare
+DEFAULT_STAGES = (*SPEC_STAGES, "stage2_adapter_align", "stage3_lora_domain")  # all four of the seed's recipe
 FUNASR_VERSION = "1.4.16"  # the release config.py's schema (and its IGNORED effects) describes
 ALIGNED, MODIFIED, NEW, OMITTED, NA = "ALIGNED", "MODIFIED", "NEW", "OMITTED", "N/A"
 STATUSES = (ALIGNED, MODIFIED, NEW, OMITTED, NA)
@@ -36,7 +38,9 @@ LEGEND = f"""\
 - ⚪ **OMITTED**: not set by the stage: inherited, or FunASR's default (the inherited value is shown when it differs)
 - ⚪ **N/A**: in neither the baseline nor the stage
 - 🔴 **CRITICAL**: a freeze flag, frontend fs, learning rate, max_epoch or DeepSpeed differs from the baseline
-- *no effect in FunASR {FUNASR_VERSION}*: FunASR reads or stores the key, but Fun-ASR-Nano ignores it"""
+- *no effect in FunASR {FUNASR_VERSION}*: FunASR reads or stores the key, but Fun-ASR-Nano ignores it
+- *the seed's file omits it*: the seed's standalone stage file does not set the key, so FunASR's code default applied
+  there; the note says which value the nano8k stage takes for the recipe, and why"""
 
 
 ABSENT: Any = object()  # a key missing from a config, unlike one set to null
@@ -50,6 +54,7 @@ class Row:
     status: dict[str, str]
     critical: bool
     funasr_effect: str
+    seed_omits: dict[str, str] = field(default_factory=dict)  # stage -> the value decided for a key the seed's file omits
 
 
 @dataclass
@@ -77,6 +82,7 @@ def build(stages: Sequence[str] = DEFAULT_STAGES, overrides: Sequence[str] = (),
     keys = list(dict.fromkeys([*base, *(k for flat in effective.values() for k in flat)]))
     keys = [k for k in keys if not any(other.startswith(k + ".") for other in keys)]  # leaves only
     effects = config.field_effects("train")
+    decisions = {s: seed_decisions(s) for s in stages}
     report = Report(baseline=str(against) if against else " ".join(["pretrained", *selections]), stages=list(stages))
     for key in keys:
         base_value = base.get(key, ABSENT)
@@ -85,8 +91,41 @@ def build(stages: Sequence[str] = DEFAULT_STAGES, overrides: Sequence[str] = (),
         status = {s: _status(base_value, values[s], any(p in explicit[s] for p in _prefixes(key))) for s in stages}
         critical = (any(fnmatch.fnmatchcase(key, p) for p in CRITICAL_KEYS)
                     and not all(_same(base_value, v) for v in values.values()))
-        report.rows.append(Row(key, base_value, values, status, critical, _effect(key, effects)))
+        omits = {s: decisions[s][key] for s in stages if key in decisions[s]}
+        report.rows.append(Row(key, base_value, values, status, critical, _effect(key, effects), omits))
     return report
+
+
+OMITTED_MARKER = "Per omitted key"  # the stage file's comment block listing the decisions
+DECISION = re.compile(r"^#\s{2,}(\S+)\s{2,}(\S.*)$")
+CONTINUED = re.compile(r"^#\s{8,}(\S.*)$")
+
+
+def seed_decisions(stage: str) -> dict[str, str]:
+    """Key -> the value a stage file decided for a key the seed's own standalone file omits (it
+    took FunASR's code default there, while a nano8k stage inherits the pretrained base): the
+    stage file's comment block after `Per omitted key`, one `#   KEY  DECISION` entry per key."""
+    from importlib.resources import files
+
+    source = files("nano8k.conf").joinpath("stage", f"{stage}.yaml")
+    if not source.is_file():
+        return {}
+    decisions: dict[str, str] = {}
+    inside, last = False, None
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        if OMITTED_MARKER in line:
+            inside = True
+            continue
+        entry, more = DECISION.match(line), CONTINUED.match(line)
+        if inside and more and last:
+            decisions[last] += " " + more.group(1)
+        elif inside and entry:
+            last = entry.group(1) if "." in entry.group(1) and "," not in entry.group(1) else None
+            if last:
+                decisions[last] = entry.group(2)
+    return decisions
 
 
 def _split_overrides(overrides: Sequence[str]) -> tuple[list[str], set[str]]:
@@ -184,7 +223,8 @@ def render_json(report: Report) -> str:
         return None if value is ABSENT else value
 
     rows = [{"key": r.key, "base": plain(r.base), "effective": {s: plain(v) for s, v in r.effective.items()},
-             "status": r.status, "critical": r.critical, "funasr_effect": r.funasr_effect} for r in report.rows]
+             "status": r.status, "critical": r.critical, "funasr_effect": r.funasr_effect,
+             **({"seed_omits": r.seed_omits} if r.seed_omits else {})} for r in report.rows]
     payload = {"baseline": report.baseline, "stages": report.stages, "rows": rows, "summary": summary(report)}
     return json.dumps(payload, indent=2, ensure_ascii=False)
 
@@ -201,6 +241,7 @@ def render_markdown(report: Report) -> str:
             notes = ["🔴 **CRITICAL**"] if r.critical else []
             if r.funasr_effect == config.IGNORED:
                 notes.append(f"no effect in FunASR {FUNASR_VERSION}")
+            notes += [f"{s}: the seed's file omits it; {text}" for s, text in r.seed_omits.items()]
             base = "⚪ N/A" if r.base is ABSENT else f"`{_show(r.base)}`"
             lines.append(f"| `{r.key}` | {base} | {' | '.join(cells)} | {'; '.join(notes)} |")
         lines.append("")

@@ -108,7 +108,8 @@ class ReportFormat(str, Enum):
 def align(
     overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides applied to every stage."),
     stage: Optional[list[str]] = typer.Option(
-        None, "--stage", "-s", help="Stage to compare (repeatable). Default: config_8k_telephone and stage1_encoder_adapt."
+        None, "--stage", "-s", help="Stage to compare (repeatable). Default: the seed's four, config_8k_telephone, "
+                                     "stage1_encoder_adapt, stage2_adapter_align and stage3_lora_domain."
     ),
     against: Optional[Path] = typer.Option(
         None, "--against", help="Baseline: a model directory (its config.yaml) or any YAML. Default: the pretrained base."
@@ -364,6 +365,8 @@ def export_model(
     run: Path = typer.Argument(..., help="A training run directory (or one of its checkpoint files)."),
     out: Path = typer.Argument(..., help="The model directory to write (new or empty)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty OUT."),
+    fmt: str = typer.Option("funasr", "--format", help="funasr (a FunASR model directory); hf is refused: "
+                                                       "transformers' model would decode differently (README)."),
 ) -> None:
     """Write RUN as a self-contained model directory: every tensor (LoRA folded in fp32), config, LLM/tokenizer, CTC vocabulary."""
     from nano8k.errors import reported
@@ -371,6 +374,7 @@ def export_model(
     with reported():
         from nano8k import export as exporting, funasr_gaps
 
+        exporting.check_format(fmt)
         funasr_gaps.quiet_funasr_import()
         record = exporting.export(run, out, force=force)
     typer.echo(f"{out}: {record['tensors']} tensors from {record['checkpoint']}"

@@ -34,6 +34,22 @@ log = logging.getLogger(__name__)
 
 EXPORT_FILE = nano_model.EXPORT_FILE
 CTC_VOCAB = "multilingual.tiktoken"
+FORMATS = ("funasr", "hf")
+# Why there is no Hugging Face export (checked against transformers 5.24.0, anchors-2026-12.md §2):
+# its FunAsrNanoForConditionalGeneration would load the weights, but it would not decode what the
+# run decodes, so nano8k refuses rather than write a model that behaves differently.
+HF_UNFAITHFUL = ("--format hf: refused: transformers 5.24's FunAsrNanoForConditionalGeneration feeds the LLM every "
+                 "adaptor frame where FunASR feeds about 1/8 of them (use_low_frame_rate), lets the adaptor attend "
+                 "to padding in batches, has no CTC branch and takes 16 kHz audio only, so it would decode otherwise "
+                 "than this run; export with --format funasr (the default)")
+
+
+def check_format(fmt: str) -> None:
+    """One line for a format nano8k does not write (before anything is read or written)."""
+    if fmt == "hf":
+        raise UserError(HF_UNFAITHFUL)
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: unknown; use {' or '.join(FORMATS)}")
 
 
 def export(run: Path, out: Path, force: bool = False) -> dict:
