@@ -201,6 +201,13 @@ def test_valid_overrides_pass(override):
     assert result.code == 0, result.output
 
 
+def test_a_sweep_of_quoted_strings_is_checked_by_value():
+    # each point's value is the string it quotes (Hydra parses it as a QuotedString)
+    config.check_overrides("train", ["-m", "model_dir='models/a b','models/c'", "excludes=['llm.','ctc.'],['llm.']"])
+    with pytest.raises(UserError, match=r"^optim_conf.lr: expected float, got str"):
+        config.check_overrides("train", ["-m", "optim_conf.lr='1e-4',2e-4"])
+
+
 def test_missing_training_data_names_the_key(tmp_path):
     result = invoke("train", "+stage=stage1", f"hydra.run.dir={tmp_path}")
     assert result.code == 2

@@ -126,3 +126,15 @@ def test_dry_run_prints_each_stage_s_command(corpus, tmp_path):
     assert [line.split("+stage=")[1].split()[0] for line in lines] == list(STAGES)
     assert f"init_param='{pipe / STAGES[0]}'" in lines[1] and f"init_param='{pipe / STAGES[1]}'" in lines[2]
     assert not any((pipe / name).exists() for name in STAGES)
+
+
+def test_a_sweep_runs_one_pipeline_per_point(corpus, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [a for a in arguments(corpus, tmp_path / "unused", "dry_run=true") if not a.startswith("hydra.run.dir=")]
+    result = run_cli("pipeline", "-m", *args[1:], "overrides=['+preset=tiny','optim_conf.lr=1e-4'],['+preset=tiny']",
+                     f"hydra.sweep.dir={sweep}", timeout=300)
+    assert result.code == 0, result.output
+    assert "sweep: 2 jobs, 2 completed, 0 failed" in result.stderr
+    logs = [(sweep / job / "pipeline.log").read_text() for job in ("0", "1")]
+    assert "optim_conf.lr=1e-4" in logs[0] and "optim_conf.lr" not in logs[1]
+    assert f"init_param='{sweep / '0' / STAGES[0]}'" in logs[0]  # each point's stages in its own directory

@@ -747,8 +747,8 @@ def _override_values(override: Any) -> list[Any]:
         return [override.value()]
     sweep = override.value()
     name = type(sweep).__name__
-    if name == "ChoiceSweep":
-        return list(sweep.list)
+    if name == "ChoiceSweep":  # its elements as parsed (quoted strings kept as such): the values they give
+        return [type(override)._convert_value(element) for element in sweep.list]
     if name == "RangeSweep":
         return [sweep.start]
     if name == "IntervalSweep":
