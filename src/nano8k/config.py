@@ -26,12 +26,13 @@ from nano8k.errors import UserError
 USED, IGNORED, NANO8K = "used", "ignored", "nano8k"
 
 
-def key(note: str = "", effect: str = USED, at_least: float | None = None, above: float | None = None) -> Any:
+def key(note: str = "", effect: str = USED, at_least: float | None = None, above: float | None = None,
+        below: float | None = None) -> Any:
     """A schema field. Defaults are never injected into the composed config: a key left out stays
     out, so FunASR applies its own default, exactly as it would without nano8k. `at_least` and
     `above` bound a number (FunASR takes any: accum_grad=0 divides by zero hours into a run, lr=0
     trains nothing)."""
-    bounds = {k: v for k, v in (("at_least", at_least), ("above", above)) if v is not None}
+    bounds = {k: v for k, v in (("at_least", at_least), ("above", above), ("below", below)) if v is not None}
     return field(default=None, metadata={"effect": effect, "note": note, **bounds})
 
 
@@ -419,6 +420,21 @@ class TrainConfig:
 
 
 @dataclass
+class Vad:
+    """conf/vad/silero.yaml: silero-vad's settings for whole calls (nano8k.vad)."""
+
+    name: Optional[str] = key("silero (the one VAD: offline, 8 and 16 kHz)", NANO8K)
+    threshold: Optional[float] = key("speech probability at which speech starts", NANO8K, above=0, below=1)
+    neg_threshold: Optional[float] = key("probability under which speech ends; null: threshold - 0.15", NANO8K,
+                                         above=0, below=1)
+    min_speech_ms: Optional[int] = key("shorter speech is dropped", NANO8K, at_least=0)
+    min_silence_ms: Optional[int] = key("a shorter pause does not end a segment", NANO8K, at_least=0)
+    speech_pad_ms: Optional[int] = key("padding before and after each segment", NANO8K, at_least=0)
+    max_segment_s: Optional[float] = key("longer speech is split at its longest pause", NANO8K, above=0)
+    window_s: Optional[float] = key("seconds of audio read and analysed at a time (the memory bound)", NANO8K, at_least=1)
+
+
+@dataclass
 class DecodeConfig:
     """`nano8k decode`: nano8k's own keys only. The model's architecture and front end come from
     the checkpoint's training run (its config.yaml) or model_dir/config.yaml, never from here."""
@@ -446,6 +462,10 @@ class DecodeConfig:
     ctc: Optional[bool] = key("also write the CTC greedy hypothesis when the model has a CTC branch", NANO8K)
     timestamps: Optional[bool] = key("CTC forced-alignment timestamps (need torchaudio; skipped with a warning)", NANO8K)
     score: Optional[Score] = key("scoring of hypotheses against references", NANO8K)
+    vad: Optional[Vad] = key("whole calls: cut into speech segments (vad=silero); null: a file is one utterance", NANO8K)
+    channels: Optional[Union[str, int]] = key("split (with vad: each channel a transcript), mix, A, B, a channel_names "
+                                              "name or an index; null: split with vad, else mix", NANO8K)
+    channel_names: Optional[list[str]] = key("names of channels 0, 1, ... in the call outputs; null: A, B", NANO8K)
 
 
 @dataclass
@@ -638,6 +658,8 @@ def _out_of_range(value: Any, meta: dict, dotted: str) -> str | None:
         return f"{dotted}: {value} is out of range: at least {meta['at_least']:g}"
     if "above" in meta and not value > meta["above"]:
         return f"{dotted}: {value} is out of range: must be above {meta['above']:g}"
+    if "below" in meta and not value < meta["below"]:
+        return f"{dotted}: {value} is out of range: must be below {meta['below']:g}"
     return None
 
 
@@ -815,6 +837,12 @@ def check_overrides(app: str, argv: Sequence[str]) -> None:
             if override.value() not in known:
                 errors.append(f"stage: unknown stage {override.value()!r}; available: {', '.join(known)}")
             continue
+        if (dotted in groups and "/" not in dotted and override.package is None and not override.is_sweep_override()
+                and not override.is_delete() and override.value() is not None):
+            options = group_options(dotted, [args.config_dir] if args.config_dir else [])
+            if str(override.value()) not in options:
+                errors.append(f"{dotted}: unknown option {override.value()!r}; available: {', '.join(options)}")
+            continue
         if override.package is not None or dotted in groups or dotted.split(".")[0] == "hydra" or "/" in dotted:
             continue
         tp = lookup_type(dotted, schema)
@@ -881,7 +909,12 @@ def compose(app: str = "train", overrides: Sequence[str] = (), stage_only: bool 
 
 def stage_names(extra_dirs: Sequence[str] = ()) -> list[str]:
     """The options of the `stage` group (packaged, plus those of `-cd` directories)."""
+    return group_options("stage", extra_dirs)
+
+
+def group_options(group: str, extra_dirs: Sequence[str] = ()) -> list[str]:
+    """The options of a config group (packaged, plus those of `-cd` directories)."""
     from importlib.resources import files
 
-    folders: list[Any] = [files("nano8k.conf").joinpath("stage"), *(Path(d) / "stage" for d in extra_dirs)]
+    folders: list[Any] = [files("nano8k.conf").joinpath(group), *(Path(d) / group for d in extra_dirs)]
     return sorted({p.name[: -len(".yaml")] for f in folders if f.is_dir() for p in f.iterdir() if p.name.endswith(".yaml")})

@@ -21,7 +21,8 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from nano8k import config, launch
+from nano8k import calls, config, launch
+from nano8k.calls import CALLS_DIR, CALLS_FILE
 from nano8k.decoding import METRICS_FILE, RESULTS_FILE, Decoder, compute_metrics, prompt_options, read_input, write_results
 from nano8k.errors import UserError
 
@@ -61,10 +62,10 @@ def _run(cfg: DictConfig, run_dir: Path) -> Outcome:
 
     Console().print(*outcome.tables(), sep="\n")
     print(f"results: {run_dir / RESULTS_FILE}\nmetrics: {run_dir / METRICS_FILE}")
+    if outcome.calls is not None:
+        print(f"calls: {run_dir / CALLS_FILE} (transcripts in {run_dir / CALLS_DIR})")
     if outcome.failed:
-        reasons = sorted({r["reason"] for r in outcome.records if r["status"] == "failed"})
-        print(f"error: {outcome.failed} of {len(outcome.records)} utterances failed (status \"failed\" in "
-              f"{run_dir / RESULTS_FILE}), e.g. {reasons[0]}", file=sys.stderr)
+        print(f"error: {outcome.failure_line()}", file=sys.stderr)
     return outcome
 
 
@@ -80,15 +81,33 @@ main = hydra.main(config_path="pkg://nano8k.conf", config_name="decode", version
 class Outcome:
     records: list[dict]
     metrics: dict
-    scores: Any = None  # score.Scores of the decoded utterances with a reference, or None
+    scores: Any = None  # score.Scores of the decoded utterances (whole calls: calls) with a reference, or None
     run_dir: Path | None = None
+    calls: list[dict] | None = None  # whole calls (vad): a record per call
 
     @property
     def failed(self) -> int:
+        """Failed utterances; with whole calls, failed calls and failed segments of the others."""
+        if self.calls is not None:
+            return sum(c["status"] == "failed" for c in self.calls) + sum(c["failed_segments"] for c in self.calls)
         return sum(r["status"] == "failed" for r in self.records)
 
+    def failure_line(self) -> str:
+        if self.calls is not None:
+            calls = [c for c in self.calls if c["status"] == "failed"]
+            segments = sum(c["failed_segments"] for c in self.calls)
+            parts = [f"{len(calls)} of {len(self.calls)} calls failed"] if calls else []
+            parts += [f"{segments} of {len(self.records)} segments failed"] if segments else []
+            example = (f"{calls[0]['call']}: {calls[0]['reason']}" if calls else
+                       next(f"{r['key']}: {r['reason']}" for r in self.records if r["status"] == "failed"))
+            return f"{', '.join(parts)} (status \"failed\" in {CALLS_FILE} and {RESULTS_FILE}), e.g. {example}"
+        reasons = sorted({r["reason"] for r in self.records if r["status"] == "failed"})
+        return (f"{self.failed} of {len(self.records)} utterances failed (status \"failed\" in {RESULTS_FILE}), "
+                f"e.g. {reasons[0]}")
+
     def summary(self) -> dict:
-        keys = ("utterances", "decoded", "failed", "primary", "cer", "wer", "mer", "ser", "audio_hours", "rtf")
+        keys = ("utterances", "decoded", "failed", "calls", "decoded_calls", "failed_calls", "segments", "primary",
+                "cer", "wer", "mer", "ser", "audio_hours", "rtf")
         return {k: self.metrics[k] for k in keys if k in self.metrics}
 
     def tables(self) -> list[Any]:
@@ -100,6 +119,18 @@ class Outcome:
         table = Table(title="decoding", title_justify="left", show_header=False)
         table.add_column("", justify="left")
         table.add_column("", justify="right")
+        if self.calls is not None:
+            rows = [("calls", m["calls"]), ("decoded", m["decoded_calls"]), ("failed", m["failed_calls"]),
+                    ("no speech found", m["silent_calls"]), ("segments", m["segments"]),
+                    ("failed segments", m["failed_segments"]), ("with reference", m["scored"]),
+                    ("audio", f"{m['audio_hours'] * 3600:.1f} s"),
+                    ("speech", "n/a" if m["speech_ratio"] is None else f"{100 * m['speech_ratio']:.1f}% of channel time"),
+                    ("VAD time", f"{m['vad_s']:.2f} s"), ("decode time", f"{m['decode_s']:.2f} s"),
+                    ("RTF (VAD + decoding)", f"{m['rtf']:.4f}" if m.get("rtf") is not None else "n/a"),
+                    ("model load", f"{m['load_s']:.1f} s"), ("device / dtype", f"{m['device']} / {m['llm_dtype']}")]
+            for name, value in rows:
+                table.add_row(name, str(value))
+            return [table] + (scoring.score_tables(self.scores) if self.scores is not None else [])
         rows = [("utterances", m["utterances"]), ("decoded", m["decoded"]), ("failed", m["failed"]),
                 ("with reference", m["scored"]), ("audio", f"{m['audio_hours'] * 3600:.1f} s"),
                 ("decode time", f"{m['decode_s']:.2f} s"),
@@ -124,21 +155,32 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     before (Decoder(settings)) is reused as it is: its model and prompt win over `settings`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    calls.check(settings)
     items, kind = read_input(settings.get("input"), settings.get("audio_root"), settings.get("raw_rate"))
     log.info("input: %s (%s), %d utterances", settings.get("input"), kind, len(items))
     prompt_settings = prompt_options(settings)
     batch_size = int(settings.get("batch_size") or 1)
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size}: must be at least 1")
+    whole_calls = calls.prepare(items, settings) if settings.get("vad") else None  # refusals before the model loads
+    if whole_calls is None:
+        choice = calls.channel_choice(settings, calls.channel_names(settings))
+        for item in items:
+            item.channel = choice if isinstance(choice, int) else item.channel
     started = time.perf_counter()
     decoder = decoder or Decoder(settings, prompt_settings)
     load_s = time.perf_counter() - started
     log.info("model: %s; weights: %s; config: %s; prompt: %r", decoder.model_dir, ", then ".join(decoder.loaded_from),
              decoder.config_source, decoder.prompt)
-    records = decoder.decode(items, batch_size, progress=progress)
-    score_conf = settings.get("score") or {}
-    scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
-                                      numbers=bool(score_conf.get("numbers")))
+    call_records = None
+    if whole_calls is not None:
+        records, call_records, metrics, scores = calls.decode_calls(whole_calls, settings, run_dir, decoder, batch_size,
+                                                                    progress)
+    else:
+        records = decoder.decode(items, batch_size, progress=progress)
+        score_conf = settings.get("score") or {}
+        scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
+                                          numbers=bool(score_conf.get("numbers")))
     metrics.update(load_s=round(load_s, 3), batch_size=batch_size, device=decoder.device, llm_dtype=decoder.dtype_name,
                    frontend_fs=decoder.frontend.fs, max_new_tokens=decoder.max_new_tokens, prompt=decoder.prompt,
                    model_dir=str(decoder.model_dir), checkpoint=decoder.checkpoint, config=decoder.config_source,
@@ -147,6 +189,6 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     from nano8k import score as scoring
 
     scoring.write_json(run_dir / METRICS_FILE, metrics)
-    return Outcome(records, metrics, scores, run_dir)
+    return Outcome(records, metrics, scores, run_dir, call_records)
 
 

@@ -87,6 +87,7 @@ class Item:
     samples: int = 0  # at the file's own rate
     sample_rate: int = 0
     raw_rate: int | None = None  # the declared rate of a .raw file
+    channel: int | None = None  # the file's channel to decode; None: the channels' mean
 
 
 def read_input(spec: Any, audio_root: Any = None, raw_rate: int | None = None) -> tuple[list[Item], str]:
@@ -138,7 +139,7 @@ def _item(entry: Any) -> Item:
     if entry.pipe:
         return Item(entry.key, entry.audio, entry.text, fields, segment,
                     reason=f"{entry.file}:{entry.line}: a pipe command in wav.scp (commands are not run)")
-    return Item(entry.key, entry.audio, entry.text, fields, segment, prompt=entry.prompt)
+    return Item(entry.key, entry.audio, entry.text, fields, segment, prompt=entry.prompt, channel=entry.channel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +387,7 @@ class Decoder:
             start = round(item.segment[0] * item.sample_rate)
             stop = min(round(item.segment[1] * item.sample_rate), item.samples)
         try:
-            cut, rate = audio_files.load(item.audio, item.raw_rate, start=start, stop=stop)
+            cut, rate = audio_files.load(item.audio, item.raw_rate, start=start, stop=stop, channel=item.channel)
         except audio_files.AudioProblem as err:
             raise UserError(f"{err.reason.replace('_', ' ')}: {err.detail}") from None
         samples = funasr_gaps.waveform(cut.mean(axis=1), self.frontend.fs, rate)

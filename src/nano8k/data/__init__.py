@@ -76,6 +76,7 @@ from nano8k.data.sources import (
                                audio_root_hint,
                                folder_key,
                                read_keyed,
+                               read_reco2file_and_channel,
                                read_source,
                                write_kaldi,
 )

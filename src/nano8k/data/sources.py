@@ -265,6 +265,30 @@ def read_keyed(
     return out
 
 
+SIDES = {"A": 0, "B": 1, "1": 0, "2": 1}  # reco2file_and_channel's recording side -> channel index
+
+
+def read_reco2file_and_channel(directory: Path) -> dict[str, tuple[str, int]]:
+    """A Kaldi directory's reco2file_and_channel (`recording file side`, side A or B, or 1 or 2):
+    recording -> (file, channel index); {} when there is none. A malformed line is one error
+    naming it (the file says which call and channel each recording is: guessing would mix them)."""
+    path = Path(directory) / "reco2file_and_channel"
+    if not path.is_file():
+        return {}
+    out: dict[str, tuple[str, int]] = {}
+    for lineno, line in enumerate(read_lines(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or parts[2].upper() not in SIDES:
+            raise UserError(f"{path}:{lineno}: expected `recording file side` with side A or B (or 1 or 2), "
+                            f"got {shown(line.strip())!r}")
+        if parts[0] in out:
+            raise UserError(f"{path}:{lineno}: recording {parts[0]} is listed twice")
+        out[parts[0]] = (parts[1], SIDES[parts[2].upper()])
+    return out
+
+
 def _pair_transcripts(
     unit: Entry, transcripts: dict[str, Keyed], used: set[str], mode: str | int, missing: str,
     speakers: Mapping[str, Keyed], entries: list[Entry], rejects: list[Problem], need_text: bool = True,

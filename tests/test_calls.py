@@ -1,0 +1,169 @@
+"""Whole calls (`nano8k decode vad=silero`): a synthetic three-minute stereo call built from the
+bundled corpus's utterances and silences, decoded with the real silero-vad and the tiny model;
+every utterance found once on its channel, near its true place; the turns of both channels in
+order; a silent call, an unreadable one, a Kaldi segments set with reco2file_and_channel; the
+transcript files; and the memory bound. Real audio files, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.funasr
+pytest.importorskip("silero_vad")
+
+NAMES = ("agent", "customer")
+TOLERANCE = 0.3  # seconds, each boundary
+
+
+def corpus_utterances(split: str = "train") -> list[tuple[str, str, str]]:
+    demo = REPO / "data" / "demo" / split
+    texts = dict(line.split(maxsplit=1) for line in (demo / "text").read_text().splitlines())
+    return [(key, str((demo / path).resolve()), texts[key])
+            for key, path in (line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory) -> dict:
+    from nano8k.data.assemble import assemble_call
+
+    root = tmp_path_factory.mktemp("calls")
+    result = run_cli("model", "tiny", str(root / "model"))
+    assert result.code == 0, result.output
+    folder = root / "calls"
+    folder.mkdir()
+    turns = assemble_call(corpus_utterances(), folder / "call1.wav", seconds=180, seed=1)
+    sf.write(folder / "silent.wav", np.zeros((8000 * 20, 2), dtype=np.float32), 8000)
+    (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt not really")
+    return {"root": root, "model": root / "model", "folder": folder, "turns": turns}
+
+
+def decode(calls: dict, run: Path, *extra: str):
+    return run_cli("decode", f"model_dir={calls['model']}", "vad=silero", "channel_names=[agent,customer]",
+                   "max_new_tokens=4", f"hydra.run.dir={run}", *extra, timeout=900)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_three_minute_stereo_call_every_utterance_found_once_in_order(calls, tmp_path):
+    run = tmp_path / "run"
+    result = decode(calls, run, f"input={calls['folder']}")
+    assert result.code == 1, result.output  # one call of three cannot be read
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 calls failed")
+    segments = [r for r in lines(run / "results.jsonl") if r["call"] == "call1"]
+    truth = calls["turns"]
+    assert len(truth) > 30 and {t.channel for t in truth} == {0, 1}
+    matched = set()
+    for turn in truth:  # found, on its own channel, once, near where it was placed
+        hits = [s for s in segments if s["channel"] == NAMES[turn.channel] and s["start"] < turn.end and s["end"] > turn.start]
+        assert len(hits) == 1, (turn, hits)
+        assert abs(hits[0]["start"] - turn.start) <= TOLERANCE and abs(hits[0]["end"] - turn.end) <= TOLERANCE, (turn, hits)
+        matched.add(hits[0]["key"])
+    assert matched == {s["key"] for s in segments}  # no segment without an utterance: nothing invented or doubled
+    assert all(s["status"] == "ok" and s["hyp"] is not None and s["decode_time"] is not None for s in segments)
+
+    records = {c["call"]: c for c in lines(run / "calls.jsonl")}
+    call = records["call1"]
+    assert call["status"] == "ok" and call["channels"] == list(NAMES) and call["segments"] == len(truth)
+    starts = [t["start"] for t in call["turns"]]
+    assert starts == sorted(starts)  # both channels' turns interleaved in time order
+    assert [t["channel"] for t in call["turns"]] == [NAMES[t.channel] for t in truth]
+    assert 0 < call["speech_ratio"] < 1 and call["rtf"] > 0
+    silent = records["silent"]
+    assert silent["status"] == "ok" and silent["segments"] == 0 and silent["note"] == "no speech found"
+    broken = records["broken"]
+    assert broken["status"] == "failed" and str(calls["folder"] / "broken.wav") in broken["reason"]
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["calls"] == 3 and metrics["failed_calls"] == 1 and metrics["silent_calls"] == 1
+    assert metrics["segments"] == len(truth) and metrics["rtf"] > 0 and 0 < metrics["vad_share"] < 1
+    assert set(metrics["rtf_per_call"]) == {"call1", "silent", "broken"}
+    for suffix in (".txt", ".srt", ".ctm"):
+        assert (run / "calls" / f"call1{suffix}").is_file()
+
+
+def test_kaldi_segments_with_reco2file_and_channel_are_scored_per_call_and_segment(calls, tmp_path):
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    audio = calls["folder"] / "call1.wav"
+    (kaldi / "wav.scp").write_text(f"call1-A {audio}\ncall1-B {audio}\n")
+    (kaldi / "reco2file_and_channel").write_text("call1-A call1 A\ncall1-B call1 B\n")
+    turns = calls["turns"]
+    keys = [f"call1-{'AB'[t.channel]}-{i:03d}" for i, t in enumerate(turns)]
+    (kaldi / "segments").write_text("".join(f"{k} call1-{'AB'[t.channel]} {t.start} {t.end}\n" for k, t in zip(keys, turns)))
+    (kaldi / "text").write_text("".join(f"{k} {t.text}\n" for k, t in zip(keys, turns)))
+    run = tmp_path / "run"
+    result = decode(calls, run, f"input={kaldi}")
+    assert result.code == 0, result.output
+    (call,) = lines(run / "calls.jsonl")
+    assert call["call"] == "call1" and call["channels"] == list(NAMES)  # two recordings, one call
+    assert call["segments"] == len(turns) and "errors" in call
+    by_channel = [t.text for t in sorted(turns, key=lambda t: (t.channel, t.start))]
+    assert call["ref"] == " ".join(by_channel)  # scored channel by channel
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["scored"] == 1 and metrics["cer"] is not None
+    assert metrics["reference_segments"]["utterances"] == len(turns)
+
+
+def test_transcript_files_of_a_call(tmp_path):
+    from nano8k import calls as whole_calls
+
+    record = {"call": "c1", "status": "ok", "turns": [
+        {"channel": "agent", "start": 1.25, "end": 3.5, "text": "thank you for calling"},
+        {"channel": "customer", "start": 3725.0, "end": 3726.0, "text": "hi"},
+        {"channel": "agent", "start": 3727.0, "end": 3728.0, "text": " "}]}  # speech without words: no line
+    whole_calls.write_call_files(tmp_path, [record])
+    assert (tmp_path / "c1.txt").read_text().splitlines() == [
+        "[00:00:01.250 - 00:00:03.500] agent: thank you for calling", "[01:02:05.000 - 01:02:06.000] customer: hi"]
+    assert (tmp_path / "c1.srt").read_text().split("\n\n")[1].splitlines() == [
+        "2", "01:02:05,000 --> 01:02:06,000", "customer: hi"]
+    ctm = (tmp_path / "c1.ctm").read_text().splitlines()
+    assert ctm[0] == "c1 agent 1.250 0.562 thank" and ctm[3] == "c1 agent 2.938 0.562 calling" and len(ctm) == 5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("vad.threshold=1.5", "error: vad.threshold: 1.5 is out of range: must be below 1"),
+    ("vad.max_segment_s=0", "error: vad.max_segment_s: 0 is out of range: must be above 0"),
+    ("vad=webrtc", "error: vad: unknown option 'webrtc'; available: silero"),
+    ("vad.neg_threshold=0.6", "error: vad.neg_threshold: 0.6 must be below vad.threshold (0.4)"),
+])
+def test_a_vad_setting_out_of_range_is_one_line_before_any_model(tmp_path, override, message):
+    result = run_cli("decode", "model_dir=/nowhere/model", "vad=silero", override, f"input={tmp_path}",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.code == 2 and result.stderr == message + "\n", result.output
+
+
+def test_more_than_two_channels_need_a_channel_choice(calls, tmp_path):
+    four = tmp_path / "conference.wav"
+    sf.write(four, np.zeros((8000, 4), dtype=np.float32), 8000)
+    result = run_cli("decode", f"model_dir={calls['model']}", "vad=silero", f"input={four}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith(f"error: {four}: 4 channels: channels=split takes one or two; set channels=mix")
+
+
+def test_vad_memory_stays_bounded_on_long_calls(tmp_path):
+    """Peak memory of VAD over a 1-minute and a 6-minute stereo call: the same but for the
+    per-frame probabilities (the 6-minute call's samples alone are 23 MB in float32)."""
+    for minutes in (1, 6):
+        noise = np.random.default_rng(0).normal(0, 0.01, (8000 * 60 * minutes, 2)).astype(np.float32)
+        sf.write(tmp_path / f"{minutes}.wav", noise, 8000, subtype="PCM_16")
+    script = ("import resource, sys\nfrom nano8k import vad\nv = vad.SileroVad({'window_s': 20})\n"
+              "for channel in (0, 1):\n    v.speech(sys.argv[1], channel)\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    peaks = {}
+    for minutes in (1, 6):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{minutes}.wav")], capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        peaks[minutes] = int(proc.stdout.split()[-1]) / 1024  # MiB
+    assert peaks[6] - peaks[1] < 20, peaks
