@@ -15,6 +15,7 @@ or chunks' texts in time order) against its utterances' transcripts in time orde
            the segments of all calls batched together.
   chunks   each channel cut into fixed --chunk-s pieces (the last one shorter), decoded by the same
            Decoder in the same batches: what decoding long audio without a VAD does.
+  oracle   the truth's own segments decoded as utterances (CER only): what a perfect segmenter gives.
 
 Both use one Decoder built once (the model load is not counted). Reported: audio hours per hour
 of compute (call audio, not channel audio, over wall time of VAD + decoding), the VAD's share of
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -132,6 +134,9 @@ def main() -> None:
         vad_wall = time.perf_counter() - tick
         m = outcome.metrics
 
+        # the truth's own segments, decoded as utterances: what a perfect segmenter would give
+        oracle = decode({**settings, "vad": None}, folder / "oracle-run", progress=False, decoder=decoder).metrics
+
         items, refs = chunk_items(kaldi, args.chunk_s)
         tick = time.perf_counter()
         records = decoder.decode(items, args.batch_size, progress=False)
@@ -141,7 +146,6 @@ def main() -> None:
             by_stream.setdefault(r["stream"], []).append(r)
         hyps = {s: " ".join(r["hyp"] or "" for r in rs) for s, rs in by_stream.items()}
         ctc_hyps = {s: " ".join(r.get("ctc_hyp") or "" for r in rs) for s, rs in by_stream.items()}
-        refs = {k.rsplit("-", 1)[0] + "-" + str("AB".index(k.rsplit("-", 1)[1])): v for k, v in refs.items()}
         chunk_scores = scoring.score_texts(refs, hyps).metrics()
         chunk_ctc = scoring.score_texts(refs, ctc_hyps).metrics()
         vad_ctc = scoring.score_records([{"key": c["call"], "ref": c["ref"], "hyp": " ".join(
@@ -150,7 +154,7 @@ def main() -> None:
 
     audio_h = m["audio_hours"]
     report = {
-        "benchmark": "calls", "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(),
+        "benchmark": "calls", "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                                           "torch": torch.__version__},
         "calls": args.calls, "minutes_per_call": args.minutes, "audio_hours": round(audio_h, 4),
         "channel_hours": round(m["channel_hours"], 4), "speech_ratio": round(m["speech_ratio"], 4),
@@ -163,6 +167,8 @@ def main() -> None:
                    "audio_hours_per_compute_hour": round(audio_h * 3600 / chunk_wall, 1),
                    "rtf": round(chunk_wall / (audio_h * 3600), 5), "cer": chunk_scores.get("cer"),
                    "ctc_cer": chunk_ctc.get("cer")},
+        "oracle_segments": {"segments": oracle["utterances"], "cer": oracle.get("cer"),
+                            "ctc_cer": (oracle.get("ctc") or {}).get("cer")},
         "speed_ratio_vad_over_chunks": round(chunk_wall / vad_wall, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

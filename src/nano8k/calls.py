@@ -117,6 +117,9 @@ def open_streams(call: Call, choice: str | int, names: list[str], raw_rate: int 
 
     files = call.sides or {None: call.audio}
     for side, path in files.items():
+        if not path or not Path(path).is_file():
+            call.reason = f"{path}: no such file"
+            return
         try:
             frames, rate, channels, _ = audio_files.header_of(path, raw_rate)
         except audio_files.AudioProblem as err:
@@ -153,6 +156,15 @@ def plan(items: list[Item], settings: dict, names: list[str]) -> list[Call]:
     calls: dict[str, Call] = {}
     for item in items:
         recording = item.fields.get("recording")
+        if item.segment is None and item.key in sides:  # a recording without segments: one side of a call
+            name, side = sides[item.key]
+            call = calls.setdefault(name, Call(name, item.audio))
+            call.sides.setdefault(side, item.audio)
+            if item.reason is not None:
+                call.reason = item.reason
+            elif item.ref is not None:
+                call.references.append(Reference(item.key, 0.0, float("inf"), _name(side, names), item.ref))
+            continue
         if item.segment is None or recording is None:
             if item.key in calls:
                 continue

@@ -5,7 +5,9 @@ app around it. Outputs, in the run directory: config.yaml (the validated decode 
 decode.log, status.json, results.jsonl (input order; key, audio, ref, hyp, ctc_hyp, errors,
 duration, decode_time, status, reason, then the manifest's fields) and metrics.json (`score.py`'s
 corpus metrics of the decoded utterances with a reference, plus counts, audio hours and RTF).
-Exit status: 0 all decoded, 1 some utterances failed, 2 a usage error (one line).
+With `vad=silero` a file is a whole call (nano8k.calls): results.jsonl holds its speech segments,
+calls.jsonl and calls/ its transcripts per call and channel.
+Exit status: 0 all decoded, 1 some utterances (calls, segments) failed, 2 a usage error (one line).
 """
 
 from __future__ import annotations
