@@ -44,8 +44,12 @@ Measured per run (runs interleaved: nano8k, funasr-train, [nano8k ctc_weight=0],
 Reported: every run, medians per tool, and nano8k / funasr-train ratios (steps/s: >= 1.0 means no
 wrapper overhead). On a busy machine trust steps_per_cpu_s and step_s_median over wall figures.
 
+With --augment, two more nano8k runs per round, both with 2 data-loader workers, without and with
+`+augment=telephone`: augment_telephone_cost_pct_of_step is the added training step time (target
+<= 15%).
+
 usage: scripts/bench_train.py [--runs 3] [--epochs 8] [--data bundled|synthetic] [--utterances 200]
-                              [--log-interval 1] [--no-variant] [--workdir DIR]
+                              [--log-interval 1] [--no-variant] [--augment] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -354,6 +358,8 @@ def main() -> None:
     ap.add_argument("--no-variant", action="store_true", help="skip the nano8k ctc_weight=0 runs")
     ap.add_argument("--deepspeed", action="store_true",
                     help="also nano8k with train_conf.use_deepspeed=true (ZeRO-1 preset; DeepSpeed's CPU accelerator)")
+    ap.add_argument("--augment", action="store_true",
+                    help="also nano8k with 2 data-loader workers, without and with +augment=telephone (its cost)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
     args = ap.parse_args()
     if args.runs < 1 or args.epochs < 2 or args.log_interval < 1:
@@ -382,6 +388,10 @@ def main() -> None:
         }
         if not args.no_variant:
             tools["nano8k_ctc_weight_0"] = (lambda d: nano8k_cmd(d, ["ctc_weight=0"]), nano8k_steps)
+        if args.augment:
+            tools["nano8k_workers_2"] = (lambda d: nano8k_cmd(d, ["dataset_conf.num_workers=2"]), nano8k_steps)
+            tools["nano8k_workers_2_augment_telephone"] = (
+                lambda d: nano8k_cmd(d, ["dataset_conf.num_workers=2", "+augment=telephone"]), nano8k_steps)
         if args.deepspeed:
             tools["nano8k_deepspeed_zero1"] = (lambda d: nano8k_cmd(d, ["train_conf.use_deepspeed=true"]), nano8k_steps)
         results: dict[str, list[dict]] = {name: [] for name in tools}
@@ -447,6 +457,14 @@ def main() -> None:
             "work_differences": WORK_DIFFERENCES,
             "runs": results,
         }
+        if "nano8k_workers_2_augment_telephone" in summary:
+            plain, augmented = summary["nano8k_workers_2"], summary["nano8k_workers_2_augment_telephone"]
+            report["augment_telephone_cost_pct_of_step"] = {
+                "by_step_s_median": round(100 * (augmented["step_s_median"] / plain["step_s_median"] - 1), 1)
+                if plain["step_s_median"] and augmented["step_s_median"] else None,
+                "by_best_steps_per_s": round(100 * (plain["best_steps_per_s"] / augmented["best_steps_per_s"] - 1), 1)
+                if plain["best_steps_per_s"] and augmented["best_steps_per_s"] else None,
+                "target": "<= 15 (2 workers)"}
         if "nano8k_ctc_weight_0" in summary:
             v = summary["nano8k_ctc_weight_0"]
             report["ratio_nano8k_over_funasr_train"]["ctc_weight_0_steps_per_s"] = ratio(v["steps_per_s"], f["steps_per_s"])

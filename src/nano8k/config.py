@@ -344,6 +344,37 @@ class ValidDecode:
 
 
 @dataclass
+class AugmentNoise:
+    dir: Optional[str] = key("folder of noise audio (searched recursively), e.g. MUSAN's noise/", NANO8K)
+    snr_db: Optional[list[float]] = key("[low, high]: the SNR drawn uniformly per sample and epoch", NANO8K)
+    prob: Optional[float] = key("share of samples that get noise", NANO8K, at_least=0)
+
+
+@dataclass
+class AugmentSpeed:
+    factors: Optional[list[float]] = key("speed factors drawn from, e.g. [0.9, 1.0, 1.1]", NANO8K)
+    prob: Optional[float] = key("share of samples perturbed", NANO8K, at_least=0)
+
+
+@dataclass
+class AugmentRir:
+    dir: Optional[str] = key("folder of room impulse responses", NANO8K)
+    prob: Optional[float] = key("share of samples reverberated", NANO8K, at_least=0)
+
+
+@dataclass
+class Augment:
+    """conf/augment/*.yaml: on-the-fly training augmentation (nano8k.augment)."""
+
+    seed: Optional[int] = key("the draws' seed; null: the run's seed", NANO8K)
+    presets: Optional[dict[str, float]] = key("telephone channels (`nano8k data simulate` presets) -> weights", NANO8K)
+    channel_prob: Optional[float] = key("share of samples put through a telephone channel", NANO8K, at_least=0)
+    noise: Optional[AugmentNoise] = key("background noise before the channel", NANO8K)
+    speed: Optional[AugmentSpeed] = key("speed perturbation (transcript unchanged)", NANO8K)
+    rir: Optional[AugmentRir] = key("room impulse responses", NANO8K)
+
+
+@dataclass
 class TrainConfig:
     # nano8k's own settings
     model_dir: Optional[str] = key("local model directory or ModelScope id", NANO8K)
@@ -355,6 +386,7 @@ class TrainConfig:
     resume_with_changes: Optional[bool] = key("resume although optimizer, scheduler, batching or data values differ "
                                               "from the run's config.yaml; the new values apply", NANO8K)
     valid_decode: Optional[ValidDecode] = key("validation decoding: val_cer / val_wer at every validation", NANO8K)
+    augment: Optional[Augment] = key("on-the-fly training augmentation (+augment=telephone, ...)", NANO8K)
 
     # FunASR's top-level keys
     model: Optional[str] = key()

@@ -106,6 +106,13 @@ with each key" is the user-facing summary of this module.
    export, in fp32), dropout on in training (prepare_lora(), set_train_mode()); adapters missing
    from the weights loaded start fresh (B = 0: the model is unchanged) and are logged; the keys
    FunASR's LoRA ignores are given their meaning or refused (model.check_lora).
+24. AUGMENTATION — FunASR's Nano dataset has one waveform hook, `preprocessor_noise` (a class
+   from its registry, given the samples only: no key, no epoch), applied to validation too, and
+   its token batcher counts the lengths the manifest states, not the perturbed ones. nano8k
+   (augment.Augmenter, +augment=...): the hook is set on the training dataset only (each one
+   build_iter makes), the sample's key reaches it through the dataset's index (KeyedIndex), the
+   epoch is set before each epoch's loader starts its workers, and the lengths the batcher reads
+   are scaled by the slowest speed factor (attach_augmentation()).
 """
 
 from __future__ import annotations
@@ -114,6 +121,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import os
 import re
 import types
@@ -215,6 +223,50 @@ def data_splits(train_list: str, dataset_conf: dict) -> int:
 
 
 # 22: relative audio paths
+
+
+class KeyedIndex:
+    """FunASR's index of a training dataset, telling the augmenter which sample is being read
+    (its `key`), and stretching the lengths the token batcher reads by the slowest speed (item 24)."""
+
+    def __init__(self, inner: Any, augmenter: Any):
+        self.inner, self.augmenter, self.stretch = inner, augmenter, augmenter.slowest
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.inner[index]
+        self.augmenter.key = item.get("key", index) if isinstance(item, dict) else index
+        return item
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def get_source_len(self, data_dict: Any) -> Any:
+        length = self.inner.get_source_len(data_dict)
+        return math.ceil(length * self.stretch) if self.stretch != 1.0 else length
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("inner", "augmenter", "stretch"):  # during unpickling, before __dict__ is filled
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def attach_augmentation(dataloader: Any, augmenter: Any) -> None:
+    """Augment the training samples of a FunASR dataloader (DataloaderMapStyle): its training
+    dataset now and each one build_iter builds for a slice of the list; validation stays as it is."""
+    def attach(dataset: Any) -> Any:
+        if not isinstance(dataset.index_ds, KeyedIndex):
+            dataset.index_ds = KeyedIndex(dataset.index_ds, augmenter)
+        dataset.preprocessor_noise = augmenter
+        return dataset
+
+    attach(dataloader.dataset_tr)
+    original = dataloader.dataset_class
+
+    def training_dataset(*args: Any, **kwargs: Any) -> Any:
+        dataset = original(*args, **kwargs)
+        return attach(dataset) if kwargs.get("is_training", True) else dataset
+
+    dataloader.dataset_class = training_dataset
 
 
 def manifest_relative_paths() -> None:

@@ -37,6 +37,10 @@ def check(settings: dict) -> None:
 
     funasr_gaps.check_training_audio_path(settings)
     nano_model.check_lora(settings)
+    if settings.get("augment"):
+        from nano8k import augment
+
+        augment.check(settings["augment"])
     criterion = config.lookup(settings, "train_conf.avg_keep_nbest_models_type") or "acc"
     if criterion not in BEST_CRITERIA:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion!r} is not a criterion; use "

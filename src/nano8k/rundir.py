@@ -44,7 +44,7 @@ EPOCH_CHECKPOINT = re.compile(r"^model\.pt\.ep(\d+)(?:\.(\d+))?$")
 # checkpoints and config.yaml describe).
 RESUME_SENSITIVE = ("optim", "optim_conf", "scheduler", "scheduler_conf", "dataset_conf", "train_data_set_list",
                     "valid_data_set_list", "train_conf.accum_grad", "train_conf.grad_clip", "train_conf.grad_clip_type",
-                    "seed")
+                    "seed", "augment")
 # ... except how the batches are loaded, which a new machine may well change
 LOADING_ONLY = ("dataset_conf.num_workers", "dataset_conf.pin_memory", "dataset_conf.persistent_workers",
                 "dataset_conf.prefetch_factor")

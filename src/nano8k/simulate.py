@@ -553,7 +553,7 @@ def _noise_files(root: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _noise_segment(path: str, n: int, fs: int, rng: np.random.Generator) -> np.ndarray:
+def noise_segment(path: str, n: int, fs: int, rng: np.random.Generator) -> np.ndarray:
     """n samples at fs from a random offset of the noise file (tiled when short)."""
     import soundfile as sf
 
@@ -578,7 +578,9 @@ def _noise_segment(path: str, n: int, fs: int, rng: np.random.Generator) -> np.n
 # ---------------------------------------------------------------------------------------------
 
 
-class _Reject(Exception):
+class Rejected(Exception):
+    """Audio the channel cannot take (silent, a codec failure): `reason` and `detail`."""
+
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
@@ -600,7 +602,7 @@ def simulate_utterance(
     any positive rate. `seed`: the utterance's seed (`utterance_seed(global_seed, key)` in a
     corpus). `noise`: background-noise files to draw from (default: `noise_files(settings.noise_dir)`).
     Returns (float32 samples in [-1, 1) on the int16 grid: exactly what a PCM16 / G.711 WAV
-    stores, the output rate, the applied parameters). Raises _Reject for silent audio.
+    stores, the output rate, the applied parameters). Raises Rejected for silent audio.
     """
     x = np.asarray(samples)
     if x.ndim == 2:
@@ -612,7 +614,7 @@ def simulate_utterance(
     x = x.astype(np.float32, copy=False)  # soxr is 3x faster on float32; 24 bits are plenty
     fs = int(sample_rate)
     if len(x) == 0:
-        raise _Reject("audio_too_short", "no samples")
+        raise Rejected("audio_too_short", "no samples")
     rng_level, rng_noise, rng_line, rng_hum, rng_loss = _streams(seed, 5)
     params: dict[str, Any] = {"codec": settings.codec, "level_db": None, "snr_db": None, "hum_hz": None,
                               "hum_snr_db": None, "loss_rate": None, "noise_file": None, "noise_snr_db": None,
@@ -624,7 +626,7 @@ def simulate_utterance(
         index = int(rng_noise.integers(len(files)))
         snr = float(rng_noise.uniform(*settings.noise_snr_db))
         speech_power = active_power(x, fs)
-        segment = _noise_segment(files[index], len(x), fs, rng_noise)
+        segment = noise_segment(files[index], len(x), fs, rng_noise)
         if speech_power > 0 and np.any(segment):
             x = (x + scale_to_snr(segment, speech_power, snr)).astype(np.float32)
             name = files[index]
@@ -642,7 +644,7 @@ def simulate_utterance(
     # 4. level
     power = active_power(y, CHANNEL_RATE)
     if power <= 0:
-        raise _Reject("silent_audio", "no signal left after the band-pass" if np.any(x) else "all samples are zero")
+        raise Rejected("silent_audio", "no signal left after the band-pass" if np.any(x) else "all samples are zero")
     if settings.level_db is not None:
         target = float(rng_level.uniform(*settings.level_db))
         gain = math.sqrt(10 ** (target / 10) / power)
@@ -672,7 +674,7 @@ def simulate_utterance(
         try:
             y = _sox_codec(y, settings.codec, settings.amr_mode)
         except _CodecError as err:
-            raise _Reject("codec_failed", str(err)) from None
+            raise Rejected("codec_failed", str(err)) from None
 
     # 8. packet loss on the coded stream
     if settings.loss_rate is not None and rng_loss.random() < settings.loss_prob:
@@ -923,11 +925,11 @@ def _one(task: tuple) -> dict:
     try:
         samples, rate = _load(audio, pipe, segment, channel_index, raw_rate)
         if len(samples) < MIN_SECONDS * rate:
-            raise _Reject("audio_too_short", f"{len(samples)} samples at {rate} Hz: {audio}")
+            raise Rejected("audio_too_short", f"{len(samples)} samples at {rate} Hz: {audio}")
         out, out_rate, params = simulate_utterance(samples, rate, settings, utterance_seed(_JOB["seed"], key),
                                                    noise=_JOB["noise"])
         _write_wav(out_path, out, out_rate, _wav_subtype(settings))
-    except _Reject as err:
+    except Rejected as err:
         return {"reason": err.reason, "detail": err.detail}
     except Exception as err:  # noqa: BLE001 -- one utterance never stops the run
         return {"reason": "simulation_failed", "detail": f"{audio}: {type(err).__name__}: {one_line(err)}"}
@@ -947,21 +949,21 @@ def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | No
             label, unreadable = f"'{audio}'", "pipe_failed"
         else:
             if audio_files.is_url(audio):
-                raise _Reject("missing_audio", f"{audio}: URLs are not supported; download the audio first")
+                raise Rejected("missing_audio", f"{audio}: URLs are not supported; download the audio first")
             if not os.path.isfile(audio):
-                raise _Reject("missing_audio", f"{audio} does not exist")
+                raise Rejected("missing_audio", f"{audio} does not exist")
             source, label, unreadable = audio, audio, "unreadable_audio"
         start, stop = 0, None
         if segment is not None:
             total, rate, _, _ = audio_files.header_of(source, raw_rate)
             start, stop = (data.nearest_sample(t, rate) for t in segment)
             if start >= total or stop - total > data.SEGMENT_TOLERANCE * rate:
-                raise _Reject("segment_out_of_range", f"{float(segment[0]):g}-{float(segment[1]):g} s of a "
+                raise Rejected("segment_out_of_range", f"{float(segment[0]):g}-{float(segment[1]):g} s of a "
                                                       f"{total / rate:.3f} s recording: {label}")
         return audio_files.load(source, raw_rate, start=start, stop=stop, channel=channel_index)
     except audio_files.AudioProblem as err:
         reason = unreadable if pipe and err.reason in ("unreadable_audio", "corrupt_audio") else err.reason
-        raise _Reject(reason, err.detail) from None
+        raise Rejected(reason, err.detail) from None
 
 
 def _write_wav(path: str, samples: np.ndarray, rate: int, subtype: str) -> None:
@@ -971,7 +973,7 @@ def _write_wav(path: str, samples: np.ndarray, rate: int, subtype: str) -> None:
         with data.atomic_path(Path(path)) as tmp:
             sf.write(tmp, channel.float_to_pcm16(samples), rate, subtype=subtype, format="WAV")
     except Exception as err:  # noqa: BLE001
-        raise _Reject("write_failed", f"{path}: {one_line(err)}") from None
+        raise Rejected("write_failed", f"{path}: {one_line(err)}") from None
 
 
 def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tuple[str, ...], workers: int,

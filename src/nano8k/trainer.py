@@ -208,6 +208,13 @@ class Trainer:
         with funasr_gaps.funasr_prints_to_log():
             self.dataloader = dataloader_class(**{**self.funasr_cfg, "frontend": self.built.frontend,
                                                   "tokenizer": self.built.tokenizer})
+        self.augmenter = None
+        if self.settings.get("augment"):  # funasr_gaps 24: training samples only, per (seed, epoch, key)
+            from nano8k import augment
+
+            self.augmenter = augment.Augmenter(self.settings["augment"], self.built.frontend.fs,
+                                               int(self.settings.get("seed") or 0))
+            funasr_gaps.attach_augmentation(self.dataloader, self.augmenter)
         self.splits = funasr_gaps.data_splits(self.settings["train_data_set_list"], self.funasr_cfg.get("dataset_conf") or {})
         self._setup_recognition()
         self.autocast_dtype = None
@@ -515,11 +522,31 @@ class Trainer:
         torch.distributed.all_gather(every, mine)
         return all(torch.equal(every[0], other) for other in every[1:])
 
+    def _training_keys(self) -> list[str]:
+        """The keys of the training samples (of every slice), for the augmentation's epoch counts."""
+        if not hasattr(self, "_keys"):
+            from nano8k.data import manifest
+
+            def keys(path: str) -> Iterator[str]:
+                with open(path, encoding="utf-8") as f:
+                    for line in (line.strip() for line in f):
+                        if line.startswith("{"):
+                            yield str(manifest.parse(line).key)
+                        elif line:  # a list file of manifests (FunASR's data_split)
+                            yield from keys(line)
+
+            self._keys = list(keys(str(self.settings["train_data_set_list"])))
+        return self._keys
+
     def _epoch_batches(self, epoch: int, skip: int = 0) -> tuple[Iterator, int | None]:
         """An iterator over the epoch's training batches, the first `skip` left out (a resume inside
         the epoch), and how many it yields (None: unknown). Every slice of a list file in turn, each
         slice's loader built only when reached (FunASR's DataloaderMapStyle re-reads a slice per
         build_iter). The iterator exists on return: fit() puts the random state back after it."""
+        if self.augmenter is not None:  # before the loader's workers start: they take it along
+            self.augmenter.epoch = epoch
+            if self.is_main:
+                log.info("%s", self.augmenter.counts(self._training_keys(), epoch))
         with funasr_gaps.funasr_prints_to_log():
             first, self.valid_loader = self.dataloader.build_iter(epoch=epoch, data_split_i=0, start_step=skip)
         batches: Iterator = iter(first)
