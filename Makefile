@@ -27,7 +27,7 @@ demo: install
 # subprocess that spends its first seconds importing, so two overlap well on two cores
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # configs, validation, CLI, alignment, channel DSP: no FunASR model is built (under 2 minutes)
 test-fast: install

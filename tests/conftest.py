@@ -106,3 +106,15 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+# Test files that train or decode for minutes, started first: with pytest-xdist's --dist loadfile a
+# long file that starts last leaves the other worker idle while it runs (make test on 2 cores).
+LONG_FILES = ("test_learning.py", "test_faults.py", "test_pipeline.py", "test_trainer.py", "test_lora.py",
+              "test_augment.py", "test_calls.py", "test_deepspeed.py", "test_sweep.py", "test_objective.py",
+              "test_decode.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    order = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: order.get(Path(str(item.fspath)).name, len(order)))  # stable: file order kept otherwise
