@@ -135,24 +135,36 @@ def test_a_training_run_logs_its_draws_and_keeps_them_in_its_config(corpus, tmp_
     assert yaml.safe_load((run / "config.yaml").read_text())["augment"]["presets"]["clean_g711"] == 3
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["+augment=telephone_noisy", "augment.noise.dir={empty}"], "error: augment.noise.dir: {empty} holds no readable audio"),
-    (["+augment=telephone_noisy", "augment.noise.dir={noise}", "augment.noise.snr_db=[20,5]"],
-     "error: augment.noise.snr_db: [20, 5] is upside down (low first)"),
-    (["+augment=speed", "augment.speed.factors=[0.9,0]"], "error: augment.speed.factors: [0.9, 0]: every factor must be above 0"),
-    (["+augment=telephone", "+augment.presets.clean_g712=1"], "error: augment.presets.clean_g712: unknown preset"),
-])
-def test_settings_that_cannot_work_are_one_line_before_training(corpus, tmp_path, overrides, message):
+def test_an_empty_noise_folder_is_one_line_before_training(corpus, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no audio here")
-    fill = {"empty": str(empty), "noise": str(corpus["noise"])}
     result = run_cli("train", "+stage=stage1", "+preset=tiny", f"model_dir={corpus['model_dir']}",
                      f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
-                     *(o.format(**fill) for o in overrides), "dry_run=true", f"hydra.run.dir={tmp_path / 'run'}")
+                     "+augment=telephone_noisy", f"augment.noise.dir={empty}", "dry_run=true",
+                     f"hydra.run.dir={tmp_path / 'run'}")
     assert result.code == 2, result.output
-    assert result.stderr.splitlines()[-1].startswith(message.format(**fill)), result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: augment.noise.dir: {empty} holds no readable audio"
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"noise": {"dir": "NOISE", "snr_db": [20, 5]}}, "augment.noise.snr_db: [20, 5] is upside down (low first)"),
+    ({"speed": {"factors": [0.9, 0]}}, "augment.speed.factors: [0.9, 0]: every factor must be above 0"),
+    ({"presets": {"clean_g712": 1}}, "augment.presets.clean_g712: unknown preset"),
+    ({"presets": {"clean_g711": 0}}, "augment.presets: the weights add up to 0"),
+    ({"speed": {"factors": [1.1], "prob": 1.5}}, "augment.speed.prob: 1.5 must be within [0, 1]"),
+    ({"rir": {"dir": "/nowhere/rooms"}}, "augment.rir.dir: /nowhere/rooms: no such directory"),
+])
+def test_settings_that_cannot_work_name_the_key(corpus, settings, message):
+    from nano8k import augment
+    from nano8k.errors import UserError
+
+    if "noise" in settings:
+        settings["noise"]["dir"] = str(corpus["noise"])
+    with pytest.raises(UserError) as err:
+        augment.check(settings)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 def test_align_shows_a_run_s_augmentation():
@@ -163,3 +175,17 @@ def test_align_shows_a_run_s_augmentation():
     result = CliRunner().invoke(app, ["align", "-s", "stage1", "+augment=telephone", "--format", "json"])
     rows = {r["key"]: r for r in json.loads(result.stdout)["rows"]}
     assert rows["augment.presets.noisy_call"]["effective"]["stage1"] == 3
+
+
+def test_an_unreadable_noise_file_is_reported_once_and_left_out(corpus, tmp_path):
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    (noise / "white.wav").write_bytes((corpus["noise"] / "white.wav").read_bytes())
+    (noise / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    result = run_cli("train", "+stage=stage1", "+preset=tiny", f"model_dir={corpus['model_dir']}",
+                     f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
+                     "+augment=telephone_noisy", f"augment.noise.dir={noise}", "dry_run=true",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.code == 0, result.output
+    assert result.output.count(f"{noise / 'broken.wav'}: not readable audio; left out") == 1
+    assert "augment.noise.dir: 1 readable files used, 1 left out" in result.output

@@ -237,7 +237,7 @@ def test_input_shapes_and_types():
     np.testing.assert_array_equal(mono, stereo)
     as_int, _, _ = sim.simulate_utterance(channel.float_to_pcm16(x), 8000, BARE, seed=0)
     assert np.max(np.abs(as_int - mono)) < 2e-4
-    with pytest.raises(sim._Reject, match="silent_audio"):
+    with pytest.raises(sim.Rejected, match="silent_audio"):
         sim.simulate_utterance(np.zeros(8000), 8000, BARE)
 
 

@@ -53,6 +53,7 @@ class Augmenter:
         self.seed = int(settings.get("seed") if settings.get("seed") is not None else run_seed)
         self.noise_files = _audio_files(settings.get("noise"), "augment.noise.dir")
         self.rir_files = _audio_files(settings.get("rir"), "augment.rir.dir")
+        self.lines = {name: _line(name) for name in settings.get("presets") or {}}  # name or YAML file -> channel
         self.epoch, self.key = 0, None
 
     @property
@@ -102,7 +103,7 @@ class Augmenter:
             if power > 0:
                 x = (x + simulate.scale_to_snr(segment, power, plan.snr_db)).astype(np.float32)
         if plan.preset is not None:
-            line = simulate.PRESETS[plan.preset].replace(out_rate=self.fs, noise_dir=None)
+            line = self.lines[plan.preset].replace(out_rate=self.fs, noise_dir=None)  # noise: the step above
             try:
                 x, _, _ = simulate.simulate_utterance(x, self.fs, line, seed=plan.seed, noise=())
             except simulate.Rejected:  # silent audio: nothing to put through a line
@@ -111,10 +112,8 @@ class Augmenter:
 
     def counts(self, keys: list[str], epoch: int) -> str:
         """One log line: how many of an epoch's samples get which codec, SNR bucket and speed."""
-        from nano8k import simulate
-
         plans = [self.plan(k, epoch) for k in keys]
-        codecs = Counter(simulate.PRESETS[p.preset].codec if p.preset else "no channel" for p in plans)
+        codecs = Counter(self.lines[p.preset].codec if p.preset else "no channel" for p in plans)
         snrs = Counter(_bucket(p.snr_db) for p in plans)
         speeds = Counter(f"{p.speed:g}" for p in plans)
         rooms = sum(p.rir is not None for p in plans)
@@ -126,16 +125,20 @@ class Augmenter:
                 f"speed {show(speeds)}; room responses {rooms}")
 
 
+def _line(preset: str) -> Any:
+    """A telephone channel: one of simulate's presets, or a YAML file of its settings (ranges)."""
+    from nano8k import simulate
+
+    try:
+        return simulate.resolve_settings(preset)
+    except UserError as err:
+        raise UserError(f"augment.presets.{preset}: {err}") from None
+
+
 def _bucket(snr: float | None) -> str:
-    if snr is None:
-        return "no noise"
-    edges = SNR_BUCKETS
-    if snr < edges[0]:
-        return f"<{edges[0]:g} dB"
-    for low, high in zip(edges, edges[1:]):
-        if snr < high:
-            return f"{low:g}-{high:g} dB"
-    return f">={edges[-1]:g} dB"
+    from nano8k import score
+
+    return "no noise" if snr is None else score.bucket_label(snr, SNR_BUCKETS, " dB")
 
 
 def _reverberate(x: np.ndarray, path: str, fs: int) -> np.ndarray:
@@ -177,8 +180,7 @@ def check(settings: dict) -> None:
             raise UserError(f"augment.{dotted}: {value} must be within [0, 1]")
     presets = settings.get("presets") or {}
     for name, weight in presets.items():
-        if name not in simulate.PRESETS:
-            raise UserError(f"augment.presets.{name}: unknown preset; available: {', '.join(sorted(simulate.PRESETS))}")
+        _line(name)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
             raise UserError(f"augment.presets.{name}: weight {weight!r} must be a number >= 0")
     if presets and sum(float(w) for w in presets.values()) <= 0:
@@ -202,8 +204,11 @@ def check(settings: dict) -> None:
         if not Path(str(folder)).is_dir():
             raise UserError(f"augment.{section}.dir: {folder}: no such directory")
         readable = set(simulate.noise_files(folder))
-        for path in sorted(p for p in Path(str(folder)).rglob("*") if p.is_file()):
-            if str(path.resolve()) not in readable and not path.name.startswith("."):
-                log.warning("augment.%s.dir: %s: not readable audio; left out", section, path)
+        left_out = [p for p in sorted(Path(str(folder)).rglob("*"))
+                    if p.is_file() and not p.name.startswith(".") and str(p.resolve()) not in readable]
+        for path in left_out:
+            log.warning("augment.%s.dir: %s: not readable audio; left out", section, path)
+        if left_out:
+            log.warning("augment.%s.dir: %d readable files used, %d left out", section, len(readable), len(left_out))
         if not readable:
             raise UserError(f"augment.{section}.dir: {folder} holds no readable audio")

@@ -91,6 +91,6 @@ __all__ = [
     "audio_paths", "check", "check_cached", "check_key", "check_list_file", "check_notes_path", "check_rejects_path",
     "count_tokens", "decoding_prompt", "default_cache_dir", "fake_token_len", "fbank_frames", "folder_key",
     "load_tokenizer", "nearest_sample", "nonfinite_samples", "prepare", "read_keyed", "read_lines", "read_source",
-    "read_text", "undecodable", "rejects_path", "resampled_length", "resolve_path", "write_jsonl_atomic", "write_lines_atomic",
+    "read_reco2file_and_channel", "read_text", "undecodable", "rejects_path", "resampled_length", "resolve_path", "write_jsonl_atomic", "write_lines_atomic",
     "write_notes", "write_rejects",
 ]
