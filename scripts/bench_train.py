@@ -135,7 +135,7 @@ def prepare(workdir: Path, data: str, utterances: int) -> tuple[Path, Path, Path
     from nano8k.data import manifest
 
     lines = [manifest.parse(x) for x in train.read_text(encoding="utf-8").splitlines() if x.strip()]
-    frames = [x.fields["speech_length"] for x in lines]
+    frames = [x.obj["speech_length"] for x in lines]
     info = {"kind": data, "train_utterances": len(lines), "dev_utterances": sum(1 for x in dev.open() if x.strip()),
             "train_audio_s": round(sum(frames) / 100, 1), "mean_utterance_s": round(statistics.fmean(frames) / 100, 2)}
     return model_dir, train, dev, info
