@@ -105,6 +105,24 @@ def test_a_room_response_is_convolved_from_its_direct_path(corpus, tmp_path):
     assert np.allclose(y, expected, atol=1e-5)
 
 
+def test_a_speed_range_and_a_noise_list_file(corpus, tmp_path):
+    from nano8k import augment
+
+    listing = tmp_path / "noise.list"
+    listing.write_text(f"# call-center background\n{corpus['noise'] / 'white.wav'}\nmissing.wav\n")
+    augmenter = augment.Augmenter({"speed": {"range": [0.8, 1.2]}, "noise": {"dir": str(listing), "prob": 0.0}}, 8000)
+    assert augmenter.noise_files == (str(corpus["noise"] / "white.wav"),) and augmenter.slowest == pytest.approx(1.25)
+    x = np.zeros(8000, dtype=np.float32)
+    lengths = set()
+    for key in "abcdefgh":
+        augmenter.key = key
+        factor = augmenter.plan(key, 0).speed
+        assert 0.8 <= factor <= 1.2
+        lengths.add(len(augmenter(x)))
+        assert abs(len(augmenter(x)) - 8000 / factor) <= 2
+    assert len(lengths) > 4  # drawn from the range, not from a few factors
+
+
 def test_speed_perturbed_lengths_stay_within_what_the_batcher_counts(corpus):
     from nano8k import funasr_gaps
 

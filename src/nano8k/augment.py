@@ -60,7 +60,7 @@ class Augmenter:
     def slowest(self) -> float:
         """The longest a sample can become (1 / the lowest speed factor): the batcher's bound."""
         speed = self.settings.get("speed") or {}
-        return 1.0 / min([1.0, *speed.get("factors", [])]) if speed else 1.0
+        return 1.0 / min(1.0, _speeds(speed)[0]) if speed else 1.0
 
     def plan(self, key: str, epoch: int) -> Plan:
         from nano8k import simulate
@@ -70,7 +70,10 @@ class Augmenter:
         plan = Plan(seed=int(rng.integers(2**63)))
         speed = s.get("speed") or {}
         if speed and rng.random() < float(speed.get("prob", 1.0)):
-            plan.speed = float(speed["factors"][int(rng.integers(len(speed["factors"])))])
+            if speed.get("range") is not None:
+                plan.speed = round(float(rng.uniform(*_speeds(speed))), 4)
+            else:
+                plan.speed = float(speed["factors"][int(rng.integers(len(speed["factors"])))])
         rir = s.get("rir") or {}
         if self.rir_files and rng.random() < float(rir.get("prob", 1.0)):
             plan.rir = int(rng.integers(len(self.rir_files)))
@@ -115,7 +118,8 @@ class Augmenter:
         plans = [self.plan(k, epoch) for k in keys]
         codecs = Counter(self.lines[p.preset].codec if p.preset else "no channel" for p in plans)
         snrs = Counter(_bucket(p.snr_db) for p in plans)
-        speeds = Counter(f"{p.speed:g}" for p in plans)
+        step = 0.05 if (self.settings.get("speed") or {}).get("range") is not None else 0  # a range: 0.05 buckets
+        speeds = Counter(f"{round(p.speed / step) * step:.2f}" if step else f"{p.speed:g}" for p in plans)
         rooms = sum(p.rir is not None for p in plans)
 
         def show(counter: Counter) -> str:
@@ -158,12 +162,43 @@ def _reverberate(x: np.ndarray, path: str, fs: int) -> np.ndarray:
 
 
 def _audio_files(section: dict | None, key: str) -> tuple[str, ...]:
-    """The readable audio files of a `dir` (a folder, searched recursively, or a list file)."""
+    """The readable audio files of a section's `dir`: a folder (searched recursively) or a list
+    file (one path a line, relative to the list's directory; # comments)."""
     if not section or not section.get("dir"):
         return ()
-    from nano8k import simulate
+    return _candidates(str(section["dir"]))[0]
 
-    return simulate.noise_files(section["dir"])
+
+def _candidates(location: str) -> tuple[tuple[str, ...], list[str]]:
+    """(readable audio files, files left out as unreadable) of a folder or a list file."""
+    from nano8k import data, simulate
+
+    where = Path(location)
+    if where.is_dir():
+        readable = simulate.noise_files(where)
+        taken = set(readable)
+        return readable, [str(p) for p in sorted(where.rglob("*")) if p.is_file() and not p.name.startswith(".")
+                          and str(p.resolve()) not in taken]
+    import soundfile as sf
+
+    readable, left_out = [], []
+    for line in data.read_lines(where):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line) if Path(line).is_absolute() else where.parent / line
+        try:
+            good = sf.info(str(path)).frames > 0
+        except Exception:  # noqa: BLE001 -- any unreadable file is left out, and said so
+            good = False
+        (readable if good else left_out).append(str(path))
+    return tuple(readable), left_out
+
+
+def _speeds(speed: dict) -> tuple[float, float]:
+    """The lowest and highest speed factor of the `speed` section (factors or a range)."""
+    values = list(speed.get("range") or speed.get("factors") or [])
+    return min(values), max(values)
 
 
 def check(settings: dict) -> None:
@@ -171,8 +206,6 @@ def check(settings: dict) -> None:
     down, a speed of 0 or less, an unknown preset, weights that do not add up to anything, a noise
     or room folder that is missing or holds no readable audio (unreadable files are reported once
     each and left out)."""
-    from nano8k import simulate
-
     for dotted in ("channel_prob", "noise.prob", "speed.prob", "rir.prob"):
         section, _, leaf = dotted.rpartition(".")
         value = (settings.get(section) or {}).get(leaf) if section else settings.get(leaf)
@@ -187,9 +220,14 @@ def check(settings: dict) -> None:
         raise UserError("augment.presets: the weights add up to 0")
     speed = settings.get("speed") or {}
     if speed:
-        factors = speed.get("factors") or []
-        if not factors or any(not isinstance(f, (int, float)) or f <= 0 for f in factors):
-            raise UserError(f"augment.speed.factors: {factors!r}: every factor must be above 0")
+        if speed.get("range") is not None and speed.get("factors"):
+            raise UserError("augment.speed: give factors or a range, not both")
+        name = "range" if speed.get("range") is not None else "factors"
+        values = speed.get(name) or []
+        if not values or any(not isinstance(f, (int, float)) or f <= 0 for f in values):
+            raise UserError(f"augment.speed.{name}: {values!r}: every factor must be above 0")
+        if name == "range" and (len(values) != 2 or values[0] > values[1]):
+            raise UserError(f"augment.speed.range: {values!r}: give [low, high], low first")
     for section in ("noise", "rir"):
         conf = settings.get(section) or {}
         if not conf:
@@ -200,12 +238,10 @@ def check(settings: dict) -> None:
                 raise UserError(f"augment.noise.snr_db: [{low}, {high}] is upside down (low first)")
         folder = conf.get("dir")
         if not folder:
-            raise UserError(f"augment.{section}.dir: not set; give the folder of {section} audio")
-        if not Path(str(folder)).is_dir():
-            raise UserError(f"augment.{section}.dir: {folder}: no such directory")
-        readable = set(simulate.noise_files(folder))
-        left_out = [p for p in sorted(Path(str(folder)).rglob("*"))
-                    if p.is_file() and not p.name.startswith(".") and str(p.resolve()) not in readable]
+            raise UserError(f"augment.{section}.dir: not set; give the folder (or list file) of {section} audio")
+        if not Path(str(folder)).exists():
+            raise UserError(f"augment.{section}.dir: {folder}: no such directory or list file")
+        readable, left_out = _candidates(str(folder))
         for path in left_out:
             log.warning("augment.%s.dir: %s: not readable audio; left out", section, path)
         if left_out:

@@ -345,7 +345,7 @@ class ValidDecode:
 
 @dataclass
 class AugmentNoise:
-    dir: Optional[str] = key("folder of noise audio (searched recursively), e.g. MUSAN's noise/", NANO8K)
+    dir: Optional[str] = key("folder of noise audio (searched recursively, e.g. MUSAN's noise/) or a list file", NANO8K)
     snr_db: Optional[list[float]] = key("[low, high]: the SNR drawn uniformly per sample and epoch", NANO8K)
     prob: Optional[float] = key("share of samples that get noise", NANO8K, at_least=0)
 
@@ -353,12 +353,13 @@ class AugmentNoise:
 @dataclass
 class AugmentSpeed:
     factors: Optional[list[float]] = key("speed factors drawn from, e.g. [0.9, 1.0, 1.1]", NANO8K)
+    range: Optional[list[float]] = key("[low, high]: a factor drawn uniformly instead of from factors", NANO8K)
     prob: Optional[float] = key("share of samples perturbed", NANO8K, at_least=0)
 
 
 @dataclass
 class AugmentRir:
-    dir: Optional[str] = key("folder of room impulse responses", NANO8K)
+    dir: Optional[str] = key("folder (or list file) of room impulse responses", NANO8K)
     prob: Optional[float] = key("share of samples reverberated", NANO8K, at_least=0)
 
 
