@@ -107,6 +107,7 @@ def losses(run) -> list[float]:
 
 
 @pytest.mark.funasr
+@pytest.mark.slow  # four training processes (~3 min on 2 cores): make test-all; zero2 below keeps DeepSpeed in make test
 def test_zero1_trains_and_resumes_exactly_as_the_plain_loop(tiny, tmp_path):
     import torch
 

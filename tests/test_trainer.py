@@ -109,6 +109,7 @@ def test_loading_a_run_directory_restores_the_llm_from_base(corpus, tmp_path):
 # Resuming (mid-epoch, after kill -9, SIGTERM, damaged checkpoints): tests/test_faults.py.
 
 
+@pytest.mark.slow  # an optional integration (nano8k[wandb]): make test-all
 def test_wandb_gets_the_same_numbers_as_metrics_jsonl(corpus, tmp_path):
     pytest.importorskip("wandb")
     run = tmp_path / "run"
