@@ -51,8 +51,8 @@ class Augmenter:
     def __init__(self, settings: dict, fs: int, run_seed: int = 0):
         self.settings, self.fs = settings, int(fs)
         self.seed = int(settings.get("seed") if settings.get("seed") is not None else run_seed)
-        self.noise_files = _audio_files(settings.get("noise"), "augment.noise.dir")
-        self.rir_files = _audio_files(settings.get("rir"), "augment.rir.dir")
+        self.noise_files = _audio_files(settings.get("noise"))
+        self.rir_files = _audio_files(settings.get("rir"))
         self.lines = {name: _line(name) for name in settings.get("presets") or {}}  # name or YAML file -> channel
         self.epoch, self.key = 0, None
 
@@ -161,7 +161,7 @@ def _reverberate(x: np.ndarray, path: str, fs: int) -> np.ndarray:
     return fftconvolve(x, response / norm)[: len(x)].astype(np.float32)
 
 
-def _audio_files(section: dict | None, key: str) -> tuple[str, ...]:
+def _audio_files(section: dict | None) -> tuple[str, ...]:
     """The readable audio files of a section's `dir`: a folder (searched recursively) or a list
     file (one path a line, relative to the list's directory; # comments)."""
     if not section or not section.get("dir"):
