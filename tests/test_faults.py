@@ -156,6 +156,16 @@ def test_sigterm_then_kill_9_mid_epoch_resume_bit_exact(corpus, reference, tmp_p
     assert mine["loss_curve"] == theirs["loss_curve"] and mine["epochs_log"] == theirs["epochs_log"]
 
 
+def test_only_model_pt_carries_the_optimizer_state(reference):
+    names = sorted(p.name for p in reference.glob("model.pt*"))
+    assert {"model.pt", "model.pt.best", "model.pt.ep1", "model.pt.ep2"} <= set(names)
+    for name in names:
+        held = checkpoint(reference / name)
+        assert ("optimizer" in held and "scheduler" in held) == (name == "model.pt"), name
+        assert held["state_dict"].keys() == checkpoint(reference / "model.pt")["state_dict"].keys(), name
+    assert same_weights(reference / "model.pt", reference / "model.pt.ep2")
+
+
 def test_damaged_or_missing_model_pt_falls_back_to_the_newest_epoch_checkpoint(reference, tmp_path):
     from nano8k import rundir
 
@@ -205,6 +215,8 @@ def test_a_damaged_model_pt_is_named_and_training_goes_on_from_the_epoch_checkpo
     log = (run / "train.log").read_text()
     assert f"{run / 'model.pt'}: not a readable checkpoint" in log
     assert f"{run / 'model.pt'} is damaged: resuming from model.pt.ep2 (epoch 2, step {2 * BATCHES}) instead" in log
+    assert (f"model.pt.ep2 holds no optimizer state (only model.pt does): the optimizer's moments start afresh at step "
+            f"{2 * BATCHES} and the learning-rate schedule goes on from there") in log
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 3 * BATCHES and [e["epoch"] for e in summary["epochs_log"]] == [1, 2, 3]
     assert records(run)[: len(records(reference))] == records(reference)  # the history kept, nothing twice

@@ -216,8 +216,10 @@ def _resumable(path: Path) -> tuple[ResumePoint | None, str]:
         checkpoint = funasr_gaps.read_checkpoint(path, mmap=True)
     except UserError as err:
         return None, str(err)
+    # model.pt holds the optimizer state; an epoch checkpoint of nano8k's holds the weights and the
+    # run's counters (trainer.RESUME_ONLY), enough to go on with a fresh optimizer
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or not (
-            "optimizer" in checkpoint or "deepspeed_state" in checkpoint):
+            "optimizer" in checkpoint or "deepspeed_state" in checkpoint or checkpoint.get("nano8k")):
         return None, f"{path}: not a training checkpoint (no weights and optimizer state)"
     return ResumePoint(path, int(checkpoint.get("epoch", 0)), int(checkpoint.get("step_in_epoch") or 0),
                        int(checkpoint.get("step", 0)), bool((checkpoint.get("history") or {}).get("stopped_early")),

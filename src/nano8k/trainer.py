@@ -671,7 +671,7 @@ class Trainer:
             state["saved_ckpts"][name] = result["val_loss"]
         checkpoint = self._save_latest(state, epoch, step_in_epoch, also=(name,) if usable else ())
         if checkpoint is not None and better:
-            funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt.best")
+            funasr_gaps.atomic_save(weights_only(checkpoint), self.run_dir / "model.pt.best")
         if self.is_main:
             self._prune(state)
         return result
@@ -686,8 +686,9 @@ class Trainer:
         if not self.is_main:
             return None
         checkpoint = {**self._checkpoint(state, epoch, step_in_epoch, engine_state), "rng_states": rng_states}
-        for name in (*also, "model.pt"):
-            funasr_gaps.atomic_save(checkpoint, self.run_dir / name)
+        for name in also:
+            funasr_gaps.atomic_save(weights_only(checkpoint), self.run_dir / name)
+        funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt")
         if engine_state:
             deepspeed_support.keep_only(self.run_dir, engine_state)
         return checkpoint
@@ -767,6 +768,8 @@ class Trainer:
         funasr_gaps.load_weights(self.net, [latest], partial=True)
         if self.engine is not None:
             deepspeed_support.load_state(self.engine, self.run_dir, checkpoint["deepspeed_state"])
+        elif "optimizer" not in checkpoint:
+            self._restart_optimizer(latest, int(checkpoint.get("step", 0)))
         else:
             try:
                 self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -796,6 +799,19 @@ class Trainer:
         log.info("resumed from %s at %s (step %d)", latest, where, state["step"])
         return state
 
+    def _restart_optimizer(self, checkpoint: Path, step: int) -> None:
+        """Resuming from a weights-only checkpoint (RESUME_ONLY: model.pt was damaged or missing):
+        the optimizer starts afresh, the learning-rate schedule goes on from `step`."""
+        import warnings
+
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": meant here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                self.scheduler.step()
+        log.warning("%s holds no optimizer state (only model.pt does): the optimizer's moments start afresh at step %d "
+                    "and the learning-rate schedule goes on from there; the rest of the run is not bit-exact with an "
+                    "uninterrupted one", checkpoint.name, step)
+
     def _apply_changed_values(self) -> None:
         """resume_with_changes: the optimizer and scheduler values of this command, not the
         checkpoint's, from the resumed step on (the moments and the step count are kept)."""
@@ -820,6 +836,18 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------------
+
+
+# Only model.pt, the file a resume reads, carries the optimizer and scheduler state: in the epoch
+# checkpoints and model.pt.best it would triple their size (Adam keeps two moments per trained
+# weight) for a fall-back that rundir takes only when model.pt is damaged (then the optimizer
+# starts afresh; _resume says so).
+RESUME_ONLY = ("optimizer", "scheduler")
+
+
+def weights_only(checkpoint: dict) -> dict:
+    """A checkpoint without the optimizer and scheduler state (weights, counters, history)."""
+    return {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY}
 
 
 def _rank_key(criterion: str, metrics: dict) -> tuple[float, ...]:
