@@ -3,8 +3,9 @@
 
 A benchmark printing JSON, not a timed test (run it by hand; about a minute on 2 cores).
 
-Same model: the tiny Fun-ASR-Nano (nano8k.tiny.write_tiny_model, or --model-dir), on CPU, with the
-thread count its config sets (ncpu: 1) for both. Same audio: the first N files of the bundled
+Same model: the tiny Fun-ASR-Nano (nano8k.tiny.write_tiny_model, or --model-dir), on CPU (or
+--device cuda: scripts/gpu_check.py runs it on a released-size model), with the thread count its
+config sets (ncpu: 1) for both. Same audio: the first N files of the bundled
 corpus (data/demo/wav, 8 kHz mu-law, resampled to the model's 16 kHz front end by both).
 
   funasr   AutoModel(model=DIR, ctc_decoder=None).generate(input=[N paths], batch_size=1,
@@ -22,7 +23,7 @@ N / median wall; ratio = nano8k utt_per_s / funasr utt_per_s (target >= 3). With
 every utterance generates max_new_tokens tokens in both systems (no early end of sequence).
 
 usage: scripts/bench_decode.py [--utterances 64] [--batch-sizes 8 16] [--runs 3] [--max-new-tokens 32]
-                               [--model-dir DIR] [--output FILE]
+                               [--model-dir DIR] [--device cpu|cuda] [--output FILE]
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--model-dir", type=Path, default=None, help="a Fun-ASR-Nano directory (default: a new tiny one)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="both systems on this device")
     args = parser.parse_args()
 
     import torch
@@ -82,7 +84,7 @@ def main() -> None:
     from funasr import AutoModel
 
     with funasr_gaps.funasr_prints_to_log():
-        funasr = AutoModel(model=str(model_dir), device="cpu", disable_update=True, disable_pbar=True, disable_log=True,
+        funasr = AutoModel(model=str(model_dir), device=args.device, disable_update=True, disable_pbar=True, disable_log=True,
                            ctc_decoder=None)
     funasr.kwargs["frontend"].dither = 0.0
     threads = torch.get_num_threads()
@@ -90,7 +92,7 @@ def main() -> None:
     def run_funasr() -> list[str]:
         return [r["text"] for r in funasr.generate(input=paths, batch_size=1, max_length=args.max_new_tokens)]
 
-    base = {"model_dir": str(model_dir), "device": "cpu", "max_new_tokens": args.max_new_tokens, "timestamps": False}
+    base = {"model_dir": str(model_dir), "device": args.device, "max_new_tokens": args.max_new_tokens, "timestamps": False}
     decoders = {"nano8k": decoding.Decoder({**base, "ctc": False}), "nano8k+ctc": decoding.Decoder({**base, "ctc": True})}
     torch.set_num_threads(threads)  # each build sets the config's ncpu; keep all equal
 
@@ -127,7 +129,8 @@ def main() -> None:
     report = {
         "benchmark": "decode",
         "model": "tiny Fun-ASR-Nano (random weights)" if args.model_dir is None else str(args.model_dir),
-        "device": "cpu",
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
         "torch_threads": threads,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),

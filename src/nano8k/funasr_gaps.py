@@ -32,6 +32,9 @@ with each key" is the user-facing summary of this module.
    trained (the base config's `llm.` drops a fine-tuned LLM and its LoRA adapters); nano8k drops
    only frozen tensors still equal to the base model's (trainer._choose_saved_tensors), records
    the modules a run trained, and refuses a checkpoint lacking any (check_trained_tensors()).
+   FunASR reads each checkpoint whole and copies it into the built model (load_state_dict), so
+   the weights are in memory two to three times while loading; nano8k maps the files and points
+   the built model's tensors at them (assign_weights()): about once.
 7. CHECKPOINTS — FunASR writes with torch.save directly (a crash leaves a truncated file). nano8k
    writes a temporary file and renames it (atomic on POSIX); a failed write (disk full) is one
    line and leaves the previous file intact (atomic_save()).
@@ -124,7 +127,9 @@ import logging
 import math
 import os
 import re
+import sys
 import types
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -585,6 +590,11 @@ def read_checkpoint(path: Path, mmap: bool = False) -> Any:
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError as err:
+        if mmap and "_use_new_zipfile_serialization" in str(err):  # torch's legacy format cannot be mapped
+            return read_checkpoint(path)
+        reason = str(err).strip().split(". ")[0].splitlines()[0][:120] if str(err).strip() else "empty"
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
     except pickle.UnpicklingError as err:
         what = str(err).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:120]
         raise UserError(f"{path}: refused: it holds Python objects beyond tensors and plain values, and loading it "
@@ -601,10 +611,6 @@ def weights_in(checkpoint: Any) -> dict:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def state_dict_of(path: Path) -> dict:
-    return weights_in(read_checkpoint(path))
 
 
 def module_of(name: str) -> str:
@@ -627,13 +633,16 @@ def check_trained_tensors(source: Path, checkpoint: Any, state: dict) -> None:
 def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str] = (), partial: bool = False) -> dict[str, str]:
     """Load checkpoints in order (later ones win) strictly; returns key -> source it came from.
 
-    With partial, keys no source holds keep their current values (resuming over a built model)."""
+    With partial, keys no source holds keep their current values (resuming over a built model:
+    the values are copied into the tensors the optimizer holds). Otherwise the model was just
+    built and its tensors take the checkpoints' memory-mapped storage (`assign_weights`), so the
+    weights are never in memory twice."""
     import torch
 
-    target = model.state_dict()
+    target = model.state_dict(keep_vars=True)
     origin: dict[str, str] = {}
     for source in sources:
-        checkpoint = read_checkpoint(source)
+        checkpoint = read_checkpoint(source, mmap=not partial)
         state = weights_in(checkpoint)
         check_trained_tensors(source, checkpoint, state)
         if isinstance(checkpoint, dict) and checkpoint.get("averaged"):
@@ -650,8 +659,13 @@ def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str]
                 raise UserError(f"{source}: {key} has shape {tuple(value.shape)}, the model {tuple(target[key].shape)}"
                                 " (architecture differs from the config)")
             origin[key] = str(source)
-        with torch.no_grad():
-            model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
+        known = {k: v for k, v in state.items() if k in target}
+        if partial:
+            with torch.no_grad():
+                model.load_state_dict(known, strict=False)
+        else:
+            assign_weights(target, known, mapped=zipfile.is_zipfile(source))  # the legacy format is read whole
+        del checkpoint, state, known  # a mapping no tensor uses any more is unmapped here
         if unexpected:
             log.warning("%s: %d tensors not in this model (e.g. %s) were ignored", source, len(unexpected), unexpected[0])
     missing = [] if partial else [k for k in target if k not in origin]
@@ -668,7 +682,69 @@ def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str]
         raise UserError(f"no weights for {len(other)} tensors, e.g. {other[0]}{why}")
     if ctc_missing:
         _handle_missing_ctc(model, ctc_missing)
+    if not partial:
+        return_freed_memory()  # the built model's random weights
     return origin
+
+
+def assign_weights(target: dict, state: dict, mapped: bool) -> None:
+    """Load `state` into `target` (a state_dict(keep_vars=True): the module's own parameters and
+    buffers) without a second copy of the weights in memory. load_state_dict copies: the built
+    model's random weights and the whole checkpoint would be held at once (2-3 times the weights
+    at the released size). Here a tensor of the checkpoint's dtype is not copied: the module's
+    tensor takes its (memory-mapped) storage, read from disk as it is used; a write (training)
+    copies the page it touches (a private mapping: the file never changes). A tensor the module
+    holds in another dtype (an fp32 LLM from bf16 weights) is cast into the module's own memory,
+    and the file pages read for it are let go at once (`mapped`: the checkpoint is a mapping, so
+    they can be read again). Parameters stay the same objects: an optimizer, a tied embedding and
+    requires_grad are kept."""
+    import torch
+
+    with torch.no_grad():
+        for key, value in state.items():
+            tensor = target[key]
+            if value.dtype == tensor.dtype:
+                tensor.data = value
+            else:
+                tensor.copy_(value)
+                if mapped:
+                    _drop_mapped_pages(value)
+
+
+def _drop_mapped_pages(tensor: Any) -> None:
+    """madvise(MADV_DONTNEED) on the whole pages inside a tensor of a private file mapping: they
+    leave the process's memory and are read from the file again if touched. Linux only."""
+    import ctypes
+    import mmap
+
+    libc = _libc()
+    if libc is None or not tensor.is_contiguous():
+        return
+    start = tensor.data_ptr()
+    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, (start + tensor.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
+
+
+def return_freed_memory() -> None:
+    """glibc keeps freed blocks below its mmap threshold (up to 32 MB: most weight matrices) for
+    reuse instead of giving them back; after loading, the random weights a build made would stay
+    in the process's memory. malloc_trim gives them back. A no-op elsewhere."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def _handle_missing_ctc(model: Any, missing: list[str]) -> None:

@@ -194,12 +194,12 @@ def write_tiny_model(directory: Path, seed: int = 0, sizes: TinySizes | None = N
     write_llm_config(llm_dir, vocab_size=-(-n_tokens // 64) * 64, llm=sizes.llm())
     write_ctc_vocab(directory / CTC_VOCAB)
     cfg = tiny_config(sizes)
-    _write_yaml(directory / CONFIG, cfg)
+    write_yaml(directory / CONFIG, cfg, "the released Fun-ASR-Nano-2512 config composed with conf/preset/tiny.yaml")
     info = {"weights": "random", "seed": seed, "sizes": asdict(sizes), "config": sizes.config_values()}
     (directory / SIZES_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     (directory / "configuration.json").write_text(json.dumps(configuration_json(), indent=2) + "\n", encoding="utf-8")
 
-    with _preserved_random_state():
+    with preserved_random_state():
         torch.manual_seed(seed)
         model, _ = build_model(directory, init_param=False, seed=seed)
     if model.ctc is None or model.ctc_tokenizer.encoding.n_vocab != cfg["ctc_vocab_size"]:
@@ -216,12 +216,17 @@ def write_tiny_model(directory: Path, seed: int = 0, sizes: TinySizes | None = N
 
 
 def tiny_config(sizes: TinySizes | None = None) -> dict:
-    """The pretrained base composed with `+preset=tiny` and the sizes, validated and resolved, as
-    written to config.yaml: FunASR's keys only, paths relative to the model directory as in the release."""
+    """The pretrained base composed with `+preset=tiny` and the sizes, as written to config.yaml."""
+    sizes_overrides = [f"{k}={v}" for k, v in (sizes or TinySizes()).config_values().items()]
+    return model_config([f"+preset={PRESET}", *sizes_overrides])
+
+
+def model_config(overrides: list[str]) -> dict:
+    """The pretrained base composed with `overrides`, validated and resolved, as a model
+    directory's config.yaml: FunASR's keys only, paths relative to the model directory as in the release."""
     from nano8k import config
 
-    sizes_overrides = [f"{k}={v}" for k, v in (sizes or TinySizes()).config_values().items()]
-    cfg = config.validate(config.compose("train", [f"+preset={PRESET}", *sizes_overrides]), app="train")
+    cfg = config.validate(config.compose("train", overrides), app="train")
     for name, _, meta in config.schema_fields(config.TrainConfig):
         if meta.get("effect") == config.NANO8K:
             cfg.pop(name, None)
@@ -491,19 +496,17 @@ def _deep_update(target: dict, updates: dict) -> dict:
     return target
 
 
-def _write_yaml(path: Path, data: dict) -> None:
+def write_yaml(path: Path, data: dict, what: str) -> None:
+    """A model directory's config.yaml, headed by what it is (random weights, said plainly)."""
     import yaml
 
-    header = (
-        "# Tiny Fun-ASR-Nano written by nano8k (nano8k.tiny.write_tiny_model): the released\n"
-        "# Fun-ASR-Nano-2512 config composed with conf/preset/tiny.yaml. Random weights.\n"
-    )
+    header = f"# Fun-ASR-Nano written by nano8k: {what}. Random weights.\n"
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
     path.write_text(header + text, encoding="utf-8")
 
 
 @contextlib.contextmanager
-def _preserved_random_state() -> Iterator[None]:
+def preserved_random_state() -> Iterator[None]:
     """FunASR's build_model reseeds random, numpy and torch globally; undo that afterwards."""
     import random
 

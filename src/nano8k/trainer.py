@@ -743,12 +743,19 @@ class Trainer:
         chosen = self._ranked(state)[:n]
         if not chosen:
             return None
-        states = [funasr_gaps.state_dict_of(self.run_dir / name) for name in chosen]
+        # memory-mapped and summed tensor by tensor: one state in memory, not N stacked (at the
+        # released size each checkpoint is a GB, read while the model and optimizer are still held)
+        states = [funasr_gaps.weights_in(funasr_gaps.read_checkpoint(self.run_dir / name, mmap=True)) for name in chosen]
         averaged = OrderedDict()
         for key in states[0]:
             tensors = [s[key] for s in states]
-            averaged[key] = torch.stack([t.float() for t in tensors]).mean(0).to(tensors[0].dtype) \
-                if tensors[0].is_floating_point() else tensors[0]
+            if tensors[0].is_floating_point():
+                total = tensors[0].to(torch.float32, copy=True)
+                for tensor in tensors[1:]:
+                    total += tensor
+                averaged[key] = total.div_(len(tensors)).to(tensors[0].dtype)
+            else:
+                averaged[key] = tensors[0]
         path = self.run_dir / f"model.pt.avg{n}"
         funasr_gaps.atomic_save({"state_dict": averaged, "averaged": chosen, "best_criterion": self.criterion,
                                  "excluded_prefixes": list(self.excluded), "trained_modules": self.trained_modules}, path)
