@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nano8k-installed
 
-.PHONY: install demo test test-fast test-all check-configs bench clean
+.PHONY: install demo test test-fast test-all check-configs bench gpu-check clean
 
 # torch goes in first and alone: the pin takes the CPU wheel on a CPU machine and the CUDA build on
 # a GPU machine; installing it with the package could let a resolver pick another build.
@@ -41,6 +41,11 @@ check-configs: install
 
 bench: install
 	$(PY) scripts/bench_cli.py
+
+# GPU readiness in one command (about 8 minutes on one GPU; GPU_CHECK_DEVICE=cpu: small sizes on CPU)
+GPU_CHECK_DEVICE ?= cuda
+gpu-check: install
+	$(PY) scripts/gpu_check.py --device $(GPU_CHECK_DEVICE)
 
 clean:
 	rm -rf outputs multirun .pytest_cache build dist src/*.egg-info

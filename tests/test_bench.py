@@ -60,3 +60,38 @@ def test_bench_gpu_tiny_cpu_reports_finite_positive_numbers(tmp_path):
     # funasr-train-ds forces CUDA: on CPU it is skipped, with a note
     assert report["funasr_train_ds"]["ran"] is False
     assert "CPU" in report["funasr_train_ds"]["note"]
+
+
+def _script(name: str, *args: str, timeout: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_bench_full_runs_the_released_size_through_the_cli_on_cpu():
+    """About 5 minutes and 9 GB: `nano8k model random --size released`, train, decode, export."""
+    from nano8k import random_model
+
+    report = _script("bench_full.py", "--device", "cpu", timeout=2400)
+    assert report["parameters"] == random_model.RELEASED_PARAMETERS and report["llm_dtype"] == "fp32"
+    steps = report["steps"]
+    assert steps["train"]["optimizer_steps"] >= 2 and steps["decode"]["utterances"] == 4
+    for step in ("model_random", "train", "decode", "export"):
+        assert _positive(steps[step]["wall_s"]) and _positive(steps[step]["peak_rss_gb"]), step
+    sizes = steps["train"]["checkpoints_gb"]
+    assert {"model.pt", "model.pt.ep1", "model.pt.best", "model.pt.avg3"} <= set(sizes)
+    # only model.pt carries the encoder's optimizer state
+    assert sizes["model.pt.ep1"] == sizes["model.pt.best"] < sizes["model.pt"] / 2
+    assert steps["export"]["checkpoints_gb"]["model.pt"] > sizes["model.pt.avg3"]  # every tensor, the LLM included
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu_at_small_sizes():
+    report = _script("gpu_check.py", "--device", "cpu", timeout=900)
+    assert report["failed"] == [] and report["torchrun"]["ran"] is False
+    assert report["bench_full"]["report"]["steps"]["decode"]["utterances"] == 4
+    assert report["bench_gpu"]["report"]["settings"]["size"] == "tiny"
+    assert report["bench_decode"]["report"]["device"] == "cpu"

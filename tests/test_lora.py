@@ -174,7 +174,7 @@ def test_export_refuses_a_run_without_a_checkpoint_and_a_used_directory(corpus, 
     empty.mkdir()
     (empty / "config.yaml").write_text((lora_run / "config.yaml").read_text())
     result = run_cli("export", str(empty), str(tmp_path / "x"))
-    assert result.code == 2 and "model.pt" in result.stderr and "Traceback" not in result.stderr
+    assert result.code == 2 and "not a nano8k training run" in result.stderr and "Traceback" not in result.stderr
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("mine")

@@ -48,10 +48,9 @@ def _run_hydra_app(name: str, args: list[str]) -> None:
 
     with reported():
         config.check_overrides(name, args)
-        if name in ("train", "pipeline"):
-            from nano8k import rundir
+        from nano8k import rundir
 
-            rundir.check_requested(args)
+        rundir.check_requested(args, app=name)
     args = config.presets_last(args)
     saved, sys.argv = sys.argv, [sys.argv[0], *args]  # keep argv[0]: `-sc install` uses its name
     try:
@@ -96,6 +95,10 @@ def pipeline(ctx: typer.Context) -> None:
 @app.command(context_settings=HYDRA_PASSTHROUGH, add_help_option=False)
 def decode(ctx: typer.Context) -> None:
     """Decode audio with a (fine-tuned) model. Everything after `decode` is Hydra's."""
+    from nano8k import interrupts
+
+    interrupts.install(stopped="during start-up: stopped; nothing was decoded",  # from the first moment
+                       stopping="stopping after the current batch, its results kept")
     _run_hydra_app("decode", ctx.args)
 
 
@@ -317,6 +320,8 @@ def score(
     from nano8k.errors import reported
 
     with reported():
+        if json_out:
+            check_not_an_input(json_out, [ref, hyp, keywords])
         scores = scoring.score_files(ref, hyp, lang=lang.value, numbers=numbers, ref_field=ref_field, hyp_field=hyp_field,
                                      key_field=key_field, missing="skip" if skip_missing else "empty")
         report = scoring.keyword_metrics(scores, scoring.read_keywords(keywords)) if keywords else None
@@ -325,6 +330,15 @@ def score(
         with reported():
             scoring.write_json(json_out, {**scores.to_dict(), **({"keywords": report.to_dict()} if report else {})})
         typer.echo(f"wrote {json_out}", err=True)
+
+
+def check_not_an_input(output: Path, inputs: list[Optional[Path]]) -> None:
+    """--json never writes over a file the command read (one line naming both)."""
+    from nano8k.errors import UserError
+
+    for given in inputs:
+        if given is not None and Path(given).exists() and output.resolve() == Path(given).resolve():
+            raise UserError(f"--json {output}: is the input {given}; writing there would overwrite it: choose another file")
 
 
 @app.command()
@@ -349,6 +363,8 @@ def compare(
     from nano8k.errors import reported
 
     with reported():
+        if json_out:
+            check_not_an_input(json_out, [results_a, results_b])
         result = scoring.compare(results_a, results_b, bucket_by=bucket or ["duration"], n_boot=n_boot, seed=seed,
                                  lang=lang.value, numbers=numbers)
     Console().print(*scoring.compare_tables(result, top=top), sep="\n")
@@ -364,13 +380,16 @@ def compare(
 def export_model(
     run: Path = typer.Argument(..., help="A training run directory (or one of its checkpoint files)."),
     out: Path = typer.Argument(..., help="The model directory to write (new or empty)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty OUT."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT when it is a previous export."),
     fmt: str = typer.Option("funasr", "--format", help="funasr (a FunASR model directory); hf is refused: "
                                                        "transformers' model would decode differently (README)."),
 ) -> None:
     """Write RUN as a self-contained model directory: every tensor (LoRA folded in fp32), config, LLM/tokenizer, CTC vocabulary."""
+    from nano8k import interrupts
     from nano8k.errors import reported
 
+    interrupts.install(stopped=f"received: stopped; the export was not written ({out} is as it was)",
+                       stopping="received after the export was written: finishing")
     with reported():
         from nano8k import export as exporting, funasr_gaps
 

@@ -23,10 +23,12 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from nano8k import calls, config, launch
+from nano8k import calls, config, interrupts, launch, rundir
 from nano8k.calls import CALLS_DIR, CALLS_FILE
-from nano8k.decoding import METRICS_FILE, RESULTS_FILE, Decoder, compute_metrics, prompt_options, read_input, write_results
+from nano8k.decoding import (METRICS_FILE, RESULTS_FILE, Decoder, ResultsJournal, compute_metrics, prompt_options,
+                             read_input, write_results)
 from nano8k.errors import UserError
+from nano8k.files import atomic_path, read_yaml
 
 log = logging.getLogger(__name__)
 launch.register_resolvers()
@@ -45,7 +47,8 @@ def run(cfg: DictConfig) -> float | None:
     Every job leaves status.json. A single run exits 1 when some utterances failed and 2 on a usage
     error; in a sweep a failed job is logged and recorded and the others go on.
     """
-    outcome = launch.run_tracked(lambda run_dir, _: _run(cfg, run_dir), record=lambda o: o.summary())
+    outcome = launch.run_tracked(lambda run_dir, _: _run(cfg, run_dir), record=lambda o: o.summary(),
+                                 undone="nothing was decoded")
     if outcome is None:  # a failed job of a sweep (recorded in status.json)
         return None
     if outcome.failed and not launch.in_sweep():
@@ -57,9 +60,14 @@ def run(cfg: DictConfig) -> float | None:
 def _run(cfg: DictConfig, run_dir: Path) -> Outcome:
     settings = config.validate(cfg, app="decode")
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
-    (run_dir / "config.yaml").write_text(resolved, encoding="utf-8")
-    outcome = decode(settings, run_dir)
+    lock = rundir.RunLock(run_dir).acquire()  # one writer per directory (a second decode is refused)
+    try:
+        check_rerun(settings, run_dir)
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            Path(tmp).write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        outcome = decode(settings, run_dir, stop_at_signals=True)
+    finally:
+        lock.release()
     from rich.console import Console
 
     Console().print(*outcome.tables(), sep="\n")
@@ -72,6 +80,25 @@ def _run(cfg: DictConfig, run_dir: Path) -> Outcome:
 
 
 main = hydra.main(config_path="pkg://nano8k.conf", config_name="decode", version_base="1.3")(run)
+
+# Settings a rerun in the same directory may change: the results do not depend on them.
+RERUN_MAY_CHANGE = ("batch_size", "device")
+
+
+def check_rerun(settings: dict, run_dir: Path) -> None:
+    """A directory holding results decodes on only with the settings that made them (the same
+    command resumes an interrupted decode); other settings would mix two decodes in one file."""
+    previous = run_dir / "config.yaml"
+    if not (run_dir / RESULTS_FILE).exists() or not previous.is_file():
+        return
+    old, new = (config.flatten({k: v for k, v in c.items() if k != "hydra"}) for c in
+                (read_yaml(previous, "decode config"), settings))
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and not k.startswith(RERUN_MAY_CHANGE))
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise UserError(f"{run_dir}: holds the results of a decode with other settings ({shown}); rerun it as it was "
+                        "to finish it, or decode into a new directory")
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,10 +178,16 @@ class Outcome:
         return out
 
 
-def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decoder | None = None) -> Outcome:
+def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decoder | None = None,
+           stop_at_signals: bool = False) -> Outcome:
     """Decode `settings["input"]` with the model of `settings` (a validated decode config); write
     results.jsonl and metrics.json to run_dir; return the records and metrics. A `decoder` built
-    before (Decoder(settings)) is reused as it is: its model and prompt win over `settings`."""
+    before (Decoder(settings)) is reused as it is: its model and prompt win over `settings`.
+
+    results.jsonl grows as batches finish (decoding.ResultsJournal), and a decode finds there
+    what an earlier, unfinished one of the same input decoded and decodes only the rest.
+    stop_at_signals (the app): once the model is loaded, SIGTERM/SIGINT stop after the current
+    batch (interrupts.Interrupted: status.json says how far it got; exit 143/130)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     calls.check(settings)
@@ -179,7 +212,27 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
         records, call_records, metrics, scores = calls.decode_calls(whole_calls, settings, run_dir, decoder, batch_size,
                                                                     progress)
     else:
-        records = decoder.decode(items, batch_size, progress=progress)
+        journal = ResultsJournal(run_dir / RESULTS_FILE, items)
+        if journal.done:
+            log.info("resuming: %d of %d utterances were decoded before (%s); decoding the other %d",
+                     len(journal.done), len(items), run_dir / RESULTS_FILE, len(items) - len(journal.done))
+
+        def on_batch(batch: list[dict]) -> None:
+            journal.append(batch)
+            signum = interrupts.pending() if stop_at_signals else None
+            if signum is not None:
+                decoded = len(journal.done) + journal.appended
+                raise interrupts.Interrupted(signum, f"interrupted by {interrupts.signal_name(signum)} after {decoded} of "
+                                                     f"{len(items)} utterances, kept in {run_dir / RESULTS_FILE}; rerun "
+                                                     "the same command to decode the rest",
+                                             {"decoded": decoded, "utterances": len(items)})
+
+        if stop_at_signals:
+            interrupts.defer()  # from here a signal stops after the batch in flight, its results kept
+        try:
+            records = decoder.decode(items, batch_size, progress=progress, done=journal.done, on_batch=on_batch)
+        finally:
+            journal.close()
         score_conf = settings.get("score") or {}
         scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
                                           numbers=bool(score_conf.get("numbers")))

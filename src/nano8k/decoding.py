@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from typing import Any
 
 from nano8k.devices import resolve_device
 from nano8k.errors import UserError, one_line
-from nano8k.files import read_yaml
+from nano8k.files import json_safe, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,12 @@ def _item(entry: Any) -> Item:
 # --------------------------------------------------------------------------------------------
 
 
+# Hotwords go into the prompt of every utterance: bounded by design (a list of 10,000 grew a
+# decode to 24 GB). 500 entries make a prompt of about 6,500 tokens.
+MAX_HOTWORDS = 500
+MAX_HOTWORD_CHARS = 100
+
+
 def prompt_options(settings: dict) -> dict:
     """hotwords (list + file), FunASR's language name, itn, literal prompt; conflicts are errors."""
     from nano8k import data
@@ -167,6 +173,14 @@ def prompt_options(settings: dict) -> dict:
             raise UserError(f"hotwords_file: {path} is neither UTF-8 nor UTF-16 text")
         hotwords += [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
     hotwords = list(dict.fromkeys(hotwords))
+    if len(hotwords) > MAX_HOTWORDS:
+        raise UserError(f"hotwords: {len(hotwords)} entries (hotwords and hotwords_file together); the limit is "
+                        f"{MAX_HOTWORDS}: every entry goes into the prompt of every utterance (about 13 LLM tokens "
+                        "each), so the prompt, memory and time grow with the list; keep the ones this audio may hold")
+    long = next((w for w in hotwords if len(w) > MAX_HOTWORD_CHARS), None)
+    if long is not None:
+        raise UserError(f"hotwords: an entry of {len(long)} characters ({long[:40]!r}...); the limit is "
+                        f"{MAX_HOTWORD_CHARS} (a hotword is a word or a phrase)")
     language = settings.get("language")
     if language is not None and str(language).strip().lower() in ("", "auto", "none"):
         language = None
@@ -215,6 +229,8 @@ def resolve_model(settings: dict) -> ModelSource:
             checkpoint = funasr_gaps.checkpoint_in(given)
         except UserError as err:
             raise UserError(str(err).replace("init_param:", "checkpoint:", 1)) from None
+        if given.is_dir() and not checkpoint.name.startswith("model.pt.avg"):
+            _check_no_average(given, checkpoint)
         candidate = (given if given.is_dir() else given.parent) / "config.yaml"
         if candidate.is_file():
             run_config = read_yaml(candidate)
@@ -243,6 +259,21 @@ def resolve_model(settings: dict) -> ModelSource:
         log.info("checkpoint: %s", checkpoint)
     return ModelSource(funasr_settings, str(model_dir), str(checkpoint) if checkpoint else None, str(config_path),
                        trained)
+
+
+def _check_no_average(run: Path, chosen: Path) -> None:
+    """A run directory without an averaged model: an error when its summary.json names one (it
+    was lost: the run was stopped while writing it), else a warning naming what is decoded
+    instead (training has not finished, or no checkpoint could be averaged): never silent."""
+    try:
+        averaged = json.loads((run / "summary.json").read_text(encoding="utf-8")).get("averaged_model")
+    except (OSError, ValueError, AttributeError):
+        averaged = None
+    if averaged:
+        raise UserError(f"checkpoint: {run}: its averaged model {Path(averaged).name} is missing (the run was stopped "
+                        f"while finishing?); rerun its training command to complete it, or decode a file: "
+                        f"checkpoint={chosen}")
+    log.warning("checkpoint: %s has no averaged model (its training has not finished): decoding %s", run, chosen.name)
 
 
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # decode's llm_dtype values
@@ -326,7 +357,20 @@ class Decoder:
         self.manifest_prompts = trained_by_nano8k and p["prompt"] is None and p["language"] is None and p["itn"]
         self._prompts: dict[str | None, str] = {}
         self.prompt = self.prompt_for(None)
+        self._check_context()
         self.seconds_per_frame = self.frontend.lfr_n * self.frontend.frame_shift / 1000
+
+    def _check_context(self) -> None:
+        """The prompt and max_new_tokens fit the LLM's context (max_position_embeddings), leaving
+        room for the audio's positions (one line before any utterance is decoded)."""
+        context = getattr(getattr(self.model.llm, "config", None), "max_position_embeddings", None)
+        if not isinstance(context, int):
+            return
+        tokens = len(self.tokenizer.encode(self.prompt))
+        if tokens + self.max_new_tokens >= context:
+            raise UserError(f"the prompt is {tokens} tokens and max_new_tokens {self.max_new_tokens}: more than the "
+                            f"LLM's context of {context} positions, with no room for the audio; shorten the hotword "
+                            "list or the prompt, or lower max_new_tokens")
 
     def prompt_for(self, manifest_prompt: str | None) -> str:
         """The user prompt before the audio: a literal `prompt`; for a run nano8k trained, the
@@ -357,20 +401,23 @@ class Decoder:
 
         if item.reason is not None:
             return
-        if not item.audio or not os.path.exists(item.audio):
-            item.reason = f"{item.audio}: no such file"
+        what = audio_files.not_a_file(item.audio) if item.audio else "is not given"
+        if what is not None:  # never opened: a FIFO would hang the decode
+            item.reason = f"{item.audio}: no such file" if what == "does not exist" else f"{item.audio} {what}"
             return
         try:
             item.samples, item.sample_rate, _, _ = audio_files.header_of(item.audio, item.raw_rate)
         except audio_files.AudioProblem as err:
             item.reason = f"{err.reason.replace('_', ' ')}: {err.detail}"
             return
-        if item.segment is not None:
-            start, end = item.segment
-            if start * item.sample_rate >= item.samples:
-                item.reason = f"segment {start}-{end} s starts after the end of {item.audio}"
+        if item.segment is not None:  # prepare's rule: refused where prepare refuses it, cut where it cuts
+            try:
+                start, stop = audio_files.segment_samples(item.segment, item.samples, item.sample_rate,
+                                                          item.audio, item.key)
+            except audio_files.AudioProblem as err:
+                item.reason = f"{err.reason.replace('_', ' ')}: {err.detail}"
                 return
-            item.duration = min(end, item.samples / item.sample_rate) - start
+            item.duration = (stop - start) / item.sample_rate
         else:
             item.duration = item.samples / item.sample_rate if item.sample_rate else 0.0
         if not item.duration or item.duration <= 0:
@@ -383,10 +430,10 @@ class Decoder:
         from nano8k.data import audio as audio_files
 
         start, stop = 0, None
-        if item.segment is not None:
-            start = round(item.segment[0] * item.sample_rate)
-            stop = min(round(item.segment[1] * item.sample_rate), item.samples)
         try:
+            if item.segment is not None:
+                start, stop = audio_files.segment_samples(item.segment, item.samples, item.sample_rate, item.audio,
+                                                          item.key)
             cut, rate = audio_files.load(item.audio, item.raw_rate, start=start, stop=stop, channel=item.channel)
         except audio_files.AudioProblem as err:
             raise UserError(f"{err.reason.replace('_', ' ')}: {err.detail}") from None
@@ -398,15 +445,21 @@ class Decoder:
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def decode(self, items: list[Item], batch_size: int, progress: bool = True) -> list[dict]:
+    def decode(self, items: list[Item], batch_size: int, progress: bool = True, done: dict[int, dict] | None = None,
+               on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """Records in input order; failed items keep their reason. Items are updated in place
-        (duration, reason): read the input again to decode it again."""
+        (duration, reason): read the input again to decode it again. `done`: records of items
+        decoded before (by input index: a resumed decode), taken as they are; `on_batch(records)`:
+        called with each batch's records as soon as it is decoded (decode appends them to
+        results.jsonl, and stops there at a signal)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        for item in items:
-            self.probe(item)
+        done = done or {}
+        for i, item in enumerate(items):
+            if i not in done:
+                self.probe(item)
         results: dict[int, dict] = {}
-        todo = sorted((i for i, item in enumerate(items) if item.reason is None),
+        todo = sorted((i for i, item in enumerate(items) if item.reason is None and i not in done),
                       key=lambda i: -(items[i].duration or 0))  # longest first: padding stays small
         bar = Progress(TextColumn("[bold]decode"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                        disable=not progress, transient=True)
@@ -416,7 +469,9 @@ class Decoder:
                 indices = todo[start:start + batch_size]
                 results.update(self._decode_batch([(i, items[i]) for i in indices]))
                 bar.advance(task, len(indices))
-        return [self._record(item, results.get(i, {})) for i, item in enumerate(items)]
+                if on_batch is not None:
+                    on_batch([self._record(items[i], results.get(i, {})) for i in indices])
+        return [done[i] if i in done else self._record(item, results.get(i, {})) for i, item in enumerate(items)]
 
     def _decode_batch(self, batch: list[tuple[int, Item]]) -> dict[int, dict]:
         from nano8k import funasr_gaps
@@ -526,6 +581,7 @@ def compute_metrics(records: list[dict], lang: str = "auto", numbers: bool = Fal
                                "failed": len(records) - len(decoded), "scored": len(scored)}
     if scored:
         scores = scoring.score_records(scored, lang=lang, numbers=numbers)
+        scores.failed = [r["key"] for r in records if r["status"] != "ok"]  # as `nano8k score` counts them
         for record, utt in zip(scored, scores.utterances):
             record["errors"] = {scoring.RATE_NAMES[unit]: counts.to_dict() for unit, counts in utt.counts.items()}
         metrics.update({k: v for k, v in scores.metrics().items() if k not in ("utterances", "audio_hours", "rtf")})
@@ -542,28 +598,77 @@ def compute_metrics(records: list[dict], lang: str = "auto", numbers: bool = Fal
     return scores, metrics
 
 
+class ResultsJournal:
+    """results.jsonl while a decode runs: each batch's records appended as it finishes (flushed
+    and fsync'd: a kill loses at most the batch in flight, and never leaves half a line that is
+    read back), so that a decode interrupted by a signal or killed resumes where it stopped. The
+    finished decode rewrites the file in input order (write_results)."""
+
+    def __init__(self, path: Path, items: list[Item]):
+        self.path = Path(path)
+        self.done = self._read_back(items)
+        self.appended = 0
+        self._file = None
+
+    def _read_back(self, items: list[Item]) -> dict[int, dict]:
+        """The records of an earlier, unfinished decode of the same input, by input index (matched
+        by key and audio, in order); a torn last line is dropped."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.path}: cannot read the results of the earlier decode ({err}); decode into a new "
+                            "directory") from None
+        lines = text.split("\n")
+        complete = lines[:-1]  # the part after the last newline is a line a kill cut short (or empty)
+        positions: dict[tuple, list[int]] = {}
+        for index, item in enumerate(items):
+            positions.setdefault((item.key, item.audio), []).append(index)
+        done: dict[int, dict] = {}
+        for number, line in enumerate(complete, 1):
+            try:
+                record = json.loads(line)
+                slot = positions[(record["key"], record["audio"])].pop(0)
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise UserError(f"{self.path}:{number}: not a result of this input; decode into a new "
+                                "directory") from None
+            done[slot] = record
+        if lines[-1]:
+            with open(self.path, "r+b") as f:
+                f.truncate(len("\n".join(complete).encode("utf-8")) + (1 if complete else 0))
+        return done
+
+    def append(self, records: list[dict]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            for record in records:
+                self._file.write(json.dumps(json_safe(record), ensure_ascii=False) + "\n")
+            self._file.flush()
+            self.appended += len(records)
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def write_results(path: Path, records: list[dict]) -> None:
     """results.jsonl, written to a temporary file and renamed (a crash never leaves half a file)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for record in records:
-                f.write(json.dumps(_finite(record), ensure_ascii=False) + "\n")
+                f.write(json.dumps(json_safe(record), ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from nano8k import config, decoding, funasr_gaps
+from nano8k import config, decoding, funasr_gaps, interrupts, rundir
 from nano8k import model as nano_model
 from nano8k.errors import UserError
-from nano8k.files import atomic_path
+from nano8k.files import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -54,41 +55,102 @@ def check_format(fmt: str) -> None:
 
 def export(run: Path, out: Path, force: bool = False) -> dict:
     """Write OUT from RUN (a training run directory or one of its checkpoint files); returns
-    export.json's content. OUT must be absent or empty unless `force`."""
+    export.json's content. All or nothing: OUT is written as a temporary directory beside it and
+    renamed into place at the end; a signal or an error leaves nothing of it (and the previous OUT,
+    with --force, as it was). OUT must be new or empty; --force replaces a previous export only,
+    never a training run or a model directory, and never one of RUN's inputs."""
     run, out = Path(run).expanduser(), Path(out).expanduser()
     if not run.exists():
         raise UserError(f"{run}: no such run directory or checkpoint")
-    config_file = (run if run.is_dir() else run.parent) / "config.yaml"
-    if not config_file.is_file():
-        raise UserError(f"{run}: not a training run (no config.yaml beside the checkpoint); export a run directory")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UserError(f"{out}: exists and is not empty; choose a new directory or pass --force")
+    run_dir = run if run.is_dir() else run.parent
+    config_file = run_dir / "config.yaml"
+    if rundir.kind_of(run_dir) != "training run" or not config_file.is_file() or \
+            "model_dir" not in read_yaml(config_file, "run config"):
+        raise UserError(f"{run}: not a nano8k training run (no train.log, checkpoints and config.yaml naming its "
+                        "model_dir); export a run directory that `nano8k train` wrote")
     source = decoding.resolve_model({"checkpoint": str(run)})
     if source.checkpoint is None:
         raise UserError(f"{run}: holds no checkpoint (looked for model.pt.avg*, model.pt.best, model.pt)")
     model_dir = Path(source.model_dir)
+    check_target(out, force, inputs={"the training run": run_dir, "its model directory": model_dir})
     settings = dict(source.settings)
-    built = nano_model.build(settings, init_param=source.checkpoint)
-    net = built.model
-    scalings = funasr_gaps.lora_scalings(net)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    folded = funasr_gaps.fold_lora(state, scalings) if scalings else state
+    partial = out.parent / f".{out.name}.export-{os.getpid()}"
 
-    out.mkdir(parents=True, exist_ok=True)
-    llm_dir = _copy_model_files(built.funasr_config, model_dir, out)
-    model_config = _model_config(settings, llm_dir)
-    funasr_gaps.atomic_save({"state_dict": folded}, out / "model.pt")
-    with atomic_path(out / "config.yaml") as tmp:
-        Path(tmp).write_text(_yaml(model_config), encoding="utf-8")
-    record = {
-        "exported_from": str(run.resolve()), "checkpoint": source.checkpoint, "base_model_dir": str(model_dir),
-        "trained_by_nano8k": True, "lora_layers_folded": len(scalings), "tensors": len(folded),
-        "nano8k": _version("nano8k"), "funasr": _version("funasr"), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    with atomic_path(out / EXPORT_FILE) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    def discard(signum: int | None = None) -> None:
+        shutil.rmtree(partial, ignore_errors=True)
+
+    interrupts.at_once(discard)  # a signal (the CLI installs interrupts) ends the process without a partial OUT
+    try:
+        built = nano_model.build(settings, init_param=source.checkpoint)
+        net = built.model
+        scalings = funasr_gaps.lora_scalings(net)
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        folded = funasr_gaps.fold_lora(state, scalings) if scalings else state
+        partial.mkdir(parents=True)
+        llm_dir = _copy_model_files(built.funasr_config, model_dir, partial)
+        model_config = _model_config(settings, llm_dir)
+        funasr_gaps.atomic_save({"state_dict": folded}, partial / "model.pt")
+        (partial / "config.yaml").write_text(_yaml(model_config), encoding="utf-8")
+        record = {
+            "exported_from": str(run.resolve()), "checkpoint": source.checkpoint, "base_model_dir": str(model_dir),
+            "trained_by_nano8k": True, "lora_layers_folded": len(scalings), "tensors": len(folded),
+            "nano8k": _version("nano8k"), "funasr": _version("funasr"), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        (partial / EXPORT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        with interrupts.held():  # the swap is not cut in two by a signal, and one after it ends nothing
+            _replace(partial, out, force)
+            interrupts.defer()
+    except BaseException:
+        discard()
+        raise
+    finally:
+        interrupts.forget(discard)
     log.info("exported %s (%d tensors, %d LoRA layers folded) to %s", source.checkpoint, len(folded), len(scalings), out)
     return record
+
+
+def check_target(out: Path, force: bool, inputs: dict[str, Path]) -> None:
+    """OUT is new, empty, or (with force) a previous export; never one of the inputs, inside one,
+    or holding one (one line naming both paths)."""
+    target = out.resolve()
+    for what, path in inputs.items():
+        path = Path(path).resolve()
+        if target == path or path in target.parents or target in path.parents:
+            relation = "is" if target == path else "is inside" if path in target.parents else "holds"
+            raise UserError(f"{out}: {relation} {what} {path}; export into a directory of its own")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    kind = rundir.kind_of(out)
+    previous_export = (out / EXPORT_FILE).is_file()
+    if kind == "training run" or (kind == "model directory" and not previous_export):
+        raise UserError(f"{out}: is a {kind}, not a previous export; --force replaces only an export: choose a new "
+                        "directory")
+    if not force:
+        raise UserError(f"{out}: exists and is not empty; choose a new directory or pass --force to replace a previous "
+                        "export")
+    if not previous_export:
+        raise UserError(f"{out}: holds files that are not an export (no {EXPORT_FILE}); --force replaces only a previous "
+                        "export: choose a new directory")
+
+
+def _replace(partial: Path, out: Path, force: bool) -> None:
+    """Rename the finished export into place; a previous OUT (force) is moved aside first, then
+    removed. OUT filled meanwhile by someone else (another export) is left alone: one line."""
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    if out.exists() and (force or not any(out.iterdir())):
+        os.rename(out, old)
+    try:
+        os.rename(partial, out)
+    except OSError:
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        raise UserError(f"{out}: was written by another command while this export ran; it is left as it is "
+                        "(export again into a new directory)") from None
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_model_files(funasr_cfg: dict, model_dir: Path, out: Path) -> str:

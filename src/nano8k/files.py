@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from nano8k.errors import UserError, one_line
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float as None: strict JSON has no NaN (a diverged loss, a rate
+    over an empty set), and readers other than Python's reject a bare NaN."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:

@@ -32,6 +32,8 @@ _received: list[int] = []
 _previous: dict[int, Any] = {}
 _clean_ups: list[Callable[[int], None]] = []
 _deferred = False
+_stopped = ["during start-up: stopped; nothing was trained"]  # the line a signal before defer() ends with
+_stopping = ["stopping after the current step, with a checkpoint"]  # ... and one after defer()
 
 
 class Interrupted(Exception):
@@ -59,8 +61,12 @@ def preemption_signal() -> int | None:
     return getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
 
 
-def install() -> None:
-    """Record SIGINT, SIGTERM (and submitit's preemption signal) from now on. Idempotent."""
+def install(stopped: str = "during start-up: stopped; nothing was trained",
+            stopping: str = "stopping after the current step, with a checkpoint") -> None:
+    """Record SIGINT, SIGTERM (and submitit's preemption signal) from now on. Idempotent.
+    `stopped`, `stopping`: what the one line a signal prints says after its name, before defer()
+    (the process ends at once) and after it (the command stops at its next safe point)."""
+    _stopped[0], _stopping[0] = stopped, stopping
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread (joblib workers, ...)
     for signum in (signal.SIGINT, signal.SIGTERM, preemption_signal()):
@@ -145,7 +151,7 @@ def passed_to(start: Callable[[], Any]) -> Iterator[Any]:
 def _record(signum: int, frame: Any) -> None:
     name = signal.Signals(signum).name
     if not _deferred and signum != preemption_signal():  # submitit's is left for the requeue after start-up
-        print(f"nano8k: {name} during start-up: stopped; nothing was trained", file=sys.stderr, flush=True)
+        print(f"nano8k: {name} {_stopped[0]}", file=sys.stderr, flush=True)
         for clean_up in reversed(_clean_ups):
             try:
                 clean_up(signum)
@@ -157,8 +163,7 @@ def _record(signum: int, frame: Any) -> None:
         os._exit(EXIT_CODES[signal.SIGINT])
     _received.append(signum)
     again = "; Ctrl-C again aborts at once" if signum == signal.SIGINT else ""
-    print(f"nano8k: {name} received: stopping after the current step, with a checkpoint{again}", file=sys.stderr,
-          flush=True)
+    print(f"nano8k: {name} received: {_stopping[0]}{again}", file=sys.stderr, flush=True)
 
 
 def pending() -> int | None:

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from nano8k import config, interrupts
 from nano8k.errors import UserError
+from nano8k.files import atomic_path, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ def write_status(run_dir: Path, status: str, started: float, overrides: list[str
     record = {"status": status, "overrides": overrides, "wall_s": round(time.time() - started, 2),
               "result": result, "error": error, **details}
     try:
-        (run_dir / STATUS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        with atomic_path(run_dir / STATUS_FILE) as tmp:
+            Path(tmp).write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     except OSError as err:  # a full disk: the error itself still reaches the terminal and train.log
         log.error("%s: cannot write the job's status (%s)", run_dir / STATUS_FILE, err.strerror or err)
 
@@ -157,7 +159,8 @@ def in_sweep() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any] = lambda result: result) -> T | None:
+def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any] = lambda result: result,
+                undone: str = "nothing was trained") -> T | None:
     """Run a Hydra job's body(run_dir, overrides) and leave status.json (rank 0).
 
     In a sweep, a failed job is logged and recorded and the others go on (Hydra's basic launcher
@@ -177,7 +180,7 @@ def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any]
     def stopped_at_once(signum: int) -> None:
         if writes:
             write_status(run_dir, "interrupted", started, overrides, signal=interrupts.signal_name(signum),
-                         error="interrupted during start-up; nothing was trained")
+                         error=f"interrupted during start-up; {undone}")
 
     try:
         with interrupts.job(stopped_at_once):

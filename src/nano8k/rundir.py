@@ -73,28 +73,84 @@ def check_writable(run_dir: Path) -> None:
         raise UserError(f"run directory {run_dir}: cannot write there ({err.strerror or err})") from None
 
 
-def check_requested(argv: list[str]) -> None:
-    """The run (or sweep) directory a command line names, checked before Hydra creates it (Hydra
-    answers a path under a file, or one it cannot create, with a traceback). A directory that
-    still holds interpolations (`outputs/${now:...}`) is checked from its literal start."""
+# What a directory holds, by the files nano8k's commands leave there (kind_of).
+TRAINING_RUN_FILES = ("train.log", "params.tsv", "summary.json")
+DECODE_FILES = ("decode.log", "results.jsonl")
+
+
+def kind_of(directory: Path) -> str | None:
+    """"training run", "model directory", "decode directory", "empty", None (absent) or "other"."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    names = {p.name for p in directory.iterdir()}
+    if names & set(TRAINING_RUN_FILES) or any(EPOCH_CHECKPOINT.match(n) or n.startswith("model.pt.avg") for n in names):
+        return "training run"
+    if "model.pt" in names or ("config.yaml" in names and "configuration.json" in names):
+        return "model directory"
+    if names & set(DECODE_FILES):
+        return "decode directory"
+    return "empty" if not names - {".hydra", LOCK_FILE} else "other"
+
+
+def requested_run_dir(argv: list[str]) -> tuple[str | None, bool]:
+    """(the run or sweep directory a command line names, multirun), or (None, _) when it names
+    none, or the command only shows something (--cfg, --help, ...)."""
     from hydra._internal.utils import get_args_parser
 
     try:
         args = get_args_parser().parse_args(list(argv))
     except SystemExit:
-        return
+        return None, False
     if args.cfg or args.help or args.hydra_help or args.info or args.shell_completion:
-        return
+        return None, False
     key = "hydra.sweep.dir=" if args.multirun else "hydra.run.dir="
     given = [a.split("=", 1)[1] for a in args.overrides if a.lstrip("+").startswith(key)]
-    if not given:
+    return (given[-1].strip("'\"") if given else None), bool(args.multirun)
+
+
+def check_requested(argv: list[str], app: str = "train") -> None:
+    """The run (or sweep) directory a command line names, checked before Hydra creates it (Hydra
+    answers a path under a file, or one it cannot create, with a traceback, and writes .hydra/
+    there before nano8k runs). A directory that still holds interpolations (`outputs/${now:...}`)
+    is checked from its literal start. A decode never writes into a training run or a model
+    directory, whose config.yaml and status.json it would replace."""
+    value, multirun = requested_run_dir(argv)
+    if not value:
         return
-    value = given[-1].strip("'\"")
     literal = value.split("${", 1)[0]
     if literal:
         check_writable(Path(literal) if literal == value or literal.endswith("/") else Path(literal).parent)
-    if literal == value and not args.multirun:
-        RunLock(Path(value)).check()
+    if literal != value or multirun:
+        return
+    if app == "decode":
+        check_decode_dir(Path(value))
+    else:
+        check_not_a_model(Path(value))
+    RunLock(Path(value)).check()
+
+
+def check_not_a_model(run_dir: Path, model_dir: str | Path | None = None) -> None:
+    """A training run never writes into a model directory (the base model's model.pt and
+    config.yaml would be replaced by the run's): one line, whatever train_conf.resume says."""
+    if kind_of(run_dir) == "model directory" or (
+            model_dir is not None and Path(str(model_dir)).expanduser().resolve() == Path(run_dir).resolve()):
+        raise UserError(f"hydra.run.dir={run_dir}: is a model directory (model.pt, config.yaml): training there would "
+                        f"replace them; train into a new directory (e.g. hydra.run.dir={run_dir.with_name(run_dir.name + '-run')})")
+
+
+def check_decode_dir(run_dir: Path) -> None:
+    """A decode's run directory is new, empty or a decode's: refuse a training run, a model
+    directory and a directory of other files (one line naming it and what it is)."""
+    kind = kind_of(run_dir)
+    if kind in (None, "empty", "decode directory"):
+        return
+    what = {"training run": "a training run (train.log, checkpoints): decoding there would replace its config.yaml and "
+                            "status.json, and the run could no longer be resumed or decoded",
+            "model directory": "a model directory (model.pt): decoding there would replace its config.yaml",
+            "other": "a directory of other files, not a decode's (decode.log, results.jsonl)"}[kind]
+    example = run_dir / "decode" if kind == "training run" else run_dir.with_name(f"{run_dir.name}-decode")
+    raise UserError(f"hydra.run.dir={run_dir}: is {what}; decode into a new directory (e.g. hydra.run.dir={example})")
 
 
 class RunLock:
@@ -251,6 +307,27 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
         raise UserError(f"{problems[0]}; no intact checkpoint in {run_dir} to resume from (train_conf.resume=false "
                         "starts over, overwriting it)")
     return None
+
+
+def unfinished_parts(run_dir: Path) -> list[str]:
+    """What a run that trained all its epochs still lacks of its finishing (a kill in that window):
+    summary.json, the averaged model it names, a completed status.json; [] for a finished run."""
+    run_dir = Path(run_dir)
+    missing = []
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+        missing.append("summary.json")
+    averaged = (summary or {}).get("averaged_model")
+    if summary is None or (averaged and not Path(averaged).is_file() and not (run_dir / Path(averaged).name).is_file()):
+        missing.append(Path(averaged).name if averaged else "the averaged model")
+    try:
+        if json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("status") != "completed":
+            missing.append("a completed status.json")
+    except (OSError, ValueError):
+        missing.append("status.json")
+    return missing
 
 
 def finished(point: ResumePoint, max_epoch: int) -> str | None:

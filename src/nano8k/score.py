@@ -318,6 +318,7 @@ class Scores:
     tags: bool = True
     missing: list[str] = field(default_factory=list)  # reference keys without a hypothesis
     unmatched: list[str] = field(default_factory=list)  # hypothesis keys without a reference
+    failed: list[str] = field(default_factory=list)  # decode's failed rows: no hypothesis, not scored
 
     @cached_property
     def totals(self) -> dict[str, Counts]:
@@ -360,6 +361,7 @@ class Scores:
             "empty_refs": sum(u.counts["char"].n == 0 for u in self.utterances),
             "missing_hyps": len(self.missing),
             "unmatched_hyps": len(self.unmatched),
+            "failed": len(self.failed),
             "counts": {RATE_NAMES[unit]: totals[unit].to_dict() for unit in UNITS},
         }
         durations = [_number(u.fields.get("duration")) for u in self.utterances]
@@ -372,7 +374,7 @@ class Scores:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics(), "missing": self.missing, "unmatched": self.unmatched,
+        return {"metrics": self.metrics(), "missing": self.missing, "unmatched": self.unmatched, "failed": self.failed,
                 "utterances": [u.to_dict() for u in self.utterances]}
 
 
@@ -471,7 +473,15 @@ def score_files(ref: Path, hyp: Optional[Path] = None, lang: str = "auto", numbe
     holding both reference and hypothesis."""
     if hyp is None:
         records = read_results(ref, ref_field=ref_field, hyp_field=hyp_field, key_field=key_field)
-        return score_records(records, lang=lang, numbers=numbers)
+        # decode's one definition of what counts: a failed row has no hypothesis; it is counted
+        # (Scores.failed), never scored as an empty one (decode's own metrics.json does the same)
+        failed = [r["key"] for r in records if r.get("status") == "failed"]
+        kept = [r for r in records if r.get("status") != "failed"]
+        if not kept:
+            raise UserError(f"{ref}: every row failed in decoding ({len(failed)}): nothing to score")
+        scores = score_records(kept, lang=lang, numbers=numbers)
+        scores.failed = failed
+        return scores
     refs = read_texts(ref, role="ref", field=ref_field, key_field=key_field)
     hyps = read_texts(hyp, role="hyp", field=hyp_field, key_field=key_field)
     return score_texts(refs, hyps, lang=lang, numbers=numbers, missing=missing)
@@ -1087,6 +1097,9 @@ def score_tables(scores: Scores, keywords: Optional[KeywordReport] = None) -> li
         notes.append(f"references without a hypothesis: {len(scores.missing)} ({how}; e.g. {scores.missing[0]})")
     if scores.unmatched:
         notes.append(f"hypotheses without a reference: {len(scores.unmatched)} (ignored; e.g. {scores.unmatched[0]})")
+    if scores.failed:
+        notes.append(f"failed in decoding: {len(scores.failed)} (not scored, as in decode's metrics.json; e.g. "
+                     f"{scores.failed[0]})")
     if "rtf" in m:
         notes.append(f"RTF {m['rtf']:.3f} over {m['audio_hours']:.2f} h of audio")
     if notes:

@@ -85,6 +85,7 @@ import numpy as np
 from nano8k import channel, data
 from nano8k.data import Entry, Problem
 from nano8k.data.problems import RejectCounts
+from nano8k.data.sources import check_apart
 from nano8k.data.manifest import with_audio
 from nano8k.errors import UserError, one_line
 from nano8k.files import read_yaml
@@ -842,10 +843,7 @@ def simulate_corpus(
     written_files = {out_dir / n for n in ("rejects.jsonl",)} | (
         {out_dir / n for n in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2channel")} if output_format == "kaldi"
         else {manifest})
-    read_files = {location} | ({location / n for n in ("wav.scp", "text", "segments", "utt2spk")}
-                               if location.is_dir() else set())
-    if {p.resolve() for p in written_files} & {p.resolve() for p in read_files}:
-        raise UserError(f"{out_dir}: the output would overwrite the input; choose another output directory")
+    check_apart(written_files, location)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -950,16 +948,14 @@ def _load(audio: str, pipe: bool, segment: tuple | None, channel_index: int | No
         else:
             if audio_files.is_url(audio):
                 raise Rejected("missing_audio", f"{audio}: URLs are not supported; download the audio first")
-            if not os.path.isfile(audio):
-                raise Rejected("missing_audio", f"{audio} does not exist")
+            what = audio_files.not_a_file(audio)
+            if what is not None:
+                raise Rejected("missing_audio", f"{audio} {what}")
             source, label, unreadable = audio, audio, "unreadable_audio"
         start, stop = 0, None
         if segment is not None:
             total, rate, _, _ = audio_files.header_of(source, raw_rate)
-            start, stop = (data.nearest_sample(t, rate) for t in segment)
-            if start >= total or stop - total > data.SEGMENT_TOLERANCE * rate:
-                raise Rejected("segment_out_of_range", f"{float(segment[0]):g}-{float(segment[1]):g} s of a "
-                                                      f"{total / rate:.3f} s recording: {label}")
+            start, stop = audio_files.segment_samples(segment, total, rate, label, label)
         return audio_files.load(source, raw_rate, start=start, stop=stop, channel=channel_index)
     except audio_files.AudioProblem as err:
         reason = unreadable if pipe and err.reason in ("unreadable_audio", "corrupt_audio") else err.reason

@@ -41,6 +41,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
     main_rank = launch.rank() == 0
     if main_rank:
         rundir.check_writable(run_dir)
+        rundir.check_not_a_model(run_dir, settings.get("model_dir"))
     if settings.get("dry_run"):
         _write_config(settings, run_dir)
         _warn(settings)
@@ -56,9 +57,13 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
         resume_from, changes = _resume_point(settings, run_dir)
         if resume_from is not None:
             done = rundir.finished(resume_from, int((settings.get("train_conf") or {}).get("max_epoch", 100)))
-            if done:
+            missing = rundir.unfinished_parts(run_dir) if done else []
+            if done and not missing:
                 raise launch.NothingToDo(f"{run_dir}: finished: {done}; nothing to do (raise train_conf.max_epoch "
                                          "to train on)", _previous_result(run_dir))
+            if missing:  # killed while finishing: the trainer trains no epoch and finishes
+                log.warning("%s: %s, but it was stopped while finishing: %s missing; completing it", run_dir, done,
+                            ", ".join(missing))
         nproc = int(settings.get("nproc_per_node") or 1)
         reexecute = nproc > 1 and not launch.under_torchrun()
         if main_rank and not reexecute:  # under torchrun, rank 0 writes it (after its own resume check)

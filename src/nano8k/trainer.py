@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from nano8k import data, deepspeed_support, devices, funasr_gaps, interrupts, model as nano_model, rundir
 from nano8k.errors import UserError
+from nano8k.files import atomic_path, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,8 @@ class Trainer:
         last_validation = ""
         try:
             with progress:
-                for epoch in range(state["epoch"], max_epoch):
+                # a run that stopped early (or was killed while finishing after it) trains no more epochs
+                for epoch in range(state["epoch"], max_epoch if not history["stopped_early"] else state["epoch"]):
                     # A mid-epoch checkpoint resumes at its next batch: the sampler skips the trained
                     # ones, and the random state is put back after the epoch's iterator is created
                     # (the uninterrupted run created it before the checkpoint took the state).
@@ -419,9 +421,15 @@ class Trainer:
         summary.wall_s = round(time.perf_counter() - self.started, 2)
         summary.total_wall_s = round(history["wall_s"] + summary.wall_s, 2)
         if self.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+            with atomic_path(self.run_dir / "summary.json") as tmp:
+                Path(tmp).write_text(json.dumps(json_safe(asdict(summary)), indent=2, allow_nan=False) + "\n",
+                                     encoding="utf-8")
             if not (diverged or interrupted):
                 _print_summary(summary)
+            signum = interrupts.pending()
+            if signum is not None and not interrupted:  # acted on: finishing is quicker than leaving it half done
+                log.warning("%s came while the run was finishing: it finished first (averaged model, summary.json)",
+                            interrupts.signal_name(signum))
         if metrics:
             metrics.close()
         if self.world_size > 1 and not (diverged or interrupted):
@@ -964,7 +972,7 @@ class Metrics:
         self.wandb = _wandb_run(run_dir, settings) if (settings.get("train_conf") or {}).get("use_wandb") else None
 
     def emit(self, record: dict, split: str, step: int) -> None:
-        self.file.write(json.dumps({"split": split, **record}) + "\n")
+        self.file.write(json.dumps(json_safe({"split": split, **record}), allow_nan=False) + "\n")
         self.file.flush()
         self.lines += 1
         scalars = {f"{split}/{key}": float(value) for key, value in record.items()

@@ -16,6 +16,7 @@ import io
 import math
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -167,14 +168,32 @@ def header_of(source: str | bytes | io.BytesIO, raw_rate: int | None = None,
         return int(f.frames), int(f.samplerate), int(f.channels), str(f.subtype)
 
 
+def not_a_file(path: Path | str) -> str | None:
+    """What a path that is not a regular file is ("does not exist", "is a FIFO", ...), told by
+    stat alone (opening a FIFO waits for a writer forever); None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    for test, what in ((stat.S_ISREG, None), (stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
+                       (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
+                       (stat.S_ISSOCK, "is a socket")):
+        if test(mode):
+            return what
+    return "is not a regular file"
+
+
 def probe(location: str, root: Path | str | None = None, raw_rate: int | None = None, as_funasr: bool = False) -> Audio:
     """The header of the file at `location` (resolved against `root`), or its problem."""
     if is_url(location):
         return Audio(problem=("missing_audio", f"{location}: URLs are not supported; download the audio first"))
     path = resolve_path(location, root)
-    if not os.path.isfile(path):
+    what = not_a_file(path)
+    if what is not None:
         hint = " (Kaldi ark offsets are not supported)" if re.search(r"\.ark:\d+$", location) else ""
-        return Audio(path=path, problem=("missing_audio", f"{path} does not exist{hint}"))
+        return Audio(path=path, problem=("missing_audio", f"{path} {what}{hint}"))
     try:
         frames, rate, channels, subtype = header_of(path, raw_rate, as_funasr)
     except AudioProblem as err:
@@ -259,6 +278,26 @@ def nonfinite_samples(opener: Callable[[], Any], subtype: str) -> int:
 def nearest_sample(seconds: Fraction, rate: int) -> int:
     """The sample index nearest to `seconds` (halves round up), exactly."""
     return math.floor(seconds * rate + Fraction(1, 2))
+
+
+# a segment ending at most this far past its recording is cut at the recording's end (Kaldi's
+# extract-segments --max-overshoot default); further is refused
+SEGMENT_TOLERANCE = 0.5
+
+
+def segment_samples(segment: tuple[Fraction, Fraction], total: int, rate: int, recording: str, label: str,
+                    tolerance: float = SEGMENT_TOLERANCE) -> tuple[int, int]:
+    """The one segment rule (prepare, check and decode): (start, stop) samples of a segment of a
+    recording of `total` samples; an end past it by at most `tolerance` seconds is cut there.
+    A segment that starts at or after the end, or ends further past it: AudioProblem."""
+    start, stop = (nearest_sample(Fraction(t), rate) for t in segment)
+    length = f"recording {recording} is {total / rate:.3f} s ({total} samples at {rate} Hz): {label}"
+    if start >= total:
+        raise AudioProblem("segment_out_of_range", f"starts at {float(segment[0]):g} s; the {length}")
+    if stop - total > tolerance * rate:
+        raise AudioProblem("segment_out_of_range", f"ends at {float(segment[1]):g} s, {(stop - total) / rate:.3f} s "
+                                                   f"past the end (tolerance {tolerance:g} s); the {length}")
+    return start, min(stop, total)
 
 
 def audio_name(key: str) -> str:

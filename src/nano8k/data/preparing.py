@@ -32,7 +32,8 @@ from nano8k.data.audio import (
     audio_name,
     header_of,
     load,
-    nearest_sample,
+    SEGMENT_TOLERANCE,
+    segment_samples,
     nonfinite_samples,
     open_audio,
     probe,
@@ -61,15 +62,13 @@ from nano8k.data.sources import (
     Entry,
     audio_root_hint,
     channel_mode,
+    check_apart,
     read_source,
 )
 from nano8k.errors import UserError, one_line
 from nano8k.files import write_jsonl_atomic
 from nano8k.parallel import map_ordered
 
-# prepare(): a segment ending at most this far past its recording is cut at the recording's end
-# (Kaldi's extract-segments --max-overshoot default); further is a reject.
-SEGMENT_TOLERANCE = 0.5
 MAX_TARGET_LENGTH = 2048  # FunASR's index default (datasets.py:405): longer transcripts are dropped
 
 # prepare()'s reasons for not writing an input line (all have effect "reject").
@@ -156,8 +155,7 @@ def prepare(
     fmt, location, entries, rejects = read_source(
         source, mode=mode, allow_pipes=allow_pipes, source_format=source_format, audio_column=audio_column,
         text_column=text_column, key_column=key_column, exclude=audio_dir, audio_root=audio_root)
-    if location.is_file() and output.resolve() == location.resolve():
-        raise UserError(f"{output}: the output would overwrite the input")
+    check_apart([output, rejects_path(output)], location, entries)
     tokenizer = load_tokenizer(tokenizer_dir)
     entries = _within_target_length(entries, tokenizer, max_target_length, rejects)
 
@@ -296,16 +294,10 @@ def _entry_audio(
         return reject("nonfinite_audio", f"{bad} samples are NaN or infinite: {label}") if bad else header
     start, stop = 0, total
     if entry.segment is not None:
-        start, stop = (nearest_sample(t, rate) for t in entry.segment)
-        length = f"recording {entry.recording} is {total / rate:.3f} s ({total} samples at {rate} Hz): {label}"
-        if start >= total:
-            return reject("segment_out_of_range", f"starts at {float(entry.segment[0]):g} s; the {length}")
-        if stop > total:
-            if stop - total > tolerance * rate:
-                return reject("segment_out_of_range", f"ends at {float(entry.segment[1]):g} s, "
-                                                      f"{(stop - total) / rate:.3f} s past the end (tolerance "
-                                                      f"{tolerance:g} s); the {length}")
-            stop = total
+        try:
+            start, stop = segment_samples(entry.segment, total, rate, entry.recording, label, tolerance)
+        except AudioProblem as err:
+            return reject(err.reason, err.detail)
     count = stop - start
     if fbank_frames(count, rate, frontend_fs) < 1:
         return reject("audio_too_short", f"{count} samples at {rate} Hz, {label}")

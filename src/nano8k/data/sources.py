@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from nano8k.data.audio import AUDIO_SUFFIXES, is_audio_name, is_url, resolve_path
+from nano8k.data.audio import AUDIO_SUFFIXES, is_audio_name, is_url, not_a_file, resolve_path
 from nano8k.data.manifest import CHANNEL_FIELDS, is_manifest
 from nano8k.data.manifest import parse as parse_manifest
 from nano8k.data.problems import Problem
@@ -126,10 +126,40 @@ def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = Fa
         entries, rejects = [Entry(str(location), 0, location.stem, str(location), None, raw=str(location))], []
     else:
         entries, rejects = _read_folder(location, mode, exclude=exclude, need_text=need_text)
+    if not entries and not rejects:  # a 0-byte wav.scp, an empty list: an error, never "0 of 0 written"
+        raise UserError(f"{location}: holds no utterances (an empty {FORMAT_NAMES.get(fmt, fmt)}); nothing to do")
     for entry in entries:
         if entry.audio is not None and not entry.pipe and not is_url(entry.audio):
             entry.audio = resolve_path(entry.audio, root)
     return fmt, location, _unique_keys(entries, rejects), rejects
+
+
+FORMAT_NAMES = {"kaldi": "Kaldi directory", "jsonl": "JSONL", "nano": "Nano manifest", "table": "table",
+                "list": "list of audio files", "folder": "folder"}
+
+
+KALDI_INPUTS = ("wav.scp", "text", "segments", "utt2spk", "utt2channel")  # what _read_kaldi may read
+
+
+def files_read(location: Path, entries: list[Entry] = ()) -> set[Path]:
+    """The files a command read for a source (resolved): the file itself, a Kaldi directory's
+    files, and the entries' audio (a folder's transcripts beside it)."""
+    location = Path(location)
+    read = {location} | ({location / n for n in KALDI_INPUTS} if location.is_dir() else set())
+    for entry in entries:
+        if entry.audio is not None and not entry.pipe and not is_url(entry.audio):
+            read |= {Path(entry.audio), Path(entry.audio).with_suffix(".txt")}
+    return {p.resolve() for p in read}
+
+
+def check_apart(outputs: Iterable[Path], location: Path, entries: list[Entry] = ()) -> None:
+    """One line, before anything is written, when an output would land on a file the source was
+    read from (prepare DIR DIR/text would replace the transcripts with the manifest)."""
+    read = files_read(location, entries)
+    for output in outputs:
+        if Path(output).resolve() in read:
+            raise UserError(f"{output}: is a file of the input {location}; writing there would overwrite it: choose "
+                            "another output")
 
 
 def audio_root_of(location: Path, audio_root: Path | str | None) -> Path:
@@ -157,8 +187,11 @@ def detect_source(source: Path, source_format: str | None = None, need_text: boo
                   manifests: bool = False) -> tuple[str, Path, str | None]:
     """(format, location, CSV delimiter or None)."""
     source = Path(source).expanduser()
-    if not source.exists():
+    what = not_a_file(source)
+    if what == "does not exist":
         raise UserError(f"{source}: no such file or directory")
+    if what is not None and what != "is a directory":  # a FIFO is never opened: reading it waits forever
+        raise UserError(f"{source}: {what}, not a file or directory nano8k can read")
     if source.is_file() and source.name == "wav.scp":
         source = source.parent
     wanted = source_format.lower().strip() if source_format else None
