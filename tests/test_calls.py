@@ -167,3 +167,36 @@ def test_vad_memory_stays_bounded_on_long_calls(tmp_path):
         assert proc.returncode == 0, proc.stderr
         peaks[minutes] = int(proc.stdout.split()[-1]) / 1024  # MiB
     assert peaks[5] - peaks[1] < 12, peaks
+
+
+def test_a_decode_of_calls_stopped_by_sigterm_resumes_where_it_stopped(calls, tmp_path):
+    """results.jsonl grows batch by batch for calls too; the rerun decodes only the segments it lacks
+    and ends with the files an uninterrupted decode writes (timings aside)."""
+    import signal
+    import time
+
+    from conftest import NANO8K
+
+    call = calls["folder"] / "call1.wav"
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert decode(calls, reference, f"input={call}", "batch_size=2").code == 0
+    command = [str(NANO8K), "decode", f"model_dir={calls['model']}", "vad=silero", "channel_names=[agent,customer]",
+               "max_new_tokens=4", f"hydra.run.dir={run}", f"input={call}", "batch_size=2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = run / "results.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not (results.exists() and results.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    kept = len(results.read_text().splitlines())
+    total = len(lines(reference / "results.jsonl"))
+    assert 0 < kept < total and f"after {kept} of {total} segments" in err.splitlines()[-1]
+    assert decode(calls, run, f"input={call}", "batch_size=2").code == 0
+    timing = ("decode_time",)
+    same = lambda path: [{k: v for k, v in r.items() if k not in timing} for r in lines(path)]  # noqa: E731
+    assert same(results) == same(reference / "results.jsonl")
+    mine, theirs = (lines(d / "calls.jsonl") for d in (run, reference))
+    assert [{k: c[k] for k in ("call", "segments", "turns")} for c in mine] == \
+        [{k: c[k] for k in ("call", "segments", "turns")} for c in theirs]

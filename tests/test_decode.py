@@ -228,16 +228,20 @@ def test_kaldi_segments_and_speakers(env, tmp_path):
     kaldi = tmp_path / "kaldi"
     kaldi.mkdir()
     (kaldi / "wav.scp").write_text(f"call {env['files']['long']}\npiped sox x.wav -t wav - |\n")
-    (kaldi / "segments").write_text("call-1 call 0.0 2.5\ncall-2 call 2.5 5.0\ncall-3 call 5.0 9.0\nlost nowhere 0 1\n")
+    (kaldi / "segments").write_text("call-1 call 0.0 2.5\ncall-2 call 2.5 5.0\ncall-3 call 5.0 7.9\ncall-4 call 5.0 9.0\n"
+                                    "lost nowhere 0 1\n")
     (kaldi / "text").write_text("call-1 hello\ncall-2 goodbye\n")
     (kaldi / "utt2spk").write_text("call-1 agent\ncall-2 customer\n")
     items, kind = decoding.read_input(str(kaldi))
     assert kind == "kaldi"
     records = env["decoder"].decode(items, 4, progress=False)
     by_key = {r["key"]: r for r in records}
-    assert [r["status"] for r in records] == ["ok", "ok", "ok", "failed"]
+    assert [r["status"] for r in records] == ["ok", "ok", "ok", "failed", "failed"]
     assert by_key["call-1"]["duration"] == pytest.approx(2.5) and by_key["call-1"]["speaker"] == "agent"
-    assert by_key["call-3"]["duration"] == pytest.approx(7.5938 - 5.0, abs=1e-3)  # cut at the recording's end
+    # prepare's one segment rule: 0.31 s past the recording's end is cut there, 1.41 s is refused
+    assert by_key["call-3"]["duration"] == pytest.approx(7.5938 - 5.0, abs=1e-3)
+    assert by_key["call-4"]["reason"].startswith("segment out of range: ends at 9 s, 1.406 s past the end (tolerance "
+                                                 "0.5 s); the recording ")
     assert by_key["call-2"]["ref"] == "goodbye" and by_key["call-3"]["ref"] is None
     assert "recording nowhere is not in" in by_key["lost"]["reason"]
 

@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,16 +243,18 @@ def prepare(items: list[Item], settings: dict) -> list[Call]:
     return calls
 
 
-def decode_calls(calls: list[Call], settings: dict, run_dir: Path, decoder: Any, batch_size: int,
+def decode_calls(calls: list[Call], settings: dict, run_dir: Path, decode_segments: Callable[[list[Item]], list[dict]],
                  progress: bool = True) -> tuple[list[dict], list[dict], dict, Any]:
-    """Decode whole calls: (segment records, call records, metrics, Scores of the calls or None)."""
+    """Decode whole calls: (segment records, call records, metrics, Scores of the calls or None).
+    decode_segments(items) -> their records (decode's: batched, through results.jsonl, so that an
+    interrupted decode resumes at the segments it had not decoded; the VAD finds the same ones)."""
     from nano8k import vad
 
     detector = vad.SileroVad(settings.get("vad") or {})
     segments = segment_items(calls, detector, settings.get("raw_rate"), progress)
     log.info("vad: %d calls, %d segments, %.1f s of speech in %.1f s of audio", len(calls), len(segments),
              sum(c.speech_s for c in calls), sum(c.duration * len(c.streams) for c in calls))
-    records = decoder.decode(segments, batch_size, progress=progress) if segments else []
+    records = decode_segments(segments) if segments else []
     for record in records:
         record.pop("ref", None)  # a segment has no reference of its own: calls and reference segments do
         record.pop("segment", None)  # start and end say it

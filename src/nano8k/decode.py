@@ -207,15 +207,16 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     load_s = time.perf_counter() - started
     log.info("model: %s; weights: %s; config: %s; prompt: %r", decoder.model_dir, ", then ".join(decoder.loaded_from),
              decoder.config_source, decoder.prompt)
-    call_records = None
-    if whole_calls is not None:
-        records, call_records, metrics, scores = calls.decode_calls(whole_calls, settings, run_dir, decoder, batch_size,
-                                                                    progress)
-    else:
-        journal = ResultsJournal(run_dir / RESULTS_FILE, items)
+    if stop_at_signals:
+        interrupts.defer()  # from here a signal stops after the batch in flight, its results kept
+
+    def decode_items(todo: list, what: str) -> list[dict]:
+        """The items' records through results.jsonl (ResultsJournal): those an earlier, unfinished
+        decode wrote are taken from it, the rest appended batch by batch."""
+        journal = ResultsJournal(run_dir / RESULTS_FILE, todo)
         if journal.done:
-            log.info("resuming: %d of %d utterances were decoded before (%s); decoding the other %d",
-                     len(journal.done), len(items), run_dir / RESULTS_FILE, len(items) - len(journal.done))
+            log.info("resuming: %d of %d %s were decoded before (%s); decoding the other %d", len(journal.done),
+                     len(todo), what, run_dir / RESULTS_FILE, len(todo) - len(journal.done))
 
         def on_batch(batch: list[dict]) -> None:
             journal.append(batch)
@@ -223,16 +224,21 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
             if signum is not None:
                 decoded = len(journal.done) + journal.appended
                 raise interrupts.Interrupted(signum, f"interrupted by {interrupts.signal_name(signum)} after {decoded} of "
-                                                     f"{len(items)} utterances, kept in {run_dir / RESULTS_FILE}; rerun "
+                                                     f"{len(todo)} {what}, kept in {run_dir / RESULTS_FILE}; rerun "
                                                      "the same command to decode the rest",
-                                             {"decoded": decoded, "utterances": len(items)})
+                                             {"decoded": decoded, what.replace(" ", "_"): len(todo)})
 
-        if stop_at_signals:
-            interrupts.defer()  # from here a signal stops after the batch in flight, its results kept
         try:
-            records = decoder.decode(items, batch_size, progress=progress, done=journal.done, on_batch=on_batch)
+            return decoder.decode(todo, batch_size, progress=progress, done=journal.done, on_batch=on_batch)
         finally:
             journal.close()
+
+    call_records = None
+    if whole_calls is not None:
+        records, call_records, metrics, scores = calls.decode_calls(
+            whole_calls, settings, run_dir, lambda segments: decode_items(segments, "segments"), progress)
+    else:
+        records = decode_items(items, "utterances")
         score_conf = settings.get("score") or {}
         scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
                                           numbers=bool(score_conf.get("numbers")))
