@@ -255,3 +255,22 @@ def test_special_files_and_unbounded_hotword_lists_are_one_line(corpus, tmp_path
         "error: hotwords: 10000 entries (hotwords and hotwords_file together); the limit is 500: every entry goes "
         "into the prompt of every utterance (about 13 LLM tokens each), so the prompt, memory and time grow with the "
         "list; keep the ones this audio may hold"]
+
+
+def test_transcripts_with_no_words_are_kept_and_flagged(corpus, tmp_path):
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    demo = REPO / "data" / "demo" / "train"
+    scp = [line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines()[:3]]
+    (kaldi / "wav.scp").write_text("".join(f"{key} {(demo / path).resolve()}\n" for key, path in scp))
+    texts = ["hello there", "\u200b\u200b", "?!"]
+    (kaldi / "text").write_text("".join(f"{key} {text}\n" for (key, _), text in zip(scp, texts)))
+    out = tmp_path / "prepared.jsonl"
+    prepared = run_cli("data", "prepare", str(kaldi), str(out), "--model-dir", str(corpus["model_dir"]))
+    assert prepared.code == 0, prepared.output
+    assert len(out.read_text().splitlines()) == 3
+    assert (f"note: 2 transcripts have no letter or digit (only punctuation, zero-width characters or a BOM; empty "
+            f"once normalised), kept: e.g. {scp[1][0]}") in prepared.stdout
+    checked = run_cli("data", "check", str(out), "+stage=stage1", "+preset=tiny", f"model_dir={corpus['model_dir']}",
+                      "--notes", "--expected-fs", "0")
+    assert "no_words" in checked.stdout and f"{scp[2][0]}" in checked.stdout, checked.output

@@ -43,6 +43,7 @@ from nano8k.data.sources import audio_root_hint, audio_root_of, json_key
 from nano8k.data.text import (
     bad_bytes,
     bad_characters,
+    has_words,
     encoding_of,
     read_lines,
     replaced,
@@ -115,6 +116,7 @@ RULES: dict[str, Rule] = {
     "multichannel": Rule("note", "load_utils.py:128-140", "more than one channel: FunASR averages the channels"),
     "speech_length_mismatch": Rule("note", "wav_frontend.py:169-181", "speech_length differs from the audio's fbank frame count by more than 1"),
     "duplicate_key": Rule("note", "datasets.py:503-505", "key seen on an earlier line (FunASR does not care; decoding and scoring do)"),
+    "no_words": Rule("note", "datasets.py:286-287", "the transcript has no letter or digit (only punctuation, zero-width characters or a BOM): empty once normalised, nothing to learn or score"),
 }
 
 # FunASR's defaults for the dataset_conf keys the rules read, where FunASR reads them.
@@ -320,6 +322,8 @@ def _text_rules(state: dict) -> None:
             bad = bad_characters(content)
             if bad:
                 state["problems"].append(("undecodable_text", f"{bad} in {content[:80]!r}"))
+            elif not has_words(content):
+                state["problems"].append(("no_words", f"assistant content {content[:80]!r}"))
         return  # the first assistant turn: what a one-turn ASR line trains on
 
 

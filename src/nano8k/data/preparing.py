@@ -65,6 +65,7 @@ from nano8k.data.sources import (
     check_apart,
     read_source,
 )
+from nano8k.data.text import has_words
 from nano8k.errors import UserError, one_line
 from nano8k.files import write_jsonl_atomic
 from nano8k.parallel import map_ordered
@@ -194,6 +195,8 @@ def prepare(
                               speech_length=speech_length, text_length=text_length, duration=duration,
                               sample_rate=audio.sample_rate, fields=fields))
         report.total_duration += duration
+        if entry.text and not has_words(entry.text):
+            report.no_words.append(entry.key)
         rates[audio.sample_rate] += 1
         report.multichannel += audio.channels > 1
         report.materialized += audio.materialized

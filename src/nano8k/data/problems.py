@@ -98,6 +98,7 @@ class PrepareReport(RejectCounts):
     materialized: int = 0  # lines whose audio was written under audio_dir (cuts, channels, pipes)
     audio_dir: Path | None = None
     hint: str = ""  # every audio file missing: where relative paths were taken from
+    no_words: list[str] = field(default_factory=list)  # keys written whose transcript has no letter or digit
 
     def summary(self) -> str:
         rates = ", ".join(f"{sr} Hz: {n}" for sr, n in sorted(self.sample_rates.items())) or "none"
@@ -110,6 +111,9 @@ class PrepareReport(RejectCounts):
             lines.append(f"{self.multichannel} multi-channel files: FunASR averages their channels")
         if self.materialized:
             lines.append(f"{self.materialized} audio files written under {self.audio_dir}")
+        if self.no_words:
+            lines.append(f"note: {len(self.no_words)} transcripts have no letter or digit (only punctuation, zero-width "
+                         f"characters or a BOM; empty once normalised), kept: e.g. {self.no_words[0]}")
         if self.hint:
             lines.append(self.hint)
         return "\n".join(lines)
@@ -128,6 +132,7 @@ class CheckReport:
     config_notes: list[str] = field(default_factory=list)
     sample_rates: dict[int, int] = field(default_factory=dict)  # rate -> readable audio files
     hint: str = ""  # every audio file missing: where relative paths were taken from
+    no_words: list[str] = field(default_factory=list)  # keys written whose transcript has no letter or digit
     cached: bool = False  # check_cached(): this report came from the cache
 
     @property

@@ -92,6 +92,12 @@ def clean_transcript(text: str) -> tuple[str, str]:
     return text, (f"{bad} in the transcript (decoded with the wrong encoding?)" if bad else "")
 
 
+def has_words(text: str) -> bool:
+    """Whether a transcript holds a letter or a digit: one of only punctuation, zero-width
+    characters or a BOM is empty once normalised (nothing to learn, nothing to score)."""
+    return any(unicodedata.category(c)[0] in "LN" for c in text)
+
+
 def replaced(text: str) -> str:
     """`text` with its undecodable bytes as U+FFFD (what a lenient reader makes of them)."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
