@@ -126,6 +126,17 @@ def test_export_is_all_or_nothing_and_never_lands_on_its_inputs(corpus, tmp_path
     assert refused.code == 2 and "pass --force to replace a previous export" in refused.stderr
     replaced = run_cli("export", str(run), str(out), "--force", timeout=300)
     assert replaced.code == 0 and (out / "model.pt").is_file() and not list(tmp_path.glob(".out.*"))
+    # one export into a directory at a time: the second is refused, naming the holder
+    other = tmp_path / "other"
+    first = subprocess.Popen([str(NANO8K), "export", str(run), str(other)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / ".other.nano8k.lock").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = run_cli("export", str(run), str(other), "--force")
+    assert second.code == 2 and f"{other} is in use by another nano8k run (pid {first.pid}" in second.stderr
+    first.communicate(timeout=300)
+    assert first.returncode == 0 and (other / "export.json").is_file()
 
 
 def interrupt_export(run: Path, out: Path) -> str:

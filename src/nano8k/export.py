@@ -72,7 +72,18 @@ def export(run: Path, out: Path, force: bool = False) -> dict:
     if source.checkpoint is None:
         raise UserError(f"{run}: holds no checkpoint (looked for model.pt.avg*, model.pt.best, model.pt)")
     model_dir = Path(source.model_dir)
-    check_target(out, force, inputs={"the training run": run_dir, "its model directory": model_dir})
+    inputs = {"the training run": run_dir, "its model directory": model_dir}
+    check_target(out, force, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = rundir.RunLock(out.parent, target=out).acquire()  # one export into OUT at a time
+    try:
+        check_target(out, force, inputs)  # again: another export may have finished OUT meanwhile
+        return _export(run, out, source, model_dir, force)
+    finally:
+        lock.release()
+
+
+def _export(run: Path, out: Path, source: Any, model_dir: Path, force: bool) -> dict:
     settings = dict(source.settings)
     partial = out.parent / f".{out.name}.export-{os.getpid()}"
 

@@ -154,10 +154,13 @@ def check_decode_dir(run_dir: Path) -> None:
 
 
 class RunLock:
-    """`.nano8k.lock` in the run directory while a run trains there (rank 0 of a job)."""
+    """`.nano8k.lock` in the run directory while a run trains (or a decode writes) there (rank 0
+    of a job). `target`: a directory that does not exist yet (an export's OUT) is locked by
+    `.OUT.nano8k.lock` beside it."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: Path, target: Path | None = None):
+        self.path = Path(target).parent / f".{Path(target).name}{LOCK_FILE}" if target else Path(run_dir) / LOCK_FILE
+        self.what, self.other = (str(target), "OUT") if target else (f"run directory {run_dir}", "hydra.run.dir")
         self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
         self.owned = False
 
@@ -172,9 +175,9 @@ class RunLock:
         return bool(os.environ.get(LOCK_ENV)) and self._holder().get("token") == os.environ[LOCK_ENV]
 
     def _in_use(self, holder: dict) -> UserError:
-        return InUse(f"run directory {self.path.parent} is in use by another nano8k run (pid {holder.get('pid', '?')} "
+        return InUse(f"{self.what} is in use by another nano8k run (pid {holder.get('pid', '?')} "
                      f"on {holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it or choose another "
-                     f"hydra.run.dir (if that run is gone, delete {self.path})")
+                     f"{self.other} (if that run is gone, delete {self.path})")
 
     def acquire(self) -> "RunLock":
         if self._inherited():
