@@ -285,3 +285,33 @@ def test_transcripts_with_no_words_are_kept_and_flagged(corpus, tmp_path):
     checked = run_cli("data", "check", str(out), "+stage=stage1", "+preset=tiny", f"model_dir={corpus['model_dir']}",
                       "--notes", "--expected-fs", "0")
     assert "no_words" in checked.stdout and f"{scp[2][0]}" in checked.stdout, checked.output
+
+
+def test_training_never_writes_into_a_model_directory(corpus):
+    before = snapshot(corpus["model_dir"])
+    for extra in ((), ("train_conf.resume=false",)):
+        result = run_cli("train", "+stage=stage1", "+preset=tiny", f"model_dir={corpus['model_dir']}",
+                         f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
+                         f"hydra.run.dir={corpus['model_dir']}", *extra)
+        assert result.code == 2 and result.stderr.splitlines() == [
+            f"error: hydra.run.dir={corpus['model_dir']}: is a model directory (model.pt, config.yaml): training there "
+            f"would replace them; train into a new directory (e.g. hydra.run.dir={corpus['model_dir']}-run)"]
+    assert snapshot(corpus["model_dir"]) == before
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0])
+def test_a_signal_during_start_up_stops_decode_and_export_at_once(corpus, tmp_path, delay):
+    """Python's KeyboardInterrupt is swallowed by `import funasr`: decode and export take signals
+    from their first moment, as train does (a Ctrl-C is never lost and the command never runs on)."""
+    for name, command, line in (
+            ("decode", [str(NANO8K), "decode", f"checkpoint={corpus['run']}", f"input={corpus['dev']}",
+                        f"hydra.run.dir={tmp_path / 'decode'}"], "during start-up: stopped; nothing was decoded"),
+            ("export", [str(NANO8K), "export", str(corpus["run"]), str(tmp_path / "export")],
+             f"received: stopped; the export was not written ({tmp_path / 'export'} is as it was)")):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (name, err[-1500:])
+        assert err.splitlines()[-1] == f"nano8k: SIGINT {line}", name
+    assert not (tmp_path / "export").exists() and not (tmp_path / "decode" / "results.jsonl").exists()

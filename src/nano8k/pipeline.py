@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from nano8k import config, data, interrupts, launch, preflight, rundir
 from nano8k import model as nano_model
 from nano8k.errors import UserError
+from nano8k.files import atomic_path, json_safe
 
 log = logging.getLogger(__name__)
 launch.register_resolvers()
@@ -80,8 +81,9 @@ def _run(cfg: DictConfig, pipeline_dir: Path) -> float | None:
         results = [train(stage, number, len(stages)) for number, stage in enumerate(stages, 1)]
     finally:
         lock.release()
-    (pipeline_dir / SUMMARY_FILE).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n",
-                                             encoding="utf-8")
+    with atomic_path(pipeline_dir / SUMMARY_FILE) as tmp:
+        Path(tmp).write_text(json.dumps(json_safe([asdict(r) for r in results]), indent=2, allow_nan=False) + "\n",
+                             encoding="utf-8")
     _print_table(results, pipeline_dir)
     return results[-1].best_val_loss
 
