@@ -52,6 +52,13 @@ def test_decode_never_writes_into_a_training_run_or_a_model_directory(corpus):
         assert result.code == 2 and len(result.stderr.splitlines()) == 1, result.output
         assert result.stderr.startswith(f"error: hydra.run.dir={target}: {what}")
         assert snapshot(target) == before  # not even Hydra's .hydra/ was written
+    # a run directory the command line does not spell out (here an interpolation; or a config file's) is
+    # checked when the job starts: Hydra has written its .hydra/ and log, but the run's own files stay
+    kept = {name: (corpus["run"] / name).read_bytes() for name in ("config.yaml", "status.json", "summary.json")}
+    result = run_cli("decode", f"checkpoint={corpus['run']}", f"input={corpus['many']}",
+                     "hydra.run.dir=${oc.env:NANO8K_TEST_RUN}", env={"NANO8K_TEST_RUN": str(corpus["run"])})
+    assert result.code == 2 and result.stderr.startswith(f"error: hydra.run.dir={corpus['run']}: is a training run")
+    assert {name: (corpus["run"] / name).read_bytes() for name in kept} == kept
     # the run still decodes (its config.yaml is its own)
     assert "model_dir" in (corpus["run"] / "config.yaml").read_text()
 

@@ -60,6 +60,7 @@ def run(cfg: DictConfig) -> float | None:
 def _run(cfg: DictConfig, run_dir: Path) -> Outcome:
     settings = config.validate(cfg, app="decode")
     run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.check_decode_dir(run_dir)  # again, for a run directory a config file set (the CLI checked a literal one)
     lock = rundir.RunLock(run_dir).acquire()  # one writer per directory (a second decode is refused)
     try:
         check_rerun(settings, run_dir)

@@ -51,7 +51,8 @@ LOADING_ONLY = ("dataset_conf.num_workers", "dataset_conf.pin_memory", "dataset_
 
 
 class InUse(UserError):
-    """The run directory is another run's: nothing of it may be touched (status.json neither)."""
+    """The run directory is another run's (or a model's): nothing of it may be touched (status.json
+    neither)."""
 
     leaves_run_dir_alone = True
 
@@ -150,7 +151,7 @@ def check_decode_dir(run_dir: Path) -> None:
             "model directory": "a model directory (model.pt): decoding there would replace its config.yaml",
             "other": "a directory of other files, not a decode's (decode.log, results.jsonl)"}[kind]
     example = run_dir / "decode" if kind == "training run" else run_dir.with_name(f"{run_dir.name}-decode")
-    raise UserError(f"hydra.run.dir={run_dir}: is {what}; decode into a new directory (e.g. hydra.run.dir={example})")
+    raise InUse(f"hydra.run.dir={run_dir}: is {what}; decode into a new directory (e.g. hydra.run.dir={example})")
 
 
 class RunLock:
