@@ -82,9 +82,12 @@ def test_decode_stops_at_sigterm_with_its_results_and_the_rerun_decodes_the_rest
     assert 0 < status["decoded"] == kept < 40 and status["utterances"] == 40
     assert err.splitlines()[-1] == (f"interrupted by SIGTERM after {kept} of 40 utterances, kept in {results}; rerun "
                                     "the same command to decode the rest")
+    before = {r["key"]: r["decode_time"] for r in map(json.loads, results.read_text().splitlines())}
     again = subprocess.run(decode_command(corpus, run_dir), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming: {kept} of 40 utterances were decoded before" in (run_dir / "decode.log").read_text()
+    after = {r["key"]: r["decode_time"] for r in map(json.loads, results.read_text().splitlines())}
+    assert {key: after[key] for key in before} == before  # taken as they were, not decoded again
     assert comparable(results) == comparable(tmp_path / "reference" / "results.jsonl")
     timing = ("decode_s", "rtf", "utterances_per_s", "load_s")
     mine, theirs = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, tmp_path / "reference"))
