@@ -193,7 +193,9 @@ def test_a_decode_of_calls_stopped_by_sigterm_resumes_where_it_stopped(calls, tm
     kept = len(results.read_text().splitlines())
     total = len(lines(reference / "results.jsonl"))
     assert 0 < kept < total and f"after {kept} of {total} segments" in err.splitlines()[-1]
+    before = {r["key"]: r["decode_time"] for r in lines(results)}
     assert decode(calls, run, f"input={call}", "batch_size=2").code == 0
+    assert {r["key"]: r["decode_time"] for r in lines(results) if r["key"] in before} == before  # not decoded again
     timing = ("decode_time",)
     same = lambda path: [{k: v for k, v in r.items() if k not in timing} for r in lines(path)]  # noqa: E731
     assert same(results) == same(reference / "results.jsonl")
