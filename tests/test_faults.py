@@ -256,6 +256,26 @@ def test_a_diverging_run_stops_and_saves_nothing_diverged(corpus, tmp_path):
         assert all(torch.isfinite(t).all() for t in checkpoint(path)["state_dict"].values() if t.is_floating_point())
 
 
+
+def test_non_finite_numbers_are_null_in_every_json_output(corpus, tmp_path):
+    """A learning rate that blows the weights up: the run ends with a non-finite validation loss,
+    written as null (a bare NaN is not JSON: readers other than Python's reject the file)."""
+    overflow = train(corpus, tmp_path / "overflow", "optim_conf.lr=1e39")  # past float32: one line, not a traceback
+    assert overflow.code == 2 and overflow.stderr.splitlines() == [
+        "error: optim_conf.lr: 1e+39 is out of range: must be below 3.40282e+38"]
+    run = tmp_path / "run"
+    result = train(corpus, run, "optim_conf.lr=1e30", "train_conf.max_epoch=1")
+    assert result.code == 0, result.output
+
+    def strict(text: str) -> dict:
+        return json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in a JSON output"))
+
+    for name in ("summary.json", "status.json"):
+        strict((run / name).read_text())
+    records = [strict(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "valid" and r["val_loss"] is None for r in records)  # non-finite: null
+
+
 def test_a_full_disk_is_one_line_and_the_earlier_checkpoints_stay(corpus, reference, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference, run)

@@ -227,7 +227,8 @@ class TrainConf:
 class OptimConf:
     """torch.optim.AdamW / Adam / SGD keyword arguments."""
 
-    lr: Optional[float] = key(above=0)
+    lr: Optional[float] = key("the weights are float32: a larger rate overflows in the optimizer step",
+                              above=0, below=3.4028234663852886e38)
     betas: Optional[list[float]] = key()
     eps: Optional[float] = key(above=0)
     weight_decay: Optional[float] = at_least(0)
