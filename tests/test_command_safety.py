@@ -171,13 +171,21 @@ def interrupt_export(run: Path, out: Path) -> str:
     pytest.fail("never caught the export while it wrote its files")
 
 
-def test_prepare_never_writes_over_its_input_and_refuses_an_empty_one(corpus, tmp_path):
-    kaldi = tmp_path / "kaldi"
+def demo_kaldi(kaldi: Path, n: int, texts: list[str] | None = None) -> Path:
+    """A Kaldi directory of the first n utterances of the bundled corpus (absolute paths); `texts`
+    replaces their transcripts."""
     kaldi.mkdir()
     demo = REPO / "data" / "demo" / "train"
-    scp = [line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines()[:3]]
+    scp = [line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines()[:n]]
     (kaldi / "wav.scp").write_text("".join(f"{key} {(demo / path).resolve()}\n" for key, path in scp))
-    (kaldi / "text").write_text("\n".join((demo / "text").read_text().splitlines()[:3]) + "\n")
+    lines = (demo / "text").read_text().splitlines()[:n] if texts is None else \
+        [f"{key} {text}" for (key, _), text in zip(scp, texts)]
+    (kaldi / "text").write_text("\n".join(lines) + "\n")
+    return kaldi
+
+
+def test_prepare_never_writes_over_its_input_and_refuses_an_empty_one(corpus, tmp_path):
+    kaldi = demo_kaldi(tmp_path / "kaldi", 3)
     before = snapshot(kaldi)
     for name in ("text", "wav.scp"):
         result = run_cli("data", "prepare", str(kaldi), str(kaldi / name), "--model-dir", str(corpus["model_dir"]))
@@ -279,13 +287,9 @@ def test_special_files_and_unbounded_hotword_lists_are_one_line(corpus, tmp_path
 
 
 def test_transcripts_with_no_words_are_kept_and_flagged(corpus, tmp_path):
-    kaldi = tmp_path / "kaldi"
-    kaldi.mkdir()
-    demo = REPO / "data" / "demo" / "train"
-    scp = [line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines()[:3]]
-    (kaldi / "wav.scp").write_text("".join(f"{key} {(demo / path).resolve()}\n" for key, path in scp))
     texts = ["hello there", "\u200b\u200b", "?!"]
-    (kaldi / "text").write_text("".join(f"{key} {text}\n" for (key, _), text in zip(scp, texts)))
+    kaldi = demo_kaldi(tmp_path / "kaldi", 3, texts)
+    scp = [line.split(maxsplit=1) for line in (kaldi / "wav.scp").read_text().splitlines()]
     out = tmp_path / "prepared.jsonl"
     prepared = run_cli("data", "prepare", str(kaldi), str(out), "--model-dir", str(corpus["model_dir"]))
     assert prepared.code == 0, prepared.output
