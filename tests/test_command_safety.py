@@ -97,12 +97,12 @@ def test_decode_stops_at_sigterm_with_its_results_and_the_rerun_decodes_the_rest
 
 def test_one_decode_per_directory_and_no_mixing_of_settings(corpus, tmp_path):
     run_dir = tmp_path / "decode"
-    first = subprocess.Popen(decode_command(corpus, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (run_dir / ".nano8k.lock").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    hydra_before = snapshot(run_dir / ".hydra")
-    second = subprocess.run(decode_command(corpus, run_dir), capture_output=True, text=True, timeout=120)
+    first = stopped_holding_its_lock(decode_command(corpus, run_dir), run_dir / ".nano8k.lock", run_dir)
+    try:
+        hydra_before = snapshot(run_dir / ".hydra")
+        second = subprocess.run(decode_command(corpus, run_dir), capture_output=True, text=True, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and "is in use by another nano8k run (pid" in second.stderr
     assert snapshot(run_dir / ".hydra") == hydra_before  # the refused command wrote nothing there
     first.communicate(timeout=300)
@@ -138,15 +138,32 @@ def test_export_is_all_or_nothing_and_never_lands_on_its_inputs(corpus, tmp_path
     assert replaced.code == 0 and (out / "model.pt").is_file() and not list(tmp_path.glob(".out.*"))
     # one export into a directory at a time: the second is refused, naming the holder
     other = tmp_path / "other"
-    first = subprocess.Popen([str(NANO8K), "export", str(run), str(other)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / ".other.nano8k.lock").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    second = run_cli("export", str(run), str(other), "--force")
+    first = stopped_holding_its_lock([str(NANO8K), "export", str(run), str(other)], tmp_path / ".other.nano8k.lock",
+                                     other)
+    try:
+        second = run_cli("export", str(run), str(other), "--force")
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.code == 2 and f"{other} is in use by another nano8k run (pid {first.pid}" in second.stderr
     first.communicate(timeout=300)
     assert first.returncode == 0 and (other / "export.json").is_file()
+
+
+def stopped_holding_its_lock(command: list[str], lock: Path, writes: Path) -> subprocess.Popen:
+    """Starts `command` (which writes the directory `writes`) and stops it (SIGSTOP) once `lock`
+    is on disk, so that a second command meets a live holder however fast the first one is; the
+    caller sends SIGCONT."""
+    for _ in range(5):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not lock.exists() and proc.poll() is None:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)
+        if lock.exists():
+            return proc
+        proc.send_signal(signal.SIGCONT)
+        proc.communicate(timeout=300)
+        shutil.rmtree(writes, ignore_errors=True)
+    pytest.fail(f"never caught {command[1]} holding {lock}")
 
 
 def interrupt_export(run: Path, out: Path) -> str:
