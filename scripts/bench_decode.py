@@ -92,7 +92,8 @@ def main() -> None:
     def run_funasr() -> list[str]:
         return [r["text"] for r in funasr.generate(input=paths, batch_size=1, max_length=args.max_new_tokens)]
 
-    base = {"model_dir": str(model_dir), "device": args.device, "max_new_tokens": args.max_new_tokens, "timestamps": False}
+    base = {"model_dir": str(model_dir), "device": args.device, "max_new_tokens": args.max_new_tokens, "timestamps": False,
+            "speech_gate": {"enabled": False}}  # FunASR's work: no CTC pass unless +ctc
     decoders = {"nano8k": decoding.Decoder({**base, "ctc": False}), "nano8k+ctc": decoding.Decoder({**base, "ctc": True})}
     torch.set_num_threads(threads)  # each build sets the config's ncpu; keep all equal
 

@@ -5,7 +5,8 @@ recognises held-out telephone speech.
 1. writes a tiny Fun-ASR-Nano (same classes as the released model, random weights, sized to learn
    in minutes: `nano8k model tiny --adaptor-downsample 8 --adaptor-ffn 512`);
 2. prepares the bundled IVR corpus (data/ivr: 1,620 train / 180 dev utterances of digit strings
-   and commands, espeak-ng voices through a G.711 channel at 8 kHz) into the Nano JSONL FunASR reads;
+   and commands, espeak-ng voices through a G.711 channel at 8 kHz) into the Nano JSONL FunASR reads,
+   with 96 generated non-speech clips (scripts/make_nonspeech.py) whose transcripts are empty;
 3. trains it from scratch (`+stage=from_scratch`: every module, the LLM included, on native 8 kHz
    features), printing the held-out CER epoch by epoch;
 4. runs the seed's stage 1 from that run (`+stage=stage1`: the encoder adapts, the now-trained
@@ -19,7 +20,7 @@ LLM must learn from scratch, which is why the seed's stages (which freeze the LL
 from-scratch stage here; with the released model they come first.
 
 Every step is the real command line, run as a subprocess, exactly as a user would type it.
-usage: scripts/demo.py [--out runs/demo] [--epochs 15]
+usage: scripts/demo.py [--out runs/demo] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ NANO8K = [sys.executable, "-m", "nano8k"]
 # eighth of the audio), through a projection wide enough for them (the default 128 learned markedly
 # slower here).
 MODEL_SIZES = ["--adaptor-downsample", "8", "--adaptor-ffn", "512"]
+# 96 non-speech clips of about 3 s, twelve kinds (scripts/make_nonspeech.py), with the seed the
+# benchmark never uses
+NONSPEECH = ["--per-kind", "8", "--seconds", "3", "--seed", "1"]
 # Batches of up to 16 utterances, loaded by 2 worker processes (on 2 cores, 19 s an epoch instead of 30).
 BATCHES = ["dataset_conf.batch_size=4000", "dataset_conf.batch_size_token_max=4000", "dataset_conf.batch_size_sample_max=17",
            "dataset_conf.num_workers=2"]
@@ -85,7 +89,7 @@ def show_run(name: str, run_dir: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
-    ap.add_argument("--epochs", type=int, default=15, help="epochs of the from-scratch stage")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the from-scratch stage")
     args = ap.parse_args()
     out = args.out.resolve()
     if out.exists():
@@ -99,6 +103,16 @@ def main() -> None:
     for split in ("train", "dev"):
         step(f"prepare the bundled {split} set", ["data", "prepare", f"data/ivr/{split}", str(out / f"{split}.jsonl"),
                                                    "--model-dir", str(model_dir), "-j", "2"])
+    # non-speech (tones, noise, hum, silence, hold music) with empty transcripts: the model learns
+    # to answer them with no words (seed 1; scripts/bench_transcripts.py measures on seed 0's clips)
+    nonspeech = out / "nonspeech"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_nonspeech.py"), str(nonspeech), *NONSPEECH],
+                   check=True, stdout=subprocess.DEVNULL)
+    step("prepare the non-speech clips (empty transcripts)",
+         ["data", "prepare", str(nonspeech / "nonspeech.jsonl"), str(out / "nonspeech-train.jsonl"),
+          "--model-dir", str(model_dir)])
+    with open(out / "train.jsonl", "a", encoding="utf-8") as train:
+        train.write((out / "nonspeech-train.jsonl").read_text(encoding="utf-8"))
     common = ["+preset=tiny", f"model_dir={model_dir}", f"train_data_set_list={out / 'train.jsonl'}",
               f"valid_data_set_list={out / 'dev.jsonl'}"]
     scratch, stage1 = out / "from_scratch", out / "stage1"

@@ -131,6 +131,23 @@ def test_transcript_files_of_a_call(tmp_path):
     assert ctm[0] == "c1 agent 1.250 0.562 thank" and ctm[3] == "c1 agent 2.938 0.562 calling" and len(ctm) == 5
 
 
+def test_a_turn_spans_its_words_and_the_ctm_carries_each_word_s_time(tmp_path):
+    from nano8k import calls as whole_calls
+
+    words = [{"word": "yes,", "start": 10.42, "end": 10.66, "confidence": 0.91},
+             {"word": "please", "start": 10.78, "end": 11.14, "confidence": 0.62},
+             {"word": ".", "start": 11.14, "end": 11.14, "confidence": None}]
+    segment = {"channel": "customer", "start": 10.1, "end": 11.6, "hyp": "yes, please .", "words": words}
+    turn = whole_calls.turn_of(segment)
+    assert (turn["start"], turn["end"]) == (10.42, 11.14)  # the words', not the VAD window's padding
+    whole_calls.write_call_files(tmp_path, [{"call": "c1", "status": "ok", "turns": [turn]}])
+    assert (tmp_path / "c1.ctm").read_text().splitlines() == [
+        "c1 customer 10.420 0.240 yes, 0.9100", "c1 customer 10.780 0.360 please 0.6200"]  # punctuation: no width
+    assert (tmp_path / "c1.srt").read_text().splitlines()[1] == "00:00:10,420 --> 00:00:11,140"
+    spread = whole_calls.turn_of({**segment, "words": [{**w, "interpolated": True} for w in words]})
+    assert (spread["start"], spread["end"]) == (10.1, 11.6)
+
+
 @pytest.mark.parametrize("override, message", [
     ("vad.threshold=1.5", "error: vad.threshold: 1.5 is out of range: must be below 1"),
     ("vad.max_segment_s=0", "error: vad.max_segment_s: 0 is out of range: must be above 0"),

@@ -240,7 +240,7 @@ def test_kaldi_problems_are_reported_with_lines_and_good_lines_written(corpus, t
     write_lines(corpus / "kaldi" / "wav.scp", [
         "a01 ../audio/a01.wav",        # 1 good
         "gone ../audio/gone.wav",      # 2 missing audio
-        "a02 ../audio/a02.wav",        # 3 empty text (text line 3)
+        "a02 ../audio/a02.wav",        # 3 empty text (text line 3): non-speech, kept
         "bad ../audio/bad.wav",        # 4 unreadable
         "a01 ../audio/a03.wav",        # 5 duplicate key
         "notext ../audio/a03.wav",     # 6 not in text
@@ -255,11 +255,13 @@ def test_kaldi_problems_are_reported_with_lines_and_good_lines_written(corpus, t
     ])
     out = corpus / "out.jsonl"
     report = data.prepare(Path("kaldi"), out, tokenizer_dir)
-    assert [r["key"] for r in read_jsonl(out)] == ["a01", "a03"]
+    records = read_jsonl(out)
+    assert [r["key"] for r in records] == ["a01", "a02", "a03"]
+    assert (records[1]["messages"][2]["content"], records[1]["text_length"]) == ("", 1)  # FunASR's index keeps it
+    assert report.non_speech == ["a02"] and "1 transcripts are empty (non-speech" in report.summary()
     scp, text = str(Path("kaldi") / "wav.scp"), str(Path("kaldi") / "text")
     got = [(p.file, p.line, p.key, p.reason) for p in report.rejects]
     assert got == [
-        (text, 3, "a02", "empty_text"),
         (text, 5, "orphan", "no_audio"),
         (text, 7, "a03", "duplicate_key"),
         (scp, 2, "gone", "missing_audio"),
@@ -269,8 +271,8 @@ def test_kaldi_problems_are_reported_with_lines_and_good_lines_written(corpus, t
         (scp, 7, "lonely", "malformed_line"),
         (scp, 8, "tiny", "audio_too_short"),
     ]
-    assert report.written == 2 and report.rejected == 9 and report.total == 11
-    assert str(corpus / "audio" / "gone.wav") in report.rejects[3].detail
+    assert report.written == 3 and report.rejected == 8 and report.total == 11
+    assert str(corpus / "audio" / "gone.wav") in report.rejects[2].detail
     rows = read_jsonl(report.rejects_file)
     assert [(r["file"], r["line"], r["key"], r["reason"]) for r in rows] == got
     assert all(r["detail"] for r in rows)
@@ -291,13 +293,13 @@ def test_jsonl_problems_are_reported_with_lines(corpus, tokenizer_dir):
         json.dumps({"key": "a03", "source": "audio/a03.wav", "target": TRANSCRIPTS["a03"]}),
     ])
     report = data.prepare(src, corpus / "out.jsonl", tokenizer_dir)
-    assert [r["key"] for r in read_jsonl(report.output)] == ["a01", "a03"]
+    assert [r["key"] for r in read_jsonl(report.output)] == ["a01", "x3", "a03"]  # x3: empty, non-speech
     assert [(p.line, p.key, p.reason) for p in report.rejects] == [
-        (2, None, "malformed_line"), (3, "x2", "missing_audio"), (4, "x3", "empty_text"), (5, "x4", "no_audio"),
+        (2, None, "malformed_line"), (3, "x2", "missing_audio"), (5, "x4", "no_audio"),
         (6, "x5", "no_text"), (7, "a01", "duplicate_key"), (8, None, "malformed_line"), (10, "x10", "malformed_line"),
     ]
     assert {p.file for p in report.rejects} == {str(src)}
-    assert len(read_jsonl(report.rejects_file)) == 8
+    assert len(read_jsonl(report.rejects_file)) == 7
 
 
 def test_user_errors(corpus, tokenizer_dir):
@@ -851,11 +853,10 @@ def test_csv_and_tsv_give_the_kaldi_lines(corpus, tokenizer_dir):
                                    "a03;audio/a03.wav;", "a01;audio/a02.wav;dup", "short;row", "", "a04;;words"])
     report = data.prepare(corpus / "t.txt", corpus / "t.jsonl", tokenizer_dir, source_format="csv",
                           audio_column="FILE", text_column="words", key_column="utt")
-    assert [r["key"] for r in read_jsonl(report.output)] == ["a01"]
+    assert [r["key"] for r in read_jsonl(report.output)] == ["a01", "a03"]  # a03: empty, non-speech
     assert [(p.line, p.key, p.reason) for p in report.rejects] == [
-        (3, "a02", "missing_audio"), (4, "a03", "empty_text"), (5, "a01", "duplicate_key"), (6, None, "malformed_line"),
-        (8, "a04", "no_audio")]
-    assert read_jsonl(report.rejects_file)[3]["input"] == "short;row"
+        (3, "a02", "missing_audio"), (5, "a01", "duplicate_key"), (6, None, "malformed_line"), (8, "a04", "no_audio")]
+    assert read_jsonl(report.rejects_file)[2]["input"] == "short;row"
     with pytest.raises(UserError, match="no text column"):
         data.prepare(corpus / "t.txt", corpus / "t.jsonl", tokenizer_dir, source_format="csv", audio_column="file")
     with pytest.raises(UserError, match="no column 'speech'"):
@@ -994,7 +995,7 @@ def test_check_reports_audio_and_text_problems(audio_cases, tmp_path, tokenizer)
         _line("empty", c["empty"]),                               # 10 load
         _line("header", c["header"]),                             # 11 load: unreadable
         _line("wide", c["wide"], speech_length=98),               # 12 note: 16 kHz
-        _line("blank", c["good"], text="  "),                     # 13 data: whitespace, text_length 2
+        _line("blank", c["good"], text="  "),                     # 13 note: non-speech (empty), text_length 2
         _line("mojibake", c["good"], text="caf\ufffd"),           # 14 data
         _line("ctrl", c["good"], text="two\nlines"),              # 15 data
         _line("good", c["good"]),                                 # 16 note: duplicate key
@@ -1007,16 +1008,16 @@ def test_check_reports_audio_and_text_problems(audio_cases, tmp_path, tokenizer)
         (2, "clipped", "clipped"), (4, "mulaw", "clipped"), (6, "zeros", "silent"), (7, "quiet", "silent"),
         (8, "cancel", "multichannel"), (8, "cancel", "silent"), (9, "corrupt", "corrupt_audio"),
         (10, "empty", "empty_audio"), (11, "header", "unreadable_audio"), (12, "wide", "sample_rate_differs"),
-        (13, "blank", "empty_text"), (14, "mojibake", "undecodable_text"), (15, "ctrl", "undecodable_text"),
+        (13, "blank", "non_speech"), (14, "mojibake", "undecodable_text"), (15, "ctrl", "undecodable_text"),
         (16, "good", "duplicate_key"), (17, "latin", "invalid_utf8"),
     ]
-    assert report.by_effect == {"note": 8, "load": 3, "data": 3, "fatal": 1}
-    assert report.flagged == {"undecodable_text": 2, "empty_text": 1}
+    assert report.by_effect == {"note": 9, "load": 3, "data": 2, "fatal": 1}
+    assert report.flagged == {"undecodable_text": 2}
     assert report.fatal and report.failed(allow_drops=True) and not report.ok
     assert "2.00%" in report.problems[0].detail and "digital silence" in report.problems[2].detail
     assert (report.lines, report.index_kept, report.survivors) == (17, 16, 13)
     rejects = tmp_path / "rejects.jsonl"
-    assert data.write_rejects(report, rejects) == 7  # everything but notes, each with its input line
+    assert data.write_rejects(report, rejects) == 6  # everything but notes, each with its input line
     rows = read_jsonl(rejects)
     assert [(r["line"], r["key"], r["reason"]) for r in rows][0] == (9, "corrupt", "corrupt_audio")
     assert json.loads(rows[0]["input"])["key"] == "corrupt" and "\\xe9" in rows[-1]["input"]
@@ -1155,9 +1156,13 @@ def test_cli_prepare_then_check(new_cli, stereo, corpus, tokenizer_dir):
     manifest = corpus / "out" / "train.jsonl"
     manifest.write_text(manifest.read_text(encoding="utf-8").replace("hello there", " "), encoding="utf-8")
     code, out, err = _invoke("data", "check", "out/train.jsonl", "+stage=stage1")
-    assert code == 1 and "data: empty_text 1" in out
+    assert code == 0 and "note: non_speech 1" in out, out + err  # an empty transcript is a non-speech segment
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace('"content": " "', '"content": "caf\\ufffd"'),
+                        encoding="utf-8")
+    code, out, err = _invoke("data", "check", "out/train.jsonl", "+stage=stage1")
+    assert code == 1 and "data: undecodable_text 1" in out
     assert [(r["line"], r["key"], r["reason"]) for r in read_jsonl(corpus / "out" / "train.check.rejects.jsonl")] == [
-        (1, "c1-A", "empty_text")]
+        (1, "c1-A", "undecodable_text")]
     assert _invoke("data", "check", "out/train.jsonl", "+stage=stage1", "--allow-drops")[0] == 0
     code, out, _ = _invoke("data", "check", "out/train.jsonl", "+stage=stage1", "--expected-fs", "16000", "--allow-drops")
     assert code == 0 and "sample_rate_differs 3" in out

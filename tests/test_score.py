@@ -160,8 +160,9 @@ def test_write_json_is_strict(tmp_path):
     sc.write_json(tmp_path / "m.json", {**only_insertions.metrics(), "x": np.float64(0.5)})
     loaded = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert loaded["wer"] is None and loaded["x"] == 0.5
+    (tmp_path / "plain").write_text("a file, not a directory")
     with pytest.raises(UserError, match="cannot write"):
-        sc.write_json(tmp_path / "no" / "such" / "dir.json", {})
+        sc.write_json(tmp_path / "plain" / "m.json", {})
 
 
 def test_metrics_rtf_and_hours():

@@ -275,15 +275,14 @@ def _call_records(calls: list[Call], records: list[dict], score_conf: dict) -> t
     out, scored = [], []
     for call in calls:
         mine = sorted(by_call.get(call.key, []), key=lambda r: (r["start"], r["channel"]))
-        turns = [{"channel": r["channel"], "start": r["start"], "end": r["end"], "text": r["hyp"],
-                  **({"ctc_text": r["ctc_hyp"]} if r.get("ctc_hyp") is not None else {})}
-                 for r in mine if r["status"] == "ok"]  # an empty text too: speech the model gave no words for
+        turns = sorted((turn_of(r) for r in mine if r["status"] == "ok"),  # an empty text too: speech without words
+                       key=lambda t: (t["start"], t["channel"]))
         decode_s = sum(r.get("decode_time") or 0.0 for r in mine)
         record: dict[str, Any] = {
             "call": call.key, "audio": call.audio if not call.sides else sorted(call.sides.values()),
             "status": "failed" if call.reason else "ok", "reason": call.reason,
             "channels": [s.name for s in call.streams], "duration": round(call.duration, 3),
-            "segments": len(mine), "failed_segments": sum(r["status"] != "ok" for r in mine),
+            "segments": len(mine), "failed_segments": sum(r["status"] == "failed" for r in mine),
             "speech_s": round(call.speech_s, 3),
             "speech_ratio": round(call.speech_s / (call.duration * len(call.streams)), 4)
             if call.duration and call.streams else None,
@@ -306,6 +305,19 @@ def _call_records(calls: list[Call], records: list[dict], score_conf: dict) -> t
         for record, utt in zip(scored, scores.utterances):
             record["errors"] = {scoring.RATE_NAMES[unit]: counts.to_dict() for unit, counts in utt.counts.items()}
     return out, scores
+
+
+def turn_of(record: dict) -> dict:
+    """A decoded segment as a turn of its call: its times are those of its first and last word
+    where the CTC branch placed them (the VAD window pads speech on both sides), else the window's."""
+    placed = [w for w in record.get("words") or [] if w.get("start") is not None and not w.get("interpolated")]
+    start, end = (placed[0]["start"], max(w["end"] for w in placed)) if placed else (record["start"], record["end"])
+    turn = {"channel": record["channel"], "start": start, "end": end, "text": record["hyp"]}
+    if record.get("ctc_hyp") is not None:
+        turn["ctc_text"] = record["ctc_hyp"]
+    if record.get("words") is not None:
+        turn["words"] = record["words"]
+    return turn
 
 
 def _by_stream(call: Call) -> bool:
@@ -337,7 +349,7 @@ def _reference_segments(calls: list[Call], records: list[dict]) -> list[dict]:
             continue
         assigned: dict[str, list[dict]] = {r.key: [] for r in refs}
         for record in records:
-            if record["call"] != call.key or record["status"] != "ok":
+            if record["call"] != call.key or record["status"] == "failed":
                 continue
             candidates = [r for r in refs if r.stream in (None, record["channel"])]
             overlap = {r.key: min(r.end, record["end"]) - max(r.start, record["start"]) for r in candidates}
@@ -362,7 +374,7 @@ def _metrics(calls: list[Call], records: list[dict], call_records: list[dict], s
     metrics: dict[str, Any] = {
         "calls": len(calls), "decoded_calls": len(decoded), "failed_calls": len(calls) - len(decoded),
         "silent_calls": sum(1 for r in call_records if r.get("note") == "no speech found"),
-        "segments": len(records), "failed_segments": sum(r["status"] != "ok" for r in records),
+        "segments": len(records), "failed_segments": sum(r["status"] == "failed" for r in records),
         "scored": sum("ref" in r for r in call_records),
         "audio_hours": audio_s / 3600, "channel_hours": channel_s / 3600, "speech_hours": speech_s / 3600,
         "speech_ratio": speech_s / channel_s if channel_s else None,
@@ -407,10 +419,17 @@ def write_call_files(folder: Path, call_records: list[dict]) -> None:
 
 
 def _ctm(call: str, turns: list[dict]) -> list[str]:
-    """NIST CTM, segment-level times: a segment's words share its span evenly (the model gives no
-    word times; CJK text counts characters as words)."""
+    """NIST CTM: each word at its own time (the CTC aligner's), with its confidence; a turn
+    without word times (a model without a CTC branch) spreads its words evenly over its span
+    (CJK text counts characters as words). Punctuation, which has no width, is not a CTM word."""
     lines = []
     for t in turns:
+        placed = t.get("words")
+        if placed and all(w.get("start") is not None for w in placed):
+            lines += [f"{call} {t['channel']} {w['start']:.3f} {w['end'] - w['start']:.3f} {w['word']}"
+                      + (f" {w['confidence']:.4f}" if w.get("confidence") is not None else "")
+                      for w in placed if w["end"] > w["start"]]
+            continue
         words = t["text"].split()
         if len(words) == 1 and re.search(r"[\u3040-\u30ff\u3400-\u9fff]", words[0]):
             words = list(words[0])

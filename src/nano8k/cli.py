@@ -121,7 +121,7 @@ def align(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report here instead of stdout."),
 ) -> None:
     """Alignment report: base value, effective value per stage, and ALIGNED/MODIFIED/NEW/OMITTED."""
-    from nano8k import align as alignment
+    from nano8k import config_alignment as alignment
     from nano8k.errors import reported
 
     with reported():

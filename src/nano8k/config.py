@@ -474,6 +474,14 @@ class DecodeConfig:
     the checkpoint's training run (its config.yaml) or model_dir/config.yaml, never from here."""
 
     @dataclass
+    class SpeechGate:
+        enabled: Optional[bool] = key("write no words for a segment the CTC branch hears as non-speech", NANO8K)
+        min_blank_share: Optional[float] = key("non-speech: at least this share of CTC frames blank, and no word in "
+                                               "the CTC hypothesis", NANO8K, at_least=0)
+        max_repeats: Optional[int] = key("an n-gram repeated more times than this in a row is a loop, cut", NANO8K,
+                                         at_least=1)
+
+    @dataclass
     class Score:
         lang: Optional[str] = key("auto, zh, ja, en or mixed (as `nano8k score --lang`)", NANO8K)
         numbers: Optional[bool] = key("spell out digits before scoring", NANO8K)
@@ -494,7 +502,13 @@ class DecodeConfig:
     hotwords: Optional[list[str]] = key("hotwords for FunASR's context prompt", NANO8K)
     hotwords_file: Optional[str] = key("file of hotwords, one a line (# comments)", NANO8K)
     ctc: Optional[bool] = key("also write the CTC greedy hypothesis when the model has a CTC branch", NANO8K)
-    timestamps: Optional[bool] = key("CTC forced-alignment timestamps (need torchaudio; skipped with a warning)", NANO8K)
+    timestamps: Optional[bool] = key("word times and confidence from the CTC branch (nano8k's aligner)", NANO8K)
+    calibration: Optional[str] = key("confidence calibration file (a decode with calibrate=true writes one); null: "
+                                     "uncalibrated", NANO8K)
+    calibrate: Optional[bool] = key("fit the confidence calibration on this decode's references: calibration.json", NANO8K)
+    speech_gate: Optional[SpeechGate] = key("no words from non-speech (CTC branch) and the repetition cut", NANO8K)
+    max_tokens_per_second: Optional[float] = key("max_new_tokens bounded by the segment's duration; 0: unbounded",
+                                                 NANO8K, at_least=0)
     score: Optional[Score] = key("scoring of hypotheses against references", NANO8K)
     vad: Optional[Vad] = key("whole calls: cut into speech segments (vad=silero); null: a file is one utterance", NANO8K)
     channels: Optional[Union[str, int]] = key("split (with vad: each channel a transcript), mix, A, B, a channel_names "

@@ -247,6 +247,8 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
                    frontend_fs=decoder.frontend.fs, max_new_tokens=decoder.max_new_tokens, prompt=decoder.prompt,
                    model_dir=str(decoder.model_dir), checkpoint=decoder.checkpoint, config=decoder.config_source,
                    input=str(settings.get("input")), input_kind=kind)
+    if settings.get("calibrate"):
+        metrics["calibration"] = fit_calibration(scores, decoder, run_dir, settings)
     write_results(run_dir / RESULTS_FILE, records)
     from nano8k import score as scoring
 
@@ -254,3 +256,25 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     return Outcome(records, metrics, scores, run_dir, call_records)
 
 
+def fit_calibration(scores: Any, decoder: Decoder, run_dir: Path, settings: dict) -> dict:
+    """calibrate=true: fit the confidence calibration on this decode's words and references, write
+    it to run_dir/calibration.json (decode with calibration=THAT FILE), and report how well the
+    calibrated confidence does on the words it was fitted on."""
+    from nano8k.decoding import confidence
+
+    outcomes = scores.word_outcomes() if scores is not None else []
+    usable = [(w["measures"], right) for w, right in outcomes if w.get("measures")]
+    if not decoder.has_ctc:
+        raise UserError("calibrate: the model has no CTC branch, so its words have no confidence to calibrate")
+    calibration = confidence.Calibration.fit([m for m, _ in usable], [r for _, r in usable],
+                                             confidence.model_digest(decoder.model), checkpoint=decoder.checkpoint,
+                                             input=str(settings.get("input")))
+    path = run_dir / confidence.CALIBRATION_FILE
+    calibration.save(path)
+    from nano8k import score as scoring
+
+    fitted = [calibration(m) for m, _ in usable]
+    right = [r for _, r in usable]
+    log.info("confidence calibration: %s (fitted on %d words)", path, len(usable))
+    return {"file": str(path), "words": len(usable), "auc": scoring.auc(fitted, right),
+            "ece": scoring.calibration_error(fitted, right)}

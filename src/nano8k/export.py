@@ -92,7 +92,7 @@ def _export(run: Path, out: Path, source: Any, model_dir: Path, force: bool) -> 
 
     interrupts.at_once(discard)  # a signal (the CLI installs interrupts) ends the process without a partial OUT
     try:
-        built = nano_model.build(settings, init_param=source.checkpoint)
+        built = nano_model.build(settings, init_param=source.checkpoint, training=False)
         net = built.model
         scalings = funasr_gaps.lora_scalings(net)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}

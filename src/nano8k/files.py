@@ -16,15 +16,29 @@ from nano8k.errors import UserError, one_line
 
 
 def json_safe(obj: Any) -> Any:
-    """`obj` with every non-finite float as None: strict JSON has no NaN (a diverged loss, a rate
-    over an empty set), and readers other than Python's reject a bare NaN."""
+    """`obj` with every non-finite float as None (strict JSON has no NaN: a diverged loss, a rate
+    over an empty set, and readers other than Python's reject a bare NaN) and numpy scalars as
+    Python numbers."""
     if isinstance(obj, dict):
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and type(obj).__module__ == "numpy":
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Strict JSON (UTF-8, indented, non-finite numbers as null), written atomically; a failed
+    write is one line."""
+    text = json.dumps(json_safe(obj), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    try:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{path}: cannot write ({err.strerror or one_line(err)})") from None
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:

@@ -65,10 +65,11 @@ with each key" is the user-facing summary of this module.
    utterance with FunASR's own data_load_speech (same prompt ids and features), then runs the
    encoder, adaptor, CTC branch and a left-padded llm.generate on the whole batch
    (utterance_inputs(), encode_batch(), ctc_greedy(), generate_batch()).
-14. CTC TIMESTAMPS — FunASR: with a CTC branch, inference always runs forced_align, which needs
-   torchaudio, so decoding fails with ImportError where torchaudio is absent. nano8k's CTC greedy
-   hypothesis needs no torchaudio; timestamps are computed only when torchaudio is importable and
-   skipped with a warning otherwise (ctc_timestamps()).
+14. CTC TIMESTAMPS — FunASR: with a CTC branch, inference always runs torchaudio's forced_align
+   (removed from torchaudio in 2.9, and without a build for nano8k's torch), so decoding fails with
+   ImportError where torchaudio is absent, and aligns one utterance at a time. nano8k aligns with
+   its own batched Viterbi in PyTorch (decoding/ctc_aligner.py): word times and confidence for
+   every utterance (the LLM's text and the CTC hypothesis), punctuation at zero width.
 15. LLM DTYPE AT DECODING — FunASR's inference casts the LLM to a top-level `llm_dtype` keyword
    (default fp32), not to llm_conf.llm_dtype. nano8k's decode config has `llm_dtype`; unset, it is
    fp32 on CPU and llm_conf.llm_dtype on GPU (fp32 on a GPU without bf16) (llm_dtype()).
@@ -116,6 +117,13 @@ with each key" is the user-facing summary of this module.
    build_iter makes), the sample's key reaches it through the dataset's index (KeyedIndex), the
    epoch is set before each epoch's loader starts its workers, and the lengths the batcher reads
    are scaled by the slowest speed factor (attach_augmentation()).
+25. EMPTY TRANSCRIPTS — FunASR's index drops every line whose text_length is below 1
+   (fun_asr_datasets/datasets.py:458-464), and scp2jsonl writes 0 for an empty transcript, so a
+   model can never be taught that a non-speech segment's answer is no words; its dataset would
+   train such a line correctly (the target is `<|im_end|>` alone, and the CTC loss of an empty
+   target is the all-blank path). nano8k's manifest writer (data/manifest.py, record()) gives an
+   empty transcript text_length 1, the length of that target; `data check` notes such lines
+   (`non_speech`) instead of flagging them.
 """
 
 from __future__ import annotations
@@ -630,8 +638,10 @@ def check_trained_tensors(source: Path, checkpoint: Any, state: dict) -> None:
                         "effective_save_name_excludes by an older nano8k or another tool); retrain or use a complete one")
 
 
-def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str] = (), partial: bool = False) -> dict[str, str]:
+def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str] = (), partial: bool = False,
+                 training: bool = True) -> dict[str, str]:
     """Load checkpoints in order (later ones win) strictly; returns key -> source it came from.
+    A CTC branch no source holds is trained from scratch where `training` trains it, else removed.
 
     With partial, keys no source holds keep their current values (resuming over a built model:
     the values are copied into the tensors the optimizer holds). Otherwise the model was just
@@ -681,7 +691,7 @@ def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str]
             k.startswith(tuple(excluded_ok)) for k in other) and excluded_ok else ""
         raise UserError(f"no weights for {len(other)} tensors, e.g. {other[0]}{why}")
     if ctc_missing:
-        _handle_missing_ctc(model, ctc_missing)
+        _handle_missing_ctc(model, ctc_missing, training)
     if not partial:
         return_freed_memory()  # the built model's random weights
     return origin
@@ -747,10 +757,13 @@ def _libc() -> Any:
         return None
 
 
-def _handle_missing_ctc(model: Any, missing: list[str]) -> None:
+def _handle_missing_ctc(model: Any, missing: list[str], training: bool) -> None:
     trainable = any(p.requires_grad for n, p in model.named_parameters() if n.startswith(("ctc_decoder.", "ctc.")))
     decoder_frozen = model.ctc_decoder is not None and not any(p.requires_grad for p in model.ctc_decoder.parameters())
-    if decoder_frozen or not trainable:
+    if not training:  # decoding: random weights would give random CTC text, times and gate decisions
+        log.info("the checkpoints hold no CTC branch (%d tensors): it is removed", len(missing))
+        model.ctc_decoder = model.ctc = None
+    elif decoder_frozen or not trainable:
         log.warning("the checkpoints hold no CTC branch (%d tensors) and this stage does not train it: "
                     "the CTC branch is removed, as FunASR does", len(missing))
         model.ctc_decoder = model.ctc = None
@@ -980,14 +993,38 @@ def eos_ids(llm: Any, tokenizer: Any) -> list[int]:
 
 
 def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any,
-                   max_new_tokens: int, dtype: Any = None) -> list[str]:
+                   max_new_tokens: int, dtype: Any = None, limits: Sequence[int] | None = None) -> list[str]:
+    """13: the texts of generate_scored (below)."""
+    return [text for text, _ in generate_scored(model, inputs, adaptor_out, adaptor_lens, tokenizer, max_new_tokens,
+                                                dtype, limits, scored=False)]
+
+
+class _ChosenProbability:
+    """A logits processor that keeps, at each step, the probability of the token greedy search
+    picks (the largest), per row: one float a step, where output_scores would keep the vocabulary."""
+
+    def __init__(self) -> None:
+        self.steps: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        self.steps.append(torch.softmax(scores.float(), dim=-1).amax(dim=-1).cpu())
+        return scores
+
+
+def generate_scored(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any,
+                    max_new_tokens: int, dtype: Any = None, limits: Sequence[int] | None = None, scored: bool = True
+                    ) -> list[tuple[str, list[float] | None]]:
     """13: greedy LLM decoding of a batch, left padded.
 
     Each row is FunASR's inputs_embeds for its utterance (prompt embeddings with the adaptor output
     spliced in at fbank_beg, inference_prepare), placed at the right end of the batch; the padding
     is zeros with attention_mask 0, and position ids follow the mask (transformers computes them
     from it), so a row decodes as it would alone. The text is FunASR's `text`: special tokens
-    skipped, `/sil` -> space, whitespace collapsed."""
+    skipped, `/sil` -> space, whitespace collapsed. `limits`: each row's own max_new_tokens.
+    `scored`: each text comes with, for each of its characters, the probability greedy search gave
+    the token that wrote it (word confidence's LLM measure); else None."""
     import torch
 
     llm = model.llm
@@ -1007,41 +1044,50 @@ def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: A
     embeds = embeds * mask[..., None].to(dtype)
     stop = eos_ids(llm, tokenizer)
     pad = llm.config.pad_token_id if llm.config.pad_token_id is not None else (stop[0] if stop else 0)
+    from transformers import LogitsProcessorList
+
+    chosen = _ChosenProbability()
     generated = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=int(max_new_tokens),
-                             do_sample=False, num_beams=1, eos_token_id=stop or None, pad_token_id=pad)
-    texts = []
-    for row in generated.tolist():
+                             do_sample=False, num_beams=1, eos_token_id=stop or None, pad_token_id=pad,
+                             logits_processor=LogitsProcessorList([chosen] if scored else []))
+    out = []
+    for i, row in enumerate(generated.tolist()):
+        if limits is not None:  # each row's own bound (the batch ran to the largest)
+            row = row[:limits[i]]
         for j, token in enumerate(row):
             if token in stop:
                 row = row[:j]
                 break
-        text = tokenizer.decode(row, skip_special_tokens=True)
-        texts.append(re.sub(r"\s+", " ", text.replace("/sil", " ")))
-    return texts
+        if scored:
+            out.append(_text_with_char_probs(tokenizer, row, [float(chosen.steps[j][i]) for j in range(len(row))]))
+        else:
+            out.append((re.sub(r"\s+", " ", tokenizer.decode(row, skip_special_tokens=True).replace("/sil", " ")), None))
+    return out
 
 
-def torchaudio_available() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("torchaudio") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def ctc_timestamps(model: Any, log_probs: Any, text: str, seconds_per_frame: float) -> list[dict] | None:
-    """14: FunASR's timestamps of `text` (forced alignment on the CTC posteriors, as inference_llm's
-    `timestamps`), or None when torchaudio, which FunASR's forced_align needs, is not importable."""
-    if not torchaudio_available():
-        return None
-    import torch
-    from funasr.models.fun_asr_nano.tools.utils import forced_align
-
-    targets = torch.tensor(model.ctc_tokenizer.encode(text), dtype=torch.int64)
-    items = forced_align(log_probs.float().cpu(), targets, model.blank_id) if len(targets) else []
-    return [{"token": model.ctc_tokenizer.decode([item["token"]]),
-             "start_time": round(item["start_time"] * seconds_per_frame, 3),
-             "end_time": round(item["end_time"] * seconds_per_frame, 3), "score": item["score"]} for item in items]
+def _text_with_char_probs(tokenizer: Any, row: list[int], probs: list[float]) -> tuple[str, list[float]]:
+    """FunASR's text of the generated ids (special tokens skipped, `/sil` -> space, whitespace
+    collapsed) and, for each of its characters, the probability of the token that wrote it."""
+    text = tokenizer.decode(row, skip_special_tokens=True)
+    final = re.sub(r"\s+", " ", text.replace("/sil", " "))
+    owner: list[float] = []  # for each character of `text`
+    written = ""
+    for j in range(len(row)):  # a token's characters: what decoding one more token adds
+        now = tokenizer.decode(row[:j + 1], skip_special_tokens=True)
+        if not now.startswith(written):
+            break
+        owner += [probs[j]] * (len(now) - len(written))
+        written = now
+    chars: list[tuple[str, float]] = []  # `final`, character by character, with the same edits
+    i = 0
+    while len(owner) == len(text) and i < len(text):
+        char, step = (" ", 4) if text.startswith("/sil", i) else (text[i], 1)
+        if not (char.isspace() and chars and chars[-1][0] == " "):
+            chars.append((" " if char.isspace() else char, owner[i]))
+        i += step
+    if "".join(c for c, _ in chars) != final:  # prefixes that do not decode to prefixes: never guess
+        return final, [min(probs, default=1.0)] * len(final)
+    return final, [p for _, p in chars]
 
 
 def llm_dtype(requested: str | None, model_conf_dtype: str | None, device: str, bf16_ok: bool = True) -> str:

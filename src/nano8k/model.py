@@ -158,12 +158,13 @@ class Built:
         return str(self.model_dir / "model.pt")
 
 
-def build(settings: dict, init_param: str | None = None) -> Built:
+def build(settings: dict, init_param: str | None = None, training: bool = True) -> Built:
     """Build FunASRNano from the composed config and load its weights.
 
     Weights: `<model_dir>/model.pt` (the pretrained model), then `init_param` over it when given —
     a checkpoint file or a nano8k/FunASR run directory. Keys a checkpoint left out (e.g. `llm.`
     under effective_save_name_excludes) therefore keep the base model's values, never random ones.
+    `training`: false for decoding and export (a CTC branch no checkpoint holds is removed).
     """
     model_dir = resolve_model_dir(str(settings.get("model_dir")))
     cfg = runtime_config(settings, model_dir)
@@ -185,7 +186,7 @@ def build(settings: dict, init_param: str | None = None) -> Built:
     if config.lookup(cfg, "llm_conf.use_lora") and not adapters:
         raise UserError(f"llm_conf.lora_conf.target_modules: {config.lookup(cfg, 'llm_conf.lora_conf.target_modules')} "
                         "match no Linear layer of the LLM: no adapter was built")
-    origin = funasr_gaps.load_weights(model, sources, excluded_ok=excluded_prefixes(cfg))
+    origin = funasr_gaps.load_weights(model, sources, excluded_ok=excluded_prefixes(cfg), training=training)
     funasr_gaps.mask_adaptor_padding(model)
     return Built(model, kwargs["tokenizer"], kwargs["frontend"], cfg, model_dir, [str(s) for s in sources], origin)
 

@@ -63,6 +63,7 @@ import numpy as np
 
 from nano8k.data import manifest
 from nano8k.errors import UserError
+from nano8k.files import write_json_atomic
 
 UNITS = ("char", "word", "mixed")
 RATE_NAMES = {"char": "cer", "word": "wer", "mixed": "mer"}
@@ -292,6 +293,34 @@ def _rate(errors: float, n: float) -> float:
     return errors / n if n else (0.0 if errors == 0 else math.inf)
 
 
+def auc(scores: Sequence[float], right: Sequence[bool]) -> float | None:
+    """The probability that a right word scores above a wrong one (ties count half; the
+    Mann-Whitney statistic): how well confidence tells them apart (0.5: not at all)."""
+    from scipy.stats import rankdata
+
+    scores, right = np.asarray(scores, dtype=float), np.asarray(right, dtype=bool)
+    n_right, n_wrong = int(right.sum()), int((~right).sum())
+    if not n_right or not n_wrong:
+        return None
+    ranks = rankdata(scores)  # ties get their mean rank
+    return float((ranks[right].sum() - n_right * (n_right + 1) / 2) / (n_right * n_wrong))
+
+
+def calibration_error(scores: Sequence[float], right: Sequence[bool], bins: int = 10) -> float | None:
+    """Expected calibration error: the gap between confidence and the share of words right,
+    averaged over ten equal-width bins weighted by their words."""
+    scores, right = np.asarray(scores, dtype=float), np.asarray(right, dtype=float)
+    if not len(scores):
+        return None
+    which = np.minimum((scores * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.sum() * abs(scores[inside].mean() - right[inside].mean())
+    return float(total / len(scores))
+
+
 @dataclass
 class Utterance:
     key: str
@@ -371,7 +400,59 @@ class Scores:
             times = [_number(u.fields.get("decode_time")) for u in self.utterances]
             if all(t is not None for t in times) and audio > 0:
                 out["rtf"] = sum(times) / audio  # type: ignore[arg-type]
+        for name, value in (("non_speech", self.non_speech()), ("confidence", self.confidence_quality())):
+            if value is not None:
+                out[name] = value
         return out
+
+    def word_outcomes(self) -> list[tuple[dict, bool]]:
+        """(word, right) for every hypothesis word that has a confidence (results.jsonl `words`):
+        a word is right when all its scoring tokens are hits in the alignment of the utterance's
+        hypothesis with its reference (words that normalise to nothing are left out)."""
+        unit = "char" if self.lang in ("zh", "ja") else "word"
+        out: list[tuple[dict, bool]] = []
+        for u in self.utterances:
+            words = [w for w in u.fields.get("words") or [] if isinstance(w, dict) and w.get("confidence") is not None]
+            if not words:
+                continue
+            pieces = [tokens(normalize(str(w["word"]), self.lang, self.numbers, self.tags), unit) for w in words]
+            hyp_tokens = [t for piece in pieces for t in piece]
+            ref_tokens = tokens(u.ref, unit)
+            hit = [False] * len(hyp_tokens)
+            if ref_tokens and hyp_tokens:
+                for chunk in jiwer.process_words(" ".join(ref_tokens), " ".join(hyp_tokens)).alignments[0]:
+                    if chunk.type == "equal":
+                        hit[chunk.hyp_start_idx:chunk.hyp_end_idx] = [True] * (chunk.hyp_end_idx - chunk.hyp_start_idx)
+            at = 0
+            for word, piece in zip(words, pieces):
+                if piece:
+                    out.append((word, all(hit[at:at + len(piece)])))
+                at += len(piece)
+        return out
+
+    def confidence_quality(self) -> dict[str, Any] | None:
+        """How well word confidence tells right words from wrong ones: AUC (0.5: not at all) and
+        expected calibration error (0: a confidence of p means p of such words are right)."""
+        outcomes = self.word_outcomes()
+        if not outcomes:
+            return None
+        scores, right = [float(w["confidence"]) for w, _ in outcomes], [r for _, r in outcomes]
+        return {"words": len(scores), "wrong": len(right) - sum(right), "auc": auc(scores, right),
+                "ece": calibration_error(scores, right), "mean_confidence": sum(scores) / len(scores),
+                "right_share": sum(right) / len(right)}
+
+    def non_speech(self) -> dict[str, Any] | None:
+        """Insertions in utterances whose reference is empty (non-speech segments), apart from
+        the rates: characters a minute of non-speech, and how many got any words."""
+        silent = [u for u in self.utterances if u.counts["char"].n == 0]
+        if not silent:
+            return None
+        durations = [_number(u.fields.get("duration")) for u in silent]
+        seconds = sum(durations) if all(d is not None for d in durations) else None  # type: ignore[arg-type]
+        inserted = sum(u.counts["char"].ins for u in silent)
+        return {"utterances": len(silent), "with_words": sum(u.counts["char"].ins > 0 for u in silent),
+                "inserted_chars": inserted, "seconds": seconds,
+                "chars_per_minute": inserted / (seconds / 60) if seconds else None}
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": self.metrics(), "missing": self.missing, "unmatched": self.unmatched, "failed": self.failed,
@@ -629,24 +710,8 @@ def read_keywords(path: Path) -> list[str]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Strict JSON (UTF-8, not ASCII-escaped): NaN and infinite rates (an empty reference set with
-    insertions) are written as null."""
-    text = json.dumps(_jsonable(obj), ensure_ascii=False, indent=2, allow_nan=False)
-    try:
-        Path(path).write_text(text + "\n", encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror})") from None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    insertions) are written as null; atomically (files.write_json_atomic)."""
+    write_json_atomic(path, obj)
 
 
 # --------------------------------------------------------------------------- keywords
@@ -1102,6 +1167,16 @@ def score_tables(scores: Scores, keywords: Optional[KeywordReport] = None) -> li
                      f"{scores.failed[0]})")
     if "rtf" in m:
         notes.append(f"RTF {m['rtf']:.3f} over {m['audio_hours']:.2f} h of audio")
+    silent = m.get("non_speech")
+    if silent:
+        rate = "n/a" if silent["chars_per_minute"] is None else f"{silent['chars_per_minute']:.1f} characters a minute"
+        notes.append(f"non-speech (empty references): {silent['utterances']} utterances, {silent['with_words']} given "
+                     f"words, {silent['inserted_chars']} characters inserted ({rate})")
+    quality = m.get("confidence")
+    if quality:
+        auc_text = "n/a" if quality["auc"] is None else f"{quality['auc']:.3f}"
+        notes.append(f"word confidence: AUC {auc_text} at telling the {quality['wrong']} wrong words from the right "
+                     f"ones, calibration error {quality['ece']:.3f} over {quality['words']} words")
     if notes:
         out.append(_note("\n".join(notes)))
     if keywords is not None:

@@ -128,7 +128,6 @@ SIMULATE_REASONS: dict[str, str] = {
     "duplicate_key": "the key was already used by an earlier line (the first one is kept)",
     "no_audio": "no audio (no wav.scp entry / no source field / no <|startofspeech|>!path in the user turn)",
     "no_text": "audio without a transcript",
-    "empty_text": "the transcript is empty",
     "multiple_audio": "a Nano line with more than one audio file (only single-audio lines are simulated)",
     "bad_key": "the key has whitespace, which a Kaldi output cannot hold",
     "missing_audio": "the audio file does not exist (or is a URL)",

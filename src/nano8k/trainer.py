@@ -631,10 +631,10 @@ class Trainer:
                     rates[f"val_{name}"] = float(metrics[name])
                 if (metrics.get("ctc") or {}).get(name) is not None and self.ctc_trains:
                     rates[f"val_ctc_{name}"] = float(metrics["ctc"][name])
-            failed = sum(r["status"] != "ok" for r in records)
+            failed = sum(r["status"] == "failed" for r in records)
             if failed:
                 log.warning("validation decoding: %d of %d utterances failed, e.g. %s", failed, len(records),
-                            next(r["reason"] for r in records if r["status"] != "ok"))
+                            next(r["reason"] for r in records if r["status"] == "failed"))
         if self.world_size > 1:
             import torch
 

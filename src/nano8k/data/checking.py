@@ -101,8 +101,6 @@ RULES: dict[str, Rule] = {
         "sample the sampler meets (buffer sampler: the shortest of a sort buffer) the first batch is empty "
         "and the collator fails with KeyError 'input_ids' (datasets.py:343-378)"),
     # --- data: trained on as it is, but wrong ------------------------------------------------------
-    "empty_text": Rule("data", "datasets.py:286-287", "the assistant turn is empty or whitespace while text_length >= 1: "
-                       "FunASR trains the model to answer this audio with nothing"),
     "undecodable_text": Rule("data", "datasets.py:286-287", "the transcript holds U+FFFD or control characters (text "
                              "decoded with the wrong encoding upstream): FunASR trains on it as it is"),
     # --- notes ----------------------------------------------------------------------------------
@@ -116,6 +114,9 @@ RULES: dict[str, Rule] = {
     "multichannel": Rule("note", "load_utils.py:128-140", "more than one channel: FunASR averages the channels"),
     "speech_length_mismatch": Rule("note", "wav_frontend.py:169-181", "speech_length differs from the audio's fbank frame count by more than 1"),
     "duplicate_key": Rule("note", "datasets.py:503-505", "key seen on an earlier line (FunASR does not care; decoding and scoring do)"),
+    "non_speech": Rule("note", "datasets.py:286-287", "the transcript is empty: a non-speech segment, trained to be "
+                       "answered with no words (`<|im_end|>` at once; `nano8k data prepare` writes text_length 1 so "
+                       "that FunASR's index keeps it)"),
     "no_words": Rule("note", "datasets.py:286-287", "the transcript has no letter or digit (only punctuation, zero-width characters or a BOM): empty once normalised, nothing to learn or score"),
 }
 
@@ -316,7 +317,7 @@ def _text_rules(state: dict) -> None:
         if not isinstance(content, str):
             continue
         if not content.strip():
-            state["problems"].append(("empty_text", f"assistant content {content!r} with text_length "
+            state["problems"].append(("non_speech", f"assistant content {content!r} with text_length "
                                                     f"{state.get('text_length')}"))
         else:
             bad = bad_characters(content)

@@ -21,9 +21,10 @@ plus, where known, ``"speaker"`` and the fields a source carries (simulate's ``"
   tokenizer and no special tokens. FunASR's dataset trains on ``f"{text}<|im_end|>"``, which is
   always exactly one token more (``<|im_end|>`` is an added special token and never merges), but
   the transcript-only count is what FunASR's scp2jsonl writes (so manifests are interchangeable
-  with upstream's), and it keeps the index's only empty-transcript guard working: ``text_length <
-  1`` drops the line (datasets.py:458-464), which a count that included ``<|im_end|>`` would turn
-  off. The one-token difference in `max_target_length`/`max_token_length` budgets is immaterial.
+  with upstream's). An empty transcript (a non-speech segment) is written with ``text_length`` 1,
+  the length of its target (``<|im_end|>`` alone): FunASR's index drops ``text_length < 1``
+  (datasets.py:458-464), and the model must learn to answer silence with nothing. The one-token
+  difference in `max_target_length`/`max_token_length` budgets is immaterial.
 * The prompt is the one FunASR's decoding builds (``FunASRNano.get_prompt``, model.py:725-745):
   ``语音转写：`` without a language, ``语音转写成{language}：`` with one, where ``language`` is the
   name FunASR's ``generate(language=...)`` takes (中文, 英文, 日文, ...). ``decoding_prompt``
@@ -177,6 +178,12 @@ CHANNEL_FIELDS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_r
 RECORD_FIELDS = ("key", "messages", "speech_length", "text_length", "duration", "sample_rate")
 
 
+# An empty transcript (a non-speech segment: its truth is no words) trains on `<|im_end|>` alone,
+# one token; FunASR's index drops every line with text_length < 1 (datasets.py:458-464), so the
+# line says 1 (funasr_gaps 25). Transcripts with words keep FunASR's own count (above).
+EMPTY_TEXT_LENGTH = 1
+
+
 def speech_content(prompt: str, path: str) -> str:
     """The user turn: the prompt, then the audio path inside FunASR's speech tags."""
     return f"{prompt}{SPEECH_BEGIN}!{path}{SPEECH_END}"
@@ -194,7 +201,7 @@ def record(key: str, audio: str, text: str, *, prompt: str, system: str, speech_
             {"role": "assistant", "content": text},
         ],
         "speech_length": int(speech_length),
-        "text_length": int(text_length),
+        "text_length": max(int(text_length), EMPTY_TEXT_LENGTH) if text == "" else int(text_length),
         "duration": round(float(duration), 6),
         "sample_rate": int(sample_rate),
     }

@@ -82,7 +82,6 @@ PREPARE_REASONS: dict[str, str] = {
     "no_audio": "a transcript without audio (no wav.scp/segments entry, no source field, no audio file)",
     "no_text": "audio without a transcript (no text entry / no target field / no .txt file)",
     "unused_text": "channel=split: a transcript for the whole recording beside per-channel ones (<key>-A/-B)",
-    "empty_text": "the transcript is empty",
     "no_recording": "a segment of a recording that wav.scp does not have",
     "segment_out_of_range": "a segment starting at or ending (beyond segment_tolerance) after the recording's end",
     "missing_audio": "the audio file does not exist",
@@ -197,6 +196,8 @@ def prepare(
         report.total_duration += duration
         if entry.text and not has_words(entry.text):
             report.no_words.append(entry.key)
+        elif not entry.text:
+            report.non_speech.append(entry.key)
         rates[audio.sample_rate] += 1
         report.multichannel += audio.channels > 1
         report.materialized += audio.materialized

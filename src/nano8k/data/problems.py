@@ -99,6 +99,7 @@ class PrepareReport(RejectCounts):
     audio_dir: Path | None = None
     hint: str = ""  # every audio file missing: where relative paths were taken from
     no_words: list[str] = field(default_factory=list)  # keys written whose transcript has no letter or digit
+    non_speech: list[str] = field(default_factory=list)  # keys written with an empty transcript
 
     def summary(self) -> str:
         rates = ", ".join(f"{sr} Hz: {n}" for sr, n in sorted(self.sample_rates.items())) or "none"
@@ -114,6 +115,9 @@ class PrepareReport(RejectCounts):
         if self.no_words:
             lines.append(f"note: {len(self.no_words)} transcripts have no letter or digit (only punctuation, zero-width "
                          f"characters or a BOM; empty once normalised), kept: e.g. {self.no_words[0]}")
+        if self.non_speech:
+            lines.append(f"note: {len(self.non_speech)} transcripts are empty (non-speech segments: the model learns "
+                         f"to answer them with no words), kept: e.g. {self.non_speech[0]}")
         if self.hint:
             lines.append(self.hint)
         return "\n".join(lines)

@@ -123,7 +123,8 @@ def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = Fa
     elif fmt == "list":
         entries, rejects = _read_list(location)
     elif fmt == "audio":
-        entries, rejects = [Entry(str(location), 0, location.stem, str(location), None, raw=str(location))], []
+        audio = str(Path(location).absolute())  # as given it is relative to here, not to its own directory
+        entries, rejects = [Entry(str(location), 0, location.stem, audio, None, raw=str(location))], []
     else:
         entries, rejects = _read_folder(location, mode, exclude=exclude, need_text=need_text)
     if not entries and not rejects:  # a 0-byte wav.scp, an empty list: an error, never "0 of 0 written"
@@ -345,11 +346,7 @@ def _pair_transcripts(
             rejects.append(Problem(unit.file, unit.line, key, "no_text", f"{key} is not in {missing}{note}", input=unit.raw))
             return
         used.add(key)
-        text, bad = clean_transcript(found.value)
-        if not text:
-            rejects.append(Problem(found.file, found.line, key, "empty_text", "no words after the key" if found.line
-                                   else "the transcript file is empty", input=found.raw))
-            return
+        text, bad = clean_transcript(found.value)  # empty: a non-speech segment, kept (its truth is no words)
         if bad:
             rejects.append(Problem(found.file, found.line, key, "undecodable_text", bad, input=found.raw))
             return
@@ -554,10 +551,8 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = Tr
         elif not isinstance(text, str):
             problem = ("malformed_line", f"'{text_field}' is a {type(text).__name__}, not a string")
         else:
-            text, bad = clean_transcript(text)
-            if not text:
-                problem = ("empty_text", f"'{text_field}' is empty")
-            elif bad:
+            text, bad = clean_transcript(text)  # empty: a non-speech segment, kept
+            if bad:
                 problem = ("undecodable_text", bad)
         if problem is not None:
             rejects.append(Problem(*where, key, *problem, input=line))
@@ -586,8 +581,6 @@ def _nano_entry(obj: dict, where: tuple[str, int], line: str, need_text: bool) -
         return Problem(*where, key, "multiple_audio", f"{len(parsed.audio)} audio files in the user turns", input=line)
     if text is None and need_text:
         return Problem(*where, key, "no_text", "no assistant turn with a string content", input=line)
-    if text == "" and need_text:
-        return Problem(*where, key, "empty_text", "the assistant turn is empty", input=line)
     speaker = parsed.fields.get("speaker")
     return Entry(*where, key, parsed.audio[0], text, raw=line, obj=parsed.obj, prompt=parsed.prompt,
                  fields=parsed.fields, speaker=speaker if isinstance(speaker, str) else None)
@@ -680,9 +673,6 @@ def _read_table(
         audio, (text, bad) = row[columns["audio"]].strip(), clean_transcript(row[columns["text"]])
         if not audio:
             rejects.append(Problem(*where, key, "no_audio", f"empty {header[columns['audio']]!r}", input=raw))
-            continue
-        if not text and need_text:
-            rejects.append(Problem(*where, key, "empty_text", f"empty {header[columns['text']]!r}", input=raw))
             continue
         if bad:
             rejects.append(Problem(*where, key, "undecodable_text", bad, input=raw))

@@ -1,5 +1,4 @@
-"""Decoding with Fun-ASR-Nano as a library: read the input, build (or take) the model, decode batches,
-score. `nano8k decode` (decode.py) and the trainer's validation (trainer.py) both use it.
+"""The batch decoder: read the input, build (or take) the model, decode batches. `nano8k decode` (decode.py) and the trainer's validation (trainer.py) both use it.
 
 Model and weights (`resolve_model`):
 
@@ -41,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -50,18 +48,21 @@ from pathlib import Path
 from typing import Any
 
 
+from nano8k.decoding import confidence, speech_gate
 from nano8k.devices import resolve_device
 from nano8k.errors import UserError, one_line
-from nano8k.files import json_safe, read_yaml
+from nano8k.files import read_yaml
 
 log = logging.getLogger(__name__)
 
 RELEASED_MODEL = "FunAudioLLM/Fun-ASR-Nano-2512"
-RESULTS_FILE = "results.jsonl"
-METRICS_FILE = "metrics.json"
 # results.jsonl fields written by nano8k; a manifest field of the same name is not copied
-RESERVED = ("key", "audio", "ref", "hyp", "ctc_hyp", "timestamps", "errors", "duration", "decode_time", "status",
-            "reason", "segment")
+RESERVED = ("key", "audio", "ref", "hyp", "ctc_hyp", "words", "ctc_words", "confidence", "cut", "speech", "errors",
+            "duration", "decode_time", "status", "reason", "segment")
+# max_new_tokens bounded by a segment's duration (decode's max_tokens_per_second: 25, far above
+# speech: the demo's fastest utterance is 13 tokens/s with its small vocabulary), plus a margin for
+# short segments
+DEFAULT_TOKEN_MARGIN = 10
 # manifest fields that are the audio, the reference or the prompt: never copied
 MANIFEST_INPUTS = ("messages", "source", "target", "text", "wav", "path", "id", "utt", "utt_id", "reference")
 
@@ -303,7 +304,7 @@ class Decoder:
         device = resolve_device(settings.get("device"))
         source = resolve_model(settings)
         self.model_dir, self.checkpoint, self.config_source = source.model_dir, source.checkpoint, source.config_source
-        built = nano_model.build(source.settings, init_param=source.checkpoint)
+        built = nano_model.build(source.settings, init_param=source.checkpoint, training=False)
         self.loaded_from = built.loaded_from
         model = built.model.eval()
         for p in model.parameters():
@@ -325,7 +326,8 @@ class Decoder:
         self.model_dir, self.checkpoint, self.config_source, self.loaded_from = None, None, "training", []
         dtype = next(model.llm.parameters()).dtype
         dtype_name = next((name for name in DTYPE_NAMES if torch_dtype(name) == dtype), "fp32")
-        settings = {"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False}
+        # validation bounds its hypotheses by its references (valid_decode.max_new_tokens), not by duration
+        settings = {"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False, "max_tokens_per_second": 0}
         self._attach(model, tokenizer, frontend, funasr_cfg, device, dtype_name, settings, prompt_options(settings),
                      trained_by_nano8k=True)
         return self
@@ -344,13 +346,20 @@ class Decoder:
         self.max_new_tokens = int(settings.get("max_new_tokens") or 512)
         self.has_ctc = self.model.ctc_decoder is not None and self.model.ctc is not None
         self.ctc = self.has_ctc and settings.get("ctc") is not False
-        self.timestamps = self.ctc and settings.get("timestamps") is not False
-        if self.timestamps and not funasr_gaps.torchaudio_available():
-            log.warning("timestamps skipped: FunASR's CTC forced alignment needs torchaudio, which is not installed "
-                        "(the CTC hypothesis is written all the same; timestamps=false silences this)")
-            self.timestamps = False
-        if settings.get("ctc") is not False and not self.has_ctc:
+        # word times and confidence from nano8k's CTC aligner (funasr_gaps 14: no torchaudio)
+        self.timestamps = self.has_ctc and settings.get("timestamps") is not False
+        if settings.get("timestamps") is not False and not self.has_ctc:
+            log.warning("the model has no CTC branch: no word times, no confidence and no speech gate (the text is "
+                        "decoded all the same; timestamps=false silences this)")
+        elif settings.get("ctc") is not False and not self.has_ctc:
             log.info("the model has no CTC branch: no ctc_hyp")
+        self.gate = speech_gate.settings_of(settings.get("speech_gate"))
+        self.gate.enabled = self.gate.enabled and self.has_ctc
+        self.max_tokens_per_second = float(settings.get("max_tokens_per_second") or 0)
+        self.calibration = None
+        if settings.get("calibration") and self.has_ctc:
+            self.calibration = confidence.Calibration.load(Path(str(settings["calibration"])).expanduser(),
+                                                           confidence.model_digest(model))
         p = self.prompt_settings = prompt_settings
         self.trained_by_nano8k = trained_by_nano8k
         # a Nano manifest's own task prompt is used for its utterances unless decode sets one
@@ -521,6 +530,9 @@ class Decoder:
         return out
 
     def _forward(self, inputs: list) -> list[dict]:
+        """One batch: encoder and adaptor; the CTC branch (its hypothesis, the speech gate); the
+        LLM on the segments that hold speech, each bounded by its duration; then the words' times
+        and confidence from the CTC posteriors."""
         import torch
 
         from nano8k import funasr_gaps
@@ -528,18 +540,88 @@ class Decoder:
         with torch.inference_mode():
             encoder_out, encoder_lens, adaptor_out, adaptor_lens = funasr_gaps.encode_batch(
                 self.model, [x.speech for x in inputs], self.device)
-            results = [{} for _ in inputs]
-            if self.ctc:
+            results: list[dict] = [{} for _ in inputs]
+            log_probs: list[Any] = []
+            if self.has_ctc and (self.ctc or self.timestamps or self.gate.enabled):
                 texts, log_probs = funasr_gaps.ctc_greedy(self.model, encoder_out, encoder_lens)
-                for r, text in zip(results, texts):
-                    r["ctc_hyp"] = text
-            hyps = funasr_gaps.generate_batch(self.model, inputs, adaptor_out, adaptor_lens, self.tokenizer,
-                                              self.max_new_tokens, self.dtype)
-            for i, (r, hyp) in enumerate(zip(results, hyps)):
-                r["hyp"] = hyp
-                if self.timestamps:
-                    r["timestamps"] = funasr_gaps.ctc_timestamps(self.model, log_probs[i], hyp, self.seconds_per_frame)
+                for r, text, lp in zip(results, texts, log_probs):
+                    if self.ctc:
+                        r["ctc_hyp"] = text
+                    if self.gate.enabled:
+                        r["speech"] = speech_gate.evidence(lp, self.model.blank_id, text)
+            speaking = [i for i, r in enumerate(results) if "speech" not in r or speech_gate.is_speech(r["speech"], self.gate)]
+            for i, r in enumerate(results):
+                if i not in speaking:
+                    r["hyp"], r["no_speech"] = "", True
+            if speaking:
+                rows = torch.tensor(speaking, device=adaptor_out.device)
+                limits = [self._token_limit(inputs[i]) for i in speaking]
+                hyps = funasr_gaps.generate_scored(self.model, [inputs[i] for i in speaking], adaptor_out[rows],
+                                                   adaptor_lens[rows], self.tokenizer, max(limits), self.dtype,
+                                                   limits=limits, scored=self.timestamps)
+                for i, (hyp, char_probs) in zip(speaking, hyps):
+                    text, cut = speech_gate.cut_repetition(hyp, self.gate.max_repeats)
+                    results[i].update(hyp=text, repetition_cut=cut, char_probs=None if cut else char_probs)
+            if self.timestamps and log_probs:
+                self._words(results, log_probs)
         return results
+
+    def _token_limit(self, x: Any) -> int:
+        """max_new_tokens, bounded by the segment's duration (max_tokens_per_second, plus a margin
+        of DEFAULT_TOKEN_MARGIN for a short segment): a loop cannot run past what could be said."""
+        if self.max_tokens_per_second <= 0:
+            return self.max_new_tokens
+        seconds = x.speech.shape[0] * self.seconds_per_frame
+        return max(1, min(self.max_new_tokens, int(self.max_tokens_per_second * seconds) + DEFAULT_TOKEN_MARGIN))
+
+    def _words(self, results: list[dict], log_probs: list[Any]) -> None:
+        """Word times and confidence of the hypothesis (forced alignment of the LLM's text on the
+        CTC posteriors, batched) and of the CTC hypothesis (its greedy path)."""
+        from nano8k.decoding import ctc_aligner
+
+        encoding = self.model.ctc_tokenizer.encoding
+        blank = self.model.blank_id
+        targets = [self.model.ctc_tokenizer.encode(r["hyp"]) for r in results]
+        batch = _padded(log_probs)
+        paths = ctc_aligner.forced_paths(batch, [lp.shape[0] for lp in log_probs], targets, blank)
+        frame_conf = confidence.frame_confidence(batch).numpy()
+        best = batch.argmax(dim=-1).tolist()
+        for b, (r, lp, ids, path) in enumerate(zip(results, log_probs, targets, paths)):
+            frames = lp.shape[0]
+            lp, labels = lp.float().numpy(), best[b][:frames]
+            heard = [t for t, label in enumerate(labels) if label != blank]
+            speech_frames = (heard[0], heard[-1]) if heard else None
+            r["words"] = self._placed(r["hyp"], ids, path, lp, frame_conf[b, :frames], speech_frames, encoding,
+                                      r.get("char_probs"))
+            if self.ctc:
+                greedy_ids, greedy = ctc_aligner.greedy_path(labels, blank)
+                greedy_ids, greedy = _without_specials(greedy_ids, greedy, encoding)
+                text = b"".join(encoding.decode_single_token_bytes(t) for t in greedy_ids).decode("utf-8", "replace")
+                r["ctc_words"] = self._placed(text, greedy_ids, greedy, lp, frame_conf[b, :frames], speech_frames,
+                                              encoding)
+
+    def _placed(self, text: str, ids: list[int], path: Any, lp: Any, frame_conf: Any,
+                speech_frames: tuple[int, int] | None, encoding: Any, char_probs: list[float] | None = None
+                ) -> list[dict]:
+        from nano8k.decoding import ctc_aligner
+
+        words = ctc_aligner.words_of(text, [encoding.decode_single_token_bytes(t) for t in ids])
+        if words is None:  # the CTC tokenizer does not spell the text byte for byte
+            words = [ctc_aligner.Word(w, [0]) for w in text.split()]
+            path = None
+        placed = ctc_aligner.place_words(words, path, self.seconds_per_frame, 0.0, speech_frames)
+        values = confidence.token_measures(lp, frame_conf, ids, path.frames) if path is not None else None
+        for word, entry in zip(words, placed):
+            if values is not None and word.tokens:
+                measures = confidence.word_measures(values, word.tokens)
+                if char_probs is not None and len(char_probs) == len(text):
+                    measures["llm"] = min(char_probs[word.start:word.end], default=1.0)
+                entry["confidence"] = round(self.calibration(measures) if self.calibration
+                                            else confidence.uncalibrated(measures), 4)
+                entry["measures"] = {k: round(v, 4) for k, v in measures.items()}
+            else:
+                entry["confidence"] = None
+        return placed
 
     def _free_memory(self) -> None:
         import torch
@@ -552,123 +634,44 @@ class Decoder:
         record: dict[str, Any] = {"key": item.key, "audio": item.audio, "ref": item.ref, "hyp": result.get("hyp")}
         if self.ctc:
             record["ctc_hyp"] = result.get("ctc_hyp")
-        if "timestamps" in result:
-            record["timestamps"] = result["timestamps"]
+        if "words" in result:
+            offset = item.segment[0] if item.segment is not None else 0.0  # times from the start of the file
+            for name in ("words", "ctc_words"):
+                if name in result:
+                    record[name] = [_shifted(w, offset) for w in result[name]]
+            known = [w["confidence"] for w in result["words"] if w["confidence"] is not None]
+            record["confidence"] = round(sum(known) / len(known), 4) if known else None
+        if result.get("repetition_cut"):
+            record["cut"] = "repetition"
+        if "speech" in result:
+            record["speech"] = result["speech"]
         if item.segment is not None:
             record["segment"] = list(item.segment)
         record.update(errors=None, duration=round(item.duration, 4) if item.duration is not None else None,
-                      decode_time=result.get("decode_time"), status="ok" if ok else "failed",
+                      decode_time=result.get("decode_time"),
+                      status=("no speech" if result.get("no_speech") else "ok") if ok else "failed",
                       reason=None if ok else (item.reason or "not decoded"))
         record.update({k: v for k, v in item.fields.items() if k not in record})
         return record
 
 
-# --------------------------------------------------------------------------------------------
-# Outputs
-# --------------------------------------------------------------------------------------------
+def _shifted(word: dict, offset: float) -> dict:
+    if not offset:
+        return word
+    return {**word, **{k: round(word[k] + offset, 3) for k in ("start", "end") if word.get(k) is not None}}
 
 
-def compute_metrics(records: list[dict], lang: str = "auto", numbers: bool = False) -> tuple[Any, dict]:
-    """score.py's corpus metrics of the decoded utterances with a reference (per-utterance error
-    counts go into the records' `errors`), plus counts, audio hours, decode time, RTF and, where
-    there are CTC hypotheses, the CTC branch's rates under `ctc`. Returns (Scores or None, metrics)."""
-    from nano8k import score as scoring
+def _padded(log_probs: list[Any]) -> Any:
+    from torch.nn.utils.rnn import pad_sequence
 
-    decoded = [r for r in records if r["status"] == "ok"]
-    scored = [r for r in decoded if r.get("ref") is not None]
-    scores = None
-    metrics: dict[str, Any] = {"utterances": len(records), "decoded": len(decoded),
-                               "failed": len(records) - len(decoded), "scored": len(scored)}
-    if scored:
-        scores = scoring.score_records(scored, lang=lang, numbers=numbers)
-        scores.failed = [r["key"] for r in records if r["status"] != "ok"]  # as `nano8k score` counts them
-        for record, utt in zip(scored, scores.utterances):
-            record["errors"] = {scoring.RATE_NAMES[unit]: counts.to_dict() for unit, counts in utt.counts.items()}
-        metrics.update({k: v for k, v in scores.metrics().items() if k not in ("utterances", "audio_hours", "rtf")})
-    audio_s = sum(r["duration"] or 0.0 for r in decoded)
-    decode_s = sum(r["decode_time"] or 0.0 for r in decoded)
-    metrics.update(audio_hours=audio_s / 3600, decode_s=round(decode_s, 4),
-                   rtf=decode_s / audio_s if audio_s > 0 else None,
-                   utterances_per_s=len(decoded) / decode_s if decode_s > 0 else None)
-    with_ctc = [r for r in scored if r.get("ctc_hyp") is not None]
-    if with_ctc and scores is not None:
-        ctc = scoring.score_records([{**r, "hyp": r["ctc_hyp"]} for r in with_ctc], lang=scores.lang, numbers=numbers)
-        m = ctc.metrics()
-        metrics["ctc"] = {k: m[k] for k in ("utterances", "primary", "cer", "wer", "mer", "ser", "counts")}
-    return scores, metrics
+    return pad_sequence(list(log_probs), batch_first=True, padding_value=0.0)
 
 
-class ResultsJournal:
-    """results.jsonl while a decode runs: each batch's records appended as it finishes (flushed
-    and fsync'd: a kill loses at most the batch in flight, and never leaves half a line that is
-    read back), so that a decode interrupted by a signal or killed resumes where it stopped. The
-    finished decode rewrites the file in input order (write_results)."""
+def _without_specials(ids: list[int], path: Any, encoding: Any) -> tuple[list[int], Any]:
+    """The greedy path without special tokens (<|nospeech|>, language tags): not words."""
+    from nano8k.decoding.ctc_aligner import TokenPath
 
-    def __init__(self, path: Path, items: list[Item]):
-        self.path = Path(path)
-        self.done = self._read_back(items)
-        self.appended = 0
-        self._file = None
-
-    def _read_back(self, items: list[Item]) -> dict[int, dict]:
-        """The records of an earlier, unfinished decode of the same input, by input index (matched
-        by key and audio, in order); a torn last line is dropped."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{self.path}: cannot read the results of the earlier decode ({err}); decode into a new "
-                            "directory") from None
-        lines = text.split("\n")
-        complete = lines[:-1]  # the part after the last newline is a line a kill cut short (or empty)
-        positions: dict[tuple, list[int]] = {}
-        for index, item in enumerate(items):
-            positions.setdefault((item.key, item.audio), []).append(index)
-        done: dict[int, dict] = {}
-        for number, line in enumerate(complete, 1):
-            try:
-                record = json.loads(line)
-                slot = positions[(record["key"], record["audio"])].pop(0)
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise UserError(f"{self.path}:{number}: not a result of this input; decode into a new "
-                                "directory") from None
-            done[slot] = record
-        if lines[-1]:
-            with open(self.path, "r+b") as f:
-                f.truncate(len("\n".join(complete).encode("utf-8")) + (1 if complete else 0))
-        return done
-
-    def append(self, records: list[dict]) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        try:
-            for record in records:
-                self._file.write(json.dumps(json_safe(record), ensure_ascii=False) + "\n")
-            self._file.flush()
-            self.appended += len(records)
-            os.fsync(self._file.fileno())
-        except OSError as err:
-            raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def write_results(path: Path, records: list[dict]) -> None:
-    """results.jsonl, written to a temporary file and renamed (a crash never leaves half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(json_safe(record), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
+    keep = [i for i, t in enumerate(ids) if encoding.decode_single_token_bytes(t).decode("utf-8", "replace")
+            not in encoding.special_tokens_set]
+    return [ids[i] for i in keep], TokenPath([path.first[i] for i in keep], [path.last[i] for i in keep],
+                                            [path.frames[i] for i in keep], path.score)

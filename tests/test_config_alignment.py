@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
-from nano8k import align, config
+from nano8k import config, config_alignment as align
 from nano8k.cli import app
 
 TEL, S1 = align.SPEC_STAGES  # config_8k_telephone, stage1_encoder_adapt: the seed's tables compare these

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""What decoding's transcripts are worth beyond the text, on a trained model (the demo's): word
+times, non-speech, confidence and their cost. Prints JSON; README quotes one run.
+
+  word_times   dev utterances assembled into calls with known gaps (0.4-1.5 s of comfort noise),
+               decoded whole (vad=silero): the first word's start and the last word's end of each
+               utterance against its speech edges (10 ms frames within 40 dB of the peak, the rule
+               the corpus was trimmed with); the VAD windows' edges beside them (what segment times
+               were before word times)
+  non_speech   scripts/make_nonspeech.py's twelve kinds (seed 0: clips training never saw; the
+               demo trains on seed 1's), decoded one clip at a time without a VAD: characters a
+               minute of non-speech with the speech gate and without; the dev CER with and without
+  confidence   the dev set decoded with word confidence; the calibration cross-fitted (fitted on
+               one half of the utterances, applied to the other, both ways): AUC at telling wrong
+               words from right ones and expected calibration error, calibrated and raw
+  cost         dev decode time with word times and confidence and without (median of --repeats)
+
+usage: scripts/bench_transcripts.py --run RUN --dev DEV.jsonl [--calls 6] [--repeats 3] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import make_nonspeech  # noqa: E402
+
+from nano8k import score  # noqa: E402
+from nano8k.decoding import confidence  # noqa: E402
+
+NANO8K = [sys.executable, "-m", "nano8k"]
+RATE = 8000
+
+
+def decode(out: Path, *args: str) -> tuple[list[dict], dict]:
+    proc = subprocess.run([*NANO8K, "decode", *args, f"hydra.run.dir={out}"], capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"decode failed: {proc.stderr[-2000:]}")
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return records, json.loads((out / "metrics.json").read_text())
+
+
+def speech_edges(x: np.ndarray) -> tuple[float, float]:
+    frame = RATE // 100
+    rms = np.sqrt(np.array([np.mean(x[i:i + frame] ** 2) for i in range(0, len(x) - frame + 1, frame)]) + 1e-20)
+    loud = np.nonzero(20 * np.log10(rms / rms.max()) > -40)[0]
+    return loud[0] * frame / RATE, (loud[-1] + 1) * frame / RATE
+
+
+def word_times(run: str, dev: list[dict], work: Path, n_calls: int, gap_dbfs: float | None = -65.0) -> dict:
+    rng = np.random.default_rng(0)
+    calls = work / f"calls{'' if gap_dbfs is None else int(gap_dbfs)}"
+    calls.mkdir()
+    truth = []  # (call, start, end, reference) of each utterance's speech
+    per_call = 8
+    for c in range(n_calls):
+        pieces, at = [], 0.0
+        for u in dev[c * per_call:(c + 1) * per_call]:
+            gap = rng.uniform(0.4, 1.5)
+            noise = rng.standard_normal(int(gap * RATE))
+            pieces.append(noise * 10 ** (gap_dbfs / 20) if gap_dbfs is not None else noise * 0)
+            at += gap
+            x, sr = soundfile.read(u["audio"], dtype="float64")
+            assert sr == RATE
+            start, end = speech_edges(x)
+            truth.append((f"call{c}", at + start, at + end, u["ref"]))
+            pieces.append(x)
+            at += len(x) / RATE
+        pieces.append(np.zeros(int(0.8 * RATE)))
+        soundfile.write(calls / f"call{c}.wav", np.concatenate(pieces), RATE, subtype="PCM_16")
+    records, _ = decode(work / f"decode-{calls.name}", f"checkpoint={run}", f"input={calls}", "vad=silero")
+    starts, ends, vad_starts, vad_ends, right_starts, right_ends, missed = [], [], [], [], [], [], 0
+    for call, start, end, ref in truth:
+        mine = [r for r in records if r.get("call") == call and r["status"] == "ok"]
+        words = [w for r in mine for w in r.get("words") or [] if w["end"] > w["start"]
+                 and start - 0.2 <= (w["start"] + w["end"]) / 2 <= end + 0.2]
+        windows = [r for r in mine if min(r["end"], end) - max(r["start"], start) > 0]
+        if not words or not windows:
+            missed += 1
+            continue
+        last = max(words, key=lambda w: w["end"])
+        starts.append(abs(words[0]["start"] - start))
+        ends.append(abs(last["end"] - end))
+        vad_starts.append(abs(min(r["start"] for r in windows) - start))
+        vad_ends.append(abs(max(r["end"] for r in windows) - end))
+        spoken = score.normalize(ref).split()  # the edge words the model got right: timing alone
+        if spoken and score.normalize(words[0]["word"]) == spoken[0]:
+            right_starts.append(starts[-1])
+        if spoken and score.normalize(last["word"]) == spoken[-1]:
+            right_ends.append(ends[-1])
+
+    def stats(values: list[float]) -> dict:
+        return {"median_ms": round(1000 * float(np.median(values)), 1), "p90_ms": round(1000 * float(np.percentile(values, 90)), 1)}
+
+    return {"utterances": len(truth), "measured": len(starts), "missed": missed, "first_word_start": stats(starts),
+            "last_word_end": stats(ends), "both_edges": stats(starts + ends),
+            "edge_words_right": {"starts": len(right_starts), "ends": len(right_ends),
+                                 "both_edges": stats(right_starts + right_ends)},
+            "vad_window_start": stats(vad_starts), "vad_window_end": stats(vad_ends),
+            "vad_window_both": stats(vad_starts + vad_ends)}
+
+
+def non_speech(run: str, dev_path: str, work: Path) -> dict:
+    clips = work / "nonspeech"
+    manifest = make_nonspeech.write(clips, per_kind=4, seconds=5.5, seed=0)
+    out = {}
+    for name, gate in (("gate", "true"), ("no_gate", "false")):
+        records, metrics = decode(work / f"ns-{name}", f"checkpoint={run}", f"input={manifest}",
+                                  f"speech_gate.enabled={gate}")
+        by_kind: dict[str, int] = {}
+        for r in records:
+            by_kind[r["kind"]] = by_kind.get(r["kind"], 0) + len(r["hyp"].replace(" ", ""))
+        _, dev_metrics = decode(work / f"dev-{name}", f"checkpoint={run}", f"input={dev_path}",
+                                f"speech_gate.enabled={gate}", "timestamps=false")
+        out[name] = {"clips": len(records), "minutes": round(metrics["non_speech"]["seconds"] / 60, 2),
+                     "chars_per_minute": round(metrics["non_speech"]["chars_per_minute"], 2),
+                     "clips_with_words": metrics["non_speech"]["with_words"], "no_speech_status": metrics["no_speech"],
+                     "chars_by_kind": by_kind, "dev_cer": dev_metrics["cer"], "dev_wer": dev_metrics["wer"],
+                     "dev_no_speech": dev_metrics["no_speech"]}
+    out["kinds"] = len(make_nonspeech.KINDS)
+    out["dev_cer_rise_points"] = round(100 * (out["gate"]["dev_cer"] - out["no_gate"]["dev_cer"]), 2)
+    return out
+
+
+def confidence_quality(run: str, dev_path: str, work: Path) -> dict:
+    records, _ = decode(work / "dev-words", f"checkpoint={run}", f"input={dev_path}")
+    scored = score.score_records([r for r in records if r["status"] != "failed"], lang="en")
+    halves = [score.Scores([u for i, u in enumerate(scored.utterances) if i % 2 == h], scored.lang) for h in (0, 1)]
+    outcomes = [h.word_outcomes() for h in halves]
+    predicted, right, raw = [], [], []
+    for h in (0, 1):
+        fit_on, apply_to = outcomes[1 - h], outcomes[h]
+        calibration = confidence.Calibration.fit([w["measures"] for w, _ in fit_on], [r for _, r in fit_on], "bench")
+        predicted += [calibration(w["measures"]) for w, _ in apply_to]
+        right += [r for _, r in apply_to]
+        raw += [w["measures"]["entropy"] for w, _ in apply_to]
+    support = [w["measures"]["support"] for o in outcomes for w, _ in o]
+    return {"words": len(right), "wrong": len(right) - sum(right),
+            "calibrated": {"auc": round(score.auc(predicted, right), 4), "ece": round(score.calibration_error(predicted, right), 4)},
+            "entropy_alone": {"auc": round(score.auc(raw, right), 4), "ece": round(score.calibration_error(raw, right), 4)},
+            "support_alone_auc": round(score.auc(support, [r for o in outcomes for _, r in o]), 4)}
+
+
+def cost(run: str, dev_path: str, work: Path, repeats: int) -> dict:
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    for i in range(repeats):
+        for name, flag in (("without", "false"), ("with", "true")):
+            _, metrics = decode(work / f"cost-{name}-{i}", f"checkpoint={run}", f"input={dev_path}", f"timestamps={flag}")
+            times[name].append(metrics["decode_s"])
+    with_s, without_s = statistics.median(times["with"]), statistics.median(times["without"])
+    return {"repeats": repeats, "decode_s_with_times": with_s, "decode_s_without": without_s,
+            "added": round(with_s / without_s - 1, 4), "all": times}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--dev", required=True)
+    ap.add_argument("--calls", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    work = args.out or Path(tempfile.mkdtemp(prefix="bench_transcripts_"))
+    work.mkdir(parents=True, exist_ok=True)
+    dev = []
+    for line in Path(args.dev).read_text().splitlines():
+        obj = json.loads(line)
+        dev.append({"key": obj["key"], "ref": obj["messages"][2]["content"],
+                    "audio": obj["messages"][1]["content"].split("!", 1)[1].split("<|endofspeech|>")[0]})
+    result = {"run": args.run, "dev": args.dev, "word_times": word_times(args.run, dev, work, args.calls),
+              "non_speech": non_speech(args.run, args.dev, work),
+              "confidence": confidence_quality(args.run, args.dev, work),
+              "cost": cost(args.run, args.dev, work, args.repeats)}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
