@@ -190,21 +190,18 @@ def test_a_decode_of_calls_stopped_by_sigterm_resumes_where_it_stopped(calls, tm
     """results.jsonl grows batch by batch for calls too; the rerun decodes only the segments it lacks
     and ends with the files an uninterrupted decode writes (timings aside)."""
     import signal
-    import time
 
     from conftest import NANO8K
+    from helpers import resume, stopped_when
 
     call = calls["folder"] / "call1.wav"
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert decode(calls, reference, f"input={call}", "batch_size=2").code == 0
     command = [str(NANO8K), "decode", f"model_dir={calls['model']}", "vad=silero", "channel_names=[agent,customer]",
                "max_new_tokens=4", f"hydra.run.dir={run}", f"input={call}", "batch_size=2"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = run / "results.jsonl"
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and not (results.exists() and results.stat().st_size) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc = stopped_when(command, lambda: results.exists() and results.stat().st_size > 0)
+    resume(proc, signal.SIGTERM)  # after a first batch was written, before the last
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-2000:]
     kept = len(results.read_text().splitlines())

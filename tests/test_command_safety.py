@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NANO8K, REPO, run_cli, tiny_corpus
+from helpers import resume, stopped_when
 
 pytestmark = pytest.mark.funasr  # trains and decodes the tiny model
 
@@ -68,12 +69,9 @@ def test_decode_stops_at_sigterm_with_its_results_and_the_rerun_decodes_the_rest
                                timeout=300)
     assert reference.returncode == 0, reference.stderr[-2000:]
     run_dir = tmp_path / "interrupted"
-    proc = subprocess.Popen(decode_command(corpus, run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = run_dir / "results.jsonl"
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and not (results.exists() and results.stat().st_size) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc = stopped_when(decode_command(corpus, run_dir), lambda: results.exists() and results.stat().st_size > 0)
+    resume(proc, signal.SIGTERM)  # after a first batch was written, before the last
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     status = json.loads((run_dir / "status.json").read_text())
@@ -102,7 +100,7 @@ def test_one_decode_per_directory_and_no_mixing_of_settings(corpus, tmp_path):
         hydra_before = snapshot(run_dir / ".hydra")
         second = subprocess.run(decode_command(corpus, run_dir), capture_output=True, text=True, timeout=120)
     finally:
-        first.send_signal(signal.SIGCONT)
+        resume(first)
     assert second.returncode == 2 and "is in use by another nano8k run (pid" in second.stderr
     assert snapshot(run_dir / ".hydra") == hydra_before  # the refused command wrote nothing there
     first.communicate(timeout=300)
@@ -143,24 +141,27 @@ def test_export_is_all_or_nothing_and_never_lands_on_its_inputs(corpus, tmp_path
     try:
         second = run_cli("export", str(run), str(other), "--force")
     finally:
-        first.send_signal(signal.SIGCONT)
+        resume(first)
     assert second.code == 2 and f"{other} is in use by another nano8k run (pid {first.pid}" in second.stderr
     first.communicate(timeout=300)
     assert first.returncode == 0 and (other / "export.json").is_file()
 
 
 def stopped_holding_its_lock(command: list[str], lock: Path, writes: Path) -> subprocess.Popen:
-    """Starts `command` (which writes the directory `writes`) and stops it (SIGSTOP) once `lock`
-    is on disk, so that a second command meets a live holder however fast the first one is; the
-    caller sends SIGCONT."""
+    """`command` (which writes the directory `writes`) stopped while `lock` names it, so that a
+    second command meets a live holder however fast the first one is; tried again where the first
+    one finished before its lock was seen. The caller resumes it."""
+    def held() -> bool:  # the lock's holder written (a lock file created but not yet written names nobody)
+        try:
+            return "pid" in json.loads(lock.read_text())
+        except (OSError, ValueError):
+            return False
+
     for _ in range(5):
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while not lock.exists() and proc.poll() is None:
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGSTOP)
-        if lock.exists():
+        proc = stopped_when(command, held)
+        if held():
             return proc
-        proc.send_signal(signal.SIGCONT)
+        resume(proc)
         proc.communicate(timeout=300)
         shutil.rmtree(writes, ignore_errors=True)
     pytest.fail(f"never caught {command[1]} holding {lock}")
@@ -169,20 +170,17 @@ def stopped_holding_its_lock(command: list[str], lock: Path, writes: Path) -> su
 def interrupt_export(run: Path, out: Path) -> str:
     """SIGINT to `nano8k export RUN OUT` while its files are being written (seen in the stopped
     process, so what the test saw is what the signal finds); returns its stderr."""
+    def writing() -> bool:
+        return bool(list(out.parent.glob(f".{out.name}.export-*")))
+
     for _ in range(5):
-        proc = subprocess.Popen([str(NANO8K), "export", str(run), str(out)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        while proc.poll() is None and not list(out.parent.glob(f".{out.name}.export-*")):
-            time.sleep(0.002)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGSTOP)
-            if list(out.parent.glob(f".{out.name}.export-*")):
-                proc.send_signal(signal.SIGINT)
-                proc.send_signal(signal.SIGCONT)
-                _, err = proc.communicate(timeout=120)
-                assert proc.returncode == 130, err[-2000:]
-                return err
-            proc.send_signal(signal.SIGCONT)
+        proc = stopped_when([str(NANO8K), "export", str(run), str(out)], writing)
+        if writing():
+            resume(proc, signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130, err[-2000:]
+            return err
+        resume(proc)
         proc.communicate(timeout=120)
         shutil.rmtree(out, ignore_errors=True)
     pytest.fail("never caught the export while it wrote its files")
