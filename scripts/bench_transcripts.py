@@ -9,13 +9,16 @@ times, non-speech, confidence and their cost. Prints JSON; README quotes one run
                were before word times)
   non_speech   scripts/make_nonspeech.py's twelve kinds (seed 0: clips training never saw; the
                demo trains on seed 1's), decoded one clip at a time without a VAD: characters a
-               minute of non-speech with the speech gate and without; the dev CER with and without
+               minute of non-speech with the speech gate and without (and --baseline-run's, e.g. a
+               model trained without non-speech); the dev CER with and without
   confidence   the dev set decoded with word confidence; the calibration cross-fitted (fitted on
                one half of the utterances, applied to the other, both ways): AUC at telling wrong
-               words from right ones and expected calibration error, calibrated and raw
+               words from right ones and expected calibration error, calibrated with and without
+               the LLM's measure, and each measure alone
   cost         dev decode time with word times and confidence and without (median of --repeats)
 
 usage: scripts/bench_transcripts.py --run RUN --dev DEV.jsonl [--calls 6] [--repeats 3] [--out DIR]
+                                    [--baseline-run RUN]
 """
 
 from __future__ import annotations
@@ -57,9 +60,9 @@ def speech_edges(x: np.ndarray) -> tuple[float, float]:
     return loud[0] * frame / RATE, (loud[-1] + 1) * frame / RATE
 
 
-def word_times(run: str, dev: list[dict], work: Path, n_calls: int, gap_dbfs: float | None = -65.0) -> dict:
+def word_times(run: str, dev: list[dict], work: Path, n_calls: int) -> dict:
     rng = np.random.default_rng(0)
-    calls = work / f"calls{'' if gap_dbfs is None else int(gap_dbfs)}"
+    calls = work / "calls"
     calls.mkdir()
     truth = []  # (call, start, end, reference) of each utterance's speech
     per_call = 8
@@ -67,8 +70,7 @@ def word_times(run: str, dev: list[dict], work: Path, n_calls: int, gap_dbfs: fl
         pieces, at = [], 0.0
         for u in dev[c * per_call:(c + 1) * per_call]:
             gap = rng.uniform(0.4, 1.5)
-            noise = rng.standard_normal(int(gap * RATE))
-            pieces.append(noise * 10 ** (gap_dbfs / 20) if gap_dbfs is not None else noise * 0)
+            pieces.append(rng.standard_normal(int(gap * RATE)) * 10 ** (-65 / 20))  # comfort noise
             at += gap
             x, sr = soundfile.read(u["audio"], dtype="float64")
             assert sr == RATE
@@ -78,7 +80,7 @@ def word_times(run: str, dev: list[dict], work: Path, n_calls: int, gap_dbfs: fl
             at += len(x) / RATE
         pieces.append(np.zeros(int(0.8 * RATE)))
         soundfile.write(calls / f"call{c}.wav", np.concatenate(pieces), RATE, subtype="PCM_16")
-    records, _ = decode(work / f"decode-{calls.name}", f"checkpoint={run}", f"input={calls}", "vad=silero")
+    records, _ = decode(work / "decode-calls", f"checkpoint={run}", f"input={calls}", "vad=silero")
     starts, ends, vad_starts, vad_ends, right_starts, right_ends, missed = [], [], [], [], [], [], 0
     for call, start, end, ref in truth:
         mine = [r for r in records if r.get("call") == call and r["status"] == "ok"]
@@ -110,10 +112,18 @@ def word_times(run: str, dev: list[dict], work: Path, n_calls: int, gap_dbfs: fl
             "vad_window_both": stats(vad_starts + vad_ends)}
 
 
-def non_speech(run: str, dev_path: str, work: Path) -> dict:
+def non_speech(run: str, dev_path: str, work: Path, baseline: str | None) -> dict:
     clips = work / "nonspeech"
     manifest = make_nonspeech.write(clips, per_kind=4, seconds=5.5, seed=0)
-    out = {}
+    out: dict = {}
+    if baseline:  # another model on the same clips (e.g. one trained without non-speech)
+        out["baseline"] = {"run": baseline}
+        for name, gate in (("gate", "true"), ("no_gate", "false")):
+            _, metrics = decode(work / f"ns-baseline-{name}", f"checkpoint={baseline}", f"input={manifest}",
+                                f"speech_gate.enabled={gate}")
+            out["baseline"][name] = {"chars_per_minute": round(metrics["non_speech"]["chars_per_minute"], 2),
+                                     "clips_with_words": metrics["non_speech"]["with_words"],
+                                     "no_speech_status": metrics["no_speech"]}
     for name, gate in (("gate", "true"), ("no_gate", "false")):
         records, metrics = decode(work / f"ns-{name}", f"checkpoint={run}", f"input={manifest}",
                                   f"speech_gate.enabled={gate}")
@@ -137,18 +147,26 @@ def confidence_quality(run: str, dev_path: str, work: Path) -> dict:
     scored = score.score_records([r for r in records if r["status"] != "failed"], lang="en")
     halves = [score.Scores([u for i, u in enumerate(scored.utterances) if i % 2 == h], scored.lang) for h in (0, 1)]
     outcomes = [h.word_outcomes() for h in halves]
-    predicted, right, raw = [], [], []
-    for h in (0, 1):
-        fit_on, apply_to = outcomes[1 - h], outcomes[h]
-        calibration = confidence.Calibration.fit([w["measures"] for w, _ in fit_on], [r for _, r in fit_on], "bench")
-        predicted += [calibration(w["measures"]) for w, _ in apply_to]
-        right += [r for _, r in apply_to]
-        raw += [w["measures"]["entropy"] for w, _ in apply_to]
-    support = [w["measures"]["support"] for o in outcomes for w, _ in o]
+    right = [r for h in (0, 1) for _, r in outcomes[h]]
+
+    def cross_fitted(measures_of) -> dict:
+        """Fitted on one half, applied to the other, both ways: AUC and calibration error."""
+        predicted = []
+        for h in (0, 1):
+            calibration = confidence.Calibration.fit([measures_of(w) for w, _ in outcomes[1 - h]],
+                                                     [r for _, r in outcomes[1 - h]], "bench")
+            predicted += [calibration(measures_of(w)) for w, _ in outcomes[h]]
+        return {"auc": round(score.auc(predicted, right), 4), "ece": round(score.calibration_error(predicted, right), 4)}
+
+    def alone(name: str) -> dict:
+        values = [w["measures"].get(name, 1.0) for h in (0, 1) for w, _ in outcomes[h]]
+        return {"auc": round(score.auc(values, right), 4), "ece": round(score.calibration_error(values, right), 4)}
+
     return {"words": len(right), "wrong": len(right) - sum(right),
-            "calibrated": {"auc": round(score.auc(predicted, right), 4), "ece": round(score.calibration_error(predicted, right), 4)},
-            "entropy_alone": {"auc": round(score.auc(raw, right), 4), "ece": round(score.calibration_error(raw, right), 4)},
-            "support_alone_auc": round(score.auc(support, [r for o in outcomes for _, r in o]), 4)}
+            "calibrated": cross_fitted(lambda w: w["measures"]),
+            "calibrated_without_llm": cross_fitted(lambda w: {k: v for k, v in w["measures"].items() if k != "llm"}),
+            "entropy_alone": alone("entropy"), "support_alone_auc": alone("support")["auc"],
+            "llm_alone_auc": alone("llm")["auc"]}
 
 
 def cost(run: str, dev_path: str, work: Path, repeats: int) -> dict:
@@ -169,6 +187,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--baseline-run", help="another model's non-speech, on the same clips")
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_transcripts_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -178,7 +197,7 @@ def main() -> None:
         dev.append({"key": obj["key"], "ref": obj["messages"][2]["content"],
                     "audio": obj["messages"][1]["content"].split("!", 1)[1].split("<|endofspeech|>")[0]})
     result = {"run": args.run, "dev": args.dev, "word_times": word_times(args.run, dev, work, args.calls),
-              "non_speech": non_speech(args.run, args.dev, work),
+              "non_speech": non_speech(args.run, args.dev, work, args.baseline_run),
               "confidence": confidence_quality(args.run, args.dev, work),
               "cost": cost(args.run, args.dev, work, args.repeats)}
     print(json.dumps(result, indent=2))

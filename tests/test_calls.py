@@ -71,6 +71,9 @@ def test_a_three_minute_stereo_call_every_utterance_found_once_in_order(calls, t
         matched.add(hits[0]["key"])
     assert matched == {s["key"] for s in segments}  # no segment without an utterance: nothing invented or doubled
     assert all(s["status"] == "ok" and s["hyp"] is not None and s["decode_time"] is not None for s in segments)
+    # word times are the call's (a segment's frames shifted by its start), inside its window (a frame's slack)
+    placed = [(s, w) for s in segments for w in s["words"] + s["ctc_words"]]
+    assert placed and all(s["start"] <= w["start"] <= w["end"] <= s["end"] + 0.07 for s, w in placed)
 
     records = {c["call"]: c for c in lines(run / "calls.jsonl")}
     call = records["call1"]

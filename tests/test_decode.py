@@ -156,7 +156,7 @@ def test_batch_size_does_not_change_hypotheses(env, downsample, request):
 
 def test_a_failing_batch_is_retried_one_by_one_so_only_the_culprit_fails(env, monkeypatch):
     decoder = env["decoder"]
-    real = funasr_gaps.generate_scored
+    real = funasr_gaps.generate_batch
     items, _ = decoding.read_input(str(env["list"]))
     decoder.probe(items[1])
     culprit_frames = len(funasr_gaps.utterance_inputs(decoder.model, decoder.load(items[1]), decoder.prompt,
@@ -167,7 +167,7 @@ def test_a_failing_batch_is_retried_one_by_one_so_only_the_culprit_fails(env, mo
             raise RuntimeError("boom")
         return real(model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(funasr_gaps, "generate_scored", flaky)
+    monkeypatch.setattr(funasr_gaps, "generate_batch", flaky)
     records = decoder.decode(items, 5, progress=False)
     assert [r["status"] for r in records] == ["ok", "failed", "ok", "ok", "ok"]
     assert records[1]["key"] == "short" and records[1]["reason"] == "decoding: RuntimeError: boom"

@@ -46,8 +46,8 @@ def test_the_aligner_finds_the_best_path_batched_as_alone():
             continue
         assert path.score == pytest.approx(expected, abs=1e-5) and alone.score == pytest.approx(expected, abs=1e-5)
         assert path.frames == alone.frames and len(path.frames) == len(target)
-        assert all(first <= last < frames for first, last in zip(path.first, path.last))
-        assert all(path.first[i] > path.last[i - 1] for i in range(1, len(target)))
+        assert all(at == sorted(at) and at[-1] < frames for at in path.frames)
+        assert all(path.frames[i][0] > path.frames[i - 1][-1] for i in range(1, len(target)))
         emitted = sum(float(log_probs[b, t, token]) for token, at in zip(target, path.frames) for t in at)
         blanks = sum(float(log_probs[b, t, BLANK]) for t in range(frames) if not any(t in at for at in path.frames))
         assert emitted + blanks == pytest.approx(expected, abs=1e-5)  # the frames returned are the best path's
@@ -64,16 +64,16 @@ def test_a_peaked_posterior_gives_the_peaks_times_and_punctuation_has_no_width()
     (path,) = ctc_aligner.forced_paths(lp[None].log_softmax(-1), [frames], [[1, 2, 3, 4]], BLANK)
     words = ctc_aligner.words_of("hi, you.", [b"hi", b", ", b"you", b"."])
     assert [(w.text, w.tokens) for w in words] == [("hi,", [0]), ("you.", [2])]
-    placed = ctc_aligner.place_words(words, path, 0.06, 10.0, (2, 8))
-    assert placed == [{"word": "hi,", "start": 10.12, "end": 10.24}, {"word": "you.", "start": 10.36, "end": 10.48}]
+    placed = ctc_aligner.place_words(words, path, 0.06, (2, 8))
+    assert placed == [{"word": "hi,", "start": 0.12, "end": 0.24}, {"word": "you.", "start": 0.36, "end": 0.48}]
     alone = ctc_aligner.words_of("hi , you", [b"hi", b" ,", b" you"])
     assert [(w.text, w.tokens) for w in alone] == [("hi", [0]), (",", []), ("you", [2])]
-    placed = ctc_aligner.place_words(alone, path, 0.06, 0.0, None)
+    placed = ctc_aligner.place_words(alone, path, 0.06, None)
     assert placed[1]["start"] == placed[1]["end"] == placed[0]["end"]  # at the end of the word before
     cjk = ctc_aligner.words_of("你好, ok", ["你".encode(), "好".encode(), b",", b" ok"])
     assert [(w.text, w.tokens) for w in cjk] == [("你", [0]), ("好,", [1]), ("ok", [3])]
     assert ctc_aligner.words_of("other", [b"hi"]) is None
-    spread = ctc_aligner.place_words(words, None, 0.06, 0.0, (2, 8))  # no path: spread, flagged
+    spread = ctc_aligner.place_words(words, None, 0.06, (2, 8))  # no path: spread, flagged
     assert [(w["start"], w["end"], w["interpolated"]) for w in spread] == [(0.12, 0.33, True), (0.33, 0.54, True)]
 
 
@@ -81,14 +81,15 @@ def test_the_repetition_cut_and_the_gate_rule():
     assert speech_gate.cut_repetition("six " * 20 + "two", 8) == (("six " * 8).strip() + " two", True)
     assert speech_gate.cut_repetition("te" * 13 + "chnical", 8) == ("te" * 8 + "chnical", True)
     assert speech_gate.cut_repetition("oh oh oh two", 8) == ("oh oh oh two", False)
-    gate = speech_gate.GateSettings(min_blank_share=0.9)
-    lp = torch.full((20, 3), -9.0)
-    lp[:, BLANK] = 0.0
-    silent = speech_gate.evidence(lp, BLANK, "")
+    gate = speech_gate.settings_of({"min_blank_share": 0.9, "max_repeats": None})
+    labels = [BLANK] * 20
+    silent = speech_gate.evidence(labels, BLANK, "")
     assert silent == {"blank_share": 1.0, "ctc_words": False} and not speech_gate.is_speech(silent, gate)
-    lp[:3, 1], lp[:3, BLANK] = 0.0, -9.0
-    assert speech_gate.is_speech(speech_gate.evidence(lp, BLANK, ""), gate)  # 85% blank: speech
-    assert speech_gate.is_speech(speech_gate.evidence(lp * 0 + lp[:, :1] * 0, BLANK, "a"), gate)  # a CTC word
+    labels[:3] = [1, 1, 1]
+    assert speech_gate.is_speech(speech_gate.evidence(labels, BLANK, ""), gate)  # 85% blank: speech
+    assert speech_gate.is_speech(speech_gate.evidence([BLANK] * 20, BLANK, "a"), gate)  # a CTC word
+    assert not speech_gate.is_speech(speech_gate.evidence([BLANK] * 20, BLANK, "."), gate)  # no letter: no word
+    assert not speech_gate.is_speech(speech_gate.evidence([BLANK] * 20, BLANK, "<|en|><|nospeech|>"), gate)  # tags
 
 
 def test_calibration_fits_and_refuses_another_model(tmp_path):

@@ -206,6 +206,8 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     started = time.perf_counter()
     decoder = decoder or Decoder(settings, prompt_settings)
     load_s = time.perf_counter() - started
+    if settings.get("calibrate") and not decoder.has_ctc:  # before anything is decoded
+        raise UserError("calibrate: the model has no CTC branch, so its words have no confidence to calibrate")
     log.info("model: %s; weights: %s; config: %s; prompt: %r", decoder.model_dir, ", then ".join(decoder.loaded_from),
              decoder.config_source, decoder.prompt)
     if stop_at_signals:
@@ -264,8 +266,6 @@ def fit_calibration(scores: Any, decoder: Decoder, run_dir: Path, settings: dict
 
     outcomes = scores.word_outcomes() if scores is not None else []
     usable = [(w["measures"], right) for w, right in outcomes if w.get("measures")]
-    if not decoder.has_ctc:
-        raise UserError("calibrate: the model has no CTC branch, so its words have no confidence to calibrate")
     calibration = confidence.Calibration.fit([m for m, _ in usable], [r for _, r in usable],
                                              confidence.model_digest(decoder.model), checkpoint=decoder.checkpoint,
                                              input=str(settings.get("input")))

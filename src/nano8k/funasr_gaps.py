@@ -992,13 +992,6 @@ def eos_ids(llm: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any,
-                   max_new_tokens: int, dtype: Any = None, limits: Sequence[int] | None = None) -> list[str]:
-    """13: the texts of generate_scored (below)."""
-    return [text for text, _ in generate_scored(model, inputs, adaptor_out, adaptor_lens, tokenizer, max_new_tokens,
-                                                dtype, limits, scored=False)]
-
-
 class _ChosenProbability:
     """A logits processor that keeps, at each step, the probability of the token greedy search
     picks (the largest), per row: one float a step, where output_scores would keep the vocabulary."""
@@ -1009,13 +1002,13 @@ class _ChosenProbability:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        self.steps.append(torch.softmax(scores.float(), dim=-1).amax(dim=-1).cpu())
+        self.steps.append(torch.softmax(scores.float(), dim=-1).amax(dim=-1))  # on the device: no sync a step
         return scores
 
 
-def generate_scored(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any,
-                    max_new_tokens: int, dtype: Any = None, limits: Sequence[int] | None = None, scored: bool = True
-                    ) -> list[tuple[str, list[float] | None]]:
+def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any,
+                   max_new_tokens: int, dtype: Any = None, limits: Sequence[int] | None = None, scored: bool = False
+                   ) -> list[tuple[str, list[float] | None]]:
     """13: greedy LLM decoding of a batch, left padded.
 
     Each row is FunASR's inputs_embeds for its utterance (prompt embeddings with the adaptor output
@@ -1050,6 +1043,7 @@ def generate_scored(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: 
     generated = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=int(max_new_tokens),
                              do_sample=False, num_beams=1, eos_token_id=stop or None, pad_token_id=pad,
                              logits_processor=LogitsProcessorList([chosen] if scored else []))
+    probs = torch.stack(chosen.steps, dim=1).tolist() if chosen.steps else [[] for _ in inputs]  # [batch][step]
     out = []
     for i, row in enumerate(generated.tolist()):
         if limits is not None:  # each row's own bound (the batch ran to the largest)
@@ -1059,7 +1053,7 @@ def generate_scored(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: 
                 row = row[:j]
                 break
         if scored:
-            out.append(_text_with_char_probs(tokenizer, row, [float(chosen.steps[j][i]) for j in range(len(row))]))
+            out.append(_text_with_char_probs(tokenizer, row, probs[i][:len(row)]))
         else:
             out.append((re.sub(r"\s+", " ", tokenizer.decode(row, skip_special_tokens=True).replace("/sil", " ")), None))
     return out

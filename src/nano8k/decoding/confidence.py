@@ -35,8 +35,7 @@ ALPHA = 1 / 3  # Tsallis entropy's alpha (NeMo's default for its entropy measure
 # (a word the CTC branch gives e^-15 is no more wrong than one it gives e^-10), the support as a
 # probability, and the log-probability of the LLM's least sure token in the word (greedy search's
 # own; 0 where unknown: a text the repetition cut shortened). On the demo's dev set, cross-fitted
-# (scripts/bench_transcripts.py): AUC 0.914 / ECE 0.025 from the CTC measures alone, 0.941 / 0.021
-# with the LLM's; the LLM's alone 0.840 / 0.043.
+# (scripts/bench_transcripts.py, README): the LLM's measure adds to the CTC ones.
 FEATURES = ("entropy", "support_from_minus_10", "support_probability", "llm_log_probability")
 SUPPORT_FLOOR = -10.0
 LLM_FLOOR = 1e-6
@@ -103,7 +102,7 @@ class Calibration:
     @classmethod
     def fit(cls, measures: Sequence[dict[str, float]], right: Sequence[bool], model: str, **fitted_on: Any
             ) -> Calibration:
-        """Logistic regression by Newton's method (two features and a bias: a few iterations),
+        """Logistic regression by Newton's method (four features and a bias: a few iterations),
         with a small ridge so that separable data still give finite weights."""
         import numpy as np
 

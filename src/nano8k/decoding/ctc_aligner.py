@@ -28,11 +28,9 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 
 @dataclass
 class TokenPath:
-    """One utterance's alignment: for every target token, its first and last frame and the
-    frames it was emitted at; `score` is the path's log-probability."""
+    """One utterance's alignment: for every target token, the frames it was emitted at; `score`
+    is the path's log-probability."""
 
-    first: list[int]
-    last: list[int]
     frames: list[list[int]]
     score: float
 
@@ -98,7 +96,7 @@ def forced_paths(log_probs: Any, frame_lens: Sequence[int], targets: Sequence[Se
         for t, s in enumerate(path[b][: lens[b]]):
             if s % 2:
                 frames_of[s // 2].append(t)
-        out.append(TokenPath([f[0] for f in frames_of], [f[-1] for f in frames_of], frames_of, float(score[b])))
+        out.append(TokenPath(frames_of, float(score[b])))
     return out
 
 
@@ -115,7 +113,7 @@ def greedy_path(ids: Sequence[int], blank: int) -> tuple[list[int], TokenPath]:
                 frames_of.append([])
             frames_of[-1].append(t)
         previous = token
-    return tokens, TokenPath([f[0] for f in frames_of], [f[-1] for f in frames_of], frames_of, 0.0)
+    return tokens, TokenPath(frames_of, 0.0)
 
 
 @dataclass
@@ -147,8 +145,7 @@ def words_of(text: str, token_bytes: Sequence[bytes]) -> list[Word] | None:
         token_of_char.setdefault(c, set()).add(owner[byte])
     words = []
     for match in re.finditer(r"\S+", text):
-        pieces = [(m.start(), m.end()) for m in _CJK.finditer(match.group())] if _CJK.search(match.group()) else []
-        spans = _split_cjk(match.start(), match.end(), text) if pieces else [(match.start(), match.end())]
+        spans = _split_cjk(match.start(), match.end(), text) if _CJK.search(match.group()) else [match.span()]
         for start, end in spans:
             tokens = sorted({t for c in range(start, end) if _spoken(text[c]) for t in token_of_char[c]})
             words.append(Word(text[start:end], tokens, start, end))
@@ -181,9 +178,9 @@ def _spoken(char: str) -> bool:
     return unicodedata.category(char)[0] in "LNM"
 
 
-def place_words(words: list[Word], path: TokenPath | None, seconds_per_frame: float, offset: float,
+def place_words(words: list[Word], path: TokenPath | None, seconds_per_frame: float,
                 speech_frames: tuple[int, int] | None) -> list[dict]:
-    """Start and end (seconds, + offset) of each word from its tokens' frames; punctuation-only
+    """Start and end (seconds from the first frame) of each word from its tokens' frames; punctuation-only
     words have no width at the end of the word before. Without a path, times are spread evenly
     over `speech_frames` (first, last frame where the CTC branch heard speech; else nothing
     is placed) and the words are flagged `interpolated`."""
@@ -194,16 +191,16 @@ def place_words(words: list[Word], path: TokenPath | None, seconds_per_frame: fl
         first, last = speech_frames
         even = (last + 1 - first) / len(spoken)
     n_spoken = 0
-    previous_end = offset
+    previous_end = 0.0
     for word in words:
         entry: dict[str, Any] = {"word": word.text}
         if not word.tokens:
             start = end = previous_end
         elif path is not None:
-            start = offset + min(path.first[t] for t in word.tokens) * seconds_per_frame
-            end = offset + (max(path.last[t] for t in word.tokens) + 1) * seconds_per_frame
+            start = min(path.frames[t][0] for t in word.tokens) * seconds_per_frame
+            end = (max(path.frames[t][-1] for t in word.tokens) + 1) * seconds_per_frame
         elif even is not None:
-            start = offset + (speech_frames[0] + n_spoken * even) * seconds_per_frame
+            start = (speech_frames[0] + n_spoken * even) * seconds_per_frame
             end = start + even * seconds_per_frame
             entry["interpolated"] = True
         else:

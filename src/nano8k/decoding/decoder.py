@@ -542,28 +542,29 @@ class Decoder:
                 self.model, [x.speech for x in inputs], self.device)
             results: list[dict] = [{} for _ in inputs]
             log_probs: list[Any] = []
+            labels: list[list[int]] = []  # each frame's most likely CTC symbol
             if self.has_ctc and (self.ctc or self.timestamps or self.gate.enabled):
                 texts, log_probs = funasr_gaps.ctc_greedy(self.model, encoder_out, encoder_lens)
-                for r, text, lp in zip(results, texts, log_probs):
+                labels = [lp.argmax(dim=-1).tolist() for lp in log_probs]
+                for r, text, frames in zip(results, texts, labels):
                     if self.ctc:
                         r["ctc_hyp"] = text
                     if self.gate.enabled:
-                        r["speech"] = speech_gate.evidence(lp, self.model.blank_id, text)
-            speaking = [i for i, r in enumerate(results) if "speech" not in r or speech_gate.is_speech(r["speech"], self.gate)]
-            for i, r in enumerate(results):
-                if i not in speaking:
-                    r["hyp"], r["no_speech"] = "", True
+                        r["speech"] = speech_gate.evidence(frames, self.model.blank_id, text)
+                        if not speech_gate.is_speech(r["speech"], self.gate):
+                            r["hyp"], r["no_speech"] = "", True
+            speaking = [i for i, r in enumerate(results) if "hyp" not in r]
             if speaking:
                 rows = torch.tensor(speaking, device=adaptor_out.device)
                 limits = [self._token_limit(inputs[i]) for i in speaking]
-                hyps = funasr_gaps.generate_scored(self.model, [inputs[i] for i in speaking], adaptor_out[rows],
-                                                   adaptor_lens[rows], self.tokenizer, max(limits), self.dtype,
-                                                   limits=limits, scored=self.timestamps)
+                hyps = funasr_gaps.generate_batch(self.model, [inputs[i] for i in speaking], adaptor_out[rows],
+                                                  adaptor_lens[rows], self.tokenizer, max(limits), self.dtype,
+                                                  limits=limits, scored=self.timestamps)
                 for i, (hyp, char_probs) in zip(speaking, hyps):
                     text, cut = speech_gate.cut_repetition(hyp, self.gate.max_repeats)
                     results[i].update(hyp=text, repetition_cut=cut, char_probs=None if cut else char_probs)
             if self.timestamps and log_probs:
-                self._words(results, log_probs)
+                self._words(results, log_probs, labels)
         return results
 
     def _token_limit(self, x: Any) -> int:
@@ -574,7 +575,7 @@ class Decoder:
         seconds = x.speech.shape[0] * self.seconds_per_frame
         return max(1, min(self.max_new_tokens, int(self.max_tokens_per_second * seconds) + DEFAULT_TOKEN_MARGIN))
 
-    def _words(self, results: list[dict], log_probs: list[Any]) -> None:
+    def _words(self, results: list[dict], log_probs: list[Any], labels: list[list[int]]) -> None:
         """Word times and confidence of the hypothesis (forced alignment of the LLM's text on the
         CTC posteriors, batched) and of the CTC hypothesis (its greedy path)."""
         from nano8k.decoding import ctc_aligner
@@ -585,16 +586,15 @@ class Decoder:
         batch = _padded(log_probs)
         paths = ctc_aligner.forced_paths(batch, [lp.shape[0] for lp in log_probs], targets, blank)
         frame_conf = confidence.frame_confidence(batch).numpy()
-        best = batch.argmax(dim=-1).tolist()
-        for b, (r, lp, ids, path) in enumerate(zip(results, log_probs, targets, paths)):
-            frames = lp.shape[0]
-            lp, labels = lp.float().numpy(), best[b][:frames]
-            heard = [t for t, label in enumerate(labels) if label != blank]
+        for b, (r, lp, frame_labels, ids, path) in enumerate(zip(results, log_probs, labels, targets, paths)):
+            frames = len(frame_labels)
+            lp = lp.float().numpy()
+            heard = [t for t, label in enumerate(frame_labels) if label != blank]
             speech_frames = (heard[0], heard[-1]) if heard else None
             r["words"] = self._placed(r["hyp"], ids, path, lp, frame_conf[b, :frames], speech_frames, encoding,
                                       r.get("char_probs"))
             if self.ctc:
-                greedy_ids, greedy = ctc_aligner.greedy_path(labels, blank)
+                greedy_ids, greedy = ctc_aligner.greedy_path(frame_labels, blank)
                 greedy_ids, greedy = _without_specials(greedy_ids, greedy, encoding)
                 text = b"".join(encoding.decode_single_token_bytes(t) for t in greedy_ids).decode("utf-8", "replace")
                 r["ctc_words"] = self._placed(text, greedy_ids, greedy, lp, frame_conf[b, :frames], speech_frames,
@@ -606,10 +606,10 @@ class Decoder:
         from nano8k.decoding import ctc_aligner
 
         words = ctc_aligner.words_of(text, [encoding.decode_single_token_bytes(t) for t in ids])
-        if words is None:  # the CTC tokenizer does not spell the text byte for byte
-            words = [ctc_aligner.Word(w, [0]) for w in text.split()]
+        if words is None:  # bytes that are no UTF-8 text (a CTC hypothesis cut inside a character): spread
+            words = [ctc_aligner.Word(w, [0]) for w in text.split()]  # each counted as spoken, none aligned
             path = None
-        placed = ctc_aligner.place_words(words, path, self.seconds_per_frame, 0.0, speech_frames)
+        placed = ctc_aligner.place_words(words, path, self.seconds_per_frame, speech_frames)
         values = confidence.token_measures(lp, frame_conf, ids, path.frames) if path is not None else None
         for word, entry in zip(words, placed):
             if values is not None and word.tokens:
@@ -673,5 +673,4 @@ def _without_specials(ids: list[int], path: Any, encoding: Any) -> tuple[list[in
 
     keep = [i for i, t in enumerate(ids) if encoding.decode_single_token_bytes(t).decode("utf-8", "replace")
             not in encoding.special_tokens_set]
-    return [ids[i] for i in keep], TokenPath([path.first[i] for i in keep], [path.last[i] for i in keep],
-                                            [path.frames[i] for i in keep], path.score)
+    return [ids[i] for i in keep], TokenPath([path.frames[i] for i in keep], path.score)

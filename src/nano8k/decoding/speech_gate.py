@@ -22,25 +22,29 @@ from typing import Any
 from nano8k.data.text import has_words
 
 
+_SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>")
+
+
 @dataclass
 class GateSettings:
+    """decode's `speech_gate` (conf/decode.yaml); these defaults serve library callers."""
+
     enabled: bool = True
     min_blank_share: float = 0.9
     max_repeats: int = 8
 
 
 def settings_of(conf: dict | None) -> GateSettings:
-    conf = conf or {}
-    return GateSettings(enabled=conf.get("enabled") is not False,
-                        min_blank_share=float(conf.get("min_blank_share", 0.9)),
-                        max_repeats=int(conf.get("max_repeats") or 8))
+    return GateSettings(**{k: v for k, v in (conf or {}).items() if v is not None})
 
 
-def evidence(log_probs: Any, blank: int, ctc_text: str) -> dict:
-    """What the gate reads of one segment: the share of blank frames and the CTC hypothesis."""
-    frames = int(log_probs.shape[0])
-    blanks = int((log_probs.argmax(dim=-1) == blank).sum()) if frames else 0
-    return {"blank_share": round(blanks / frames, 4) if frames else 1.0, "ctc_words": has_words(ctc_text)}
+def evidence(labels: Any, blank: int, ctc_text: str) -> dict:
+    """What the gate reads of one segment: the share of its frames whose most likely symbol
+    (`labels`, the frame-wise argmax) is blank, and whether the CTC hypothesis has a word."""
+    frames = len(labels)
+    blanks = sum(label == blank for label in labels)
+    spoken = _SPECIAL_TOKEN.sub("", ctc_text)  # a language or event tag (<|en|>, <|SPECIAL_TOKEN_5|>) is no word
+    return {"blank_share": round(blanks / frames, 4) if frames else 1.0, "ctc_words": has_words(spoken)}
 
 
 def is_speech(proof: dict, settings: GateSettings) -> bool:
