@@ -72,9 +72,31 @@ def test_a_peaked_posterior_gives_the_peaks_times_and_punctuation_has_no_width()
     assert placed[1]["start"] == placed[1]["end"] == placed[0]["end"]  # at the end of the word before
     cjk = ctc_aligner.words_of("你好, ok", ["你".encode(), "好".encode(), b",", b" ok"])
     assert [(w.text, w.tokens) for w in cjk] == [("你", [0]), ("好,", [1]), ("ok", [3])]
+    split = ctc_aligner.words_of("né à", [b"n", "é".encode()[:1], "é".encode()[1:] + b" ", "à".encode()])
+    assert [(w.text, w.tokens) for w in split] == [("né", [0, 1, 2]), ("à", [3])]  # a character over two tokens
     assert ctc_aligner.words_of("other", [b"hi"]) is None
     spread = ctc_aligner.place_words(words, None, 0.06, (2, 8))  # no path: spread, flagged
     assert [(w["start"], w["end"], w["interpolated"]) for w in spread] == [(0.12, 0.33, True), (0.33, 0.54, True)]
+
+
+def test_each_character_gets_the_probability_of_the_llm_token_that_wrote_it(tmp_path):
+    from transformers import AutoTokenizer
+
+    from nano8k import funasr_gaps, tiny
+
+    tiny.write_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tokenizer.encode("nine four<|im_end|>")
+    pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
+    probs = [0.1 * (j + 1) for j in range(len(ids))]
+    text, char_probs = funasr_gaps._text_with_char_probs(tokenizer, ids, probs)
+    assert text == "nine four" and char_probs == [p for piece, p in zip(pieces, probs) for _ in piece]
+    assert len(set(char_probs)) > 1
+    # a character written by two tokens: no token owns it, so every character gets the least sure
+    ids = tokenizer.encode("nine 你好")
+    assert any("\ufffd" in tokenizer.decode([t]) for t in ids)
+    text, char_probs = funasr_gaps._text_with_char_probs(tokenizer, ids, [0.9, 0.5, 0.8, 0.7, 0.6][:len(ids)])
+    assert text == "nine 你好" and char_probs == [min([0.9, 0.5, 0.8, 0.7, 0.6][:len(ids)])] * len(text)
 
 
 def test_the_repetition_cut_and_the_gate_rule():

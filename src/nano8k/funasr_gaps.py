@@ -964,22 +964,21 @@ def encode_batch(model: Any, speeches: Sequence[Any], device: Any) -> tuple[Any,
     return encoder_out, encoder_lens, adaptor_out, adaptor_lens
 
 
-def ctc_greedy(model: Any, encoder_out: Any, encoder_lens: Any) -> tuple[list[str], list[Any]]:
+def ctc_greedy(model: Any, encoder_out: Any, encoder_lens: Any) -> tuple[list[str], Any, list[list[int]]]:
     """CTC greedy hypotheses of a batch, as FunASRNano.inference_llm computes its ctc_text: argmax,
     repeats collapsed, blanks dropped, the CTC tokenizer's text without <|nospeech|>. Also returns
-    each utterance's log-probabilities (for timestamps)."""
-    import torch
-
+    the batch's log-probabilities [B, T, V] (padded; for word times and confidence) and each
+    utterance's frame-wise argmax ids (as long as its frames: the speech gate's evidence)."""
     hidden, lens = model.ctc_decoder(encoder_out, encoder_lens)
     log_probs = model.ctc.log_softmax(hidden)
-    texts, per_utt = [], []
-    for i in range(log_probs.size(0)):
-        x = log_probs[i, : int(lens[i])]
-        ids = torch.unique_consecutive(x.argmax(dim=-1))
-        ids = ids[ids != model.blank_id].tolist()
+    best = log_probs.argmax(dim=-1).tolist()
+    texts, labels = [], []
+    for i, row in enumerate(best):
+        frames = row[: int(lens[i])]
+        ids = [t for j, t in enumerate(frames) if t != model.blank_id and (j == 0 or t != frames[j - 1])]
         texts.append(model.ctc_tokenizer.decode(ids).replace("<|nospeech|>", ""))
-        per_utt.append(x)
-    return texts, per_utt
+        labels.append(frames)
+    return texts, log_probs, labels
 
 
 def eos_ids(llm: Any, tokenizer: Any) -> list[int]:
@@ -1002,7 +1001,8 @@ class _ChosenProbability:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        self.steps.append(torch.softmax(scores.float(), dim=-1).amax(dim=-1))  # on the device: no sync a step
+        x = scores.float()  # the largest probability is exp(max - logsumexp): no softmax of the vocabulary made
+        self.steps.append(torch.exp(x.amax(dim=-1) - torch.logsumexp(x, dim=-1)))  # on the device: no sync a step
         return scores
 
 
@@ -1065,13 +1065,17 @@ def _text_with_char_probs(tokenizer: Any, row: list[int], probs: list[float]) ->
     text = tokenizer.decode(row, skip_special_tokens=True)
     final = re.sub(r"\s+", " ", text.replace("/sil", " "))
     owner: list[float] = []  # for each character of `text`
-    written = ""
-    for j in range(len(row)):  # a token's characters: what decoding one more token adds
-        now = tokenizer.decode(row[:j + 1], skip_special_tokens=True)
-        if not now.startswith(written):
-            break
-        owner += [probs[j]] * (len(now) - len(written))
-        written = now
+    pieces = tokenizer.batch_decode([[token] for token in row], skip_special_tokens=True)
+    if "".join(pieces) == text:  # each token decodes alone to its own characters (the common case)
+        owner = [p for piece, p in zip(pieces, probs) for _ in piece]
+    else:  # a character split over tokens: what decoding one more token adds is that token's
+        written = ""
+        for j, now in enumerate(tokenizer.batch_decode([row[:j + 1] for j in range(len(row))],
+                                                       skip_special_tokens=True)):
+            if not now.startswith(written):
+                break
+            owner += [probs[j]] * (len(now) - len(written))
+            written = now
     chars: list[tuple[str, float]] = []  # `final`, character by character, with the same edits
     i = 0
     while len(owner) == len(text) and i < len(text):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Sequence
 
 # CJK scripts are written without spaces: each character is a word (as score.py counts them)
@@ -54,24 +56,27 @@ def forced_paths(log_probs: Any, frame_lens: Sequence[int], targets: Sequence[Se
     # a token state may be entered from two states back (skipping the blank) unless it repeats that token
     skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
     skip[:, 2:] = (extended[:, 2:] != blank) & (extended[:, 2:] != extended[:, :-2])
-    no_skip = torch.where(skip, 0.0, float("-inf"))
+    # what each state may come from: itself, the state before, two states back (where allowed);
+    # alpha lives in columns 2.. of a buffer whose first two columns stay -inf (no state before 0)
+    from_mask = torch.zeros(batch, states, 3, device=device)
+    from_mask[:, :, 2] = torch.where(skip, 0.0, float("-inf"))
     emit = log_probs.float().gather(2, extended[:, None, :].expand(batch, frames, states))
     lens = torch.as_tensor(list(frame_lens), dtype=torch.long, device=device)
     shortest = int(lens.min()) if batch else 0
-    alpha = torch.full((batch, states), float("-inf"), device=device)
+    buffer = torch.full((batch, states + 2), float("-inf"), device=device)
+    alpha = buffer[:, 2:]
     alpha[:, 0] = emit[:, 0, 0]
     if states > 1:
         alpha[:, 1] = emit[:, 0, 1]
     back = torch.zeros(frames, batch, states, dtype=torch.uint8, device=device)
     for t in range(1, frames):
-        padded = torch.nn.functional.pad(alpha, (2, 0), value=float("-inf"))
-        best, arg = torch.stack([alpha, padded[:, 1:states + 1], padded[:, :states] + no_skip], dim=-1).max(dim=-1)
+        best, arg = (torch.stack([alpha, buffer[:, 1:states + 1], buffer[:, :states]], dim=-1) + from_mask).max(dim=-1)
         if t < shortest:  # every utterance still has frames
-            alpha = best + emit[:, t]
+            torch.add(best, emit[:, t], out=alpha)
             back[t] = arg
         else:  # an utterance past its last frame keeps its scores (and stays where it is)
             active = (t < lens)[:, None]
-            alpha = torch.where(active, best + emit[:, t], alpha)
+            alpha.copy_(torch.where(active, best + emit[:, t], alpha))
             back[t] = torch.where(active, arg, 0)
     # the path ends in the last token's state or the blank after it
     ends = torch.tensor([2 * len(t) for t in targets], dtype=torch.long, device=device)
@@ -134,20 +139,18 @@ def words_of(text: str, token_bytes: Sequence[bytes]) -> list[Word] | None:
     encoded = text.encode("utf-8")
     if b"".join(token_bytes) != encoded:
         return None
-    owner = []  # the token of each byte
-    for index, piece in enumerate(token_bytes):
-        owner += [index] * len(piece)
-    char_at_byte = []  # the character of each byte
-    for c, char in enumerate(text):
-        char_at_byte += [c] * len(char.encode("utf-8"))
-    token_of_char: dict[int, set[int]] = {}
-    for byte, c in enumerate(char_at_byte):
-        token_of_char.setdefault(c, set()).add(owner[byte])
+    token_ends = list(accumulate(len(piece) for piece in token_bytes))  # token i: bytes [end of i-1, end of i)
+    char_starts = (range(len(text) + 1) if len(encoded) == len(text)  # each character's first byte
+                   else [0, *accumulate(len(char.encode("utf-8")) for char in text)])
+
+    def tokens_of(c: int) -> range:  # the tokens holding a byte of character c
+        return range(bisect_right(token_ends, char_starts[c]), bisect_left(token_ends, char_starts[c + 1]) + 1)
+
     words = []
     for match in re.finditer(r"\S+", text):
         spans = _split_cjk(match.start(), match.end(), text) if _CJK.search(match.group()) else [match.span()]
         for start, end in spans:
-            tokens = sorted({t for c in range(start, end) if _spoken(text[c]) for t in token_of_char[c]})
+            tokens = sorted({t for c in range(start, end) if _spoken(text[c]) for t in tokens_of(c)})
             words.append(Word(text[start:end], tokens, start, end))
     return words
 

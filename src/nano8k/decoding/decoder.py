@@ -541,11 +541,10 @@ class Decoder:
             encoder_out, encoder_lens, adaptor_out, adaptor_lens = funasr_gaps.encode_batch(
                 self.model, [x.speech for x in inputs], self.device)
             results: list[dict] = [{} for _ in inputs]
-            log_probs: list[Any] = []
+            log_probs = None  # the CTC branch's [B, T, V]
             labels: list[list[int]] = []  # each frame's most likely CTC symbol
             if self.has_ctc and (self.ctc or self.timestamps or self.gate.enabled):
-                texts, log_probs = funasr_gaps.ctc_greedy(self.model, encoder_out, encoder_lens)
-                labels = [lp.argmax(dim=-1).tolist() for lp in log_probs]
+                texts, log_probs, labels = funasr_gaps.ctc_greedy(self.model, encoder_out, encoder_lens)
                 for r, text, frames in zip(results, texts, labels):
                     if self.ctc:
                         r["ctc_hyp"] = text
@@ -563,7 +562,7 @@ class Decoder:
                 for i, (hyp, char_probs) in zip(speaking, hyps):
                     text, cut = speech_gate.cut_repetition(hyp, self.gate.max_repeats)
                     results[i].update(hyp=text, repetition_cut=cut, char_probs=None if cut else char_probs)
-            if self.timestamps and log_probs:
+            if self.timestamps and log_probs is not None:
                 self._words(results, log_probs, labels)
         return results
 
@@ -575,30 +574,27 @@ class Decoder:
         seconds = x.speech.shape[0] * self.seconds_per_frame
         return max(1, min(self.max_new_tokens, int(self.max_tokens_per_second * seconds) + DEFAULT_TOKEN_MARGIN))
 
-    def _words(self, results: list[dict], log_probs: list[Any], labels: list[list[int]]) -> None:
+    def _words(self, results: list[dict], log_probs: Any, labels: list[list[int]]) -> None:
         """Word times and confidence of the hypothesis (forced alignment of the LLM's text on the
-        CTC posteriors, batched) and of the CTC hypothesis (its greedy path)."""
+        CTC posteriors [B, T, V], batched) and of the CTC hypothesis (its greedy path)."""
         from nano8k.decoding import ctc_aligner
 
         encoding = self.model.ctc_tokenizer.encoding
         blank = self.model.blank_id
         targets = [self.model.ctc_tokenizer.encode(r["hyp"]) for r in results]
-        batch = _padded(log_probs)
-        paths = ctc_aligner.forced_paths(batch, [lp.shape[0] for lp in log_probs], targets, blank)
-        frame_conf = confidence.frame_confidence(batch).numpy()
-        for b, (r, lp, frame_labels, ids, path) in enumerate(zip(results, log_probs, labels, targets, paths)):
-            frames = len(frame_labels)
-            lp = lp.float().numpy()
+        paths = ctc_aligner.forced_paths(log_probs, [len(frames) for frames in labels], targets, blank)
+        batch = log_probs.float().cpu().numpy()
+        frame_conf = confidence.frame_confidence(log_probs).cpu().numpy()
+        for r, lp, conf, frame_labels, ids, path in zip(results, batch, frame_conf, labels, targets, paths):
+            lp, conf = lp[:len(frame_labels)], conf[:len(frame_labels)]
             heard = [t for t, label in enumerate(frame_labels) if label != blank]
             speech_frames = (heard[0], heard[-1]) if heard else None
-            r["words"] = self._placed(r["hyp"], ids, path, lp, frame_conf[b, :frames], speech_frames, encoding,
-                                      r.get("char_probs"))
+            r["words"] = self._placed(r["hyp"], ids, path, lp, conf, speech_frames, encoding, r.get("char_probs"))
             if self.ctc:
                 greedy_ids, greedy = ctc_aligner.greedy_path(frame_labels, blank)
                 greedy_ids, greedy = _without_specials(greedy_ids, greedy, encoding)
                 text = b"".join(encoding.decode_single_token_bytes(t) for t in greedy_ids).decode("utf-8", "replace")
-                r["ctc_words"] = self._placed(text, greedy_ids, greedy, lp, frame_conf[b, :frames], speech_frames,
-                                              encoding)
+                r["ctc_words"] = self._placed(text, greedy_ids, greedy, lp, conf, speech_frames, encoding)
 
     def _placed(self, text: str, ids: list[int], path: Any, lp: Any, frame_conf: Any,
                 speech_frames: tuple[int, int] | None, encoding: Any, char_probs: list[float] | None = None
@@ -659,12 +655,6 @@ def _shifted(word: dict, offset: float) -> dict:
     if not offset:
         return word
     return {**word, **{k: round(word[k] + offset, 3) for k in ("start", "end") if word.get(k) is not None}}
-
-
-def _padded(log_probs: list[Any]) -> Any:
-    from torch.nn.utils.rnn import pad_sequence
-
-    return pad_sequence(list(log_probs), batch_first=True, padding_value=0.0)
 
 
 def _without_specials(ids: list[int], path: Any, encoding: Any) -> tuple[list[int], Any]:
