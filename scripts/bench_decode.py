@@ -22,8 +22,13 @@ pass each; per system the median of --runs of wall time and of process CPU time.
 N / median wall; ratio = nano8k utt_per_s / funasr utt_per_s (target >= 3). With random weights
 every utterance generates max_new_tokens tokens in both systems (no early end of sequence).
 
+Strategies (--run RUN --dev DEV.jsonl): a trained model (the demo's) decodes the dev set with each
+decoding strategy (greedy, joint, ctc; conf/decode.yaml's settings), runs interleaved, median of
+--runs: utterances per second, its ratio to greedy's, CER and WER (`nano8k score`'s rules).
+
 usage: scripts/bench_decode.py [--utterances 64] [--batch-sizes 8 16] [--runs 3] [--max-new-tokens 32]
                                [--model-dir DIR] [--device cpu|cuda] [--output FILE]
+       scripts/bench_decode.py --run RUN --dev DEV.jsonl [--batch-sizes 16] [--runs 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -54,6 +59,36 @@ def summary(walls: list[float], cpus: list[float], n: int) -> dict:
             "median_cpu_s": round(cpu, 3), "utt_per_s": round(n / wall, 2), "utt_per_cpu_s": round(n / cpu, 2)}
 
 
+def strategies(run: str, dev: str, batch_size: int, runs: int, device: str) -> dict:
+    from nano8k import config
+    from nano8k.config import STRATEGIES
+    from nano8k.decoding import Decoder, compute_metrics, read_input
+
+    decoders = {name: Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={dev}",
+                                                                         f"strategy={name}", f"device={device}"]),
+                                              app="decode"))
+                for name in STRATEGIES}
+
+    def go(name: str) -> list[dict]:
+        items, _ = read_input(dev)
+        return decoders[name].decode(items, batch_size, progress=False)
+
+    records = {name: go(name) for name in STRATEGIES}  # warm-up
+    walls: dict[str, list[float]] = {name: [] for name in STRATEGIES}
+    for _ in range(runs):
+        for name in STRATEGIES:
+            walls[name].append(timed(lambda: go(name))[1])
+    out: dict = {}
+    for name in STRATEGIES:
+        _, metrics = compute_metrics(records[name])
+        out[name] = {"utt_per_s": round(len(records[name]) / statistics.median(walls[name]), 2),
+                     "cer": round(metrics["cer"], 4), "wer": round(metrics["wer"], 4), "walls": walls[name]}
+    for name in STRATEGIES:
+        out[name]["speed_vs_greedy"] = round(out[name]["utt_per_s"] / out["greedy"]["utt_per_s"], 2)
+    return {"benchmark": "decode strategies", "run": run, "dev": dev, "utterances": len(records["greedy"]),
+            "batch_size": batch_size, "runs": runs, "device": device, "strategies": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utterances", type=int, default=64)
@@ -63,7 +98,15 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="a Fun-ASR-Nano directory (default: a new tiny one)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="both systems on this device")
+    parser.add_argument("--run", help="a trained run: compare the decoding strategies on --dev instead")
+    parser.add_argument("--dev", help="the dev manifest the strategies decode (with --run)")
     args = parser.parse_args()
+    if args.run:
+        report = strategies(args.run, args.dev, max(args.batch_sizes), args.runs, args.device)
+        print(json.dumps(report, indent=2))
+        if args.output:
+            args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return
 
     import torch
 

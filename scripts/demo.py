@@ -11,7 +11,8 @@ recognises held-out telephone speech.
    features), printing the held-out CER epoch by epoch;
 4. runs the seed's stage 1 from that run (`+stage=stage1`: the encoder adapts, the now-trained
    LLM stays frozen), shortened to fit the demo;
-5. decodes and scores the dev set with the final model (`runs/demo/decode-dev/metrics.json`).
+5. decodes and scores the dev set with the final model, greedy and joint (`runs/demo/decode-dev-greedy/`,
+   `runs/demo/decode-dev-joint/`: metrics.json), side by side.
 
 What the tiny model can show: that training, checkpoints, validation and decoding agree, and that
 a model trained by nano8k recognises speech it has not heard (new digit strings, other speeds and
@@ -122,19 +123,25 @@ def main() -> None:
     step("stage 1 (the seed's): the encoder adapts, the trained LLM stays frozen",
          ["train", "+stage=stage1", *common, f"init_param={scratch}", *STAGE1_OVERRIDES, f"hydra.run.dir={stage1}"])
 
-    decoded = out / "decode-dev"
-    step("decode and score the held-out dev set with the final model",
-         ["decode", f"checkpoint={stage1}", f"input={out / 'dev.jsonl'}", "batch_size=16", f"hydra.run.dir={decoded}"])
+    decoded = {strategy: out / f"decode-dev-{strategy}" for strategy in ("greedy", "joint")}
+    for strategy, where in decoded.items():
+        step(f"decode and score the held-out dev set with the final model: strategy={strategy}",
+             ["decode", f"checkpoint={stage1}", f"input={out / 'dev.jsonl'}", "batch_size=16", f"strategy={strategy}",
+              f"hydra.run.dir={where}"])
 
     show_run("from_scratch", scratch)
     show_run("stage1 (from from_scratch)", stage1)
-    metrics = json.loads((decoded / "metrics.json").read_text())
-    ctc = metrics.get("ctc") or {}
-    print(f"\ndecode-dev: {decoded}\n  {metrics['utterances']} held-out utterances, CER {metrics['cer']:.2%}, "
-          f"WER {metrics['wer']:.2%} (CTC branch: CER {ctc.get('cer', float('nan')):.2%}), RTF {metrics['rtf']:.3f}")
+    print(f"\ndecoding the {out / 'dev.jsonl'} held-out utterances with the final model:")
+    print(f"  {'strategy':<10}{'CER':>8}{'WER':>8}{'RTF':>8}  results")
+    for strategy, where in decoded.items():
+        metrics = json.loads((where / "metrics.json").read_text())
+        print(f"  {strategy:<10}{metrics['cer']:>8.2%}{metrics['wer']:>8.2%}{metrics['rtf']:>8.3f}  {where}")
+    ctc = json.loads((decoded["greedy"] / "metrics.json").read_text()).get("ctc") or {}
+    print(f"  the CTC branch alone (strategy=ctc): CER {ctc.get('cer', float('nan')):.2%}, "
+          f"WER {ctc.get('wer', float('nan')):.2%}")
     print(f"\nEverything is under {out}: tiny-model/, train.jsonl, dev.jsonl, one run directory per stage "
           "(config.yaml, params.tsv, train.log, metrics.jsonl, tensorboard/, checkpoints model.pt*, summary.json) "
-          "and decode-dev/ (results.jsonl, metrics.json).")
+          "and decode-dev-greedy/, decode-dev-joint/ (results.jsonl, metrics.json).")
     print(f"demo finished in {time.perf_counter() - started:.0f}s")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def stopped_when(command: list[str], ready: Callable[[], bool], timeout: float = 300) -> subprocess.Popen:
@@ -26,3 +28,21 @@ def resume(proc: subprocess.Popen, signum: int | None = None) -> None:
     if signum is not None:
         proc.send_signal(signum)
     proc.send_signal(signal.SIGCONT)
+
+
+def sharpen(src: Path, dst: Path) -> Path:
+    """A copy of the tiny model whose LLM and adaptor have large random weights. The tiny model's
+    0.02-scale LLM answers every utterance with the same token, which would hide a padding bug;
+    these weights make each hypothesis depend on its audio and on its position ids."""
+    import torch
+
+    shutil.copytree(src, dst)
+    state = torch.load(dst / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    generator = torch.Generator().manual_seed(0)
+    for name, value in state.items():
+        if name.startswith(("llm.", "audio_adaptor.")) and value.is_floating_point() and value.ndim >= 2:
+            state[name] = torch.randn(value.shape, generator=generator) * 0.3
+    if "llm.lm_head.weight" in state:  # tied to the embeddings, as in the model
+        state["llm.lm_head.weight"] = state["llm.model.embed_tokens.weight"]
+    torch.save({"state_dict": state}, dst / "model.pt")
+    return dst

@@ -153,6 +153,8 @@ BAD_OVERRIDES = [
     ("dataset_conf.num_workers=-1", "dataset_conf.num_workers: -1 is out of range: at least 0"),
     ("nproc_per_node=0", "nproc_per_node: 0 is out of range: at least 1"),
     ("valid_decode.batch_size=0", "valid_decode.batch_size: 0 is out of range: at least 1"),
+    ("valid_decode.strategy=beam", "valid_decode.strategy: 'beam' is not one of greedy, joint, ctc"),
+    ("valid_decode.joint.ctc_weight=2", "valid_decode.joint.ctc_weight: 2 is out of range: at most 1"),
     ("max_nonfinite_steps=-1", "max_nonfinite_steps: -1 is out of range: at least 0"),
     ("optim_conf.lr=1e-4,0", "optim_conf.lr: 0 is out of range: must be above 0"),
 ]

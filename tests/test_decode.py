@@ -15,6 +15,7 @@ import pytest
 pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test-fast`
 
 from conftest import REPO, RunsCode, invoke, run_cli  # noqa: E402
+from helpers import sharpen  # noqa: E402
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
@@ -26,22 +27,6 @@ from nano8k.tiny import write_tiny_model  # noqa: E402
 
 DEMO = REPO / "data" / "demo"
 MAX_NEW = 8
-
-
-def sharpen(src: Path, dst: Path) -> Path:
-    """A copy of the tiny model whose LLM and adaptor have large random weights. The tiny model's
-    0.02-scale LLM answers every utterance with the same token, which would hide a padding bug;
-    these weights make each hypothesis depend on its audio and on its position ids."""
-    shutil.copytree(src, dst)
-    state = torch.load(dst / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
-    generator = torch.Generator().manual_seed(0)
-    for name, value in state.items():
-        if name.startswith(("llm.", "audio_adaptor.")) and value.is_floating_point() and value.ndim >= 2:
-            state[name] = torch.randn(value.shape, generator=generator) * 0.3
-    if "llm.lm_head.weight" in state:  # tied to the embeddings, as in the model
-        state["llm.lm_head.weight"] = state["llm.model.embed_tokens.weight"]
-    torch.save({"state_dict": state}, dst / "model.pt")
-    return dst
 
 
 @pytest.fixture(scope="module")

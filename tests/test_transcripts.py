@@ -89,13 +89,13 @@ def test_each_character_gets_the_probability_of_the_llm_token_that_wrote_it(tmp_
     ids = tokenizer.encode("nine four<|im_end|>")
     pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
     probs = [0.1 * (j + 1) for j in range(len(ids))]
-    text, char_probs = funasr_gaps._text_with_char_probs(tokenizer, ids, probs)
+    text, char_probs = funasr_gaps.text_with_char_probs(tokenizer, ids, probs)
     assert text == "nine four" and char_probs == [p for piece, p in zip(pieces, probs) for _ in piece]
     assert len(set(char_probs)) > 1
     # a character written by two tokens: no token owns it, so every character gets the least sure
     ids = tokenizer.encode("nine 你好")
     assert any("\ufffd" in tokenizer.decode([t]) for t in ids)
-    text, char_probs = funasr_gaps._text_with_char_probs(tokenizer, ids, [0.9, 0.5, 0.8, 0.7, 0.6][:len(ids)])
+    text, char_probs = funasr_gaps.text_with_char_probs(tokenizer, ids, [0.9, 0.5, 0.8, 0.7, 0.6][:len(ids)])
     assert text == "nine 你好" and char_probs == [min([0.9, 0.5, 0.8, 0.7, 0.6][:len(ids)])] * len(text)
 
 

@@ -27,12 +27,13 @@ USED, IGNORED, NANO8K = "used", "ignored", "nano8k"
 
 
 def key(note: str = "", effect: str = USED, at_least: float | None = None, above: float | None = None,
-        below: float | None = None) -> Any:
+        below: float | None = None, at_most: float | None = None, one_of: tuple[str, ...] | None = None) -> Any:
     """A schema field. Defaults are never injected into the composed config: a key left out stays
     out, so FunASR applies its own default, exactly as it would without nano8k. `at_least` and
     `above` bound a number (FunASR takes any: accum_grad=0 divides by zero hours into a run, lr=0
-    trains nothing)."""
-    bounds = {k: v for k, v in (("at_least", at_least), ("above", above), ("below", below)) if v is not None}
+    trains nothing); `one_of` names a string's choices."""
+    bounds = {k: v for k, v in (("at_least", at_least), ("above", above), ("below", below), ("at_most", at_most),
+                                ("one_of", one_of)) if v is not None}
     return field(default=None, metadata={"effect": effect, "note": note, **bounds})
 
 
@@ -335,6 +336,21 @@ class TokenizerConf:
 # --------------------------------------------------------------------------------------------
 
 
+# decoding strategies (`strategy`): the LLM's greedy text; the LLM's n-best and the CTC hypothesis
+# rescored by both heads (decoding/joint.py); the CTC branch's greedy text alone
+STRATEGIES = ("greedy", "joint", "ctc")
+
+
+@dataclass
+class JointConf:
+    """strategy=joint: the LLM's beam n-best and the CTC hypothesis, scored by both heads."""
+
+    ctc_weight: Optional[float] = key("weight of the CTC log-likelihood; the LLM's gets 1 - it", NANO8K, at_least=0,
+                                      at_most=1)
+    beam_size: Optional[int] = key("LLM candidates from beam search (1: its greedy text)", NANO8K, at_least=1)
+    length_bonus: Optional[float] = key("added to a candidate's score per LLM token", NANO8K, at_least=0)
+
+
 @dataclass
 class ValidDecode:
     """nano8k's validation decoding: recognition rates (val_cer, val_wer) at every validation."""
@@ -342,6 +358,9 @@ class ValidDecode:
     max_utterances: Optional[int] = key("validation utterances decoded (the first N); 0: none", NANO8K, at_least=0)
     batch_size: Optional[int] = key("utterances per decoding batch", NANO8K, at_least=1)
     max_new_tokens: Optional[int] = key("most tokens per hypothesis; null: twice the longest reference + 8", NANO8K, at_least=1)
+    strategy: Optional[str] = key("greedy, joint or ctc: decode as `nano8k decode strategy=` will, so that the best "
+                                  "model by CER is the best for that strategy", NANO8K, one_of=STRATEGIES)
+    joint: Optional[JointConf] = key("strategy=joint's weights and beam", NANO8K)
 
 
 @dataclass
@@ -501,6 +520,9 @@ class DecodeConfig:
     itn: Optional[bool] = key("inverse text normalization (false adds FunASR's ，不进行文本规整)", NANO8K)
     hotwords: Optional[list[str]] = key("hotwords for FunASR's context prompt", NANO8K)
     hotwords_file: Optional[str] = key("file of hotwords, one a line (# comments)", NANO8K)
+    strategy: Optional[str] = key("greedy (the LLM's text), joint (its n-best and the CTC hypothesis rescored by "
+                                  "both heads) or ctc (the CTC branch's text)", NANO8K, one_of=STRATEGIES)
+    joint: Optional[JointConf] = key("strategy=joint's weights and beam", NANO8K)
     ctc: Optional[bool] = key("also write the CTC greedy hypothesis when the model has a CTC branch", NANO8K)
     timestamps: Optional[bool] = key("word times and confidence from the CTC branch (nano8k's aligner)", NANO8K)
     calibration: Optional[str] = key("confidence calibration file (a decode with calibrate=true writes one); null: "
@@ -700,6 +722,8 @@ def lookup_metadata(dotted: str, schema: type) -> dict:
 
 
 def _out_of_range(value: Any, meta: dict, dotted: str) -> str | None:
+    if "one_of" in meta and value not in meta["one_of"]:
+        return f"{dotted}: {value!r} is not one of {', '.join(meta['one_of'])}"
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     if "at_least" in meta and not value >= meta["at_least"]:
@@ -708,6 +732,8 @@ def _out_of_range(value: Any, meta: dict, dotted: str) -> str | None:
         return f"{dotted}: {value} is out of range: must be above {meta['above']:g}"
     if "below" in meta and not value < meta["below"]:
         return f"{dotted}: {value} is out of range: must be below {meta['below']:g}"
+    if "at_most" in meta and not value <= meta["at_most"]:
+        return f"{dotted}: {value} is out of range: at most {meta['at_most']:g}"
     return None
 
 

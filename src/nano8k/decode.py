@@ -12,10 +12,11 @@ Exit status: 0 all decoded, 1 some utterances (calls, segments) failed, 2 a usag
 
 from __future__ import annotations
 
+
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,8 @@ class Outcome:
                     ("speech", "n/a" if m["speech_ratio"] is None else f"{100 * m['speech_ratio']:.1f}% of channel time"),
                     ("VAD time", f"{m['vad_s']:.2f} s"), ("decode time", f"{m['decode_s']:.2f} s"),
                     ("RTF (VAD + decoding)", f"{m['rtf']:.4f}" if m.get("rtf") is not None else "n/a"),
-                    ("model load", f"{m['load_s']:.1f} s"), ("device / dtype", f"{m['device']} / {m['llm_dtype']}")]
+                    ("model load", f"{m['load_s']:.1f} s"), ("device / dtype", f"{m['device']} / {m['llm_dtype']}"),
+                    ("strategy", m["strategy"])]
             for name, value in rows:
                 table.add_row(name, str(value))
             return [table] + (scoring.score_tables(self.scores) if self.scores is not None else [])
@@ -167,7 +169,7 @@ class Outcome:
                 ("RTF", f"{m['rtf']:.4f}" if m.get("rtf") is not None else "n/a"),
                 ("utterances/s", f"{m['utterances_per_s']:.2f}" if m.get("utterances_per_s") else "n/a"),
                 ("model load", f"{m['load_s']:.1f} s"), ("device / dtype", f"{m['device']} / {m['llm_dtype']}"),
-                ("batch size", m["batch_size"]), ("front end", f"{m['frontend_fs']} Hz")]
+                ("batch size", m["batch_size"]), ("front end", f"{m['frontend_fs']} Hz"), ("strategy", m["strategy"])]
         if "ctc" in m:
             rate = m["ctc"][m["ctc"]["primary"]]
             rows.append((f"CTC {m['ctc']['primary'].upper()}", "n/a" if rate is None else f"{100 * rate:.2f}%"))
@@ -245,7 +247,8 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
         score_conf = settings.get("score") or {}
         scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
                                           numbers=bool(score_conf.get("numbers")))
-    metrics.update(load_s=round(load_s, 3), batch_size=batch_size, device=decoder.device, llm_dtype=decoder.dtype_name,
+    metrics.update(strategy=decoder.strategy, **({"joint": asdict(decoder.joint)} if decoder.strategy == "joint" else {}),
+                   load_s=round(load_s, 3), batch_size=batch_size, device=decoder.device, llm_dtype=decoder.dtype_name,
                    frontend_fs=decoder.frontend.fs, max_new_tokens=decoder.max_new_tokens, prompt=decoder.prompt,
                    model_dir=str(decoder.model_dir), checkpoint=decoder.checkpoint, config=decoder.config_source,
                    input=str(settings.get("input")), input_kind=kind)

@@ -64,7 +64,8 @@ with each key" is the user-facing summary of this module.
    utterance by utterance) is bypassed whenever the model has a CTC branch. nano8k prepares each
    utterance with FunASR's own data_load_speech (same prompt ids and features), then runs the
    encoder, adaptor, CTC branch and a left-padded llm.generate on the whole batch
-   (utterance_inputs(), encode_batch(), ctc_greedy(), generate_batch()).
+   (utterance_inputs(), encode_batch(), ctc_greedy(), prompt_embeds(), generate_batch(); the
+   joint strategy's n-best and scoring use the same prompt_embeds()).
 14. CTC TIMESTAMPS — FunASR: with a CTC branch, inference always runs torchaudio's forced_align
    (removed from torchaudio in 2.9, and without a build for nano8k's torch), so decoding fails with
    ImportError where torchaudio is absent, and aligns one utterance at a time. nano8k aligns with
@@ -1009,32 +1010,15 @@ class _ChosenProbability:
 def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any,
                    max_new_tokens: int, dtype: Any = None, limits: Sequence[int] | None = None, scored: bool = False
                    ) -> list[tuple[str, list[float] | None]]:
-    """13: greedy LLM decoding of a batch, left padded.
-
-    Each row is FunASR's inputs_embeds for its utterance (prompt embeddings with the adaptor output
-    spliced in at fbank_beg, inference_prepare), placed at the right end of the batch; the padding
-    is zeros with attention_mask 0, and position ids follow the mask (transformers computes them
-    from it), so a row decodes as it would alone. The text is FunASR's `text`: special tokens
-    skipped, `/sil` -> space, whitespace collapsed. `limits`: each row's own max_new_tokens.
+    """13: greedy LLM decoding of a batch, left padded (prompt_embeds()); position ids follow the
+    mask (transformers computes them from it), so a row decodes as it would alone. The text is
+    FunASR's `text` (hypothesis_text()). `limits`: each row's own max_new_tokens.
     `scored`: each text comes with, for each of its characters, the probability greedy search gave
     the token that wrote it (word confidence's LLM measure); else None."""
     import torch
 
     llm = model.llm
-    device = adaptor_out.device
-    dtype = dtype or next(llm.parameters()).dtype
-    width = max(len(x.source_ids) for x in inputs)
-    ids = torch.zeros(len(inputs), width, dtype=torch.long, device=device)
-    mask = torch.zeros(len(inputs), width, dtype=torch.long, device=device)
-    for i, x in enumerate(inputs):
-        ids[i, width - len(x.source_ids):] = x.source_ids.clamp(min=0).to(device)
-        mask[i, width - len(x.source_ids):] = 1
-    embeds = llm.get_input_embeddings()(ids).to(dtype)
-    for i, x in enumerate(inputs):
-        n = min(x.fake_token_len, int(adaptor_lens[i]))  # FunASR's fallback when they differ
-        begin = width - len(x.source_ids) + x.fbank_beg
-        embeds[i, begin:begin + n] = adaptor_out[i, :n].to(dtype)
-    embeds = embeds * mask[..., None].to(dtype)
+    embeds, mask = prompt_embeds(model, inputs, adaptor_out, adaptor_lens, dtype)
     stop = eos_ids(llm, tokenizer)
     pad = llm.config.pad_token_id if llm.config.pad_token_id is not None else (stop[0] if stop else 0)
     from transformers import LogitsProcessorList
@@ -1053,17 +1037,47 @@ def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: A
                 row = row[:j]
                 break
         if scored:
-            out.append(_text_with_char_probs(tokenizer, row, probs[i][:len(row)]))
+            out.append(text_with_char_probs(tokenizer, row, probs[i][:len(row)]))
         else:
-            out.append((re.sub(r"\s+", " ", tokenizer.decode(row, skip_special_tokens=True).replace("/sil", " ")), None))
+            out.append((hypothesis_text(tokenizer, row), None))
     return out
 
 
-def _text_with_char_probs(tokenizer: Any, row: list[int], probs: list[float]) -> tuple[str, list[float]]:
+def prompt_embeds(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: Any, adaptor_lens: Any,
+                  dtype: Any = None) -> tuple[Any, Any]:
+    """13: the LLM's input for a batch, left padded: (inputs_embeds [B, W, H], attention_mask [B, W]).
+    Each row is FunASR's inputs_embeds for its utterance (prompt embeddings with the adaptor output
+    spliced in at fbank_beg, inference_prepare), placed at the right end; the padding is zeros
+    with mask 0."""
+    import torch
+
+    llm = model.llm
+    device = adaptor_out.device
+    dtype = dtype or next(llm.parameters()).dtype
+    width = max(len(x.source_ids) for x in inputs)
+    ids = torch.zeros(len(inputs), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(inputs), width, dtype=torch.long, device=device)
+    for i, x in enumerate(inputs):
+        ids[i, width - len(x.source_ids):] = x.source_ids.clamp(min=0).to(device)
+        mask[i, width - len(x.source_ids):] = 1
+    embeds = llm.get_input_embeddings()(ids).to(dtype)
+    for i, x in enumerate(inputs):
+        n = min(x.fake_token_len, int(adaptor_lens[i]))  # FunASR's fallback when they differ
+        begin = width - len(x.source_ids) + x.fbank_beg
+        embeds[i, begin:begin + n] = adaptor_out[i, :n].to(dtype)
+    return embeds * mask[..., None].to(dtype), mask
+
+
+def hypothesis_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """FunASR's `text` of generated ids: special tokens skipped, `/sil` -> space, whitespace collapsed."""
+    return re.sub(r"\s+", " ", tokenizer.decode(list(ids), skip_special_tokens=True).replace("/sil", " "))
+
+
+def text_with_char_probs(tokenizer: Any, row: list[int], probs: list[float]) -> tuple[str, list[float]]:
     """FunASR's text of the generated ids (special tokens skipped, `/sil` -> space, whitespace
     collapsed) and, for each of its characters, the probability of the token that wrote it."""
     text = tokenizer.decode(row, skip_special_tokens=True)
-    final = re.sub(r"\s+", " ", text.replace("/sil", " "))
+    final = hypothesis_text(tokenizer, row)
     owner: list[float] = []  # for each character of `text`
     pieces = tokenizer.batch_decode([[token] for token in row], skip_special_tokens=True)
     if "".join(pieces) == text:  # each token decodes alone to its own characters (the common case)

@@ -261,9 +261,11 @@ class Trainer:
         longest = max((len(self.built.tokenizer.encode(i.ref)) for i in self.valid_items if i.ref), default=16)
         max_new = int(conf.get("max_new_tokens") or 2 * longest + 8)  # a garbage hypothesis stops there
         self.recognizer = decoding.Decoder.for_training(net, self.built.tokenizer, self.built.frontend, self.funasr_cfg,
-                                                        self.device, max_new_tokens=max_new, ctc=self.ctc_trains)
-        log.info("validation decodes %d of %d utterances (valid_decode.max_utterances), batch %d, at most %d tokens; "
-                 "prompt %r", len(self.valid_items), len(items), self.valid_decode_batch, max_new, self.recognizer.prompt)
+                                                        self.device, max_new_tokens=max_new, ctc=self.ctc_trains,
+                                                        strategy=conf.get("strategy"), joint=conf.get("joint"))
+        log.info("validation decodes %d of %d utterances (valid_decode.max_utterances), batch %d, at most %d tokens, "
+                 "strategy %s; prompt %r", len(self.valid_items), len(items), self.valid_decode_batch, max_new,
+                 self.recognizer.strategy, self.recognizer.prompt)
 
     def _autocast(self) -> Any:
         import torch

@@ -2,6 +2,7 @@
 validation (trainer.py) both use it.
 
   decoder.py       the input, the model and its prompt, the batch decoder (Decoder)
+  joint.py         strategy=joint: the LLM's n-best and the CTC hypothesis, scored by both heads
   ctc_aligner.py   word and token times: CTC forced alignment (Viterbi) in PyTorch
   confidence.py    word and utterance confidence from the CTC posteriors, and its calibration
   speech_gate.py   no words from non-speech: the gate and the repetition cut

@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 
-from nano8k.decoding import confidence, speech_gate
+from nano8k.config import STRATEGIES
+from nano8k.decoding import confidence, joint, speech_gate
 from nano8k.devices import resolve_device
 from nano8k.errors import UserError, one_line
 from nano8k.files import read_yaml
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 RELEASED_MODEL = "FunAudioLLM/Fun-ASR-Nano-2512"
 # results.jsonl fields written by nano8k; a manifest field of the same name is not copied
-RESERVED = ("key", "audio", "ref", "hyp", "ctc_hyp", "words", "ctc_words", "confidence", "cut", "speech", "errors",
+RESERVED = ("key", "audio", "ref", "hyp", "strategy", "candidates", "ctc_hyp", "words", "ctc_words", "confidence", "cut", "speech", "errors",
             "duration", "decode_time", "status", "reason", "segment")
 # max_new_tokens bounded by a segment's duration (decode's max_tokens_per_second: 25, far above
 # speech: the demo's fastest utterance is 13 tokens/s with its small vocabulary), plus a margin for
@@ -303,6 +304,9 @@ class Decoder:
         prompt_settings = prompt_settings or prompt_options(settings)
         device = resolve_device(settings.get("device"))
         source = resolve_model(settings)
+        if (settings.get("strategy") or "greedy") != "greedy" and not source.settings.get("ctc_decoder"):
+            raise UserError(f"strategy={settings['strategy']}: the model ({source.config_source}) has no CTC branch "
+                            "(strategy=greedy decodes it)")  # before the model loads
         self.model_dir, self.checkpoint, self.config_source = source.model_dir, source.checkpoint, source.config_source
         built = nano_model.build(source.settings, init_param=source.checkpoint, training=False)
         self.loaded_from = built.loaded_from
@@ -319,7 +323,8 @@ class Decoder:
 
     @classmethod
     def for_training(cls, model: Any, tokenizer: Any, frontend: Any, funasr_cfg: dict, device: str,
-                     max_new_tokens: int, ctc: bool = True) -> Decoder:
+                     max_new_tokens: int, ctc: bool = True, strategy: str | None = None, joint: dict | None = None
+                     ) -> Decoder:
         """Decode with the model being trained, as `nano8k decode checkpoint=RUN` will decode it.
         The model is neither moved nor cast; the caller puts it in eval mode."""
         self = cls.__new__(cls)
@@ -327,7 +332,8 @@ class Decoder:
         dtype = next(model.llm.parameters()).dtype
         dtype_name = next((name for name in DTYPE_NAMES if torch_dtype(name) == dtype), "fp32")
         # validation bounds its hypotheses by its references (valid_decode.max_new_tokens), not by duration
-        settings = {"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False, "max_tokens_per_second": 0}
+        settings = {"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False, "max_tokens_per_second": 0,
+                    "strategy": strategy, "joint": joint}
         self._attach(model, tokenizer, frontend, funasr_cfg, device, dtype_name, settings, prompt_options(settings),
                      trained_by_nano8k=True)
         return self
@@ -353,6 +359,12 @@ class Decoder:
                         "decoded all the same; timestamps=false silences this)")
         elif settings.get("ctc") is not False and not self.has_ctc:
             log.info("the model has no CTC branch: no ctc_hyp")
+        self.strategy = settings.get("strategy") or "greedy"
+        if self.strategy != "greedy" and not self.has_ctc:
+            raise UserError(f"strategy={self.strategy}: the model has no CTC branch (strategy=greedy decodes it)")
+        if self.strategy not in STRATEGIES:  # a library caller's (configs are validated)
+            raise UserError(f"strategy={self.strategy!r}: not one of {', '.join(STRATEGIES)}")
+        self.joint = joint.settings_of(settings.get("joint"))
         self.gate = speech_gate.settings_of(settings.get("speech_gate"))
         self.gate.enabled = self.gate.enabled and self.has_ctc
         self.max_tokens_per_second = float(settings.get("max_tokens_per_second") or 0)
@@ -543,7 +555,7 @@ class Decoder:
             results: list[dict] = [{} for _ in inputs]
             log_probs = None  # the CTC branch's [B, T, V]
             labels: list[list[int]] = []  # each frame's most likely CTC symbol
-            if self.has_ctc and (self.ctc or self.timestamps or self.gate.enabled):
+            if self.has_ctc and (self.ctc or self.timestamps or self.gate.enabled or self.strategy != "greedy"):
                 texts, log_probs, labels = funasr_gaps.ctc_greedy(self.model, encoder_out, encoder_lens)
                 for r, text, frames in zip(results, texts, labels):
                     if self.ctc:
@@ -553,7 +565,21 @@ class Decoder:
                         if not speech_gate.is_speech(r["speech"], self.gate):
                             r["hyp"], r["no_speech"] = "", True
             speaking = [i for i, r in enumerate(results) if "hyp" not in r]
-            if speaking:
+            if speaking and self.strategy == "ctc":
+                for i in speaking:
+                    results[i].update(hyp=speech_gate.spoken_text(texts[i]), char_probs=None)
+            elif speaking and self.strategy == "joint":
+                rows = torch.tensor(speaking, device=adaptor_out.device)
+                chosen = joint.decode(self.model, self.tokenizer, [inputs[i] for i in speaking], adaptor_out[rows],
+                                      adaptor_lens[rows], [speech_gate.spoken_text(texts[i]) for i in speaking],
+                                      log_probs[rows],
+                                      [len(labels[i]) for i in speaking], self.joint,
+                                      [self._token_limit(inputs[i]) for i in speaking], self.dtype)
+                for i, (best, candidates) in zip(speaking, chosen):
+                    text, cut = speech_gate.cut_repetition(best.text, self.gate.max_repeats)
+                    results[i].update(hyp=text, repetition_cut=cut, candidates=[c.report() for c in candidates],
+                                      char_probs=None if cut else joint.char_probs(self.tokenizer, best))
+            elif speaking:
                 rows = torch.tensor(speaking, device=adaptor_out.device)
                 limits = [self._token_limit(inputs[i]) for i in speaking]
                 hyps = funasr_gaps.generate_batch(self.model, [inputs[i] for i in speaking], adaptor_out[rows],
@@ -628,8 +654,11 @@ class Decoder:
     def _record(self, item: Item, result: dict) -> dict:
         ok = item.reason is None and "hyp" in result
         record: dict[str, Any] = {"key": item.key, "audio": item.audio, "ref": item.ref, "hyp": result.get("hyp")}
+        record["strategy"] = self.strategy
         if self.ctc:
             record["ctc_hyp"] = result.get("ctc_hyp")
+        if "candidates" in result:
+            record["candidates"] = result["candidates"]
         if "words" in result:
             offset = item.segment[0] if item.segment is not None else 0.0  # times from the start of the file
             for name in ("words", "ctc_words"):

@@ -38,13 +38,18 @@ def settings_of(conf: dict | None) -> GateSettings:
     return GateSettings(**{k: v for k, v in (conf or {}).items() if v is not None})
 
 
+def spoken_text(ctc_text: str) -> str:
+    """The CTC hypothesis as words (strategy=ctc's transcript, joint's CTC candidate): without
+    language and event tags (<|en|>, <|SPECIAL_TOKEN_5|>), whitespace collapsed."""
+    return " ".join(_SPECIAL_TOKEN.sub(" ", ctc_text).split())
+
+
 def evidence(labels: Any, blank: int, ctc_text: str) -> dict:
     """What the gate reads of one segment: the share of its frames whose most likely symbol
     (`labels`, the frame-wise argmax) is blank, and whether the CTC hypothesis has a word."""
     frames = len(labels)
     blanks = sum(label == blank for label in labels)
-    spoken = _SPECIAL_TOKEN.sub("", ctc_text)  # a language or event tag (<|en|>, <|SPECIAL_TOKEN_5|>) is no word
-    return {"blank_share": round(blanks / frames, 4) if frames else 1.0, "ctc_words": has_words(spoken)}
+    return {"blank_share": round(blanks / frames, 4) if frames else 1.0, "ctc_words": has_words(spoken_text(ctc_text))}
 
 
 def is_speech(proof: dict, settings: GateSettings) -> bool:
