@@ -6,7 +6,8 @@ times, non-speech, confidence and their cost. Prints JSON; README quotes one run
                decoded whole (vad=silero): the first word's start and the last word's end of each
                utterance against its speech edges (10 ms frames within 40 dB of the peak, the rule
                the corpus was trimmed with); the VAD windows' edges beside them (what segment times
-               were before word times)
+               were before word times); for greedy decoding and for strategy=joint (whose
+               transcript the times are of)
   non_speech   scripts/make_nonspeech.py's twelve kinds (seed 0: clips training never saw; the
                demo trains on seed 1's), decoded one clip at a time without a VAD: characters a
                minute of non-speech with the speech gate and without (and --baseline-run's, e.g. a
@@ -62,10 +63,10 @@ def speech_edges(x: np.ndarray) -> tuple[float, float]:
     return loud[0] * frame / RATE, (loud[-1] + 1) * frame / RATE
 
 
-def word_times(run: str, dev: list[dict], work: Path, n_calls: int) -> dict:
+def word_times(run: str, dev: list[dict], work: Path, n_calls: int, strategy: str = "greedy") -> dict:
     rng = np.random.default_rng(0)
     calls = work / "calls"
-    calls.mkdir()
+    calls.mkdir(exist_ok=True)  # the same calls for each strategy (seeded)
     truth = []  # (call, start, end, reference) of each utterance's speech
     per_call = 8
     for c in range(n_calls):
@@ -82,7 +83,8 @@ def word_times(run: str, dev: list[dict], work: Path, n_calls: int) -> dict:
             at += len(x) / RATE
         pieces.append(np.zeros(int(0.8 * RATE)))
         soundfile.write(calls / f"call{c}.wav", np.concatenate(pieces), RATE, subtype="PCM_16")
-    records, _ = decode(work / "decode-calls", f"checkpoint={run}", f"input={calls}", "vad=silero")
+    records, _ = decode(work / f"decode-calls-{strategy}", f"checkpoint={run}", f"input={calls}", "vad=silero",
+                        f"strategy={strategy}")
     starts, ends, vad_starts, vad_ends, right_starts, right_ends, missed = [], [], [], [], [], [], 0
     for call, start, end, ref in truth:
         mine = [r for r in records if r.get("call") == call and r["status"] == "ok"]
@@ -222,6 +224,7 @@ def main() -> None:
         dev.append({"key": obj["key"], "ref": obj["messages"][2]["content"],
                     "audio": obj["messages"][1]["content"].split("!", 1)[1].split("<|endofspeech|>")[0]})
     result = {"run": args.run, "dev": args.dev, "word_times": word_times(args.run, dev, work, args.calls),
+              "word_times_joint": word_times(args.run, dev, work, args.calls, "joint"),
               "non_speech": non_speech(args.run, args.dev, work, args.baseline_run),
               "confidence": confidence_quality(args.run, args.dev, work),
               "cost": cost(args.run, args.dev, args.repeats)}
