@@ -23,7 +23,7 @@ the time, RTF, CER (and the CTC branch's) of both, segment and chunk counts, and
 peak memory.
 
 usage: scripts/bench_calls.py [--checkpoint runs/demo/stage1] [--corpus data/ivr/dev] [--calls 2]
-                              [--minutes 10] [--chunk-s 30] [--batch-size 16] [--output FILE]
+                              [--minutes 10] [--chunk-s 30] [--batch-size 16] [--strategy greedy] [--output FILE]
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--chunk-s", type=float, default=30.0)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--strategy", default="greedy", help="decode's strategy (greedy, speculative, joint, ctc)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if not (args.checkpoint / "summary.json").is_file():
@@ -126,7 +127,8 @@ def main() -> None:
         folder = Path(tmp)
         kaldi = build_calls(corpus(args.corpus), folder, args.calls, args.minutes)
         settings = {"checkpoint": str(args.checkpoint), "input": str(kaldi), "device": "cpu",
-                    "batch_size": args.batch_size, "max_new_tokens": 64, "vad": vad.defaults(), "timestamps": False}
+                    "batch_size": args.batch_size, "max_new_tokens": 64, "vad": vad.defaults(), "timestamps": False,
+                    "strategy": args.strategy}
         decoder = Decoder(settings)
 
         tick = time.perf_counter()
@@ -158,7 +160,7 @@ def main() -> None:
                                           "torch": torch.__version__},
         "calls": args.calls, "minutes_per_call": args.minutes, "audio_hours": round(audio_h, 4),
         "channel_hours": round(m["channel_hours"], 4), "speech_ratio": round(m["speech_ratio"], 4),
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(args.checkpoint), "strategy": args.strategy,
         "vad": {"segments": m["segments"], "wall_s": round(vad_wall, 2), "vad_s": m["vad_s"], "decode_s": m["decode_s"],
                 "vad_share": round(m["vad_share"], 4), "audio_hours_per_compute_hour": round(audio_h * 3600 / vad_wall, 1),
                 "rtf": round(vad_wall / (audio_h * 3600), 5), "cer": m.get("cer"), "ctc_cer": vad_ctc.get("cer"),

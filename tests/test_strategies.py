@@ -20,7 +20,7 @@ from helpers import sharpen  # noqa: E402
 torch = pytest.importorskip("torch")
 
 from nano8k import decoding, funasr_gaps  # noqa: E402
-from nano8k.decoding import joint  # noqa: E402
+from nano8k.decoding import joint, speculative  # noqa: E402
 from nano8k.tiny import write_tiny_model  # noqa: E402
 
 AUDIO = sorted((REPO / "data" / "demo" / "wav").glob("utt0*.wav"))[:4]
@@ -121,6 +121,53 @@ def test_ctc_strategy_writes_the_ctc_text_and_greedy_stays_as_it_was(models, tmp
     greedy, metrics = decode_records(models, tmp_path)
     assert metrics["strategy"] == "greedy" and all(r["strategy"] == "greedy" for r in greedy)
     assert [r["hyp"] for r in greedy] != [r["hyp"] for r in ctc]  # two heads, two texts
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_speculative_writes_greedys_tokens_from_any_draft(models, batch_size):
+    """The LLM's verification keeps greedy search's output whatever the drafts: right ones (greedy's
+    own text: nearly all accepted), a wrong one, an empty one, and the CTC branch's (the strategy)."""
+    decoder = decoding.Decoder({"model_dir": str(models["sharp"]), "device": "cpu", "timestamps": False, "dither": 0})
+    items, _ = decoding.read_input(str(models["list"]))
+    for item in items:
+        decoder.probe(item)
+    model, tokenizer = decoder.model, decoder.tokenizer
+    inputs = [funasr_gaps.utterance_inputs(model, decoder.load(i), decoder.prompt_for(None), tokenizer,
+                                           decoder.frontend, decoder.funasr_cfg) for i in items]
+    limits = [9, 6, 9, 3][:len(inputs)]
+    with torch.inference_mode():
+        greedy, texts = [], []
+        for start in range(0, len(inputs), batch_size):
+            part = inputs[start:start + batch_size]
+            _, _, adaptor_out, adaptor_lens = funasr_gaps.encode_batch(model, [x.speech for x in part], "cpu")
+            greedy += funasr_gaps.generate_batch(model, part, adaptor_out, adaptor_lens, tokenizer, max(limits),
+                                                 limits=limits[start:start + batch_size], scored=True)
+        for drafts, well in (([t for t, _ in greedy], True), (["nine nine nine"] * len(inputs), False),
+                             ([""] * len(inputs), False)):
+            written, acceptance = [], speculative.Acceptance()
+            for start in range(0, len(inputs), batch_size):
+                part = inputs[start:start + batch_size]
+                _, _, adaptor_out, adaptor_lens = funasr_gaps.encode_batch(model, [x.speech for x in part], "cpu")
+                out, stats = speculative.decode(model, tokenizer, part, adaptor_out, adaptor_lens,
+                                                drafts[start:start + batch_size], limits[start:start + batch_size],
+                                                scored=True)
+                written += out
+                acceptance.add(stats)
+            texts = [funasr_gaps.text_with_char_probs(tokenizer, ids, probs) for ids, probs in written]
+            assert [t for t, _ in texts] == [t for t, _ in greedy]
+            for (_, mine), (_, theirs) in zip(texts, greedy):
+                assert mine == pytest.approx(theirs, abs=1e-4)  # greedy's own token probabilities
+            if well:  # greedy's own text (re-tokenised: random weights write tokens a tokenizer would not
+                # choose for their text, so only some match): taken where it matches, in fewer passes than tokens
+                assert acceptance.accepted > 0 and acceptance.passes < acceptance.tokens
+
+
+def test_speculative_strategy_matches_greedy_and_reports_acceptance(models, tmp_path):
+    greedy, _ = decode_records(models, tmp_path)
+    fast, metrics = decode_records(models, tmp_path, "strategy=speculative")
+    assert [r["hyp"] for r in fast] == [r["hyp"] for r in greedy] and {r["strategy"] for r in fast} == {"speculative"}
+    report = metrics["speculative"]
+    assert report["passes"] > 0 and report["tokens"] > 0 and 0 <= report["accepted"] <= report["proposed"]
 
 
 def test_validation_decodes_with_the_strategy_asked(models):

@@ -336,9 +336,10 @@ class TokenizerConf:
 # --------------------------------------------------------------------------------------------
 
 
-# decoding strategies (`strategy`): the LLM's greedy text; the LLM's n-best and the CTC hypothesis
-# rescored by both heads (decoding/joint.py); the CTC branch's greedy text alone
-STRATEGIES = ("greedy", "joint", "ctc")
+# decoding strategies (`strategy`): the LLM's greedy text; the same text with CTC drafts verified
+# by the LLM (decoding/speculative.py); the LLM's n-best and the CTC hypothesis rescored by both
+# heads (decoding/joint.py); the CTC branch's greedy text alone
+STRATEGIES = ("greedy", "speculative", "joint", "ctc")
 
 
 @dataclass
@@ -358,7 +359,7 @@ class ValidDecode:
     max_utterances: Optional[int] = key("validation utterances decoded (the first N); 0: none", NANO8K, at_least=0)
     batch_size: Optional[int] = key("utterances per decoding batch", NANO8K, at_least=1)
     max_new_tokens: Optional[int] = key("most tokens per hypothesis; null: twice the longest reference + 8", NANO8K, at_least=1)
-    strategy: Optional[str] = key("greedy, joint or ctc: decode as `nano8k decode strategy=` will, so that the best "
+    strategy: Optional[str] = key("greedy, speculative, joint or ctc: decode as `nano8k decode strategy=` will, so that the best "
                                   "model by CER is the best for that strategy", NANO8K, one_of=STRATEGIES)
     joint: Optional[JointConf] = key("strategy=joint's weights and beam", NANO8K)
 
@@ -520,8 +521,9 @@ class DecodeConfig:
     itn: Optional[bool] = key("inverse text normalization (false adds FunASR's ，不进行文本规整)", NANO8K)
     hotwords: Optional[list[str]] = key("hotwords for FunASR's context prompt", NANO8K)
     hotwords_file: Optional[str] = key("file of hotwords, one a line (# comments)", NANO8K)
-    strategy: Optional[str] = key("greedy (the LLM's text), joint (its n-best and the CTC hypothesis rescored by "
-                                  "both heads) or ctc (the CTC branch's text)", NANO8K, one_of=STRATEGIES)
+    strategy: Optional[str] = key("greedy (the LLM's text), speculative (the same, CTC drafts verified by the LLM), "
+                                  "joint (its n-best and the CTC hypothesis rescored by both heads) or ctc (the CTC "
+                                  "branch's text)", NANO8K, one_of=STRATEGIES)
     joint: Optional[JointConf] = key("strategy=joint's weights and beam", NANO8K)
     ctc: Optional[bool] = key("also write the CTC greedy hypothesis when the model has a CTC branch", NANO8K)
     timestamps: Optional[bool] = key("word times and confidence from the CTC branch (nano8k's aligner)", NANO8K)

@@ -247,7 +247,9 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
         score_conf = settings.get("score") or {}
         scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
                                           numbers=bool(score_conf.get("numbers")))
-    metrics.update(strategy=decoder.strategy, **({"joint": asdict(decoder.joint)} if decoder.strategy == "joint" else {}),
+    strategy_settings = {"joint": {"joint": asdict(decoder.joint)},
+                         "speculative": {"speculative": decoder.acceptance.report()}}.get(decoder.strategy, {})
+    metrics.update(strategy=decoder.strategy, **strategy_settings,
                    load_s=round(load_s, 3), batch_size=batch_size, device=decoder.device, llm_dtype=decoder.dtype_name,
                    frontend_fs=decoder.frontend.fs, max_new_tokens=decoder.max_new_tokens, prompt=decoder.prompt,
                    model_dir=str(decoder.model_dir), checkpoint=decoder.checkpoint, config=decoder.config_source,

@@ -49,7 +49,7 @@ from typing import Any
 
 
 from nano8k.config import STRATEGIES
-from nano8k.decoding import confidence, joint, speech_gate
+from nano8k.decoding import confidence, joint, speculative, speech_gate
 from nano8k.devices import resolve_device
 from nano8k.errors import UserError, one_line
 from nano8k.files import read_yaml
@@ -365,6 +365,7 @@ class Decoder:
         if self.strategy not in STRATEGIES:  # a library caller's (configs are validated)
             raise UserError(f"strategy={self.strategy!r}: not one of {', '.join(STRATEGIES)}")
         self.joint = joint.settings_of(settings.get("joint"))
+        self.acceptance = speculative.Acceptance()  # strategy=speculative: how much of the CTC drafts the LLM took
         self.gate = speech_gate.settings_of(settings.get("speech_gate"))
         self.gate.enabled = self.gate.enabled and self.has_ctc
         self.max_tokens_per_second = float(settings.get("max_tokens_per_second") or 0)
@@ -579,6 +580,18 @@ class Decoder:
                     text, cut = speech_gate.cut_repetition(best.text, self.gate.max_repeats)
                     results[i].update(hyp=text, repetition_cut=cut, candidates=[c.report() for c in candidates],
                                       char_probs=None if cut else joint.char_probs(self.tokenizer, best))
+            elif speaking and self.strategy == "speculative":
+                rows = torch.tensor(speaking, device=adaptor_out.device)
+                written, acceptance = speculative.decode(
+                    self.model, self.tokenizer, [inputs[i] for i in speaking], adaptor_out[rows], adaptor_lens[rows],
+                    [speech_gate.spoken_text(texts[i]) for i in speaking], [self._token_limit(inputs[i]) for i in speaking],
+                    self.dtype, scored=self.timestamps)
+                self.acceptance.add(acceptance)
+                for i, (ids, probs) in zip(speaking, written):
+                    hyp, char_probs = (funasr_gaps.text_with_char_probs(self.tokenizer, ids, probs) if probs is not None
+                                       else (funasr_gaps.hypothesis_text(self.tokenizer, ids), None))
+                    text, cut = speech_gate.cut_repetition(hyp, self.gate.max_repeats)
+                    results[i].update(hyp=text, repetition_cut=cut, char_probs=None if cut else char_probs)
             elif speaking:
                 rows = torch.tensor(speaking, device=adaptor_out.device)
                 limits = [self._token_limit(inputs[i]) for i in speaking]
