@@ -949,18 +949,32 @@ def presets_last(argv: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+# the sizes a `nano8k model tiny` directory was written with (nano8k.tiny writes it, +preset=tiny reads it)
+TINY_SIZES_FILE = "nano8k_tiny.json"
+
+
+def tiny_preset_value(model_dir: Any, dotted: str, default: Any) -> Any:
+    """`${nano8k_tiny:${model_dir},KEY,DEFAULT}` in conf/preset/tiny.yaml: the value of KEY that the
+    tiny model in model_dir was written with, else DEFAULT (a hub id, or a directory of the
+    default sizes). So `+preset=tiny` fits any `nano8k model tiny` directory. Reads one small JSON."""
+    import json
+
+    path = Path(str(model_dir)).expanduser() / TINY_SIZES_FILE
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("config", {}).get(dotted, default)
+    except (OSError, ValueError):
+        raise UserError(f"{path}: not a readable JSON file (rewrite the model with `nano8k model tiny`)") from None
+
+
 def register_resolvers() -> None:
     """`${nano8k_tiny:${model_dir},KEY,DEFAULT}`: a tiny model directory's own size for KEY
-    (conf/preset/tiny.yaml; nano8k.tiny.preset_value)."""
+    (conf/preset/tiny.yaml; tiny_preset_value)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("nano8k_tiny"):
-        def tiny_size(model_dir: Any, dotted: str, default: Any) -> Any:
-            from nano8k import tiny
-
-            return tiny.preset_value(model_dir, dotted, default)
-
-        OmegaConf.register_new_resolver("nano8k_tiny", tiny_size)
+        OmegaConf.register_new_resolver("nano8k_tiny", tiny_preset_value)
 
 
 def compose(app: str = "train", overrides: Sequence[str] = (), stage_only: bool = False) -> Any:

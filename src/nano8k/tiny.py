@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Union
 
+from nano8k import config
 from nano8k.errors import UserError
 from nano8k.data import manifest
 from nano8k.data.manifest import DEFAULT_PROMPT, DEFAULT_SYSTEM, fbank_frames
@@ -58,7 +59,7 @@ LLM = {  # Qwen3 shapes of the tiny LLM (Qwen3-0.6B: 1024 / 28 / 16 / 8 / 128 / 
     "intermediate_size": 128,
     "max_position_embeddings": 4096,
 }
-SIZES_FILE = "nano8k_tiny.json"  # the sizes a tiny directory was written with (+preset=tiny reads them)
+SIZES_FILE = config.TINY_SIZES_FILE  # the sizes a tiny directory was written with (+preset=tiny reads them)
 
 
 @dataclass(frozen=True)
@@ -108,19 +109,6 @@ class TinySizes:
             "audio_adaptor_conf.encoder_dim": self.encoder_dim, "ctc_decoder_conf.ffn_dim": 2 * self.encoder_dim,
             "ctc_decoder_conf.llm_dim": self.encoder_dim, "ctc_decoder_conf.encoder_dim": self.encoder_dim,
         }
-
-
-def preset_value(model_dir: Any, dotted: str, default: Any) -> Any:
-    """`${nano8k_tiny:${model_dir},KEY,DEFAULT}` in conf/preset/tiny.yaml: the value of KEY that the
-    tiny model in model_dir was written with, else DEFAULT (a hub id, or a directory of the
-    default sizes). So `+preset=tiny` fits any `nano8k model tiny` directory. Reads one small JSON."""
-    path = Path(str(model_dir)).expanduser() / SIZES_FILE
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("config", {}).get(dotted, default)
-    except (OSError, ValueError):
-        raise UserError(f"{path}: not a readable JSON file (rewrite the model with `nano8k model tiny`)") from None
 
 
 # Qwen2/Qwen3's pre-tokenizer split.
@@ -224,8 +212,6 @@ def tiny_config(sizes: TinySizes | None = None) -> dict:
 def model_config(overrides: list[str]) -> dict:
     """The pretrained base composed with `overrides`, validated and resolved, as a model
     directory's config.yaml: FunASR's keys only, paths relative to the model directory as in the release."""
-    from nano8k import config
-
     cfg = config.validate(config.compose("train", overrides), app="train")
     for name, _, meta in config.schema_fields(config.TrainConfig):
         if meta.get("effect") == config.NANO8K:
