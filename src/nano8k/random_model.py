@@ -121,7 +121,6 @@ def available_memory() -> int | None:
 def write_released_layout(directory: Path) -> Path:
     """Every file of a released model directory but model.pt (bench_gpu builds its random model
     in memory from this)."""
-    from nano8k import config
 
     directory.mkdir(parents=True, exist_ok=True)
     llm_dir = directory / tiny.LLM_DIR

@@ -89,7 +89,6 @@ def llm_log_probs(model: Any, inputs: Sequence[Any], adaptor_out: Any, adaptor_l
 
     llm = model.llm
     embeds, mask = funasr_gaps.prompt_embeds(model, inputs, adaptor_out, adaptor_lens, dtype)
-    width = mask.shape[1]
     table = llm.get_input_embeddings()
     out: list[list[float]] = []
     chunk = max(1, len(inputs))
