@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from conftest import invoke
-from nano8k import data, decoding, score, simulate
+from nano8k import compare, data, decoding, score, simulate
 from nano8k.data import audio as audio_files
 from nano8k.data import preparing
 from nano8k.errors import UserError
@@ -343,11 +343,11 @@ def test_simulated_channel_fields_reach_the_manifest_and_the_results(corpus, tok
         path = jsonl(corpus / f"{name}.jsonl", [{"key": i.key, "ref": i.ref, "hyp": hyp if i.key == "u1" else i.ref,
                                                   "duration": 1.0, **i.fields} for i in items])
         results.append(path)
-    compared = score.compare(*results, bucket_by=["channel.codec", "channel.snr_db:0,100"], n_boot=0)
+    compared = compare.compare(*results, bucket_by=["channel.codec", "channel.snr_db:0,100"], n_boot=0)
     assert {b.label for b in compared.buckets if b.field == "channel.codec"} == {"mulaw"}
     assert all(not b.label.startswith("(") for b in compared.buckets)  # no "(missing)" bucket
     with pytest.raises(UserError) as err:
-        score.compare(*results, bucket_by=["channel.nothing"], n_boot=0)
+        compare.compare(*results, bucket_by=["channel.nothing"], n_boot=0)
     assert "channel.codec" in str(err.value)
 
 

@@ -19,7 +19,7 @@ LAYERS = [
     ["calls", "vad"],
     ["trainer", "preflight"],
     ["decoding", "rundir", "launch"],
-    ["model", "deepspeed_support", "score", "simulate", "augment", "tiny", "random_model"],
+    ["model", "deepspeed_support", "compare", "score", "simulate", "augment", "tiny", "random_model"],
     ["funasr_gaps"],
     ["config"],
     ["data", "channel"],

@@ -14,6 +14,7 @@ import jiwer
 import numpy as np
 import pytest
 
+from nano8k import compare as comparing
 from nano8k import score as sc
 from nano8k.errors import UserError
 
@@ -250,7 +251,7 @@ def ab_records():
 
 def test_compare_overall_and_worse_list():
     a, b = ab_records()
-    cmp = sc.compare(a, b, n_boot=200, seed=0)
+    cmp = comparing.compare(a, b, n_boot=200, seed=0)
     assert cmp.matched == 6 and cmp.only_a == ["a_only"] and cmp.only_b == ["b_only"]
     d = cmp.overall["char"]
     assert d.a.rate == pytest.approx(4 / 30) and d.b.rate == pytest.approx(5 / 30)
@@ -268,7 +269,7 @@ def test_compare_overall_and_worse_list():
 
 def test_compare_buckets_by_duration_and_fields():
     a, b = ab_records()
-    cmp = sc.compare(a, b, bucket_by=["duration", "codec", "snr:10"], n_boot=50)
+    cmp = comparing.compare(a, b, bucket_by=["duration", "codec", "snr:10"], n_boot=50)
     got = {(bk.field, bk.label): (len(bk.keys), bk.deltas["char"].a.rate, bk.deltas["char"].b.rate) for bk in cmp.buckets}
     assert got == {
         ("duration", "<2s"): (1, 0.0, 0.0),
@@ -292,30 +293,30 @@ def test_compare_buckets_by_nested_fields_and_refuses_a_field_nobody_has():
         for r in records:
             if "codec" in r:
                 r["channel"] = {"codec": r.pop("codec"), "snr_db": r.pop("snr")}
-    cmp = sc.compare(a, b, bucket_by=["channel.codec", "channel.snr_db:10"], n_boot=50)
+    cmp = comparing.compare(a, b, bucket_by=["channel.codec", "channel.snr_db:10"], n_boot=50)
     got = {(bk.field, bk.label): len(bk.keys) for bk in cmp.buckets}
     assert got == {("channel.codec", "amr"): 2, ("channel.codec", "g711"): 3, ("channel.codec", "(missing)"): 1,
                    ("channel.snr_db", "<10"): 3, ("channel.snr_db", ">=10"): 2, ("channel.snr_db", "(missing)"): 1}
     with pytest.raises(UserError) as err:
-        sc.compare(a, b, bucket_by=["codec"], n_boot=10)
+        comparing.compare(a, b, bucket_by=["codec"], n_boot=10)
     assert str(err.value) == ("--bucket codec: no utterance has a field 'codec'; the fields there are: channel, "
                               "channel.codec, channel.snr_db, duration (nested ones with dots, e.g. channel.codec)")
 
 
 def test_bucket_parsing():
-    assert sc.parse_bucket("duration") == ("duration", (2.0, 5.0, 10.0))
-    assert sc.parse_bucket("codec") == ("codec", None)
-    assert sc.parse_bucket("snr:0,10,20") == ("snr", (0.0, 10.0, 20.0))
+    assert comparing.parse_bucket("duration") == ("duration", (2.0, 5.0, 10.0))
+    assert comparing.parse_bucket("codec") == ("codec", None)
+    assert comparing.parse_bucket("snr:0,10,20") == ("snr", (0.0, 10.0, 20.0))
     for bad in ("snr:20,10", "snr:x", ":1"):
         with pytest.raises(UserError, match="bad bucket"):
-            sc.parse_bucket(bad)
-    assert sc.bucket_label(2.0, (2.0, 5.0), "s") == "2-5s" and sc.bucket_label("n/a", (1.0,)) == "(not a number)"
+            comparing.parse_bucket(bad)
+    assert comparing.bucket_label(2.0, (2.0, 5.0), "s") == "2-5s" and comparing.bucket_label("n/a", (1.0,)) == "(not a number)"
 
 
 def test_bootstrap_is_deterministic_and_brackets():
     a, b = ab_records()
-    one, two = sc.compare(a, b, n_boot=300, seed=7), sc.compare(a, b, n_boot=300, seed=7)
-    other = sc.compare(a, b, n_boot=300, seed=8)
+    one, two = comparing.compare(a, b, n_boot=300, seed=7), comparing.compare(a, b, n_boot=300, seed=7)
+    other = comparing.compare(a, b, n_boot=300, seed=8)
     ci = lambda c: [(d.ci_low, d.ci_high, d.p_better) for d in c.overall.values()]  # noqa: E731
     assert ci(one) == ci(two)
     assert ci(one) != ci(other)
@@ -326,26 +327,26 @@ def test_bootstrap_is_deterministic_and_brackets():
     n_ref = rng.integers(5, 30, n)
     err_a = rng.binomial(n_ref, 0.15)
     err_b = rng.binomial(n_ref, 0.10)
-    low, high, p_better = sc.paired_bootstrap(err_a, n_ref, err_b, n_ref, n_boot=500, seed=0)
+    low, high, p_better = comparing.paired_bootstrap(err_a, n_ref, err_b, n_ref, n_boot=500, seed=0)
     observed = err_b.sum() / n_ref.sum() - err_a.sum() / n_ref.sum()
     assert low[0] <= observed <= high[0] and high[0] < 0 and p_better[0] == 1.0
     # identical systems: every resample gives 0
-    low, high, _ = sc.paired_bootstrap(err_a, n_ref, err_a, n_ref, n_boot=100, seed=0)
+    low, high, _ = comparing.paired_bootstrap(err_a, n_ref, err_a, n_ref, n_boot=100, seed=0)
     assert low[0] == high[0] == 0.0
 
 
 def test_compare_errors_and_ref_mismatch():
     with pytest.raises(UserError, match="no key is in both results"):
-        sc.compare([{"key": "a", "ref": "x", "hyp": "x"}], [{"key": "b", "ref": "x", "hyp": "x"}])
+        comparing.compare([{"key": "a", "ref": "x", "hyp": "x"}], [{"key": "b", "ref": "x", "hyp": "x"}])
     with pytest.raises(UserError, match="B has duplicate keys"):
-        sc.compare([{"key": "a", "ref": "x", "hyp": "x"}], [{"key": "a", "ref": "x", "hyp": "x"}] * 2)
-    cmp = sc.compare([{"key": "a", "ref": "你好", "hyp": "你好"}], [{"key": "a", "ref": "您好", "hyp": "你好"}], n_boot=10)
+        comparing.compare([{"key": "a", "ref": "x", "hyp": "x"}], [{"key": "a", "ref": "x", "hyp": "x"}] * 2)
+    cmp = comparing.compare([{"key": "a", "ref": "你好", "hyp": "你好"}], [{"key": "a", "ref": "您好", "hyp": "你好"}], n_boot=10)
     assert cmp.ref_mismatch == ["a"]
     pair = [("a", "我有123个", "我有一百二十三个")]
     with pytest.raises(UserError, match="scored differently"):
-        sc.compare(sc.score(pair, numbers=True), sc.score(pair), n_boot=10)
+        comparing.compare(sc.score(pair, numbers=True), sc.score(pair), n_boot=10)
     # records for B are normalized exactly as A's Scores: numbers spelled out on both sides
-    same = sc.compare(sc.score(pair, numbers=True), [{"key": "a", "ref": "我有123个", "hyp": "我有123个"}], n_boot=10)
+    same = comparing.compare(sc.score(pair, numbers=True), [{"key": "a", "ref": "我有123个", "hyp": "我有123个"}], n_boot=10)
     assert same.overall["char"].a.rate == 0.0 and same.overall["char"].b.rate == 0.0
 
 
@@ -354,8 +355,8 @@ def test_compare_accepts_scores_and_paths(tmp_path):
     pa, pb = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     pa.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in a), encoding="utf-8")
     pb.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in b), encoding="utf-8")
-    from_paths = sc.compare(pa, pb, n_boot=20)
-    from_scores = sc.compare(sc.score_records(a), sc.score_records(b), n_boot=20)
+    from_paths = comparing.compare(pa, pb, n_boot=20)
+    from_scores = comparing.compare(sc.score_records(a), sc.score_records(b), n_boot=20)
     assert from_paths.overall["char"].delta == pytest.approx(1 / 30) == from_scores.overall["char"].delta
     assert from_paths.overall["char"].ci_low == from_scores.overall["char"].ci_low
 

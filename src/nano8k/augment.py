@@ -140,9 +140,9 @@ def _line(preset: str) -> Any:
 
 
 def _bucket(snr: float | None) -> str:
-    from nano8k import score
+    from nano8k import compare
 
-    return "no noise" if snr is None else score.bucket_label(snr, SNR_BUCKETS, " dB")
+    return "no noise" if snr is None else compare.bucket_label(snr, SNR_BUCKETS, " dB")
 
 
 def _reverberate(x: np.ndarray, path: str, fs: int) -> np.ndarray:

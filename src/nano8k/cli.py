@@ -359,15 +359,16 @@ def compare(
     """A/B: CER/WER/MER deltas overall and per bucket, paired bootstrap 95% CI, utterances that got worse."""
     from rich.console import Console
 
+    from nano8k import compare as comparing
     from nano8k import score as scoring
     from nano8k.errors import reported
 
     with reported():
         if json_out:
             check_not_an_input(json_out, [results_a, results_b])
-        result = scoring.compare(results_a, results_b, bucket_by=bucket or ["duration"], n_boot=n_boot, seed=seed,
-                                 lang=lang.value, numbers=numbers)
-    Console().print(*scoring.compare_tables(result, top=top), sep="\n")
+        result = comparing.compare(results_a, results_b, bucket_by=bucket or ["duration"], n_boot=n_boot, seed=seed,
+                                   lang=lang.value, numbers=numbers)
+    Console().print(*comparing.compare_tables(result, top=top), sep="\n")
     if json_out:
         with reported():
             scoring.write_json(json_out, result.to_dict())
