@@ -49,6 +49,7 @@ import numpy as np
 import soundfile as sf
 
 from nano8k import data
+from nano8k import telephone_line as telephone
 from nano8k import simulate as sim
 
 NOISE_GAIN = 0.01  # sox whitenoise is ~uniform full scale: ~ -35 dBFS, speech here ~ -12 dBFS active
@@ -94,7 +95,7 @@ def self_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bench_nano8k(kaldi: Path, out: Path, settings: sim.SimulationSettings, audio_s: float, workers: int) -> dict:
+def bench_nano8k(kaldi: Path, out: Path, settings: telephone.SimulationSettings, audio_s: float, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     wall0, cpu0 = time.perf_counter(), self_cpu() + children_cpu()
     report = sim.simulate_corpus(kaldi, out, settings, workers=workers, seed=0, progress=False)
@@ -224,7 +225,7 @@ def main() -> None:
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="bench_data."))
     try:
         kaldi, audio_s = make_sim_corpus(tmp / "sim", args.files)
-        matched = sim.SimulationSettings(codec="mulaw", level_db=None, line_snr_db=(20.0, 30.0))
+        matched = telephone.SimulationSettings(codec="mulaw", level_db=None, line_snr_db=(20.0, 30.0))
         part: dict = {"files": args.files, "audio_s": round(audio_s, 1), "input": "16 kHz PCM16 WAV",
                       "chain": "resample 8 kHz, band-pass 300-3400 Hz, white noise, G.711 mu-law WAV",
                       "target_x_rt_per_core": 300.0}
@@ -233,7 +234,7 @@ def main() -> None:
         if args.workers > 1:  # the first pool starts the forkserver (imports numpy/scipy once): timed apart
             part["nano8k_parallel_first_call"] = bench_nano8k(kaldi, tmp / "nano8k_par0", matched, audio_s, args.workers)
             part["nano8k_parallel"] = bench_nano8k(kaldi, tmp / "nano8k_par", matched, audio_s, args.workers)
-        part["nano8k_presets"] = {name: bench_nano8k(kaldi, tmp / f"p_{name}", sim.PRESETS[name], audio_s, 1)
+        part["nano8k_presets"] = {name: bench_nano8k(kaldi, tmp / f"p_{name}", telephone.PRESETS[name], audio_s, 1)
                                   ["x_rt_per_core_cpu"] for name in ("clean_g711", "noisy_call", "lossy_voip",
                                                                      "seed_like")}
         if have_sox:
@@ -245,9 +246,9 @@ def main() -> None:
             part["ratio_vs_fastest_sox_wall"] = round(part["nano8k"]["x_rt_per_core_wall"] / best_wall, 2)
             part["outputs"] = check_outputs_match(tmp / "nano8k", tmp / "sox_pipe")
             part["meets_target"] = (part["nano8k"]["x_rt_per_core_cpu"] >= 300 and part["ratio_vs_fastest_sox_cpu"] >= 1)
-            if sim.sox_formats() and "gsm" in sim.sox_formats():
+            if telephone.sox_formats() and "gsm" in telephone.sox_formats():
                 part["nano8k_presets"]["gsm"] = bench_nano8k(
-                    kaldi, tmp / "p_gsm", sim.PRESETS["gsm"], audio_s, 1)["x_rt_per_core_cpu"]
+                    kaldi, tmp / "p_gsm", telephone.PRESETS["gsm"], audio_s, 1)["x_rt_per_core_cpu"]
         else:
             part["sox"] = "not measured: --no-sox, or sox not installed (apt-get install sox)"
             part["meets_target"] = part["nano8k"]["x_rt_per_core_cpu"] >= 300

@@ -72,7 +72,7 @@ def test_same_batches_whatever_the_workers_fresh_every_epoch_validation_untouche
 
 
 def test_noise_lands_within_the_snr_range(corpus):
-    from nano8k import augment, simulate
+    from nano8k import augment, telephone_line
 
     augmenter = augment.Augmenter({"noise": {"dir": str(corpus["noise"]), "snr_db": [5.0, 10.0], "prob": 1.0}}, 8000)
     first = (Path(corpus["root"]) / "kaldi_train" / "wav.scp").read_text().split()[1]  # a corpus utterance, 8 kHz
@@ -82,7 +82,7 @@ def test_noise_lands_within_the_snr_range(corpus):
         augmenter.key = key
         noisy = augmenter(clean).numpy()
         noise = noisy - clean
-        measured.append(10 * np.log10(simulate.active_power(clean, 8000) / np.mean(noise.astype(np.float64) ** 2)))
+        measured.append(10 * np.log10(telephone_line.active_power(clean, 8000) / np.mean(noise.astype(np.float64) ** 2)))
     assert all(5.0 - 0.01 <= snr <= 10.0 + 0.01 for snr in measured), measured
     assert max(measured) - min(measured) > 0.5  # drawn, not fixed
 

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from conftest import invoke
-from nano8k import compare, data, decoding, score, simulate
+from nano8k import compare, data, decoding, score, simulate, telephone_line
 from nano8k.data import audio as audio_files
 from nano8k.data import preparing
 from nano8k.errors import UserError
@@ -329,7 +329,7 @@ def test_simulated_channel_fields_reach_the_manifest_and_the_results(corpus, tok
     source = jsonl(corpus / "src.jsonl", [{"key": "u1", "source": "audio/good.wav", "target": "hello"},
                                           {"key": "u2", "source": "audio/other.wav", "target": "goodbye"}])
     sim = simulate.simulate_corpus(source, corpus / "sim", output_format=output_format, progress=False,
-                                   settings=simulate.PRESETS["noisy_call"])
+                                   settings=telephone_line.PRESETS["noisy_call"])
     report = data.prepare(sim.manifest, corpus / "out" / "m.jsonl", tokenizer_dir)
     assert report.rejected == 0
     records = read(report.output)

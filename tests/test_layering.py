@@ -20,6 +20,7 @@ LAYERS = [
     ["trainer", "preflight"],
     ["decoding", "rundir", "launch"],
     ["model", "deepspeed_support", "compare", "score", "simulate", "augment", "tiny", "random_model"],
+    ["telephone_line"],
     ["funasr_gaps"],
     ["config"],
     ["data", "channel"],

@@ -15,12 +15,13 @@ import pytest
 import soundfile as sf
 
 from nano8k import channel, data
+from nano8k import telephone_line as telephone
 from nano8k import simulate as sim
 from nano8k.errors import UserError
 
 # No level, no codec: what the channel's filters and noise do alone.
-BARE = sim.SimulationSettings(codec="none", level_db=None)
-HAVE_SOX = sim.sox_formats() is not None
+BARE = telephone.SimulationSettings(codec="none", level_db=None)
+HAVE_SOX = telephone.sox_formats() is not None
 
 
 def tone(freq: float, fs: int, seconds: float, amp: float = 0.3) -> np.ndarray:
@@ -58,21 +59,21 @@ def gain_db(y: np.ndarray, x: np.ndarray, fs_y: int, fs_x: int) -> float:
 @pytest.mark.parametrize("freq", [100.0, 3800.0])
 def test_stopband_attenuation_end_to_end(fs_in, out_rate, freq):
     x = tone(freq, fs_in, 2.0)
-    y, rate, _ = sim.simulate_utterance(x, fs_in, BARE.replace(out_rate=out_rate))
+    y, rate, _ = telephone.simulate_utterance(x, fs_in, BARE.replace(out_rate=out_rate))
     assert rate == out_rate
     assert gain_db(y, x, rate, fs_in) <= -20.0
 
 
 @pytest.mark.parametrize("fs_in", [8000, 16000, 48000])
 def test_passband_ripple_end_to_end(fs_in):
-    gains = np.array([gain_db(sim.simulate_utterance(tone(f, fs_in, 1.0), fs_in, BARE)[0], tone(f, fs_in, 1.0),
+    gains = np.array([gain_db(telephone.simulate_utterance(tone(f, fs_in, 1.0), fs_in, BARE)[0], tone(f, fs_in, 1.0),
                               8000, fs_in) for f in np.arange(500.0, 3001.0, 250.0)])
     assert gains.max() - gains.min() < 0.5, gains
     assert np.all(np.abs(gains) < 0.5), gains
 
 
 def test_16k_output_has_nothing_above_4k():
-    y, rate, _ = sim.simulate_utterance(speechlike(16000, 2.0), 16000, sim.PRESETS["noisy_call"].replace(out_rate=16000))
+    y, rate, _ = telephone.simulate_utterance(speechlike(16000, 2.0), 16000, telephone.PRESETS["noisy_call"].replace(out_rate=16000))
     spec = np.abs(np.fft.rfft(y * np.hanning(len(y)))) ** 2
     freqs = np.fft.rfftfreq(len(y), 1 / rate)
     assert rate == 16000
@@ -89,9 +90,9 @@ def test_g711_table_bit_exact():
 def test_codec_is_real_g711(codec, law):
     """Same seed with and without the codec: the coded output is exactly G.711 of the uncoded one."""
     x = speechlike(16000, 1.0)
-    noisy = sim.PRESETS["noisy_call"]
-    plain, _, _ = sim.simulate_utterance(x, 16000, noisy.replace(codec="none"), seed=5)
-    coded, _, params = sim.simulate_utterance(x, 16000, noisy.replace(codec=codec), seed=5)
+    noisy = telephone.PRESETS["noisy_call"]
+    plain, _, _ = telephone.simulate_utterance(x, 16000, noisy.replace(codec="none"), seed=5)
+    coded, _, params = telephone.simulate_utterance(x, 16000, noisy.replace(codec=codec), seed=5)
     assert params["codec"] == codec
     np.testing.assert_array_equal(channel.float_to_pcm16(coded), channel.g711_quantize(channel.float_to_pcm16(plain), law))
 
@@ -99,11 +100,11 @@ def test_codec_is_real_g711(codec, law):
 @pytest.mark.skipif(not HAVE_SOX, reason="sox not installed")
 @pytest.mark.parametrize("codec", ["gsm", "amr-nb"])
 def test_sox_codecs_aligned(codec):
-    if sim.SOX_CODECS[codec] not in sim.sox_formats():
+    if telephone.SOX_CODECS[codec] not in telephone.sox_formats():
         pytest.skip(f"this sox has no {codec}")
     x = speechlike(8000, 2.0)
-    ref, _, _ = sim.simulate_utterance(x, 8000, BARE, seed=1)
-    y, _, params = sim.simulate_utterance(x, 8000, BARE.replace(codec=codec), seed=1)
+    ref, _, _ = telephone.simulate_utterance(x, 8000, BARE, seed=1)
+    y, _, params = telephone.simulate_utterance(x, 8000, BARE.replace(codec=codec), seed=1)
     assert len(y) == len(ref) and params["codec"] == codec
     core = slice(400, -400)
     lags = range(-200, 201)
@@ -119,8 +120,8 @@ def test_sox_codecs_aligned(codec):
 def test_active_power_ignores_silence():
     x = np.zeros(8000 * 3)
     x[8000:16000] = tone(1000, 8000, 1.0, amp=0.5)
-    assert sim.active_power(x, 8000) == pytest.approx(0.125, rel=1e-3)  # the tone's power, not a third of it
-    assert sim.active_power(np.zeros(100), 8000) == 0.0
+    assert telephone.active_power(x, 8000) == pytest.approx(0.125, rel=1e-3)  # the tone's power, not a third of it
+    assert telephone.active_power(np.zeros(100), 8000) == 0.0
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -128,11 +129,11 @@ def test_line_noise_snr_within_half_db(seed):
     """Achieved SNR (active speech power / added noise power, measured on the output) = drawn SNR."""
     x = speechlike(16000, 2.0, seed)
     settings = BARE.replace(level_db=(-30.0, -20.0), line_snr_db=(5.0, 35.0))
-    noisy, _, params = sim.simulate_utterance(x, 16000, settings, seed=seed)
-    clean, _, clean_params = sim.simulate_utterance(x, 16000, settings.replace(line_snr_db=None), seed=seed)
+    noisy, _, params = telephone.simulate_utterance(x, 16000, settings, seed=seed)
+    clean, _, clean_params = telephone.simulate_utterance(x, 16000, settings.replace(line_snr_db=None), seed=seed)
     assert clean_params["level_db"] == params["level_db"]
     noise = noisy.astype(np.float64) - clean
-    achieved = 10 * np.log10(sim.active_power(clean, 8000) / np.mean(noise**2))
+    achieved = 10 * np.log10(telephone.active_power(clean, 8000) / np.mean(noise**2))
     assert 5.0 <= params["snr_db"] <= 35.0
     assert abs(achieved - params["snr_db"]) <= 0.5, (achieved, params)
 
@@ -143,13 +144,13 @@ def test_background_noise_snr_within_half_db(tmp_path):
     sf.write(noise_dir / "white.wav", 0.2 * np.random.default_rng(0).standard_normal(44100), 44100, subtype="FLOAT")
     sf.write(noise_dir / "short.flac", 0.1 * np.random.default_rng(1).standard_normal(800), 8000)
     (noise_dir / "notes.txt").write_text("not audio")
-    assert [Path(f).name for f in sim.noise_files(noise_dir)] == ["short.flac", "white.wav"]
+    assert [Path(f).name for f in telephone.noise_files(noise_dir)] == ["short.flac", "white.wav"]
     x = speechlike(8000, 3.0)
     settings = BARE.replace(band=None, noise_dir=str(noise_dir), noise_snr_db=(0.0, 20.0))
     seen = set()
     for seed in range(8):
-        y, _, params = sim.simulate_utterance(x, 8000, settings, seed=seed)
-        achieved = 10 * np.log10(sim.active_power(x, 8000) / np.mean((y.astype(np.float64) - x) ** 2))
+        y, _, params = telephone.simulate_utterance(x, 8000, settings, seed=seed)
+        achieved = 10 * np.log10(telephone.active_power(x, 8000) / np.mean((y.astype(np.float64) - x) ** 2))
         assert abs(achieved - params["noise_snr_db"]) <= 0.5, (achieved, params)
         seen.add(params["noise_file"])
     assert seen == {"short.flac", "white.wav"}  # relative to noise_dir, both drawn
@@ -157,16 +158,16 @@ def test_background_noise_snr_within_half_db(tmp_path):
 
 def test_scale_to_snr_exact():
     noise = np.random.default_rng(3).standard_normal(1000)
-    scaled = sim.scale_to_snr(noise, 0.01, 17.0)
+    scaled = telephone.scale_to_snr(noise, 0.01, 17.0)
     assert 10 * np.log10(0.01 / np.mean(scaled**2)) == pytest.approx(17.0, abs=1e-9)
-    assert not sim.scale_to_snr(np.zeros(10), 1.0, 10.0).any()
+    assert not telephone.scale_to_snr(np.zeros(10), 1.0, 10.0).any()
 
 
 @pytest.mark.parametrize("mains", [50.0, 60.0])
 def test_hum_at_mains_and_harmonic(mains):
     x = tone(1000.0, 8000, 4.0, amp=0.1)
     settings = BARE.replace(hum_hz=(mains,), hum_snr_db=(10.0, 10.0))
-    y, _, params = sim.simulate_utterance(x, 8000, settings, seed=2)
+    y, _, params = telephone.simulate_utterance(x, 8000, settings, seed=2)
     assert params["hum_hz"] == mains and params["hum_snr_db"] == 10.0
     spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
     freqs = np.fft.rfftfreq(len(y), 1 / 8000)
@@ -184,7 +185,7 @@ def test_hum_at_mains_and_harmonic(mains):
 def test_packet_loss_rate_and_bursts():
     x = tone(1000.0, 8000, 120.0, amp=0.2)  # 6000 frames of 20 ms
     settings = BARE.replace(loss_rate=(0.1, 0.1), loss_burst=2.0)
-    y, _, params = sim.simulate_utterance(x, 8000, settings, seed=11)
+    y, _, params = telephone.simulate_utterance(x, 8000, settings, seed=11)
     frames = y[: len(y) // 160 * 160].reshape(-1, 160)
     lost = ~frames.any(axis=1)
     assert abs(lost.mean() - 0.1) < 0.03, lost.mean()
@@ -195,20 +196,20 @@ def test_packet_loss_rate_and_bursts():
 
 def test_packet_loss_mask_statistics():
     rng = np.random.default_rng(0)
-    rates = [sim.loss_mask(5000, 0.05, 1.0, rng).mean() for _ in range(10)]
+    rates = [telephone.loss_mask(5000, 0.05, 1.0, rng).mean() for _ in range(10)]
     assert abs(np.mean(rates) - 0.05) < 0.005
-    assert not sim.loss_mask(100, 0.0, 2.0, rng).any()
+    assert not telephone.loss_mask(100, 0.0, 2.0, rng).any()
 
 
 def test_packet_loss_probability_and_fill():
     x = speechlike(8000, 2.0)
-    off = sim.PRESETS["lossy_voip"].replace(loss_prob=0.0)
-    assert sim.simulate_utterance(x, 8000, off, seed=1)[2]["loss_rate"] is None
+    off = telephone.PRESETS["lossy_voip"].replace(loss_prob=0.0)
+    assert telephone.simulate_utterance(x, 8000, off, seed=1)[2]["loss_rate"] is None
     repeat = BARE.replace(loss_rate=(0.3, 0.3), loss_fill="repeat")
-    y, _, params = sim.simulate_utterance(x, 8000, repeat, seed=1)
+    y, _, params = telephone.simulate_utterance(x, 8000, repeat, seed=1)
     assert params["loss_rate"] > 0.1
-    alaw = sim.SimulationSettings(codec="alaw", loss_rate=(0.3, 0.3))
-    y, _, _ = sim.simulate_utterance(x, 8000, alaw, seed=1)
+    alaw = telephone.SimulationSettings(codec="alaw", loss_rate=(0.3, 0.3))
+    y, _, _ = telephone.simulate_utterance(x, 8000, alaw, seed=1)
     pcm = channel.float_to_pcm16(y)
     np.testing.assert_array_equal(channel.g711_quantize(pcm, "a"), pcm)  # lost frames too are A-law levels
 
@@ -217,41 +218,41 @@ def test_packet_loss_probability_and_fill():
 
 
 def test_seeds_are_per_key_and_steps_independent():
-    assert sim.utterance_seed(0, "a") != sim.utterance_seed(0, "b") != sim.utterance_seed(1, "a")
-    assert sim.utterance_seed(0, "a") == sim.utterance_seed(0, "a")
+    assert telephone.utterance_seed(0, "a") != telephone.utterance_seed(0, "b") != telephone.utterance_seed(1, "a")
+    assert telephone.utterance_seed(0, "a") == telephone.utterance_seed(0, "a")
     x = speechlike(16000, 1.0)
-    noisy = sim.PRESETS["noisy_call"]
-    one = sim.simulate_utterance(x, 16000, noisy, seed=7)
-    again = sim.simulate_utterance(x, 16000, noisy, seed=7)
+    noisy = telephone.PRESETS["noisy_call"]
+    one = telephone.simulate_utterance(x, 16000, noisy, seed=7)
+    again = telephone.simulate_utterance(x, 16000, noisy, seed=7)
     np.testing.assert_array_equal(one[0], again[0])
     assert one[2] == again[2]
     # Switching packet loss on leaves the other steps' draws unchanged.
-    lossy = sim.simulate_utterance(x, 16000, noisy.replace(loss_rate=(0.05, 0.05)), seed=7)
+    lossy = telephone.simulate_utterance(x, 16000, noisy.replace(loss_rate=(0.05, 0.05)), seed=7)
     assert {k: v for k, v in lossy[2].items() if k != "loss_rate"} == {k: v for k, v in one[2].items() if k != "loss_rate"}
 
 
 def test_input_shapes_and_types():
     x = speechlike(8000, 1.0)
-    mono, _, _ = sim.simulate_utterance(x, 8000, BARE, seed=0)
-    stereo, _, _ = sim.simulate_utterance(np.stack([x, x], axis=1), 8000, BARE, seed=0)
+    mono, _, _ = telephone.simulate_utterance(x, 8000, BARE, seed=0)
+    stereo, _, _ = telephone.simulate_utterance(np.stack([x, x], axis=1), 8000, BARE, seed=0)
     np.testing.assert_array_equal(mono, stereo)
-    as_int, _, _ = sim.simulate_utterance(channel.float_to_pcm16(x), 8000, BARE, seed=0)
+    as_int, _, _ = telephone.simulate_utterance(channel.float_to_pcm16(x), 8000, BARE, seed=0)
     assert np.max(np.abs(as_int - mono)) < 2e-4
-    with pytest.raises(sim.Rejected, match="silent_audio"):
-        sim.simulate_utterance(np.zeros(8000), 8000, BARE)
+    with pytest.raises(telephone.Rejected, match="silent_audio"):
+        telephone.simulate_utterance(np.zeros(8000), 8000, BARE)
 
 
 # ---------------------------------------------------------------------------------- settings
 
 
 def test_settings_resolution(tmp_path):
-    s = sim.resolve_settings("noisy_call", codec="alaw", out_rate=16000,
+    s = telephone.resolve_settings("noisy_call", codec="alaw", out_rate=16000,
                              overrides=["line_snr_db=10:20", "hum_hz=60", "hum_prob=1", "loss_rate=none"])
     assert (s.codec, s.out_rate, s.line_snr_db, s.hum_hz, s.hum_prob, s.loss_rate) == \
         ("alaw", 16000, (10.0, 20.0), (60.0,), 1.0, None)
     preset = tmp_path / "mine.yaml"
     preset.write_text("preset: lossy_voip\nloss_rate: [0.1, 0.2]\ncodec: alaw\n")
-    s = sim.resolve_settings(preset)
+    s = telephone.resolve_settings(preset)
     assert (s.loss_rate, s.codec, s.loss_burst) == ((0.1, 0.2), "alaw", 2.0)
     for bad, match in [({"overrides": ["nope=1"]}, "unknown setting nope"),
                        ({"overrides": ["band=300:4100"]}, "band must satisfy"),
@@ -260,10 +261,10 @@ def test_settings_resolution(tmp_path):
                        ({"overrides": ["line_snr_db=30:10"]}, "low 30 > high 10"),
                        ({"overrides": ["loss_rate"]}, "expected KEY=VALUE")]:
         with pytest.raises(UserError, match=match):
-            sim.resolve_settings("clean_g711", **bad)
+            telephone.resolve_settings("clean_g711", **bad)
     with pytest.raises(UserError, match="unknown preset"):
-        sim.resolve_settings("nope")
-    for name, preset_settings in sim.PRESETS.items():
+        telephone.resolve_settings("nope")
+    for name, preset_settings in telephone.PRESETS.items():
         assert preset_settings.validate() is preset_settings, name
 
 
@@ -306,11 +307,11 @@ def outputs(out: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def noisy_with_everything(tmp_path) -> sim.SimulationSettings:
+def noisy_with_everything(tmp_path) -> telephone.SimulationSettings:
     noise_dir = tmp_path / "noise"
     noise_dir.mkdir()
     sf.write(noise_dir / "n.wav", 0.1 * np.random.default_rng(0).standard_normal(16000), 16000)
-    return sim.PRESETS["noisy_call"].replace(noise_dir=str(noise_dir), noise_prob=1.0, hum_prob=1.0,
+    return telephone.PRESETS["noisy_call"].replace(noise_dir=str(noise_dir), noise_prob=1.0, hum_prob=1.0,
                                              loss_rate=(0.02, 0.05))
 
 
@@ -341,7 +342,7 @@ def test_corpus_deterministic_across_workers_and_order(tmp_path, noisy_with_ever
 
 def test_kaldi_output(tmp_path):
     kaldi = make_corpus(tmp_path)
-    report = sim.simulate_corpus(kaldi, tmp_path / "out", sim.PRESETS["clean_g711"], progress=False)
+    report = sim.simulate_corpus(kaldi, tmp_path / "out", telephone.PRESETS["clean_g711"], progress=False)
     out = tmp_path / "out"
     scp = dict(line.split(" ", 1) for line in (out / "wav.scp").read_text().splitlines())
     keys = [line.split()[0] for line in (kaldi / "wav.scp").read_text().splitlines()]
@@ -371,24 +372,24 @@ def test_csv_tsv_and_folder_outputs_in_the_input_format(tmp_path):
     keys = [line.split()[0] for line in (kaldi / "wav.scp").read_text().splitlines()]
     texts = dict(line.split(" ", 1) for line in (kaldi / "text").read_text().splitlines())
     for fmt, delimiter in (("csv", ","), ("tsv", "\t")):
-        report = sim.simulate_corpus(kaldi, tmp_path / fmt, sim.PRESETS["clean_g711"], output_format=fmt, progress=False)
+        report = sim.simulate_corpus(kaldi, tmp_path / fmt, telephone.PRESETS["clean_g711"], output_format=fmt, progress=False)
         assert report.manifest.suffix == f".{fmt}" and report.written == 3
         rows = list(csv.DictReader(report.manifest.open(encoding="utf-8"), delimiter=delimiter))
         assert [r["key"] for r in rows] == keys
         assert all(r["text"] == texts[r["key"]] and sf.info(r["audio"]).samplerate == 8000 for r in rows)
         assert all(r["codec"] == "mulaw" and r["out_rate"] == "8000" for r in rows)
         # a CSV input keeps its format by default, and reads back as the same corpus
-        again = sim.simulate_corpus(report.manifest, tmp_path / f"{fmt}-again", sim.PRESETS["clean_g711"], progress=False)
+        again = sim.simulate_corpus(report.manifest, tmp_path / f"{fmt}-again", telephone.PRESETS["clean_g711"], progress=False)
         assert again.output_format == fmt and again.written == 3
 
-    folder = sim.simulate_corpus(kaldi, tmp_path / "folder", sim.PRESETS["clean_g711"], output_format="folder",
+    folder = sim.simulate_corpus(kaldi, tmp_path / "folder", telephone.PRESETS["clean_g711"], output_format="folder",
                                  progress=False)
     wavs = sorted((tmp_path / "folder" / "wav").glob("*.wav"))
     assert len(wavs) == 3 and all(w.with_suffix(".txt").read_text().strip() in texts.values() for w in wavs)
     channel = [json.loads(line) for line in (tmp_path / "folder" / "channel.jsonl").read_text().splitlines()]
     assert [c["key"] for c in channel] == keys and all(c["channel"]["codec"] == "mulaw" for c in channel)
     # the folder reads back as a folder corpus, and stays a folder by default
-    again = sim.simulate_corpus(tmp_path / "folder" / "wav", tmp_path / "folder-again", sim.PRESETS["clean_g711"],
+    again = sim.simulate_corpus(tmp_path / "folder" / "wav", tmp_path / "folder-again", telephone.PRESETS["clean_g711"],
                                 progress=False)
     assert folder.output_format == "folder" and again.output_format == "folder" and again.written == 3
 
@@ -396,12 +397,12 @@ def test_csv_tsv_and_folder_outputs_in_the_input_format(tmp_path):
 def test_written_audio_is_what_simulate_utterance_returns(tmp_path):
     kaldi = make_corpus(tmp_path, n=2)
     for codec, rate in (("alaw", 8000), ("mulaw", 16000), ("none", 8000)):
-        settings = sim.SimulationSettings(codec=codec, out_rate=rate, line_snr_db=(20.0, 20.0))
+        settings = telephone.SimulationSettings(codec=codec, out_rate=rate, line_snr_db=(20.0, 20.0))
         out = tmp_path / f"{codec}{rate}"
         sim.simulate_corpus(kaldi, out, settings, seed=9, progress=False)
         key = "spk0-utt00"
         x, fs = sf.read(tmp_path / "audio" / "0.wav", dtype="float32")
-        expected, _, _ = sim.simulate_utterance(x, fs, settings, sim.utterance_seed(9, key))
+        expected, _, _ = telephone.simulate_utterance(x, fs, settings, telephone.utterance_seed(9, key))
         written, written_rate = sf.read(out / "wav" / f"{key}.wav", dtype="float32")
         assert written_rate == rate
         np.testing.assert_array_equal(written, expected)
@@ -413,7 +414,7 @@ def test_jsonl_and_nano_output(tmp_path):
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_text("".join(json.dumps({"key": k, "source": p, "target": f"text {i}", "lang": "en"}) + "\n"
                              for i, (k, p) in enumerate(scp)))
-    sim.simulate_corpus(jsonl, tmp_path / "j", sim.PRESETS["lossy_voip"], progress=False)
+    sim.simulate_corpus(jsonl, tmp_path / "j", telephone.PRESETS["lossy_voip"], progress=False)
     rows = [json.loads(line) for line in (tmp_path / "j" / "train.jsonl").read_text().splitlines()]
     assert [r["key"] for r in rows] == [k for k, _ in scp]
     assert all(r["lang"] == "en" and r["source"].startswith(str(tmp_path / "j" / "wav")) for r in rows)
@@ -430,7 +431,7 @@ def test_jsonl_and_nano_output(tmp_path):
         for i, (k, p) in enumerate(scp)))
     for rate in (8000, 16000):
         out = tmp_path / f"n{rate}"
-        report = sim.simulate_corpus(nano, out, sim.PRESETS["clean_g711"].replace(out_rate=rate), progress=False)
+        report = sim.simulate_corpus(nano, out, telephone.PRESETS["clean_g711"].replace(out_rate=rate), progress=False)
         assert report.output_format == "nano" and report.written == 3
         for row in map(json.loads, (out / "nano.jsonl").read_text().splitlines()):
             (path,) = data.audio_paths([row["messages"][1]["content"]])
@@ -503,8 +504,8 @@ def test_sox_missing_message(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     kaldi = make_corpus(tmp_path, n=2)
-    code = ("import sys\nfrom pathlib import Path\nfrom nano8k import simulate as sim\nfrom nano8k.errors import UserError\n"
-            "try:\n    sim.simulate_corpus(Path(sys.argv[1]), Path(sys.argv[2]), sim.PRESETS['gsm'], progress=False)\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom nano8k import telephone_line as telephone\nfrom nano8k import simulate as sim\nfrom nano8k.errors import UserError\n"
+            "try:\n    sim.simulate_corpus(Path(sys.argv[1]), Path(sys.argv[2]), telephone.PRESETS['gsm'], progress=False)\n"
             "except UserError as err:\n    print(err)\n    sys.exit(2)\n")
     env = {**os.environ, "PATH": str(bindir)}
     proc = subprocess.run([sys.executable, "-c", code, str(kaldi), str(tmp_path / "out")], env=env,
@@ -514,7 +515,7 @@ def test_sox_missing_message(tmp_path):
                                    "install sox) or use codec mulaw, alaw or none")
     assert not (tmp_path / "out").exists()  # nothing written
     if shutil.which("sox"):  # the same machine with sox on PATH: it runs
-        report = sim.simulate_corpus(kaldi, tmp_path / "gsm", sim.PRESETS["gsm"], progress=False)
+        report = sim.simulate_corpus(kaldi, tmp_path / "gsm", telephone.PRESETS["gsm"], progress=False)
         assert report.written == 2 and sf.info(tmp_path / "gsm" / "wav" / "spk0-utt00.wav").subtype == "PCM_16"
 
 
@@ -535,15 +536,15 @@ def test_segments_pipes_and_progress(tmp_path):
     assert lengths == {"s1": 4000, "s2": 4000, "s3": 2000}
     # The same segment simulated from a cut file is the same audio (the seed follows the key).
     x, fs = sf.read(rec, dtype="float32")
-    expected, _, _ = sim.simulate_utterance(x[1600:9600], fs, sim.PRESETS["clean_g711"], sim.utterance_seed(0, "s1"))
+    expected, _, _ = telephone.simulate_utterance(x[1600:9600], fs, telephone.PRESETS["clean_g711"], telephone.utterance_seed(0, "s1"))
     np.testing.assert_array_equal(sf.read(tmp_path / "out" / "wav" / "s1.wav", dtype="float32")[0], expected)
 
 
 def test_yaml_numbers_are_coerced(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("out_rate: '16000'\nloss_burst: 3\nhum_hz: [60]\nline_snr_db: 20\n")
-    s = sim.resolve_settings(preset)
+    s = telephone.resolve_settings(preset)
     assert (s.out_rate, s.loss_burst, s.hum_hz, s.line_snr_db) == (16000, 3.0, (60.0,), (20.0, 20.0))
     preset.write_text("out_rate: fast\n")
     with pytest.raises(UserError, match="out_rate must be a number"):
-        sim.resolve_settings(preset)
+        telephone.resolve_settings(preset)

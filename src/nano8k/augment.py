@@ -1,6 +1,6 @@
 """On-the-fly augmentation of training audio (`nano8k train +augment=telephone`): per sample and
 epoch, speed perturbation, a room response, background noise at an SNR, then the telephone
-channel of `nano8k data simulate` (simulate.simulate_utterance: one implementation, not a copy).
+line of `nano8k data simulate` (telephone_line.simulate_utterance: one implementation, not a copy).
 
 What a sample gets is a pure function of (augment.seed, epoch, key): `plan()` draws it, so a
 resumed run sees the same augmentations, the number of data-loader workers changes nothing, and
@@ -38,7 +38,7 @@ class Plan:
 
     seed: int
     speed: float = 1.0
-    preset: str | None = None  # simulate's preset (the telephone channel); None: no channel
+    preset: str | None = None  # telephone_line.py's preset (the telephone line); None: no line
     rir: int | None = None  # index into the room responses
     noise: int | None = None  # index into the noise files
     snr_db: float | None = None
@@ -63,10 +63,10 @@ class Augmenter:
         return 1.0 / min(1.0, _speeds(speed)[0]) if speed else 1.0
 
     def plan(self, key: str, epoch: int) -> Plan:
-        from nano8k import simulate
+        from nano8k import telephone_line as telephone
 
         s = self.settings
-        rng = np.random.default_rng(simulate.utterance_seed(self.seed, f"{epoch}\0{key}"))
+        rng = np.random.default_rng(telephone.utterance_seed(self.seed, f"{epoch}\0{key}"))
         plan = Plan(seed=int(rng.integers(2**63)))
         speed = s.get("speed") or {}
         if speed and rng.random() < float(speed.get("prob", 1.0)):
@@ -91,7 +91,8 @@ class Augmenter:
         """FunASR's `preprocessor_noise` hook: the sample's waveform in, the augmented one out."""
         import torch
 
-        from nano8k import channel, simulate
+        from nano8k import channel
+        from nano8k import telephone_line as telephone
 
         plan = self.plan(str(self.key), self.epoch)
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -101,15 +102,15 @@ class Augmenter:
         if plan.rir is not None:
             x = _reverberate(x, self.rir_files[plan.rir], self.fs)
         if plan.noise is not None:
-            segment = simulate.noise_segment(self.noise_files[plan.noise], len(x), self.fs, rng)
-            power = simulate.active_power(x, self.fs)
+            segment = telephone.noise_segment(self.noise_files[plan.noise], len(x), self.fs, rng)
+            power = telephone.active_power(x, self.fs)
             if power > 0:
-                x = (x + simulate.scale_to_snr(segment, power, plan.snr_db)).astype(np.float32)
+                x = (x + telephone.scale_to_snr(segment, power, plan.snr_db)).astype(np.float32)
         if plan.preset is not None:
             line = self.lines[plan.preset].replace(out_rate=self.fs, noise_dir=None)  # noise: the step above
             try:
-                x, _, _ = simulate.simulate_utterance(x, self.fs, line, seed=plan.seed, noise=())
-            except simulate.Rejected:  # silent audio: nothing to put through a line
+                x, _, _ = telephone.simulate_utterance(x, self.fs, line, seed=plan.seed, noise=())
+            except telephone.Rejected:  # silent audio: nothing to put through a line
                 pass
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
@@ -130,11 +131,11 @@ class Augmenter:
 
 
 def _line(preset: str) -> Any:
-    """A telephone channel: one of simulate's presets, or a YAML file of its settings (ranges)."""
-    from nano8k import simulate
+    """A telephone line: one of telephone_line.py's presets, or a YAML file of its settings (ranges)."""
+    from nano8k import telephone_line as telephone
 
     try:
-        return simulate.resolve_settings(preset)
+        return telephone.resolve_settings(preset)
     except UserError as err:
         raise UserError(f"augment.presets.{preset}: {err}") from None
 
@@ -171,11 +172,12 @@ def _audio_files(section: dict | None) -> tuple[str, ...]:
 
 def _candidates(location: str) -> tuple[tuple[str, ...], list[str]]:
     """(readable audio files, files left out as unreadable) of a folder or a list file."""
-    from nano8k import data, simulate
+    from nano8k import data
+    from nano8k import telephone_line as telephone
 
     where = Path(location)
     if where.is_dir():
-        readable = simulate.noise_files(where)
+        readable = telephone.noise_files(where)
         taken = set(readable)
         return readable, [str(p) for p in sorted(where.rglob("*")) if p.is_file() and not p.name.startswith(".")
                           and str(p.resolve()) not in taken]

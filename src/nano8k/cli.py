@@ -272,12 +272,12 @@ def data_simulate(
     raw_rate: Optional[int] = typer.Option(None, "--raw-rate", min=1, help="Sample rate of .raw files (headerless 16-bit PCM)."),
 ) -> None:
     """Simulate a telephone channel: 8 kHz, band-pass, G.711/GSM/AMR-NB, line noise, hum, packet loss, background noise."""
-    from nano8k import simulate
+    from nano8k import simulate, telephone_line
     from nano8k.errors import reported
 
     with reported():
-        settings = simulate.resolve_settings(preset, codec=codec, out_rate=out_rate, noise_dir=noise_dir,
-                                             overrides=overrides or [])
+        settings = telephone_line.resolve_settings(preset, codec=codec, out_rate=out_rate, noise_dir=noise_dir,
+                                                   overrides=overrides or [])
         report = simulate.simulate_corpus(source, out_dir, settings, workers=workers, seed=seed,
                                           output_format=None if fmt is SimulateFormat.same else fmt.value,
                                           allow_pipes=allow_pipes, overwrite=overwrite, audio_root=audio_root,
