@@ -41,7 +41,6 @@ import numpy as np
 from nano8k import channel, data
 from nano8k.data import Entry, Problem
 from nano8k.data.problems import RejectCounts
-from nano8k.data.manifest import with_audio
 from nano8k.data.sources import check_apart
 from nano8k.errors import UserError, one_line
 from nano8k.telephone_line import (CHANNEL_RATE, MIN_SECONDS, PRESETS, Rejected, SimulationSettings, noise_files, require_codec,
@@ -249,12 +248,12 @@ def simulate_corpus(
 
     report = SimulateReport(source=source, out_dir=out_dir, manifest=manifest, rejects_file=out_dir / "rejects.jsonl",
                             input_format=input_format, output_format=output_format, settings=settings, seed=int(seed))
-    records: list[tuple[Entry, dict]] = []
+    records: list[data.RewrittenAudio] = []
     for item, result in zip(items, results):
         if "reason" in result:
             rejects.append(_problem(item, result["reason"], result["detail"]))
             continue
-        records.append((item, result))
+        records.append(data.RewrittenAudio(item, result["path"], result["samples"], result["rate"], result["channel"]))
         report.seconds_in += result["seconds_in"]
         report.seconds_out += result["samples"] / result["rate"]
         applied = result["channel"]
@@ -263,14 +262,7 @@ def simulate_corpus(
         report.applied["hum"] += applied["hum_hz"] is not None
         report.applied["packet_loss"] += bool(applied["loss_rate"])
 
-    if output_format == "kaldi":
-        _write_kaldi(out_dir, records)
-    elif output_format in ("csv", "tsv"):
-        _write_table(manifest, records, "\t" if output_format == "tsv" else ",")
-    elif output_format == "folder":
-        _write_folder(out_dir, records)
-    else:
-        _write_jsonl(manifest, records, output_format, frontend_fs)
+    data.write_corpus(output_format, out_dir, manifest, records, frontend_fs)
     report.written = len(records)
     report.rejects = sorted(rejects, key=lambda p: (p.file, p.line))
     report.hint = data.audio_root_hint(report.rejects, len(items), location, audio_root)
@@ -382,59 +374,3 @@ def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tupl
             out.append(result)
             bar.advance(task)
         return out
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-
-def _write_kaldi(out_dir: Path, records: list[tuple[Entry, dict]]) -> None:
-    data.write_kaldi(out_dir, [data.KaldiRow(item.key, r["path"], item.text, item.speaker, r["channel"])
-                               for item, r in records])
-
-
-def _write_jsonl(manifest: Path, records: list[tuple[Entry, dict]], output_format: str, frontend_fs: int) -> None:
-    rows = []
-    for item, result in records:
-        path = result["path"]
-        if output_format == "nano":
-            row = with_audio(item.obj or {}, path)
-            row["key"] = item.key
-            row["speech_length"] = data.fbank_frames(result["samples"], result["rate"], frontend_fs)
-            row["duration"] = round(result["samples"] / result["rate"], 6)
-            row["sample_rate"] = result["rate"]
-        elif item.audio_field is not None:  # a source/target JSONL: its fields, the new path
-            row = dict(item.obj or {})
-            row[item.audio_field] = path
-        else:
-            row = {"key": item.key, "source": path, "target": item.text}
-            if item.speaker:
-                row["speaker"] = item.speaker
-        row["channel"] = result["channel"]
-        rows.append(row)
-    data.write_jsonl_atomic(manifest, rows)
-
-
-CHANNEL_COLUMNS = data.CHANNEL_FIELDS  # the drawn parameters, one column each
-
-
-def _write_table(manifest: Path, records: list[tuple[Entry, dict]], delimiter: str) -> None:
-    """CSV/TSV: key, audio, text, speaker, then the drawn channel parameters as columns (so
-    `nano8k compare` can bucket by codec or SNR once decoded)."""
-    import csv
-
-    with data.atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter=delimiter)
-        writer.writerow(["key", "audio", "text", "speaker", *CHANNEL_COLUMNS])
-        for item, result in records:
-            writer.writerow([item.key, result["path"], item.text, item.speaker or "",
-                             *("" if result["channel"].get(c) is None else result["channel"][c] for c in CHANNEL_COLUMNS)])
-
-
-def _write_folder(out_dir: Path, records: list[tuple[Entry, dict]]) -> None:
-    """A folder of audio with same-stem .txt transcripts (what `data prepare` reads as a folder), plus
-    channel.jsonl with each utterance's drawn channel parameters."""
-    for item, result in records:
-        Path(result["path"]).with_suffix(".txt").write_text(item.text + "\n", encoding="utf-8")
-    data.write_jsonl_atomic(out_dir / "channel.jsonl",
-                             [{"key": item.key, "audio": result["path"], "channel": result["channel"]}
-                              for item, result in records])

@@ -72,19 +72,21 @@ from nano8k.data.sources import (
                                CHANNEL_MODES,
                                Entry,
                                KaldiRow,
+                               RewrittenAudio,
                                audio_files,
                                audio_root_hint,
                                folder_key,
                                read_keyed,
                                read_reco2file_and_channel,
                                read_source,
+                               write_corpus,
                                write_kaldi,
 )
 from nano8k.data.text import read_lines, read_text, undecodable
 from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 
 __all__ = [
-    "AUDIO_SUFFIXES", "KaldiRow", "write_kaldi", "audio_root_hint", "CHANNEL_FIELDS", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS",
+    "AUDIO_SUFFIXES", "KaldiRow", "RewrittenAudio", "write_corpus", "write_kaldi", "audio_root_hint", "CHANNEL_FIELDS", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS",
     "DEFAULT_FRONTEND_FS", "DEFAULT_PROMPT", "DEFAULT_SYSTEM", "EFFECTS", "LANGUAGES", "PREPARE_REASONS",
     "RAW_FORMATS", "REMOVING", "RULES", "SEGMENT_TOLERANCE", "SILENCE_DBFS", "SPEECH_BEGIN", "SPEECH_END",
     "TELEPHONE_FS", "AudioProblem", "CheckReport", "Entry", "PrepareReport", "Problem", "atomic_path", "audio_files",

@@ -26,7 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from nano8k.data.audio import AUDIO_SUFFIXES, is_audio_name, is_url, not_a_file, resolve_path
-from nano8k.data.manifest import CHANNEL_FIELDS, is_manifest
+from nano8k.data.manifest import CHANNEL_FIELDS, fbank_frames, is_manifest, with_audio
 from nano8k.data.manifest import parse as parse_manifest
 from nano8k.data.problems import Problem
 from nano8k.data.text import (
@@ -41,7 +41,7 @@ from nano8k.data.text import (
     undecodable,
 )
 from nano8k.errors import UserError, one_line
-from nano8k.files import write_lines_atomic
+from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 
 # prepare(channel=...): "mix" keeps every channel (FunASR averages them), "A"/"B" pick one,
 # "split" writes one line per channel transcript (keys <key>-A, <key>-B).
@@ -853,3 +853,56 @@ def write_kaldi(directory: Path, rows: Sequence[KaldiRow]) -> None:
         for u, s in pairs:
             by_speaker.setdefault(s, []).append(u)
         write_lines_atomic(directory / "spk2utt", (f"{s} {' '.join(us)}" for s, us in sorted(by_speaker.items())))
+
+
+@dataclass
+class RewrittenAudio:
+    """An entry whose audio was rewritten (`nano8k data simulate`): the new file, its length and rate,
+    and the telephone line's drawn parameters, for the corpus writers below."""
+
+    entry: Entry
+    audio: str
+    samples: int
+    rate: int
+    channel: dict
+
+
+def write_corpus(output_format: str, out_dir: Path, manifest: Path, rows: Sequence[RewrittenAudio],
+                 frontend_fs: int) -> None:
+    """The rewritten corpus in `output_format`, a format read_source reads back: a Kaldi directory
+    (out_dir, utt2channel), a CSV/TSV (manifest: the drawn parameters as columns, so `nano8k compare`
+    can bucket by them once decoded), a folder (same-stem .txt beside each file, channel.jsonl), or a
+    JSONL (manifest: the input's source/target fields, or a Nano line with its audio replaced)."""
+    if output_format == "kaldi":
+        write_kaldi(out_dir, [KaldiRow(r.entry.key, r.audio, r.entry.text, r.entry.speaker, r.channel) for r in rows])
+    elif output_format in ("csv", "tsv"):
+        with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, delimiter="\t" if output_format == "tsv" else ",")
+            writer.writerow(["key", "audio", "text", "speaker", *CHANNEL_FIELDS])
+            for r in rows:
+                writer.writerow([r.entry.key, r.audio, r.entry.text, r.entry.speaker or "",
+                                 *("" if r.channel.get(c) is None else r.channel[c] for c in CHANNEL_FIELDS)])
+    elif output_format == "folder":
+        for r in rows:
+            write_lines_atomic(Path(r.audio).with_suffix(".txt"), [r.entry.text])
+        write_jsonl_atomic(out_dir / "channel.jsonl",
+                           [{"key": r.entry.key, "audio": r.audio, "channel": r.channel} for r in rows])
+    else:
+        write_jsonl_atomic(manifest, [_jsonl_row(r, output_format, frontend_fs) for r in rows])
+
+
+def _jsonl_row(r: RewrittenAudio, output_format: str, frontend_fs: int) -> dict:
+    entry = r.entry
+    if output_format == "nano":
+        row = with_audio(entry.obj or {}, r.audio)
+        row.update(key=entry.key, speech_length=fbank_frames(r.samples, r.rate, frontend_fs),
+                   duration=round(r.samples / r.rate, 6), sample_rate=r.rate)
+    elif entry.audio_field is not None:  # a source/target JSONL: its fields, the new path
+        row = dict(entry.obj or {})
+        row[entry.audio_field] = r.audio
+    else:
+        row = {"key": entry.key, "source": r.audio, "target": entry.text}
+        if entry.speaker:
+            row["speaker"] = entry.speaker
+    row["channel"] = r.channel
+    return row
