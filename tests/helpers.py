@@ -1,13 +1,97 @@
-"""Helpers shared by test files (conftest.py keeps the fixtures and hooks)."""
+"""Helpers shared by test files (conftest.py keeps the fixtures and hooks): where things are, the
+CLI in-process and as a subprocess, a tiny corpus, a crafted checkpoint, commands stopped at a
+state, a sharpened tiny model."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from typer.testing import CliRunner
+
+from nano8k.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SEED_SPEC = SHARED / "spec" / "config-alignment.md"
+NANO8K = Path(sys.executable).with_name("nano8k")
+
+
+class Result:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def invoke(*args: str) -> Result:
+    """Run `nano8k ARGS` in-process (Typer's CliRunner), with stdout and stderr kept apart."""
+    try:
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    finally:
+        _forget_closed_log_streams()
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def _forget_closed_log_streams() -> None:
+    """A Hydra app run in-process (e.g. `--info`) configures logging onto CliRunner's captured
+    streams, which close when the invocation ends; a later in-process run would log into them
+    (`--- Logging error ---` on stderr). A real process runs one command: only tests need this."""
+    import logging
+
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 120) -> Result:
+    """Run the installed `nano8k` console script as a real subprocess."""
+    base = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # `import funasr` sets it
+    proc = subprocess.run([str(NANO8K), *args], capture_output=True, text=True, cwd=cwd or REPO,
+                          env={**base, **(env or {})}, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def tiny_corpus(root: Path, train: int, dev: int) -> dict:
+    """A tiny model (`nano8k model tiny`) and train/dev manifests prepared from the first utterances
+    of the bundled demo corpus: {"root", "model_dir", "train", "dev"}."""
+    model_dir = root / "model"
+    result = run_cli("model", "tiny", str(model_dir))
+    assert result.code == 0, result.output
+    out = {"root": root, "model_dir": model_dir}
+    for split, n in (("train", train), ("dev", dev)):
+        kaldi = root / f"kaldi_{split}"
+        kaldi.mkdir(parents=True)
+        demo = REPO / "data" / "demo" / split
+        scp = [line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines()[:n]]
+        (kaldi / "wav.scp").write_text("".join(f"{key} {(demo / path).resolve()}\n" for key, path in scp))
+        (kaldi / "text").write_text("\n".join((demo / "text").read_text().splitlines()[:n]) + "\n")
+        result = run_cli("data", "prepare", str(kaldi), str(root / f"{split}.jsonl"), "--model-dir", str(model_dir))
+        assert result.code == 0, result.output
+        out[split] = root / f"{split}.jsonl"
+    return out
+
+
+class RunsCode:
+    """What a crafted checkpoint can hold: unpickling it calls os.system (here: touch a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def stopped_when(command: list[str], ready: Callable[[], bool], timeout: float = 300) -> subprocess.Popen:

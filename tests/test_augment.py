@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.funasr
 torch = pytest.importorskip("torch")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import invoke
+from helpers import invoke
 from nano8k import compare, data, decoding, score, simulate, telephone_line
 from nano8k.data import audio as audio_files
 from nano8k.data import preparing

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 pytestmark = pytest.mark.funasr
 pytest.importorskip("silero_vad")
@@ -194,7 +194,7 @@ def test_a_decode_of_calls_stopped_by_sigterm_resumes_where_it_stopped(calls, tm
     and ends with the files an uninterrupted decode writes (timings aside)."""
     import signal
 
-    from conftest import NANO8K
+    from helpers import NANO8K
     from helpers import resume, stopped_when
 
     call = calls["folder"] / "call1.wav"

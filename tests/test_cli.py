@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from conftest import REPO, invoke, run_cli
+from helpers import REPO, invoke, run_cli
 
 NO_HEAVY_IMPORTS = """
 import sys

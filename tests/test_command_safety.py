@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NANO8K, REPO, run_cli, tiny_corpus
-from helpers import resume, stopped_when
+from helpers import NANO8K, REPO, resume, run_cli, stopped_when, tiny_corpus
 
 pytestmark = pytest.mark.funasr  # trains and decodes the tiny model
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from nano8k import config
 from nano8k.errors import UserError
 
-from conftest import NANO8K, SHARED, invoke
+from helpers import NANO8K, SHARED, invoke
 
 STAGES = ("config_8k_telephone", "stage1_encoder_adapt", "stage1")
 

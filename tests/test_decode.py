@@ -8,14 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test-fast`
 
-from conftest import REPO, RunsCode, invoke, run_cli  # noqa: E402
-from helpers import sharpen  # noqa: E402
+from helpers import REPO, RunsCode, invoke, run_cli, sharpen  # noqa: E402
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from nano8k import deepspeed_support
 from nano8k.errors import UserError
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NANO8K, RunsCode, run_cli
+from helpers import NANO8K, RunsCode, run_cli
 
 pytestmark = pytest.mark.funasr
 torch = pytest.importorskip("torch")

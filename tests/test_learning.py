@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 pytestmark = pytest.mark.funasr
 torch = pytest.importorskip("torch")

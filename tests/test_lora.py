@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, tiny_corpus
+from helpers import run_cli, tiny_corpus
 
 pytestmark = pytest.mark.funasr
 torch = pytest.importorskip("torch")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NANO8K, run_cli, tiny_corpus
+from helpers import NANO8K, run_cli, tiny_corpus
 
 pytestmark = pytest.mark.funasr
 torch = pytest.importorskip("torch")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 pytestmark = pytest.mark.funasr  # `nano8k model tiny`, a real tokenizer: not in `make test-fast`
 

@@ -432,7 +432,7 @@ needs_compare = pytest.mark.skipif(not _registered("compare"), reason="`nano8k c
 
 @needs_score
 def test_cli_score(tmp_path):
-    from conftest import invoke
+    from helpers import invoke
 
     ref, hyp, kw, out = tmp_path / "text", tmp_path / "hyp", tmp_path / "kw.txt", tmp_path / "report.json"
     ref.write_text("u1 你好\nu2 今天天气很好啊呀\n", encoding="utf-8")
@@ -449,7 +449,7 @@ def test_cli_score(tmp_path):
 
 @needs_compare
 def test_cli_compare(tmp_path):
-    from conftest import invoke
+    from helpers import invoke
 
     a, b = ab_records()
     pa, pb, out = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "cmp.json"

@@ -14,8 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test-fast`
 
-from conftest import REPO, invoke  # noqa: E402
-from helpers import sharpen  # noqa: E402
+from helpers import REPO, invoke, sharpen  # noqa: E402
 
 torch = pytest.importorskip("torch")
 

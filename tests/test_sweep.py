@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from conftest import NANO8K, run_cli
+from helpers import NANO8K, run_cli
 
 pytestmark = pytest.mark.funasr  # trains the tiny model
 

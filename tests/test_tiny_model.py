@@ -204,7 +204,7 @@ def test_forward_backward_on_funasr_dataset_batch(model_dirs, tmp_path, fs):
 
 
 def test_sizes_shape_the_model_and_preset_tiny_follows_them(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
 
     directory = tmp_path / "sized"
     result = run_cli("model", "tiny", str(directory), "--encoder-dim", "96", "--encoder-blocks", "3",
@@ -232,7 +232,7 @@ def test_sizes_shape_the_model_and_preset_tiny_follows_them(tmp_path):
     (["--adaptor-downsample", "0"], "--adaptor-downsample: must be a positive integer, got 0"),
 ])
 def test_bad_sizes_are_one_line_errors(tmp_path, args, message):
-    from conftest import run_cli
+    from helpers import run_cli
 
     result = run_cli("model", "tiny", str(tmp_path / "bad"), *args)
     assert result.code == 2 and "Traceback" not in result.output

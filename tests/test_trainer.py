@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
 import yaml
 
-from conftest import run_cli, tiny_corpus
+from helpers import run_cli, tiny_corpus
 
 torch = pytest.importorskip("torch")
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli, tiny_corpus
+from helpers import REPO, run_cli, tiny_corpus
 from nano8k import score
 from nano8k.decoding import confidence, ctc_aligner, speech_gate
 from nano8k.errors import UserError
