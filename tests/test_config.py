@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -248,3 +249,19 @@ def test_stages_2_and_3_compose_validate_and_hold_the_seed_values(stage, trains)
                     "llm_conf.lora_conf.target_modules": ["q_proj", "v_proj", "k_proj", "o_proj"],
                     "llm_conf.lora_conf.freeze_lora": False, "train_conf.use_lora": True}
     assert {k: values[k] for k in expected} == expected
+
+
+def test_funasr_defaults_are_where_the_table_says():
+    """Each of config.FUNASR_DEFAULTS is FunASR's own: the value appears on the line of FunASR's
+    source the table names (a FunASR upgrade that moves or changes one fails here)."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("funasr").origin).parent
+    for key, (value, where) in config.FUNASR_DEFAULTS.items():
+        path, line = where.rsplit(":", 1)
+        text = (root / path).read_text(encoding="utf-8").splitlines()[int(line) - 1]
+        leaf = key.rsplit(".", 1)[-1]
+        assert leaf in text and (f'"{value}"' in text if isinstance(value, str) else str(value) in text), (key, text)
+    assert config.setting({"train_conf": {"max_epoch": 3}}, "train_conf.max_epoch") == 3
+    assert config.setting({"train_conf": {"max_epoch": None}}, "train_conf.max_epoch") == 100
+    assert config.setting({}, "optim") == "adam"

@@ -791,6 +791,38 @@ def validate(cfg: Any, app: str = "train") -> dict:
     return container
 
 
+# FunASR 1.4.16's own defaults for the keys nano8k reads, each with where FunASR reads it (paths
+# under funasr/): a key left out of a config gets this value in FunASR, so nano8k reads it the same
+# way, through `setting`, and nowhere types it again. nano8k's own keys get their defaults from
+# conf/*.yaml only; data/checking.py keeps the dataset keys its rules model.
+FUNASR_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "train_conf.max_epoch": (100, "train_utils/trainer_ds.py:104"),
+    "train_conf.log_interval": (50, "train_utils/trainer_ds.py:107"),
+    "train_conf.save_checkpoint_interval": (5000, "train_utils/trainer_ds.py:116"),
+    "train_conf.validate_interval": (5000, "train_utils/trainer_ds.py:117"),
+    "train_conf.keep_nbest_models": (500, "train_utils/trainer_ds.py:118"),
+    "train_conf.avg_keep_nbest_models_type": ("acc", "train_utils/trainer_ds.py:119"),
+    "train_conf.avg_nbest_model": (10, "train_utils/trainer_ds.py:120"),
+    "train_conf.accum_grad": (1, "train_utils/trainer_ds.py:121"),
+    "train_conf.grad_clip": (10.0, "train_utils/trainer_ds.py:122"),
+    "train_conf.grad_clip_type": (2.0, "train_utils/trainer_ds.py:123"),
+    "optim": ("adam", "train_utils/trainer_ds.py:1058"),
+    "scheduler": ("warmuplr", "train_utils/trainer_ds.py:1065"),
+    "scheduler_conf.warmup_steps": (25000, "schedulers/warmup_lr.py:30"),
+    "specaug_conf.num_time_mask": (2, "models/specaug/specaug.py:143"),
+    "frontend_conf.lfr_n": (1, "frontends/wav_frontend.py:105"),
+    "dataset_conf.data_split_num": (1, "datasets/dataloader_entry.py:70"),
+    "ctc_weight": (0.3, "models/fun_asr_nano/model.py:199"),
+}
+
+
+def setting(settings: Any, dotted: str) -> Any:
+    """A FunASR key's value as FunASR sees it: the config's, else (absent or null) FunASR's default
+    (FUNASR_DEFAULTS; a key not in that table is a programming error)."""
+    value = lookup(settings, dotted)
+    return FUNASR_DEFAULTS[dotted][0] if value is None else value
+
+
 def lookup(node: Any, dotted: str, default: Any = None) -> Any:
     """The value at a dotted key of nested mappings (`dataset_conf.batch_size`), or `default`."""
     for part in dotted.split("."):

@@ -28,6 +28,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from nano8k import config
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool, announce:
     bf16 = bool(train_conf.get("use_bf16")) and on_cuda and bf16_supported
     derived = {  # DeepSpeed key -> (nano8k's value, the config key it comes from)
         ("train_micro_batch_size_per_gpu",): (1, None),  # batches are FunASR's token batches; DeepSpeed only counts them
-        ("gradient_accumulation_steps",): (int(train_conf.get("accum_grad", 1)), "train_conf.accum_grad"),
-        ("gradient_clipping",): (float(train_conf.get("grad_clip", 10.0)), "train_conf.grad_clip"),
+        ("gradient_accumulation_steps",): (int(config.setting(settings, "train_conf.accum_grad")), "train_conf.accum_grad"),
+        ("gradient_clipping",): (float(config.setting(settings, "train_conf.grad_clip")), "train_conf.grad_clip"),
         ("bf16", "enabled"): (bf16, "train_conf.use_bf16"),
         ("fp16", "enabled"): (bool(train_conf.get("use_fp16")) and on_cuda and not bf16, "train_conf.use_fp16"),
     }
@@ -97,7 +98,7 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool, announce:
                 derived[("optimizer", "params", name)] = (optim_conf[name], f"optim_conf.{name}")
         if announce:
             log.warning("deepspeed_config %s has an optimizer section: DeepSpeed builds the optimizer; optim=%s is not "
-                        "used", where, settings.get("optim", "adam"))
+                        "used", where, config.setting(settings, "optim"))
     if ds.get("train_batch_size") == "auto":
         del ds["train_batch_size"]  # DeepSpeed derives it: micro batch x accumulation x ranks
     for path, (value, origin) in derived.items():
@@ -111,7 +112,7 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool, announce:
             node[path[-1]] = value
         elif announce and origin and _set_in(settings, origin) and current != value:
             log.warning("deepspeed_config %s sets %s=%s; %s=%s is not used", where, ".".join(path), current, origin, value)
-    if float(train_conf.get("grad_clip_type", 2.0)) != 2.0:
+    if float(config.setting(settings, "train_conf.grad_clip_type")) != 2.0:
         raise UserError(f"train_conf.grad_clip_type={train_conf['grad_clip_type']}: DeepSpeed clips by the L2 norm "
                         "only; remove it or set 2")
     leftover = [key for key, value in _leaves(ds) if value == "auto"]

@@ -41,7 +41,7 @@ def check(settings: dict) -> None:
         from nano8k import augment
 
         augment.check(settings["augment"])
-    criterion = config.lookup(settings, "train_conf.avg_keep_nbest_models_type") or "acc"
+    criterion = config.setting(settings, "train_conf.avg_keep_nbest_models_type")
     if criterion not in BEST_CRITERIA:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion!r} is not a criterion; use "
                         f"{', '.join(BEST_CRITERIA)}")
@@ -50,7 +50,7 @@ def check(settings: dict) -> None:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion} needs validation decoding, which "
                         "valid_decode.max_utterances=0 turns off; set it above 0 or choose acc or loss")
     warmup = config.lookup(settings, "scheduler_conf.warmup_steps")
-    if (settings.get("scheduler") or "warmuplr") == "warmuplr" and warmup is not None and warmup < 1:
+    if config.setting(settings, "scheduler") == "warmuplr" and warmup is not None and warmup < 1:
         raise UserError(f"scheduler_conf.warmup_steps: {warmup} is out of range: at least 1 under scheduler=warmuplr "
                         "(FunASR's WarmupLR divides by it)")
 
@@ -132,9 +132,9 @@ def warnings(settings: dict) -> list[str]:
 def _schedule_warnings(settings: dict, lengths: list[int]) -> list[str]:
     """warmuplr: lr = peak x step / warmup_steps until warmup_steps, so a run shorter than its
     warmup never reaches optim_conf.lr."""
-    if (settings.get("scheduler") or "warmuplr") != "warmuplr":
+    if config.setting(settings, "scheduler") != "warmuplr":
         return []
-    warmup = int(config.lookup(settings, "scheduler_conf.warmup_steps") or 25000)
+    warmup = int(config.setting(settings, "scheduler_conf.warmup_steps"))
     batch_type = config.lookup(settings, "dataset_conf.batch_type") or "example"
     batch = int(config.lookup(settings, "dataset_conf.batch_size") or 1)
     cap = int(config.lookup(settings, "dataset_conf.batch_size_sample_max") or 10**9)
@@ -145,8 +145,8 @@ def _schedule_warnings(settings: dict, lengths: list[int]) -> list[str]:
     else:
         per_batch = max(1, batch)
     steps_per_epoch = math.ceil(len(lengths) / per_batch)
-    accum = max(1, int(config.lookup(settings, "train_conf.accum_grad") or 1))
-    epochs = max(1, int(config.lookup(settings, "train_conf.max_epoch") or 100))
+    accum = max(1, int(config.setting(settings, "train_conf.accum_grad")))
+    epochs = max(1, int(config.setting(settings, "train_conf.max_epoch")))
     total = max(1, steps_per_epoch * epochs // accum)
     if warmup <= total:
         return []
@@ -165,8 +165,8 @@ def _specaug_warnings(settings: dict, lengths: list[int]) -> list[str]:
     if conf.get("apply_time_mask") is False or not conf.get("time_mask_width_range"):
         return []
     lo, hi = (list(conf["time_mask_width_range"]) + [0, 0])[:2]
-    masks = int(conf.get("num_time_mask") or 2)
-    lfr_n = int(config.lookup(settings, "frontend_conf.lfr_n") or 6)
+    masks = int(config.setting(settings, "specaug_conf.num_time_mask"))
+    lfr_n = int(config.setting(settings, "frontend_conf.lfr_n"))
     typical = statistics.median(lengths) / lfr_n  # LFR frames (speech_length counts 10 ms frames; text is small)
     share = min(1.0, masks * (lo + max(lo, hi - 1)) / 2 / max(typical, 1))
     if share <= MASKED_TOO_MUCH:

@@ -56,7 +56,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
             rundir.remove_temporaries(run_dir)
         resume_from, changes = _resume_point(settings, run_dir)
         if resume_from is not None:
-            done = rundir.finished(resume_from, int((settings.get("train_conf") or {}).get("max_epoch", 100)))
+            done = rundir.finished(resume_from, int(config.setting(settings, "train_conf.max_epoch")))
             missing = rundir.unfinished_parts(run_dir) if done else []
             if done and not missing:
                 raise launch.NothingToDo(f"{run_dir}: finished: {done}; nothing to do (raise train_conf.max_epoch "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from nano8k import data, deepspeed_support, devices, funasr_gaps, interrupts, model as nano_model, rundir
+from nano8k import config, data, deepspeed_support, devices, funasr_gaps, interrupts, model as nano_model, rundir
 from nano8k.errors import UserError
 from nano8k.files import atomic_path, json_safe
 
@@ -176,10 +176,10 @@ class Trainer:
         from funasr.optimizers import optim_classes
         from funasr.schedulers import scheduler_classes
 
-        optim_name = self.settings.get("optim", "adam")
+        optim_name = config.setting(self.settings, "optim")
         if optim_name not in optim_classes:
             raise UserError(f"optim: unknown optimizer {optim_name!r}; FunASR has {', '.join(sorted(optim_classes))}")
-        scheduler_name = self.settings.get("scheduler", "warmuplr")
+        scheduler_name = config.setting(self.settings, "scheduler")
         if scheduler_name not in scheduler_classes:
             raise UserError(f"scheduler: unknown scheduler {scheduler_name!r}; FunASR has {', '.join(sorted(scheduler_classes))}")
 
@@ -189,7 +189,7 @@ class Trainer:
         def make_scheduler(optimizer: Any) -> Any:
             return scheduler_classes[scheduler_name](optimizer, **(self.settings.get("scheduler_conf") or {}))
 
-        self.criterion = str(self.train_conf.get("avg_keep_nbest_models_type") or "acc")
+        self.criterion = str(config.setting(self.settings, "train_conf.avg_keep_nbest_models_type"))
         self.ddp = self.engine = None
         if self.ds_config is not None:
             self.engine, self.optimizer, self.scheduler = deepspeed_support.initialize(
@@ -291,13 +291,13 @@ class Trainer:
         resumed = self.resume_from is not None
         metrics = self.metrics = Metrics(self.run_dir, self.settings, purge_step=state["step"] + 1 if resumed else 0) \
             if self.is_main else None
-        max_epoch = int(self.train_conf.get("max_epoch", 100))
-        accum = int(self.train_conf.get("accum_grad", 1))
-        log_interval = int(self.train_conf.get("log_interval", 50))
-        save_interval = int(self.train_conf.get("save_checkpoint_interval", 5000))
+        max_epoch = int(config.setting(self.settings, "train_conf.max_epoch"))
+        accum = int(config.setting(self.settings, "train_conf.accum_grad"))
+        log_interval = int(config.setting(self.settings, "train_conf.log_interval"))
+        save_interval = int(config.setting(self.settings, "train_conf.save_checkpoint_interval"))
         validate_interval = int(self.train_conf.get("validate_interval", save_interval))
-        grad_clip = float(self.train_conf.get("grad_clip", 10.0))
-        grad_clip_type = float(self.train_conf.get("grad_clip_type", 2.0))
+        grad_clip = float(config.setting(self.settings, "train_conf.grad_clip"))
+        grad_clip_type = float(config.setting(self.settings, "train_conf.grad_clip_type"))
         patience = int(self.train_conf.get("early_stopping_patience") or 0)
         nonfinite_budget = int(self.settings.get("max_nonfinite_steps", 20))
         module = self.engine or self.ddp or self.net
@@ -740,7 +740,7 @@ class Trainer:
         return sorted(names, key=lambda n: _rank_key(self.criterion, _metrics_of(state, n)), reverse=True)
 
     def _prune(self, state: dict) -> None:
-        keep = int(self.train_conf.get("keep_nbest_models", 500))
+        keep = int(config.setting(self.settings, "train_conf.keep_nbest_models"))
         for name in self._ranked(state)[keep:]:
             (self.run_dir / name).unlink(missing_ok=True)
             state["saved_ckpts"].pop(name, None)
@@ -749,7 +749,7 @@ class Trainer:
         """model.pt.avg{N}: the mean of the N best checkpoints (by the run's criterion)."""
         import torch
 
-        n = int(self.train_conf.get("avg_nbest_model", 10))
+        n = int(config.setting(self.settings, "train_conf.avg_nbest_model"))
         chosen = self._ranked(state)[:n]
         if not chosen:
             return None

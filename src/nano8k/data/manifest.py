@@ -130,19 +130,28 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     return counts
 
 
+def funasr_language(language: str | None) -> str | None:
+    """FunASR's name of a language (中文, 英文, ...) from an ISO code of LANGUAGES (zh, en, ...) or
+    from FunASR's own name; None for none or auto. An ASCII name that is no known code is refused in
+    one line (FunASR would put it in the prompt as it is)."""
+    if language is None or str(language).strip().lower() in ("", "auto", "none"):
+        return None
+    name = str(language).strip()
+    if name.lower() in LANGUAGES:
+        return LANGUAGES[name.lower()]
+    if name.isascii():
+        raise UserError(f"language={name}: not a known code ({', '.join(sorted(LANGUAGES))}); give FunASR's own "
+                        "name of the language (e.g. 英文) or a literal prompt")
+    return name
+
+
 def decoding_prompt(language: str | None = None, itn: bool = True) -> str:
     """The user prompt FunASR's decoding builds without hotwords (FunASRNano.get_prompt,
     model.py:725-745): 语音转写： / 语音转写成{language}： / ...，不进行文本规整：. `language` is a
     FunASR language name (中文, 英文, ...) or an ISO code of LANGUAGES (zh, en, ...)."""
     prompt = "语音转写"
-    if language is not None and str(language).strip():
-        name = str(language).strip()
-        if name.lower() in LANGUAGES:
-            name = LANGUAGES[name.lower()]
-        elif name.isascii():
-            known = ", ".join(sorted(LANGUAGES))
-            raise UserError(f"language {name!r}: not a known code ({known}); give FunASR's own name of the "
-                            "language (e.g. 英文) or a literal prompt")
+    name = funasr_language(language)
+    if name is not None:
         prompt += f"成{name}"
     if not itn:
         prompt += "，不进行文本规整"

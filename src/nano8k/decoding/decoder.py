@@ -183,18 +183,7 @@ def prompt_options(settings: dict) -> dict:
     if long is not None:
         raise UserError(f"hotwords: an entry of {len(long)} characters ({long[:40]!r}...); the limit is "
                         f"{MAX_HOTWORD_CHARS} (a hotword is a word or a phrase)")
-    language = settings.get("language")
-    if language is not None and str(language).strip().lower() in ("", "auto", "none"):
-        language = None
-    if language is not None:
-        name = str(language).strip()
-        if name.lower() in data.LANGUAGES:
-            language = data.LANGUAGES[name.lower()]
-        elif name.isascii():
-            raise UserError(f"language={name}: not a known code ({', '.join(sorted(data.LANGUAGES))}); give FunASR's "
-                            "own name of the language (e.g. 英文) or a literal prompt")
-        else:
-            language = name
+    language = data.funasr_language(settings.get("language"))
     itn = settings.get("itn") is not False
     prompt = settings.get("prompt")
     if prompt is not None and (hotwords or language is not None or not itn):

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from nano8k import config
 from nano8k.errors import UserError
 
 
@@ -17,7 +18,7 @@ def data_splits(train_list: str, dataset_conf: dict) -> int:
     """How many slices one epoch goes through: data_split_num for a list file, 1 for a manifest."""
     if str(train_list).endswith((".jsonl", ".json")):
         return 1
-    return max(1, int(dataset_conf.get("data_split_num", 1) or 1))
+    return max(1, int(config.setting({"dataset_conf": dataset_conf}, "dataset_conf.data_split_num")))
 
 
 # 22: relative audio paths

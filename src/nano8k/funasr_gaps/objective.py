@@ -8,6 +8,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
+from nano8k import config
 from nano8k.errors import UserError
 from nano8k.funasr_gaps.weights import lora_layers
 
@@ -50,7 +51,7 @@ def attach_objective(model: Any, cfg: dict) -> None:
 
     model.llm.forward = llm_forward
 
-    ctc_weight = float(cfg.get("ctc_weight", 0.3) if cfg.get("ctc_weight") is not None else 0.3)
+    ctc_weight = float(config.setting(cfg, "ctc_weight"))
     detach = bool(cfg.get("detach_ctc_decoder", True))
     ctc_conf = cfg.get("ctc_conf") or {}
     if ctc_conf.get("reduce") is False:
