@@ -140,14 +140,15 @@ def test_sigterm_then_kill_9_mid_epoch_resume_bit_exact(corpus, reference, tmp_p
     latest = checkpoint(run / "model.pt")
     assert latest["epoch"] == 1 and latest["step_in_epoch"] > 0, "the kill came after another checkpoint"
     assert (run / ".nano8k.lock").exists() and records(run)[-1][2] > latest["step"]
-    (run / ".model.pt.ep2.4.tmp-999999").write_bytes(b"torn")  # a write a kill cut short
+    (run / ".model.pt.ep2.4.k3j_x9q2.tmp").write_bytes(b"torn")  # writes a kill cut short: files.atomic_path's
+    (run / ".model.pt.ep2.3.tmp-999999").write_bytes(b"torn")  # name, and older versions'
 
     resumed = train(corpus, run)
     assert resumed.code == 0, resumed.output
     log = (run / "train.log").read_text()
     assert f"resumed from {run / 'model.pt'} at epoch 2, batch {latest['step_in_epoch'] + 1}" in log
-    assert "removing the lock of a run that is gone" in log and "removed 1 temporary file(s)" in log
-    assert not list(run.glob(".*.tmp-*"))
+    assert "removing the lock of a run that is gone" in log and "removed 2 temporary file(s)" in log
+    assert not list(run.glob(".*.tmp*"))
     # bit for bit the uninterrupted run: every logged loss (no step twice), the weights, the history
     assert records(run) == records(reference)
     assert same_weights(run / "model.pt", reference / "model.pt")
@@ -292,7 +293,7 @@ def test_a_full_disk_is_one_line_and_the_earlier_checkpoints_stay(corpus, refere
     assert line.startswith(f"error: {run / 'model.pt.ep3.2'}: cannot write the checkpoint (")
     assert line.endswith("disk full, or a quota?); the checkpoints written before it are intact")
     assert json.loads((run / "status.json").read_text())["error"] == line[len("error: "):]
-    assert not list(run.glob(".*.tmp-*")) and not (run / "model.pt.ep3.2").exists()
+    assert not list(run.glob(".*.tmp*")) and not (run / "model.pt.ep3.2").exists()
     after = checkpoint(run / "model.pt")
     assert after["step"] == before["step"] and all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
 

@@ -85,7 +85,7 @@ def test_ddp_two_cpu_processes_one_run_directory_stopped_and_resumed(tiny, tmp_p
     assert log.count("resumed from") == 1  # one rank writes the log
     checkpoints = {p.name for p in run.glob("model.pt*")}
     assert {"model.pt", "model.pt.avg3", "model.pt.best", "model.pt.ep1"} <= checkpoints
-    assert not list(run.glob("*.rank*")) and not list(run.glob(".*.tmp-*")) and not (run / ".nano8k.lock").exists()
+    assert not list(run.glob("*.rank*")) and not list(run.glob(".*.tmp*")) and not (run / ".nano8k.lock").exists()
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
 
 

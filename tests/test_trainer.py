@@ -70,7 +70,7 @@ def test_run_directory_and_stage_chaining(corpus, tmp_path):
                  "model.pt.ep1", "model.pt.best", "model.pt.avg1"):
         assert (stage1 / name).is_file(), name
     assert list((stage1 / "tensorboard").glob("events.out.tfevents.*"))
-    assert not list(stage1.glob(".*.tmp-*")), "a temporary checkpoint was left behind"
+    assert not list(stage1.glob(".*.tmp*")), "a temporary checkpoint was left behind"
     assert yaml.safe_load((stage1 / "config.yaml").read_text())["frontend_conf"]["fs"] == 8000
     summary = json.loads((stage1 / "summary.json").read_text())
     assert summary["steps"] > 0 and summary["averaged_model"].endswith("model.pt.avg1")

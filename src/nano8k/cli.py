@@ -128,7 +128,10 @@ def align(
         report = alignment.build(stages=stage or list(alignment.DEFAULT_STAGES), overrides=overrides or [], against=against)
         text = alignment.render_json(report) if fmt is ReportFormat.json else alignment.render_markdown(report)
     if output:
-        output.write_text(text, encoding="utf-8")
+        from nano8k.files import atomic_path
+
+        with atomic_path(output) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
         typer.echo(f"wrote {output}", err=True)
     else:
         typer.echo(text)

@@ -15,7 +15,7 @@ from typing import Any
 
 from nano8k import config, funasr_gaps
 from nano8k.errors import UserError
-from nano8k.files import read_yaml
+from nano8k.files import read_yaml, write_lines_atomic
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def write_parameter_table(rows: list[tuple[str, int, int]], path: Path) -> None:
     lines = ["module\ttotal\ttrainable"] + [f"{m}\t{t}\t{tr}" for m, t, tr in rows]
     total, trainable = sum(r[1] for r in rows), sum(r[2] for r in rows)
     lines.append(f"total\t{total}\t{trainable}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_lines_atomic(path, lines)
 
 
 def read_parameter_table(path: Path) -> dict[str, tuple[int, int]]:

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".nano8k.lock"
 LOCK_ENV = "NANO8K_RUN_LOCK"  # processes a locked run starts (torchrun ranks) inherit the lock
-TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")  # funasr_gaps.atomic_save's temporary names
+# the temporary names of files.atomic_path (`.NAME.XXXXXXXX.tmp`), which every write of a run goes
+# through, and `.NAME.tmp-PID` (nano8k before 2026-12-07): what a killed write leaves
+TEMPORARY = re.compile(r"^\..+\.tmp(-\d+)?$")
 EPOCH_CHECKPOINT = re.compile(r"^model\.pt\.ep(\d+)(?:\.(\d+))?$")
 
 # What a resumed run must not change silently: the optimizer and its schedule, how batches are

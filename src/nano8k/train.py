@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import hydra
@@ -17,6 +16,7 @@ from omegaconf import DictConfig
 
 from nano8k import config, data, deepspeed_support, interrupts, launch, preflight, rundir
 from nano8k.errors import UserError
+from nano8k.files import atomic_path
 
 log = logging.getLogger(__name__)
 launch.register_resolvers()
@@ -112,9 +112,8 @@ def _resume_point(settings: dict, run_dir: Path) -> tuple[rundir.ResumePoint | N
 
 def _write_config(settings: dict, run_dir: Path) -> None:
     """config.yaml, whole or not at all (a resume compares the next command with it)."""
-    resolved, partial = run_dir / "config.yaml", run_dir / f".config.yaml.tmp-{os.getpid()}"
-    partial.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(partial, resolved)
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        Path(tmp).write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 def _warn(settings: dict) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from nano8k.decoding.decoder import Item
 from nano8k.errors import UserError
-from nano8k.files import json_safe
+from nano8k.files import atomic_path, json_safe
 
 RESULTS_FILE = "results.jsonl"
 METRICS_FILE = "metrics.json"
@@ -108,16 +108,11 @@ class ResultsJournal:
 
 def write_results(path: Path, records: list[dict]) -> None:
     """results.jsonl, written to a temporary file and renamed (a crash never leaves half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(json_safe(record), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 

@@ -5,7 +5,6 @@ numbered index is in funasr_gaps/__init__.py.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import zipfile
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nano8k.errors import UserError
+from nano8k.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +286,9 @@ def atomic_save(obj: Any, path: Path) -> None:
 
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
     except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as a RuntimeError
         log.debug("writing %s failed: %s", path, err)
         reason = (err.strerror if isinstance(err, OSError) else None) or "the write failed"
@@ -299,6 +298,3 @@ def atomic_save(obj: Any, path: Path) -> None:
             free = "free space unknown"
         raise UserError(f"{path}: cannot write the checkpoint ({reason}; {free}: disk full, or a quota?); the "
                         "checkpoints written before it are intact") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
