@@ -191,16 +191,12 @@ def plan(items: list[Item], settings: dict, names: list[str]) -> list[Call]:
 
 def segment_items(calls: list[Call], detector: Any, raw_rate: int | None, progress: bool = True) -> list[Item]:
     """Speech segments of every stream of every call, as decoder items (read when decoded)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from nano8k.data import audio as audio_files
+    from nano8k.parallel import progress_bar
 
     items: list[Item] = []
     todo = [c for c in calls if c.reason is None]
-    bar = Progress(TextColumn("[bold]vad"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   disable=not progress, transient=True)
-    with bar:
-        task = bar.add_task("vad", total=len(todo))
+    with progress_bar("vad", len(todo), enabled=progress) as advance:
         for call in todo:
             tick = time.perf_counter()
             found: list[Item] = []
@@ -218,7 +214,7 @@ def segment_items(calls: list[Call], detector: Any, raw_rate: int | None, progre
                 found = []
             call.vad_s = time.perf_counter() - tick
             items += found
-            bar.advance(task)
+            advance(1)
     return items
 
 

@@ -1,9 +1,10 @@
-"""Ordered work over threads, with a rich progress bar on stderr."""
+"""Ordered work over threads, and the one progress bar of long work (rich, on stderr)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -18,26 +19,30 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, label: s
     threads, and a rich progress bar on stderr when there are workers or stderr is a terminal."""
     if len(items) < 2 or (workers <= 1 and not sys.stderr.isatty()):
         return [fn(item) for item in items]
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     results: list[R] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(label, total=len(items))
+    with progress_bar(label, len(items)) as advance:
         if workers <= 1:
             for item in items:
                 results.append(fn(item))
-                progress.advance(task)
+                advance(1)
             return results
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for result in pool.map(fn, items):  # map yields in input order
                 results.append(result)
-                progress.advance(task)
+                advance(1)
     return results
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Long work's progress on stderr (stdout stays the command's output): LABEL, the bar, done of
+    total, time elapsed and remaining; gone when the work ends. Yields advance(n). The training
+    loop has its own bar (losses, learning rate, validation), which stays."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

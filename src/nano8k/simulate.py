@@ -43,6 +43,7 @@ from nano8k.data import Entry, Problem
 from nano8k.data.problems import RejectCounts
 from nano8k.data.sources import check_apart
 from nano8k.errors import UserError, one_line
+from nano8k.parallel import progress_bar
 from nano8k.telephone_line import (CHANNEL_RATE, MIN_SECONDS, PRESETS, Rejected, SimulationSettings, noise_files, require_codec,
                          simulate_utterance, utterance_seed)
 
@@ -363,14 +364,9 @@ def _run_tasks(tasks: list, settings: SimulationSettings, seed: int, noise: tupl
             results = map(_one, tasks)
         if not progress or len(tasks) < 2:
             return list(results)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        bar = stack.enter_context(Progress(*columns, console=Console(stderr=True), transient=True))
-        task = bar.add_task("simulating", total=len(tasks))
+        advance = stack.enter_context(progress_bar("simulating", len(tasks)))
         out = []
         for result in results:
             out.append(result)
-            bar.advance(task)
+            advance(1)
         return out

@@ -463,7 +463,7 @@ class Decoder:
         decoded before (by input index: a resumed decode), taken as they are; `on_batch(records)`:
         called with each batch's records as soon as it is decoded (decode appends them to
         results.jsonl, and stops there at a signal)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from nano8k.parallel import progress_bar
 
         done = done or {}
         for i, item in enumerate(items):
@@ -472,14 +472,11 @@ class Decoder:
         results: dict[int, dict] = {}
         todo = sorted((i for i, item in enumerate(items) if item.reason is None and i not in done),
                       key=lambda i: -(items[i].duration or 0))  # longest first: padding stays small
-        bar = Progress(TextColumn("[bold]decode"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       disable=not progress, transient=True)
-        with bar:
-            task = bar.add_task("decode", total=len(todo))
+        with progress_bar("decode", len(todo), enabled=progress) as advance:
             for start in range(0, len(todo), batch_size):
                 indices = todo[start:start + batch_size]
                 results.update(self._decode_batch([(i, items[i]) for i in indices]))
-                bar.advance(task, len(indices))
+                advance(len(indices))
                 if on_batch is not None:
                     on_batch([self._record(items[i], results.get(i, {})) for i in indices])
         return [done[i] if i in done else self._record(item, results.get(i, {})) for i, item in enumerate(items)]
