@@ -336,6 +336,11 @@ class TokenizerConf:
 # --------------------------------------------------------------------------------------------
 
 
+# what "best" can mean (train_conf.avg_keep_nbest_models_type): FunASR's acc and loss, and the
+# recognition rates of nano8k's validation decoding, which need valid_decode.max_utterances > 0
+BEST_CRITERIA = ("acc", "loss", "cer", "wer")
+DECODED_CRITERIA = ("cer", "wer")
+
 # decoding strategies (`strategy`): the LLM's greedy text; the same text with CTC drafts verified
 # by the LLM (decoding/speculative.py); the LLM's n-best and the CTC hypothesis rescored by both
 # heads (decoding/joint.py); the CTC branch's greedy text alone

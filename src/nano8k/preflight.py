@@ -25,8 +25,6 @@ from nano8k import config
 from nano8k.errors import UserError
 from nano8k.files import read_yaml
 
-BEST_CRITERIA = ("acc", "loss", "cer", "wer")  # train_conf.avg_keep_nbest_models_type
-DECODED_CRITERIA = ("cer", "wer")
 MASKED_TOO_MUCH = 0.5  # expected share of a typical utterance's frames under SpecAug's time masks
 
 
@@ -42,11 +40,11 @@ def check(settings: dict) -> None:
 
         augment.check(settings["augment"])
     criterion = config.setting(settings, "train_conf.avg_keep_nbest_models_type")
-    if criterion not in BEST_CRITERIA:
+    if criterion not in config.BEST_CRITERIA:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion!r} is not a criterion; use "
-                        f"{', '.join(BEST_CRITERIA)}")
+                        f"{', '.join(config.BEST_CRITERIA)}")
     decoded = config.lookup(settings, "valid_decode.max_utterances")
-    if criterion in DECODED_CRITERIA and decoded is not None and int(decoded) <= 0:
+    if criterion in config.DECODED_CRITERIA and decoded is not None and int(decoded) <= 0:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion} needs validation decoding, which "
                         "valid_decode.max_utterances=0 turns off; set it above 0 or choose acc or loss")
     warmup = config.lookup(settings, "scheduler_conf.warmup_steps")

@@ -628,7 +628,7 @@ class Trainer:
 
             records = self.recognizer.decode(self.valid_items, self.valid_decode_batch, progress=False)
             _, metrics = decoding.compute_metrics(records)
-            for name in ("cer", "wer"):
+            for name in config.DECODED_CRITERIA:
                 if metrics.get(name) is not None:
                     rates[f"val_{name}"] = float(metrics[name])
                 if (metrics.get("ctc") or {}).get(name) is not None and self.ctc_trains:
@@ -876,7 +876,7 @@ def _rank_key(criterion: str, metrics: dict) -> tuple[float, ...]:
             return -math.inf
         return value if name == "acc" else -value
 
-    order = [criterion, *(c for c in ("cer", "wer", "acc", "loss") if c != criterion)]
+    order = [criterion, *(c for c in (*config.DECODED_CRITERIA, "acc", "loss") if c != criterion)]
     return tuple(up(name) for name in order)
 
 
