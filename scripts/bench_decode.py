@@ -24,17 +24,23 @@ every utterance generates max_new_tokens tokens in both systems (no early end of
 
 Strategies (--run RUN --dev DEV.jsonl): a trained model (the demo's) decodes the dev set with each
 decoding strategy (greedy, joint, ctc; conf/decode.yaml's settings), runs interleaved, median of
---runs: utterances per second, its ratio to greedy's, CER and WER (`nano8k score`'s rules).
+--runs: utterances per second, its ratio to greedy's, CER and WER (`nano8k score`'s rules);
+speculative's acceptance and passes, and on how many utterances the two heads disagree.
+
+Joint's settings (--run RUN --tune-on TRAIN.jsonl): a grid of ctc_weight x length_bonus, each a
+re-ranking of the candidates one joint decode of the first --tune-utterances lines recorded.
 
 usage: scripts/bench_decode.py [--utterances 64] [--batch-sizes 8 16] [--runs 3] [--max-new-tokens 32]
                                [--model-dir DIR] [--device cpu|cuda] [--output FILE]
        scripts/bench_decode.py --run RUN --dev DEV.jsonl [--batch-sizes 16] [--runs 3] [--device cpu|cuda]
+       scripts/bench_decode.py --run RUN --tune-on TRAIN.jsonl [--tune-utterances 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -62,7 +68,7 @@ def summary(walls: list[float], cpus: list[float], n: int) -> dict:
 def strategies(run: str, dev: str, batch_size: int, runs: int, device: str) -> dict:
     from nano8k import config
     from nano8k.config import STRATEGIES
-    from nano8k.decoding import Decoder, compute_metrics, read_input
+    from nano8k.decoding import Decoder, compute_metrics, read_input, speech_gate
 
     decoders = {name: Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={dev}",
                                                                          f"strategy={name}", f"device={device}"]),
@@ -74,6 +80,7 @@ def strategies(run: str, dev: str, batch_size: int, runs: int, device: str) -> d
         return decoders[name].decode(items, batch_size, progress=False)
 
     records = {name: go(name) for name in STRATEGIES}  # warm-up
+    acceptance = decoders["speculative"].acceptance.report()  # of one decode of the set
     walls: dict[str, list[float]] = {name: [] for name in STRATEGIES}
     for _ in range(runs):
         for name in STRATEGIES:
@@ -85,8 +92,44 @@ def strategies(run: str, dev: str, batch_size: int, runs: int, device: str) -> d
                      "cer": round(metrics["cer"], 4), "wer": round(metrics["wer"], 4), "walls": walls[name]}
     for name in STRATEGIES:
         out[name]["speed_vs_greedy"] = round(out[name]["utt_per_s"] / out["greedy"]["utt_per_s"], 2)
-    return {"benchmark": "decode strategies", "run": run, "dev": dev, "utterances": len(records["greedy"]),
-            "batch_size": batch_size, "runs": runs, "device": device, "strategies": out}
+    n = len(records["greedy"])
+    out["speculative"].update(acceptance=acceptance, passes_per_utterance=round(acceptance["passes"] / n, 2),
+                              tokens_per_utterance=round(acceptance["tokens"] / n, 2),
+                              same_as_greedy=sum(a["hyp"] == b["hyp"] for a, b in zip(records["greedy"], records["speculative"])))
+    disagree = sum(r["hyp"] != speech_gate.spoken_text(r["ctc_hyp"] or "") for r in records["greedy"])
+    return {"benchmark": "decode strategies", "run": run, "dev": dev, "utterances": n, "batch_size": batch_size,
+            "runs": runs, "device": device, "heads_disagree": disagree, "strategies": out}
+
+
+def tune(run: str, manifest: str, utterances: int, device: str) -> dict:
+    """strategy=joint's ctc_weight and length_bonus on a grid, from one decode of the first
+    `utterances` lines of `manifest` (training data: the dev set must choose nothing): every
+    candidate's scores are in its record, so each setting is a re-ranking of them."""
+    import tempfile
+
+    from nano8k import config, score
+    from nano8k.decoding import Decoder, read_input
+
+    lines = [line for line in Path(manifest).read_text(encoding="utf-8").splitlines() if line.strip()][:utterances]
+    part = Path(tempfile.mkdtemp(prefix="bench_decode_tune_")) / "part.jsonl"
+    part.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    decoder = Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={part}", "strategy=joint",
+                                                                f"device={device}"]), app="decode"))
+    records = [r for r in decoder.decode(read_input(str(part))[0], 16, progress=False) if r.get("candidates")]
+    refs = {r["key"]: r["ref"] for r in records}
+    grid = []
+    for weight in (0.4, 0.5, 0.6):
+        for bonus in (0.0, 0.5, 1.0, 1.5, 2.0):
+            def rank(c: dict, heard: bool) -> float:  # joint.decode's score (a text CTC cannot emit: -inf)
+                w = weight if heard else 0.0
+                ctc = 0.0 if not w else (-math.inf if c["ctc"] is None else w * c["ctc"])
+                return (1 - w) * c["llm"] + ctc + bonus * c["tokens"]
+            hyps = {r["key"]: max(r["candidates"], key=lambda c: rank(c, any(x["ctc"] is not None for x in r["candidates"])))["text"]
+                    for r in records}
+            scores = score.score_texts(refs, hyps)
+            grid.append({"ctc_weight": weight, "length_bonus": bonus, "cer": round(scores.cer, 4), "wer": round(scores.wer, 4)})
+    return {"benchmark": "joint settings", "run": run, "manifest": manifest, "utterances": len(records),
+            "best_by_cer": min(grid, key=lambda g: (g["cer"], g["wer"])), "grid": grid}
 
 
 def main() -> None:
@@ -100,7 +143,12 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="both systems on this device")
     parser.add_argument("--run", help="a trained run: compare the decoding strategies on --dev instead")
     parser.add_argument("--dev", help="the dev manifest the strategies decode (with --run)")
+    parser.add_argument("--tune-on", help="with --run: choose joint's settings on this (training) manifest instead")
+    parser.add_argument("--tune-utterances", type=int, default=300)
     args = parser.parse_args()
+    if args.run and args.tune_on:
+        print(json.dumps(tune(args.run, args.tune_on, args.tune_utterances, args.device), indent=2))
+        return
     if args.run:
         report = strategies(args.run, args.dev, max(args.batch_sizes), args.runs, args.device)
         print(json.dumps(report, indent=2))

@@ -34,16 +34,22 @@ def models(tmp_path_factory) -> dict:
     return {"root": root, "tiny": tiny, "sharp": sharpen(tiny, root / "sharp"), "list": listing}
 
 
-def test_teacher_forced_llm_scores_are_greedy_searchs_own(models):
-    """llm_log_probs of greedy search's own tokens, in a left-padded batch of utterances of
-    different lengths, equal the log-probabilities greedy search gave them step by step."""
+def prepared(models) -> tuple:
+    """The sharpened model, its tokenizer, and the audio list's utterances as FunASR prepares them
+    (different lengths: a batch of them is padded)."""
     decoder = decoding.Decoder({"model_dir": str(models["sharp"]), "device": "cpu", "timestamps": False, "dither": 0})
     items, _ = decoding.read_input(str(models["list"]))
     for item in items:
         decoder.probe(item)
-    model, tokenizer = decoder.model, decoder.tokenizer
-    inputs = [funasr_gaps.utterance_inputs(model, decoder.load(i), decoder.prompt_for(None), tokenizer,
-                                           decoder.frontend, decoder.funasr_cfg) for i in items]
+    inputs = [funasr_gaps.utterance_inputs(decoder.model, decoder.load(i), decoder.prompt_for(None),
+                                           decoder.tokenizer, decoder.frontend, decoder.funasr_cfg) for i in items]
+    return decoder.model, decoder.tokenizer, inputs
+
+
+def test_teacher_forced_llm_scores_are_greedy_searchs_own(models):
+    """llm_log_probs of greedy search's own tokens, in a left-padded batch of utterances of
+    different lengths, equal the log-probabilities greedy search gave them step by step."""
+    model, tokenizer, inputs = prepared(models)
     assert len({len(x.source_ids) for x in inputs}) > 1  # the batch is padded
     stop = funasr_gaps.eos_ids(model.llm, tokenizer)
     with torch.inference_mode():
@@ -126,13 +132,7 @@ def test_ctc_strategy_writes_the_ctc_text_and_greedy_stays_as_it_was(models, tmp
 def test_speculative_writes_greedys_tokens_from_any_draft(models, batch_size):
     """The LLM's verification keeps greedy search's output whatever the drafts: right ones (greedy's
     own text: nearly all accepted), a wrong one, an empty one, and the CTC branch's (the strategy)."""
-    decoder = decoding.Decoder({"model_dir": str(models["sharp"]), "device": "cpu", "timestamps": False, "dither": 0})
-    items, _ = decoding.read_input(str(models["list"]))
-    for item in items:
-        decoder.probe(item)
-    model, tokenizer = decoder.model, decoder.tokenizer
-    inputs = [funasr_gaps.utterance_inputs(model, decoder.load(i), decoder.prompt_for(None), tokenizer,
-                                           decoder.frontend, decoder.funasr_cfg) for i in items]
+    model, tokenizer, inputs = prepared(models)
     limits = [9, 6, 9, 3][:len(inputs)]
     with torch.inference_mode():
         greedy, texts = [], []

@@ -1,4 +1,5 @@
-"""The batch decoder: read the input, build (or take) the model, decode batches. `nano8k decode` (decode.py) and the trainer's validation (trainer.py) both use it.
+"""The batch decoder: read the input, build (or take) the model, decode batches. `nano8k decode`
+(decode.py) and the trainer's validation (trainer.py) both use it.
 
 Model and weights (`resolve_model`):
 
@@ -27,8 +28,9 @@ prompted exactly as its training prompted (its dataset's prompt class and header
 features get the dither training gave them, drawn from a generator seeded per utterance, so
 decoding stays deterministic. A model directory nano8k did not train keeps FunASR's inference
 prompt. Utterances are sorted by duration and batched; each is prepared with FunASR's own
-data_load_speech, then encoder + adaptor + CTC branch + a left-padded greedy llm.generate run on
-the batch (funasr_gaps 13; padded frames never reach another utterance, item 18). An utterance
+data_load_speech, then encoder + adaptor + CTC branch + the LLM run on the batch, left padded (funasr_gaps 13;
+padded frames never reach another utterance, item 18), the transcript made by the `strategy`
+(greedy generate; speculative.py; joint.py; the CTC text). An utterance
 that cannot be read or decoded is marked failed with its reason; the others go on. A batch whose
 forward pass fails is retried one utterance at a time, so only the culprit fails.
 
@@ -47,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from nano8k.config import STRATEGIES
 from nano8k.decoding import confidence, joint, speculative, speech_gate
 from nano8k.devices import resolve_device
@@ -58,8 +59,8 @@ log = logging.getLogger(__name__)
 
 RELEASED_MODEL = "FunAudioLLM/Fun-ASR-Nano-2512"
 # results.jsonl fields written by nano8k; a manifest field of the same name is not copied
-RESERVED = ("key", "audio", "ref", "hyp", "strategy", "candidates", "ctc_hyp", "words", "ctc_words", "confidence", "cut", "speech", "errors",
-            "duration", "decode_time", "status", "reason", "segment")
+RESERVED = ("key", "audio", "ref", "hyp", "strategy", "candidates", "ctc_hyp", "words", "ctc_words", "confidence", "cut",
+            "speech", "errors", "duration", "decode_time", "status", "reason", "segment")
 # max_new_tokens bounded by a segment's duration (decode's max_tokens_per_second: 25, far above
 # speech: the demo's fastest utterance is 13 tokens/s with its small vocabulary), plus a margin for
 # short segments
@@ -555,41 +556,41 @@ class Decoder:
             if speaking and self.strategy == "ctc":
                 for i in speaking:
                     results[i].update(hyp=speech_gate.spoken_text(texts[i]), char_probs=None)
-            elif speaking and self.strategy == "joint":
-                rows = torch.tensor(speaking, device=adaptor_out.device)
-                chosen = joint.decode(self.model, self.tokenizer, [inputs[i] for i in speaking], adaptor_out[rows],
-                                      adaptor_lens[rows], [speech_gate.spoken_text(texts[i]) for i in speaking],
-                                      log_probs[rows],
-                                      [len(labels[i]) for i in speaking], self.joint,
-                                      [self._token_limit(inputs[i]) for i in speaking], self.dtype)
-                for i, (best, candidates) in zip(speaking, chosen):
-                    text, cut = speech_gate.cut_repetition(best.text, self.gate.max_repeats)
-                    results[i].update(hyp=text, repetition_cut=cut, candidates=[c.report() for c in candidates],
-                                      char_probs=None if cut else joint.char_probs(self.tokenizer, best))
-            elif speaking and self.strategy == "speculative":
-                rows = torch.tensor(speaking, device=adaptor_out.device)
-                written, acceptance = speculative.decode(
-                    self.model, self.tokenizer, [inputs[i] for i in speaking], adaptor_out[rows], adaptor_lens[rows],
-                    [speech_gate.spoken_text(texts[i]) for i in speaking], [self._token_limit(inputs[i]) for i in speaking],
-                    self.dtype, scored=self.timestamps)
-                self.acceptance.add(acceptance)
-                for i, (ids, probs) in zip(speaking, written):
-                    hyp, char_probs = (funasr_gaps.text_with_char_probs(self.tokenizer, ids, probs) if probs is not None
-                                       else (funasr_gaps.hypothesis_text(self.tokenizer, ids), None))
-                    text, cut = speech_gate.cut_repetition(hyp, self.gate.max_repeats)
-                    results[i].update(hyp=text, repetition_cut=cut, char_probs=None if cut else char_probs)
             elif speaking:
                 rows = torch.tensor(speaking, device=adaptor_out.device)
-                limits = [self._token_limit(inputs[i]) for i in speaking]
-                hyps = funasr_gaps.generate_batch(self.model, [inputs[i] for i in speaking], adaptor_out[rows],
-                                                  adaptor_lens[rows], self.tokenizer, max(limits), self.dtype,
-                                                  limits=limits, scored=self.timestamps)
-                for i, (hyp, char_probs) in zip(speaking, hyps):
+                written = self._llm_texts([inputs[i] for i in speaking], adaptor_out[rows], adaptor_lens[rows],
+                                          [speech_gate.spoken_text(texts[i]) for i in speaking] if labels else None,
+                                          None if log_probs is None else log_probs[rows],
+                                          [len(labels[i]) for i in speaking] if labels else None)
+                for i, (hyp, char_probs, extra) in zip(speaking, written):
                     text, cut = speech_gate.cut_repetition(hyp, self.gate.max_repeats)
-                    results[i].update(hyp=text, repetition_cut=cut, char_probs=None if cut else char_probs)
+                    results[i].update(hyp=text, repetition_cut=cut, char_probs=None if cut else char_probs, **extra)
             if self.timestamps and log_probs is not None:
                 self._words(results, log_probs, labels)
         return results
+
+    def _llm_texts(self, inputs: list, adaptor_out: Any, adaptor_lens: Any, ctc_texts: list[str] | None,
+                   ctc_log_probs: Any, frame_lens: list[int] | None) -> list[tuple[str, list[float] | None, dict]]:
+        """The LLM's transcript of each speaking row by the strategy (greedy, speculative or joint):
+        (text, each character's LLM probability or None, fields for the record), each bounded by
+        its duration."""
+        from nano8k import funasr_gaps
+
+        limits = [self._token_limit(x) for x in inputs]
+        if self.strategy == "joint":
+            chosen = joint.decode(self.model, self.tokenizer, inputs, adaptor_out, adaptor_lens, ctc_texts,
+                                  ctc_log_probs, frame_lens, self.joint, limits, self.dtype)
+            return [(best.text, joint.char_probs(self.tokenizer, best), {"candidates": [c.report() for c in cands]})
+                    for best, cands in chosen]
+        if self.strategy == "speculative":
+            written, acceptance = speculative.decode(self.model, self.tokenizer, inputs, adaptor_out, adaptor_lens,
+                                                     ctc_texts, limits, self.dtype, scored=self.timestamps)
+            self.acceptance.add(acceptance)
+            return [(*(funasr_gaps.text_with_char_probs(self.tokenizer, ids, probs) if probs is not None
+                       else (funasr_gaps.hypothesis_text(self.tokenizer, ids), None)), {}) for ids, probs in written]
+        return [(hyp, probs, {}) for hyp, probs in funasr_gaps.generate_batch(
+            self.model, inputs, adaptor_out, adaptor_lens, self.tokenizer, max(limits), self.dtype, limits=limits,
+            scored=self.timestamps)]
 
     def _token_limit(self, x: Any) -> int:
         """max_new_tokens, bounded by the segment's duration (max_tokens_per_second, plus a margin

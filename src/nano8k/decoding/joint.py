@@ -53,7 +53,8 @@ class Candidate:
 
     def report(self) -> dict:
         return {"text": self.text, "source": self.source, "llm": round(self.llm, 3),
-                "ctc": None if math.isinf(self.ctc) else round(self.ctc, 3), "score": round(self.score, 3)}
+                "ctc": None if math.isinf(self.ctc) else round(self.ctc, 3),
+                "tokens": len(self.token_log_probs or ()), "score": round(self.score, 3)}
 
 
 def nbest(model: Any, inputs: Sequence[Any], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any, beam_size: int,
@@ -63,7 +64,7 @@ def nbest(model: Any, inputs: Sequence[Any], adaptor_out: Any, adaptor_lens: Any
     llm = model.llm
     embeds, mask = funasr_gaps.prompt_embeds(model, inputs, adaptor_out, adaptor_lens, dtype)
     stop = funasr_gaps.eos_ids(llm, tokenizer)
-    pad = llm.config.pad_token_id if llm.config.pad_token_id is not None else (stop[0] if stop else 0)
+    pad = funasr_gaps.pad_id(llm, stop)
     generated = llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=int(max(limits)),
                              do_sample=False, num_beams=beam_size, num_return_sequences=beam_size,
                              eos_token_id=stop or None, pad_token_id=pad).tolist()

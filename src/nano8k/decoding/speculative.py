@@ -75,8 +75,8 @@ def decode(model: Any, tokenizer: Any, inputs: Sequence[Any], adaptor_out: Any, 
     llm = model.llm
     device = adaptor_out.device
     embeds, mask = funasr_gaps.prompt_embeds(model, inputs, adaptor_out, adaptor_lens, dtype)
-    stop = set(funasr_gaps.eos_ids(llm, tokenizer))
-    end = [min(stop)] if stop else []
+    stop_ids = funasr_gaps.eos_ids(llm, tokenizer)
+    stop, end = set(stop_ids), stop_ids[:1]  # drafts end as greedy search would: its first end token
     draft_ids = [tokenizer.encode(text, add_special_tokens=False) + end for text in drafts]
     table = llm.get_input_embeddings()
     stats = Acceptance()

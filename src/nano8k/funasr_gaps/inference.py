@@ -148,6 +148,11 @@ def eos_ids(llm: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def pad_id(llm: Any, stop: Sequence[int]) -> int:
+    """The id generate pads finished rows with: the LLM config's, else its first end token."""
+    return llm.config.pad_token_id if llm.config.pad_token_id is not None else (stop[0] if stop else 0)
+
+
 class _ChosenProbability:
     """A logits processor that keeps, at each step, the probability of the token greedy search
     picks (the largest), per row: one float a step, where output_scores would keep the vocabulary."""
@@ -176,7 +181,7 @@ def generate_batch(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: A
     llm = model.llm
     embeds, mask = prompt_embeds(model, inputs, adaptor_out, adaptor_lens, dtype)
     stop = eos_ids(llm, tokenizer)
-    pad = llm.config.pad_token_id if llm.config.pad_token_id is not None else (stop[0] if stop else 0)
+    pad = pad_id(llm, stop)
     from transformers import LogitsProcessorList
 
     chosen = _ChosenProbability()
