@@ -155,6 +155,7 @@ def test_a_turn_spans_its_words_and_the_ctm_carries_each_word_s_time(tmp_path):
     ("vad.threshold=1.5", "error: vad.threshold: 1.5 is out of range: must be below 1"),
     ("vad.max_segment_s=0", "error: vad.max_segment_s: 0 is out of range: must be above 0"),
     ("vad=webrtc", "error: vad: unknown option 'webrtc'; available: silero"),
+    ("vad.name=webrtc", "error: vad.name: 'webrtc' is not one of silero"),
     ("vad.neg_threshold=0.6", "error: vad.neg_threshold: 0.6 must be below vad.threshold (0.4)"),
 ])
 def test_a_vad_setting_out_of_range_is_one_line_before_any_model(tmp_path, override, message):

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from nano8k import data
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -163,38 +164,10 @@ def _reverberate(x: np.ndarray, path: str, fs: int) -> np.ndarray:
 
 
 def _audio_files(section: dict | None) -> tuple[str, ...]:
-    """The readable audio files of a section's `dir`: a folder (searched recursively) or a list
-    file (one path a line, relative to the list's directory; # comments)."""
+    """The readable audio files of a section's `dir`: a folder or a list file (data.readable_audio)."""
     if not section or not section.get("dir"):
         return ()
-    return _candidates(str(section["dir"]))[0]
-
-
-def _candidates(location: str) -> tuple[tuple[str, ...], list[str]]:
-    """(readable audio files, files left out as unreadable) of a folder or a list file."""
-    from nano8k import data
-    from nano8k import telephone_line as telephone
-
-    where = Path(location)
-    if where.is_dir():
-        readable = telephone.noise_files(where)
-        taken = set(readable)
-        return readable, [str(p) for p in sorted(where.rglob("*")) if p.is_file() and not p.name.startswith(".")
-                          and str(p.resolve()) not in taken]
-    import soundfile as sf
-
-    readable, left_out = [], []
-    for line in data.read_lines(where):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line) if Path(line).is_absolute() else where.parent / line
-        try:
-            good = sf.info(str(path)).frames > 0
-        except Exception:  # noqa: BLE001 -- any unreadable file is left out, and said so
-            good = False
-        (readable if good else left_out).append(str(path))
-    return tuple(readable), left_out
+    return data.readable_audio(str(section["dir"]))[0]
 
 
 def _speeds(speed: dict) -> tuple[float, float]:
@@ -243,7 +216,7 @@ def check(settings: dict) -> None:
             raise UserError(f"augment.{section}.dir: not set; give the folder (or list file) of {section} audio")
         if not Path(str(folder)).exists():
             raise UserError(f"augment.{section}.dir: {folder}: no such directory or list file")
-        readable, left_out = _candidates(str(folder))
+        readable, left_out = data.readable_audio(str(folder))
         for path in left_out:
             log.warning("augment.%s.dir: %s: not readable audio; left out", section, path)
         if left_out:

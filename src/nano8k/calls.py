@@ -246,7 +246,7 @@ def decode_calls(calls: list[Call], settings: dict, run_dir: Path, decode_segmen
     interrupted decode resumes at the segments it had not decoded; the VAD finds the same ones)."""
     from nano8k import vad
 
-    detector = vad.SileroVad(settings.get("vad") or {})
+    detector = vad.detector(settings.get("vad") or {})
     segments = segment_items(calls, detector, settings.get("raw_rate"), progress)
     log.info("vad: %d calls, %d segments, %.1f s of speech in %.1f s of audio", len(calls), len(segments),
              sum(c.speech_s for c in calls), sum(c.duration * len(c.streams) for c in calls))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from nano8k import __version__
+from nano8k import __version__, config_alignment, data, random_model
 from nano8k.tiny import TinySizes
 
 app = typer.Typer(
@@ -102,9 +103,12 @@ def decode(ctx: typer.Context) -> None:
     _run_hydra_app("decode", ctx.args)
 
 
-class ReportFormat(str, Enum):
-    md = "md"
-    json = "json"
+def _choices(name: str, values: Sequence[str]) -> type[Enum]:
+    """A command-line choice from the tuple its module holds (the one home of that vocabulary)."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+ReportFormat = _choices("ReportFormat", config_alignment.REPORT_FORMATS)
 
 
 @app.command()
@@ -141,19 +145,8 @@ data_app = typer.Typer(help="Data: prepare manifests FunASR reads, check them as
 app.add_typer(data_app, name="data")
 
 
-class ChannelMode(str, Enum):
-    mix = "mix"
-    A = "A"
-    B = "B"
-    split = "split"
-
-
-class SourceFormat(str, Enum):
-    kaldi = "kaldi"
-    jsonl = "jsonl"
-    csv = "csv"
-    tsv = "tsv"
-    folder = "folder"
+ChannelMode = _choices("ChannelMode", data.CHANNEL_MODES)
+SourceFormat = _choices("SourceFormat", data.SOURCE_FORMATS)
 
 
 @data_app.command("prepare")
@@ -244,14 +237,7 @@ def data_check(
     if report.failed(allow_drops):
         raise typer.Exit(1)
 
-class SimulateFormat(str, Enum):
-    same = "same"
-    kaldi = "kaldi"
-    jsonl = "jsonl"
-    nano = "nano"
-    csv = "csv"
-    tsv = "tsv"
-    folder = "folder"
+SimulateFormat = _choices("SimulateFormat", ("same", *data.WRITE_FORMATS))  # same: the input's
 
 
 @data_app.command("simulate")
@@ -290,12 +276,7 @@ def data_simulate(
         raise typer.Exit(1)
 
 
-class Lang(str, Enum):
-    auto = "auto"
-    zh = "zh"
-    ja = "ja"
-    en = "en"
-    mixed = "mixed"
+Lang = _choices("Lang", data.SCORING_LANGUAGES)
 
 
 LANG_HELP = "Language: zh/ja score CER, en WER, mixed MER (CJK characters + words); auto detects from the references."
@@ -466,9 +447,7 @@ def model_tiny(
     typer.echo(f"wrote a tiny Fun-ASR-Nano to {path} (seed {seed}); use it with +preset=tiny model_dir={path}")
 
 
-class ModelSize(str, Enum):
-    released = "released"
-    tiny = "tiny"
+ModelSize = _choices("ModelSize", random_model.SIZES)
 
 
 @model_app.command("random")

@@ -345,6 +345,7 @@ DECODED_CRITERIA = ("cer", "wer")
 # by the LLM (decoding/speculative.py); the LLM's n-best and the CTC hypothesis rescored by both
 # heads (decoding/joint.py); the CTC branch's greedy text alone
 STRATEGIES = ("greedy", "speculative", "joint", "ctc")
+VAD_NAMES = ("silero",)  # decode's vad.name: the detectors nano8k.vad.detector() builds
 
 
 @dataclass
@@ -482,7 +483,7 @@ class TrainConfig:
 class Vad:
     """conf/vad/silero.yaml: silero-vad's settings for whole calls (nano8k.vad)."""
 
-    name: Optional[str] = key("silero (the one VAD: offline, 8 and 16 kHz)", NANO8K)
+    name: Optional[str] = key("the detector: silero (offline, 8 and 16 kHz)", NANO8K, one_of=VAD_NAMES)
     threshold: Optional[float] = key("speech probability at which speech starts", NANO8K, above=0, below=1)
     neg_threshold: Optional[float] = key("probability under which speech ends; null: threshold - 0.15", NANO8K,
                                          above=0, below=1)

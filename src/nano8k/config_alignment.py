@@ -28,6 +28,7 @@ DEFAULT_STAGES = (*SPEC_STAGES, "stage2_adapter_align", "stage3_lora_domain")  #
 FUNASR_VERSION = "1.4.16"  # the release config.py's schema (and its IGNORED effects) describes
 ALIGNED, MODIFIED, NEW, OMITTED, NA = "ALIGNED", "MODIFIED", "NEW", "OMITTED", "N/A"
 STATUSES = (ALIGNED, MODIFIED, NEW, OMITTED, NA)
+REPORT_FORMATS = ("md", "json")
 MARKERS = {ALIGNED: "🔵", MODIFIED: "🟡", NEW: "🟠", OMITTED: "⚪", NA: "⚪"}
 CRITICAL_KEYS = ("*freeze*", "frontend_conf.fs", "optim_conf.lr", "train_conf.max_epoch",
                  "train_conf.use_deepspeed", "train_conf.deepspeed_config", "use_deepspeed", "deepspeed_config")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nano8k import config, decoding, funasr_gaps, interrupts, rundir
+from nano8k import checkpoints, config, decoding, funasr_gaps, interrupts, rundir
 from nano8k import model as nano_model
 from nano8k.errors import UserError
 from nano8k.files import read_yaml
@@ -70,7 +70,8 @@ def export(run: Path, out: Path, force: bool = False) -> dict:
                         "model_dir); export a run directory that `nano8k train` wrote")
     source = decoding.resolve_model({"checkpoint": str(run)})
     if source.checkpoint is None:
-        raise UserError(f"{run}: holds no checkpoint (looked for model.pt.avg*, model.pt.best, model.pt)")
+        raise UserError(f"{run}: holds no checkpoint (looked for {checkpoints.AVERAGED_PREFIX}*, {checkpoints.BEST}, "
+                        f"{checkpoints.LATEST})")
     model_dir = Path(source.model_dir)
     inputs = {"the training run": run_dir, "its model directory": model_dir}
     check_target(out, force, inputs)
@@ -100,7 +101,7 @@ def _export(run: Path, out: Path, source: Any, model_dir: Path, force: bool) -> 
         partial.mkdir(parents=True)
         llm_dir = _copy_model_files(built.funasr_config, model_dir, partial)
         model_config = _model_config(settings, llm_dir)
-        funasr_gaps.atomic_save({"state_dict": folded}, partial / "model.pt")
+        checkpoints.save({"state_dict": folded}, partial / checkpoints.LATEST)
         (partial / "config.yaml").write_text(_yaml(model_config), encoding="utf-8")
         record = {
             "exported_from": str(run.resolve()), "checkpoint": source.checkpoint, "base_model_dir": str(model_dir),

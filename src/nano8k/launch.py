@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
-from nano8k import config, interrupts
+from nano8k import config, devices, interrupts
 from nano8k.errors import UserError
 from nano8k.files import atomic_path, json_safe
 
@@ -28,14 +28,6 @@ log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 T = TypeVar("T")
-
-
-def rank() -> int:
-    """This process's global rank under torchrun, SLURM (submitit) or submitit's local launcher."""
-    for name in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
 
 
 def run_id() -> str:
@@ -58,7 +50,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("nano8k_run_id"):
         OmegaConf.register_new_resolver("nano8k_run_id", run_id)
     if not OmegaConf.has_resolver("nano8k_log_file"):
-        OmegaConf.register_new_resolver("nano8k_log_file", lambda path: path if rank() == 0 else os.devnull)
+        OmegaConf.register_new_resolver("nano8k_log_file", lambda path: path if devices.ranks()[0] == 0 else os.devnull)
     config.register_resolvers()
 
 
@@ -175,7 +167,7 @@ def run_tracked(body: Callable[[Path, list[str]], T], record: Callable[[T], Any]
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     started = time.time()
-    writes = rank() == 0
+    writes = devices.ranks()[0] == 0
 
     def stopped_at_once(signum: int) -> None:
         if writes:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-from nano8k import config, funasr_gaps
+from nano8k import checkpoints, config, funasr_gaps
 from nano8k.errors import UserError
 from nano8k.files import read_yaml, write_lines_atomic
 
@@ -155,7 +155,7 @@ class Built:
 
     @property
     def base_checkpoint(self) -> str:
-        return str(self.model_dir / "model.pt")
+        return str(self.model_dir / checkpoints.LATEST)
 
 
 def build(settings: dict, init_param: str | None = None, training: bool = True) -> Built:
@@ -169,10 +169,10 @@ def build(settings: dict, init_param: str | None = None, training: bool = True) 
     model_dir = resolve_model_dir(str(settings.get("model_dir")))
     cfg = runtime_config(settings, model_dir)
     check_architecture(cfg, model_dir)
-    base = model_dir / "model.pt"
+    base = model_dir / checkpoints.LATEST
     sources = [base] if base.is_file() else []
     if init_param:
-        sources.append(funasr_gaps.checkpoint_in(Path(init_param)))
+        sources.append(checkpoints.choose(Path(init_param)))
     if not sources:
         raise UserError(f"model_dir: {base} is missing and init_param is not set: no weights to start from")
 

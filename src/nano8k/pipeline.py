@@ -2,7 +2,7 @@
 
 Each stage is a `nano8k train +stage=NAME` child process in its own run directory under the
 pipeline's (PIPELINE/NAME/), started from the previous stage's directory (`init_param`: its
-averaged model, else its best, else its latest: funasr_gaps.checkpoint_in). A child process, not a
+averaged model, else its best, else its latest: checkpoints.choose). A child process, not a
 call, so that a stage is exactly the run a user would start by hand: its torchrun re-execution, run
 lock, resume, signals and status.json all hold, and pipeline.log lists the commands. Every stage's
 config is composed, validated and its data lists checked before the first one trains. A rerun of
@@ -26,7 +26,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from nano8k import config, data, interrupts, launch, preflight, rundir
+from nano8k import checkpoints, config, data, interrupts, launch, preflight, rundir
 from nano8k import model as nano_model
 from nano8k.errors import UserError
 from nano8k.files import atomic_path, json_safe
@@ -152,7 +152,7 @@ def train(stage: Stage, number: int, total: int) -> StageResult:
     """Run one stage to its end (or find it finished); a stage that fails or is interrupted stops
     the pipeline, saying which stage and how to go on."""
     finished = launch.read_status(stage.run_dir).get("status") == "completed"
-    resumable = (stage.run_dir / "model.pt").is_file()
+    resumable = (stage.run_dir / checkpoints.LATEST).is_file()
     summary_before = _modified(stage.run_dir / "summary.json")
     if finished:
         log.info("stage %d/%d %s: finished earlier in %s; checking that nothing is left to train", number, total,

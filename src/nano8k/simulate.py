@@ -48,13 +48,10 @@ from nano8k.telephone_line import (CHANNEL_RATE, MIN_SECONDS, PRESETS, Rejected,
                          simulate_utterance, utterance_seed)
 
 __all__ = [
-    "OUTPUT_FORMATS",
     "SimulateReport",
     "simulate_corpus",
     "output_names",
 ]
-
-OUTPUT_FORMATS = ("kaldi", "jsonl", "nano", "csv", "tsv", "folder")
 
 # Reasons an utterance is not written (all have effect "reject"); see data.PREPARE_REASONS too.
 SIMULATE_REASONS: dict[str, str] = {
@@ -206,8 +203,8 @@ def simulate_corpus(
     table_format = "tsv" if location.suffix.lower() == ".tsv" else "csv"
     output_format = output_format or {"kaldi": "kaldi", "nano": "nano", "table": table_format,
                                       "folder": "folder"}.get(input_format, "jsonl")
-    if output_format not in OUTPUT_FORMATS:
-        raise UserError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if output_format not in data.WRITE_FORMATS:
+        raise UserError(f"output format must be one of {', '.join(data.WRITE_FORMATS)}, got {output_format!r}")
     if output_format == "nano" and input_format != "nano":
         raise UserError("a Nano manifest needs text_length from the model's tokenizer: write kaldi or jsonl output "
                         "and run `nano8k data prepare` on it")

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from nano8k import channel
+from nano8k import channel, data
 from nano8k.errors import UserError
 from nano8k.files import read_yaml
 
@@ -466,26 +466,9 @@ def _run_sox(cmd: list[str], data: bytes) -> bytes:
 
 
 def noise_files(noise_dir: str | Path) -> tuple[str, ...]:
-    """Audio files under `noise_dir` (recursive; extensions soundfile reads), sorted by relative
-    path: the list a noise index is drawn from. Unreadable or empty files are left out."""
-    return _noise_files(str(Path(noise_dir).resolve()))
-
-
-@functools.lru_cache(maxsize=8)
-def _noise_files(root: str) -> tuple[str, ...]:
-    import soundfile as sf
-
-    exts = {"." + e.lower() for e in sf.available_formats()} | {".wav", ".flac", ".ogg", ".opus", ".mp3"}
-    found = []
-    for path in sorted(Path(root).rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
-        if path.is_file() and path.suffix.lower() in exts:
-            try:
-                info = sf.info(str(path))
-            except Exception:  # noqa: BLE001 -- any unreadable file is left out
-                continue
-            if info.frames > 0 and info.samplerate > 0:
-                found.append(str(path))
-    return tuple(found)
+    """The readable audio files under `noise_dir` (data.readable_audio: recursive, sorted by
+    relative path, resolved): the list a noise index is drawn from."""
+    return data.readable_audio(noise_dir)[0]
 
 
 def noise_segment(path: str, n: int, fs: int, rng: np.random.Generator) -> np.ndarray:

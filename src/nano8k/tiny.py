@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Union
 
-from nano8k import config
+from nano8k import checkpoints, config
 from nano8k.errors import UserError
 from nano8k.data import manifest
 from nano8k.data.manifest import DEFAULT_PROMPT, DEFAULT_SYSTEM, fbank_frames
@@ -39,7 +39,6 @@ PRESET = "tiny"
 LLM_DIR = "Qwen3-0.6B"  # the released layout's name, although the LLM here is tiny
 CTC_VOCAB = "multilingual.tiktoken"
 CONFIG = "config.yaml"
-CHECKPOINT = "model.pt"
 
 # Qwen3's tokens that FunASR's prompts and the dataset use, in Qwen's order, added after the BPE
 # vocabulary as in Qwen3 (where <think> and </think> are added but not "special").
@@ -194,7 +193,7 @@ def write_tiny_model(directory: Path, seed: int = 0, sizes: TinySizes | None = N
         raise RuntimeError(f"ctc_vocab_size {cfg['ctc_vocab_size']} does not match {CTC_VOCAB}")
     # FunASR's checkpoint format (trainer: {"state_dict": ..., "epoch": ...}; release: the same key).
     # The tied lm_head/embed_tokens pair shares storage, so it is stored once.
-    torch.save({"state_dict": model.state_dict()}, directory / CHECKPOINT)
+    checkpoints.save({"state_dict": model.state_dict()}, directory / checkpoints.LATEST)
     return directory
 
 
@@ -235,7 +234,7 @@ def configuration_json() -> dict:
         "pipeline": {"type": "funasr-pipeline"},
         "model_name_in_hub": {"ms": "", "hf": ""},
         "file_path_metas": {
-            "init_param": CHECKPOINT,
+            "init_param": checkpoints.LATEST,
             "config": CONFIG,
             "llm_conf": {"init_param_path": LLM_DIR},
             "tokenizer_conf": {"init_param_path": LLM_DIR},
@@ -390,7 +389,7 @@ def model_kwargs(directory: Path, init_param: Union[bool, str, Path] = True) -> 
         if conf.get("vocab_path"):
             conf["vocab_path"] = absolute(conf["vocab_path"])
     if init_param is True:
-        cfg["init_param"] = str(directory / CHECKPOINT)
+        cfg["init_param"] = str(directory / checkpoints.LATEST)
     elif init_param:
         cfg["init_param"] = str(Path(init_param).resolve())
     return cfg

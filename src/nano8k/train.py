@@ -14,7 +14,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
-from nano8k import config, data, deepspeed_support, interrupts, launch, preflight, rundir
+from nano8k import checkpoints, config, data, deepspeed_support, devices, interrupts, launch, preflight, rundir
 from nano8k.errors import UserError
 from nano8k.files import atomic_path
 
@@ -38,7 +38,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float | None:
         deepspeed_support.engine_config(settings, on_cuda=False, bf16_supported=False, announce=False)
     preflight.check(settings)
     run_dir = Path(settings.get("output_dir") or run_dir)
-    main_rank = launch.rank() == 0
+    main_rank = devices.ranks()[0] == 0
     if main_rank:
         rundir.check_writable(run_dir)
         rundir.check_not_a_model(run_dir, settings.get("model_dir"))
@@ -93,7 +93,7 @@ def _resume_point(settings: dict, run_dir: Path) -> tuple[rundir.ResumePoint | N
     """Where this run continues from (None: from the start), and the resume-sensitive values the
     command changes against the run's config.yaml (an error unless resume_with_changes=true)."""
     if not (settings.get("train_conf") or {}).get("resume", True):
-        if any(run_dir.glob("model.pt*")):
+        if any(run_dir.glob(f"{checkpoints.LATEST}*")):
             log.warning("train_conf.resume=false: %s holds checkpoints; this run starts over and replaces them", run_dir)
         return None, []
     point = rundir.resume_point(run_dir)

@@ -12,54 +12,20 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import logging
 import math
 import os
-import re
-import sys
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-
-from nano8k import config, data, deepspeed_support, devices, funasr_gaps, interrupts, model as nano_model, rundir
+from nano8k import (checkpoints, config, data, deepspeed_support, devices, funasr_gaps, interrupts, model as nano_model,
+                    run_log, rundir)
+from nano8k.checkpoints import TrainState
 from nano8k.errors import UserError
-from nano8k.files import atomic_path, json_safe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Summary:
-    run_dir: str
-    steps: int = 0
-    epochs: int = 0
-    wall_s: float = 0.0
-    final_train_loss: float | None = None
-    best_val_loss: float | None = None
-    best_val_acc: float | None = None
-    best_val_cer: float | None = None  # the best checkpoint's, by best_criterion
-    best_criterion: str = "acc"  # train_conf.avg_keep_nbest_models_type: acc, loss, cer or wer
-    best_step_or_epoch: str | None = None
-    best_checkpoint: str | None = None
-    averaged_model: str | None = None
-    stopped_early: bool = False  # train_conf.early_stopping_patience
-    nonfinite_steps: int = 0  # batches skipped for a non-finite loss or gradient (max_nonfinite_steps)
-    diverged: bool = False
-    interrupted: bool = False  # by a signal; the run resumes from model.pt
-    resumes: int = 0  # times this run was resumed
-    total_wall_s: float = 0.0  # over every resume (wall_s: this process)
-    loss_curve: list[dict] = field(default_factory=list)  # every log_interval steps, over every resume
-    epochs_log: list[dict] = field(default_factory=list)  # per epoch: mean train loss, validation
-
-
-def new_history() -> dict:
-    """What summary.json reports over a run's whole life; checkpoints carry it across resumes."""
-    return {"loss_curve": [], "epochs_log": [], "epoch_losses": [], "nonfinite_steps": 0, "stopped_early": False,
-            "resumes": 0, "wall_s": 0.0}
 
 
 class Diverged(UserError):
@@ -98,7 +64,7 @@ class Trainer:
         self.resume_from, self.changes = resume_from, list(changes)
         self.rank, self.local_rank, self.world_size = devices.ranks()
         self.is_main = self.rank == 0
-        self.metrics: Metrics | None = None
+        self.metrics: run_log.Metrics | None = None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -139,7 +105,7 @@ class Trainer:
             raise UserError("train_conf.use_fsdp: true is not supported (FunASR cannot save FSDP checkpoints either); "
                             "set train_conf.use_fsdp=false")
         if self.train_conf.get("use_wandb") and self.is_main:
-            _require_wandb()  # before the model is built, not after
+            run_log.require_wandb()  # before the model is built, not after
         self.ds_config = None
         if deepspeed_support.enabled(self.settings):
             deepspeed_support.require(self.device)
@@ -152,9 +118,9 @@ class Trainer:
         if self.distributed and not torch.distributed.is_initialized():
             if "LOCAL_RANK" not in os.environ:  # one process, no launcher: the variables torchrun would set
                 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                                  MASTER_PORT=str(_free_port()))
+                                  MASTER_PORT=str(devices.free_port()))
             torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
-        _seed_everything(int(self.settings.get("seed") or 0) + self.rank)
+        devices.seed_everything(int(self.settings.get("seed") or 0) + self.rank)
 
         funasr_gaps.check_training_audio_path(self.settings)
         self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
@@ -283,13 +249,13 @@ class Trainer:
         self._setup()
         interrupts.stop_if_requested("while the model was being built")
         state = self._resume()
-        history = state["history"]
+        history = state.history
         if self.is_main:
             nano_model.write_parameter_table(self.params, self.run_dir / "params.tsv")
-            _print_parameter_table(self.params, self.policy, self.built)
+            run_log.print_parameter_table(self.params, self.policy, self.built.model_dir)
         # TensorBoard hides the events a killed run logged after the checkpoint this one resumes from
         resumed = self.resume_from is not None
-        metrics = self.metrics = Metrics(self.run_dir, self.settings, purge_step=state["step"] + 1 if resumed else 0) \
+        metrics = self.metrics = run_log.Metrics(self.run_dir, self.settings, purge_step=state.step + 1 if resumed else 0) \
             if self.is_main else None
         max_epoch = int(config.setting(self.settings, "train_conf.max_epoch"))
         accum = int(config.setting(self.settings, "train_conf.accum_grad"))
@@ -311,20 +277,21 @@ class Trainer:
         try:
             with progress:
                 # a run that stopped early (or was killed while finishing after it) trains no more epochs
-                for epoch in range(state["epoch"], max_epoch if not history["stopped_early"] else state["epoch"]):
+                for epoch in range(state.epoch, max_epoch if not history.stopped_early else state.epoch):
                     # A mid-epoch checkpoint resumes at its next batch: the sampler skips the trained
                     # ones, and the random state is put back after the epoch's iterator is created
                     # (the uninterrupted run created it before the checkpoint took the state).
-                    done_batches, state["step_in_epoch"] = state.get("step_in_epoch", 0), 0
+                    done_batches, state.step_in_epoch = state.step_in_epoch, 0
                     batches, remaining = self._epoch_batches(epoch, skip=done_batches)
                     if done_batches:
-                        self._restore_rng(state.pop("rng_states", None))
+                        devices.restore_random_states(state.rng_states, self.device)
+                        state.rng_states = None
                     total = remaining + done_batches if remaining is not None else None
                     task = progress.add_task("train", total=total, completed=done_batches, epoch=f"{epoch + 1}/{max_epoch}",
                                              loss="-", lr="-", speed="", val=last_validation)
                     funasr_gaps.set_train_mode(self.net, self.policy, True)
-                    window: list[float] = history["epoch_losses"] if done_batches else []
-                    history["epoch_losses"] = window
+                    window: list[float] = history.epoch_losses if done_batches else []
+                    history.epoch_losses = window
                     tick = time.perf_counter()
                     step_in_epoch = done_batches
                     validation_due = False
@@ -350,45 +317,46 @@ class Trainer:
                                     self.scheduler.step()
                                 self.optimizer.zero_grad(set_to_none=True)
                         if not finite:
-                            history["nonfinite_steps"] += 1
+                            history.nonfinite_steps += 1
                             log.warning("epoch %d batch %d: non-finite %s, batch skipped (%d of max_nonfinite_steps=%d)",
                                         epoch + 1, step_in_epoch, "loss" if not torch.isfinite(loss.detach()).all() else
-                                        "gradient", history["nonfinite_steps"], nonfinite_budget)
+                                        "gradient", history.nonfinite_steps, nonfinite_budget)
                             if self.engine is None:
                                 self.optimizer.zero_grad(set_to_none=True)
-                            if history["nonfinite_steps"] > nonfinite_budget:
-                                raise Diverged(history["nonfinite_steps"], nonfinite_budget, epoch, step_in_epoch,
+                            if history.nonfinite_steps > nonfinite_budget:
+                                raise Diverged(history.nonfinite_steps, nonfinite_budget, epoch, step_in_epoch,
                                                (self.settings.get("optim_conf") or {}).get("lr"))
                             continue
-                        state["step"] += int(updated)
+                        state.step += int(updated)
                         window.append(loss.item())
                         lr = self.optimizer.param_groups[0]["lr"]
                         progress.update(task, advance=1, loss=f"{loss.item():.3f}", lr=f"{lr:.2e}",
                                         speed=f"{1.0 / max(time.perf_counter() - tick, 1e-9):.1f} it/s")
                         tick = time.perf_counter()
-                        if self.is_main and (state["step"] % log_interval == 0 or step_in_epoch == 1):
-                            record = {"epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": lr,
-                                      **{k: float(v) for k, v in stats.items() if k.startswith(("loss_", "acc")) and _is_number(v)}}
-                            metrics.emit(record, "train", state["step"])
-                            history["loss_curve"].append({"step": state["step"], "loss": round(loss.item(), 4)})
+                        if self.is_main and (state.step % log_interval == 0 or step_in_epoch == 1):
+                            record = {"epoch": epoch + 1, "step": state.step, "loss": loss.item(), "lr": lr,
+                                      **{k: float(v) for k, v in stats.items()
+                                         if k.startswith(("loss_", "acc")) and run_log.is_number(v)}}
+                            metrics.emit(record, "train", state.step)
+                            history.loss_curve.append({"step": state.step, "loss": round(loss.item(), 4)})
                         # Checkpoints fall on optimizer steps only: gradients accumulated over part of
                         # accum_grad batches are not saved, so a checkpoint between them could not resume exactly.
                         validation_due = validation_due or step_in_epoch % validate_interval == 0
                         validated = validation_due and updated
                         if validated:
                             validation_due = False
-                            last_validation = _brief(self._validate_and_save(state, epoch, step_in_epoch, metrics))
+                            last_validation = run_log.brief(self._validate_and_save(state, epoch, step_in_epoch, metrics))
                             progress.update(task, val=last_validation)
                             funasr_gaps.set_train_mode(self.net, self.policy, True)
                         signum = self._signalled() if updated else None
                         if signum:
                             self._stop_for_signal(signum, state, epoch, step_in_epoch, saved=validated)
-                    history["epoch_losses"] = []
-                    state["epoch"] = epoch + 1
+                    history.epoch_losses = []
+                    state.epoch = epoch + 1
                     result = self._validate_and_save(state, epoch, None, metrics, train_loss=_mean(window),
                                                      patience=patience)
-                    progress.update(task, completed=step_in_epoch, total=step_in_epoch, val=_brief(result))
-                    if history["stopped_early"]:
+                    progress.update(task, completed=step_in_epoch, total=step_in_epoch, val=run_log.brief(result))
+                    if history.stopped_early:
                         break
                     signum = self._signalled()
                     if signum:
@@ -401,33 +369,19 @@ class Trainer:
             raise
         return self._finish(state, metrics)
 
-    def _finish(self, state: dict, metrics: "Metrics | None", diverged: bool = False, interrupted: bool = False) -> float | None:
+    def _finish(self, state: TrainState, metrics: run_log.Metrics | None, diverged: bool = False,
+                interrupted: bool = False) -> float | None:
         """summary.json (the whole history, over every resume), the average of the best checkpoints,
         and the end of the process group."""
         import torch
 
-        history = state["history"]
-        summary = Summary(run_dir=str(self.run_dir))
-        if self.is_main and not (diverged or interrupted):
-            summary.averaged_model = self._average(state)
-        summary.steps, summary.epochs = state["step"], state["epoch"]
-        summary.best_val_loss, summary.best_val_acc = state.get("best_val_loss"), state.get("best_val_acc")
-        summary.best_val_cer = (state.get("best_metrics") or {}).get("val_cer")
-        summary.best_criterion = self.criterion
-        summary.best_step_or_epoch = state.get("best_step_or_epoch") or None
-        summary.best_checkpoint = str(self.run_dir / "model.pt.best") if (self.run_dir / "model.pt.best").exists() else None
-        summary.loss_curve, summary.epochs_log = history["loss_curve"], history["epochs_log"]
-        summary.final_train_loss = history["epochs_log"][-1]["train_loss"] if history["epochs_log"] else None
-        summary.stopped_early, summary.nonfinite_steps = history["stopped_early"], history["nonfinite_steps"]
-        summary.diverged, summary.interrupted, summary.resumes = diverged, interrupted, history["resumes"]
-        summary.wall_s = round(time.perf_counter() - self.started, 2)
-        summary.total_wall_s = round(history["wall_s"] + summary.wall_s, 2)
+        averaged = self._average(state) if self.is_main and not (diverged or interrupted) else None
+        summary = run_log.Summary.of(self.run_dir, state, self.criterion, time.perf_counter() - self.started,
+                                     averaged, diverged=diverged, interrupted=interrupted)
         if self.is_main:
-            with atomic_path(self.run_dir / "summary.json") as tmp:
-                Path(tmp).write_text(json.dumps(json_safe(asdict(summary)), indent=2, allow_nan=False) + "\n",
-                                     encoding="utf-8")
+            summary.write()
             if not (diverged or interrupted):
-                _print_summary(summary)
+                summary.print()
             signum = interrupts.pending()
             if signum is not None and not interrupted:  # acted on: finishing is quicker than leaving it half done
                 log.warning("%s came while the run was finishing: it finished first (averaged model, summary.json)",
@@ -459,16 +413,16 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item()) or None
 
-    def _stop_for_signal(self, signum: int, state: dict, epoch: int, step_in_epoch: int | None, saved: bool) -> None:
+    def _stop_for_signal(self, signum: int, state: TrainState, epoch: int, step_in_epoch: int | None, saved: bool) -> None:
         """A resumable model.pt at this step unless one was just written (no validation: a cluster's
         grace period is short), then stop with the signal's exit status."""
         if not saved:
             self._save_latest(state, epoch, step_in_epoch)
         where = f"epoch {epoch + 1}, batch {step_in_epoch}" if step_in_epoch else f"the end of epoch {epoch + 1}"
-        latest = self.run_dir / "model.pt"
+        latest = self.run_dir / checkpoints.LATEST
         raise interrupts.Interrupted(signum, f"interrupted by {interrupts.signal_name(signum)} at {where} (step "
-                                     f"{state['step']}); checkpoint {latest}: the same command resumes the run",
-                                     {"epoch": epoch + 1, "step": state["step"], "step_in_epoch": step_in_epoch or 0,
+                                     f"{state.step}); checkpoint {latest}: the same command resumes the run",
+                                     {"epoch": epoch + 1, "step": state.step, "step_in_epoch": step_in_epoch or 0,
                                       "checkpoint": str(latest)})
 
     def _finite_everywhere(self, loss: Any) -> bool:
@@ -480,46 +434,6 @@ class Trainer:
         if self.world_size > 1:
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite.item())
-
-    def _rng_states(self) -> list[dict]:
-        """Every rank's random state (SpecAug masks, dropout; FunASR's samplers seed themselves per
-        epoch), so that a resumed run continues exactly as the uninterrupted one would have."""
-        import random
-
-        import numpy
-        import torch
-
-        name, keys, position, has_gauss, cached = numpy.random.get_state()
-        # NumPy's key array as a tensor: the checkpoint then loads with weights_only=True
-        mine = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": (name, torch.from_numpy(keys.astype(numpy.int64)), int(position), int(has_gauss), float(cached)),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.startswith("cuda") else None}
-        if self.world_size == 1:
-            return [mine]
-        every: list = [None] * self.world_size
-        torch.distributed.all_gather_object(every, mine)
-        return every
-
-    def _restore_rng(self, states: list[dict] | None) -> None:
-        import random
-
-        import numpy
-        import torch
-
-        if not states:
-            return
-        if len(states) != self.world_size:
-            log.warning("random state not restored: the checkpoint comes from %d ranks, this run has %d; "
-                        "training continues with fresh random streams", len(states), self.world_size)
-            return
-        mine = states[self.rank]
-        torch.set_rng_state(mine["torch"])
-        random.setstate(mine["python"])
-        name, keys, position, has_gauss, cached = mine["numpy"]
-        numpy.random.set_state((name, numpy.asarray(keys, dtype=numpy.int64).astype(numpy.uint32), position, has_gauss,
-                                cached))
-        if mine.get("cuda") is not None and self.device.startswith("cuda"):
-            torch.cuda.set_rng_state_all(mine["cuda"])
 
     def _ranks_agree(self) -> bool:
         """Do all ranks hold the same trainable parameters? (DDP should guarantee it.)"""
@@ -645,24 +559,24 @@ class Trainer:
             rates = shared[0]
         return rates
 
-    def _validate_and_save(self, state: dict, epoch: int, step_in_epoch: int | None, metrics: Metrics | None,
-                           train_loss: float | None = None, patience: int = 0) -> dict[str, float]:
+    def _validate_and_save(self, state: TrainState, epoch: int, step_in_epoch: int | None,
+                           metrics: run_log.Metrics | None, train_loss: float | None = None,
+                           patience: int = 0) -> dict[str, float]:
         """Validate, then write model.pt.epN[.STEP], model.pt and (when better) model.pt.best. At an
         epoch's end also the epoch's row of the history and the early-stopping decision, so that the
         checkpoint holds them."""
         result = self._validate()
-        name = f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
-        for field_name, value in result.items():  # FunASR's val_acc_/val_loss_step_or_epoch, and nano8k's others
-            state.setdefault(f"{field_name}_step_or_epoch", {})[name] = value
-        history = state["history"]
+        name = checkpoints.epoch_name(epoch, step_in_epoch)
+        state.record(name, result)
+        history = state.history
         if self.is_main:  # wall_s: since this process started training (bench_learn plots CER against it)
-            metrics.emit({"epoch": epoch + 1, "step": state["step"], **result, "checkpoint": name,
-                          "wall_s": round(time.perf_counter() - self.started, 2)}, "valid", state["step"])
+            metrics.emit({"epoch": epoch + 1, "step": state.step, **result, "checkpoint": name,
+                          "wall_s": round(time.perf_counter() - self.started, 2)}, "valid", state.step)
         if step_in_epoch is None:
-            history["epochs_log"].append({"epoch": epoch + 1, "train_loss": train_loss, **result})
-            stale = _epochs_without_improvement(state["val_loss_step_or_epoch"])
+            history.epochs_log.append({"epoch": epoch + 1, "train_loss": train_loss, **result})
+            stale = state.epochs_without_improvement()
             if patience > 0 and stale >= patience:
-                history["stopped_early"] = True
+                history.stopped_early = True
                 log.info("early stopping after epoch %d: the validation loss has not improved for %d epochs "
                          "(early_stopping_patience %d)", epoch + 1, stale, patience)
         # Diverged weights are never saved; a non-finite validation loss is never "best" nor averaged.
@@ -672,33 +586,32 @@ class Trainer:
         usable = math.isfinite(result["val_loss"])
         if not usable:
             log.warning("%s: validation loss %s: never used as best or averaged", name, result["val_loss"])
-        better = usable and (state.get("best_step_or_epoch") in (None, "") or (
-            _rank_key(self.criterion, result) > _rank_key(self.criterion, state.get("best_metrics") or {})))
+        better = usable and state.is_better(result, self.criterion)
         if better:
-            state.update(best_val_loss=result["val_loss"], best_val_acc=result["val_acc"], best_step_or_epoch=name,
-                         best_metrics=result)
+            state.best_step_or_epoch, state.best_metrics = name, result
         if usable:
-            state["saved_ckpts"][name] = result["val_loss"]
+            state.saved_ckpts[name] = result["val_loss"]
         checkpoint = self._save_latest(state, epoch, step_in_epoch, also=(name,) if usable else ())
         if checkpoint is not None and better:
-            funasr_gaps.atomic_save(weights_only(checkpoint), self.run_dir / "model.pt.best")
+            checkpoints.save(checkpoints.weights_only(checkpoint), self.run_dir / checkpoints.BEST)
         if self.is_main:
-            self._prune(state)
+            state.prune(self.run_dir, self.criterion, int(config.setting(self.settings, "train_conf.keep_nbest_models")))
         return result
 
-    def _save_latest(self, state: dict, epoch: int, step_in_epoch: int | None, also: tuple[str, ...] = ()) -> dict | None:
+    def _save_latest(self, state: TrainState, epoch: int, step_in_epoch: int | None,
+                     also: tuple[str, ...] = ()) -> dict | None:
         """model.pt (and `also`, written first: model.pt never names a file that is not there yet),
         resumable at this point; every rank calls it (DeepSpeed state, random states), rank 0 writes.
         Returns the checkpoint written (rank 0)."""
-        tag = also[0] if also else f"model.pt.ep{epoch + 1}" + (f".{step_in_epoch}" if step_in_epoch else "")
+        tag = also[0] if also else checkpoints.epoch_name(epoch, step_in_epoch)
         engine_state = deepspeed_support.save_state(self.engine, self.run_dir, tag) if self.engine else None  # every rank
-        rng_states = self._rng_states()  # every rank
+        rng_states = devices.random_states(self.device)  # every rank
         if not self.is_main:
             return None
         checkpoint = {**self._checkpoint(state, epoch, step_in_epoch, engine_state), "rng_states": rng_states}
         for name in also:
-            funasr_gaps.atomic_save(weights_only(checkpoint), self.run_dir / name)
-        funasr_gaps.atomic_save(checkpoint, self.run_dir / "model.pt")
+            checkpoints.save(checkpoints.weights_only(checkpoint), self.run_dir / name)
+        checkpoints.save(checkpoint, self.run_dir / checkpoints.LATEST)
         if engine_state:
             deepspeed_support.keep_only(self.run_dir, engine_state)
         return checkpoint
@@ -714,74 +627,39 @@ class Trainer:
         or one loaded from init_param, is always kept)."""
         return OrderedDict((k, v.detach().cpu()) for k, v in self.net.state_dict().items() if k in self.saved_keys)
 
-    def _checkpoint(self, state: dict, epoch: int, step_in_epoch: int | None, engine_state: str | None) -> dict:
+    def _checkpoint(self, state: TrainState, epoch: int, step_in_epoch: int | None, engine_state: str | None) -> dict:
         """FunASR's checkpoint fields. Under DeepSpeed the optimizer and scheduler are partitioned
         across ranks: they live in the DeepSpeed state the checkpoint names instead."""
         training_state = {"deepspeed_state": engine_state} if engine_state else {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        validation = {k: v for k, v in state.items() if k.endswith("_step_or_epoch") and k != "best_step_or_epoch"}
-        return {
-            "epoch": epoch + 1 if step_in_epoch is None else epoch, "step": state["step"],
-            "step_in_epoch": step_in_epoch or 0, "state_dict": self._weights(), **training_state,
-            "saved_ckpts": state["saved_ckpts"], **validation, "best_step_or_epoch": state.get("best_step_or_epoch", ""),
-            "avg_keep_nbest_models_type": self.criterion, "best_criterion": self.criterion,
-            "data_split_i": 0, "data_split_num": 1, "batch_total": state["step"],
-            "best_val_loss": state.get("best_val_loss"), "best_val_acc": state.get("best_val_acc"),
-            "best_metrics": state.get("best_metrics"), "excluded_prefixes": list(self.excluded),
-            "trained_modules": self.trained_modules, "nano8k": True,
-            # nano8k: what summary.json and metrics.jsonl held at this point (a resume continues them)
-            "history": {**state["history"], "wall_s": round(state["history"]["wall_s"] + time.perf_counter() - self.started, 2),
-                        "metrics_lines": self.metrics.lines if self.metrics else 0},
-        }
+        fields = state.fields(epoch, step_in_epoch)
+        # nano8k: what summary.json and metrics.jsonl held at this point (a resume continues them)
+        fields["history"].update(wall_s=round(state.history.wall_s + time.perf_counter() - self.started, 2),
+                                 metrics_lines=self.metrics.lines if self.metrics else 0)
+        return {**fields, "state_dict": self._weights(), **training_state, "avg_keep_nbest_models_type": self.criterion,
+                "best_criterion": self.criterion, "excluded_prefixes": list(self.excluded),
+                "trained_modules": self.trained_modules, "nano8k": True}
 
-    def _ranked(self, state: dict) -> list[str]:
-        """Saved checkpoints, best first by the run's criterion (ties broken by the other metrics)."""
-        names = [n for n in state["val_loss_step_or_epoch"] if (self.run_dir / n).exists()]
-        return sorted(names, key=lambda n: _rank_key(self.criterion, _metrics_of(state, n)), reverse=True)
-
-    def _prune(self, state: dict) -> None:
-        keep = int(config.setting(self.settings, "train_conf.keep_nbest_models"))
-        for name in self._ranked(state)[keep:]:
-            (self.run_dir / name).unlink(missing_ok=True)
-            state["saved_ckpts"].pop(name, None)
-
-    def _average(self, state: dict) -> str | None:
+    def _average(self, state: TrainState) -> str | None:
         """model.pt.avg{N}: the mean of the N best checkpoints (by the run's criterion)."""
-        import torch
-
         n = int(config.setting(self.settings, "train_conf.avg_nbest_model"))
-        chosen = self._ranked(state)[:n]
+        chosen = state.ranked(self.run_dir, self.criterion)[:n]
         if not chosen:
             return None
-        # memory-mapped and summed tensor by tensor: one state in memory, not N stacked (at the
-        # released size each checkpoint is a GB, read while the model and optimizer are still held)
-        states = [funasr_gaps.weights_in(funasr_gaps.read_checkpoint(self.run_dir / name, mmap=True)) for name in chosen]
-        averaged = OrderedDict()
-        for key in states[0]:
-            tensors = [s[key] for s in states]
-            if tensors[0].is_floating_point():
-                total = tensors[0].to(torch.float32, copy=True)
-                for tensor in tensors[1:]:
-                    total += tensor
-                averaged[key] = total.div_(len(tensors)).to(tensors[0].dtype)
-            else:
-                averaged[key] = tensors[0]
-        path = self.run_dir / f"model.pt.avg{n}"
-        funasr_gaps.atomic_save({"state_dict": averaged, "averaged": chosen, "best_criterion": self.criterion,
-                                 "excluded_prefixes": list(self.excluded), "trained_modules": self.trained_modules}, path)
+        path = checkpoints.average(self.run_dir, chosen, n, {"best_criterion": self.criterion,
+                                                          "excluded_prefixes": list(self.excluded),
+                                                          "trained_modules": self.trained_modules})
         log.info("averaged %d checkpoints (%s, best by validation %s) into %s", len(chosen), ", ".join(chosen),
                  self.criterion, path)
         return str(path)
 
-    def _resume(self) -> dict:
-        state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "saved_ckpts": {}, "val_acc_step_or_epoch": {},
-                 "val_loss_step_or_epoch": {}, "history": new_history()}
+    def _resume(self) -> TrainState:
         if self.resume_from is None:
             if self.is_main:  # a run killed before its first checkpoint starts over: so do its metrics
-                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
-            return state
+                run_log.truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+            return TrainState()
         latest = self.resume_from.path  # train.py checked that it fits this run (DeepSpeed or not, config drift)
-        checkpoint = funasr_gaps.read_checkpoint(latest)
+        checkpoint = checkpoints.read(latest)
         funasr_gaps.load_weights(self.net, [latest], partial=True)
         if self.engine is not None:
             deepspeed_support.load_state(self.engine, self.run_dir, checkpoint["deepspeed_state"])
@@ -796,24 +674,16 @@ class Trainer:
                                 "was the freeze policy changed? Use a new run directory") from None
             if self.changes:
                 self._apply_changed_values()
-        for key in ("saved_ckpts", *(k for k in checkpoint if k.endswith("_step_or_epoch") and k != "best_step_or_epoch")):
-            state[key] = dict(checkpoint.get(key) or {})
-        history = {**new_history(), **(checkpoint.get("history") or {})}
-        history["resumes"] += 1
-        state.update(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
-                     step_in_epoch=int(checkpoint.get("step_in_epoch") or 0), history=history,
-                     best_val_loss=checkpoint.get("best_val_loss"), best_val_acc=checkpoint.get("best_val_acc"),
-                     best_step_or_epoch=checkpoint.get("best_step_or_epoch"),
-                     best_metrics=checkpoint.get("best_metrics") or _metrics_of(state, checkpoint.get("best_step_or_epoch")))
-        if state["step_in_epoch"]:
-            state["rng_states"] = checkpoint.get("rng_states")  # put back once the epoch's iterator exists (fit)
-        else:
-            self._restore_rng(checkpoint.get("rng_states"))
+        state = TrainState.from_checkpoint(checkpoint)
+        state.history.resumes += 1
+        if not state.step_in_epoch:  # else put back once the epoch's batches exist (fit)
+            devices.restore_random_states(state.rng_states, self.device)
+            state.rng_states = None
         if self.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", history.get("metrics_lines"))
-        where = f"epoch {state['epoch'] + 1}, batch {state['step_in_epoch'] + 1}" if state["step_in_epoch"] else \
-            f"the start of epoch {state['epoch'] + 1}"
-        log.info("resumed from %s at %s (step %d)", latest, where, state["step"])
+            run_log.truncate_metrics(self.run_dir / "metrics.jsonl", state.history.metrics_lines)
+        where = f"epoch {state.epoch + 1}, batch {state.step_in_epoch + 1}" if state.step_in_epoch else \
+            f"the start of epoch {state.epoch + 1}"
+        log.info("resumed from %s at %s (step %d)", latest, where, state.step)
         return state
 
     def _restart_optimizer(self, checkpoint: Path, step: int) -> None:
@@ -855,202 +725,11 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------
 
 
-# Only model.pt, the file a resume reads, carries the optimizer and scheduler state: in the epoch
-# checkpoints and model.pt.best it would triple their size (Adam keeps two moments per trained
-# weight) for a fall-back that rundir takes only when model.pt is damaged (then the optimizer
-# starts afresh; _resume says so).
-RESUME_ONLY = ("optimizer", "scheduler")
-
-
-def weights_only(checkpoint: dict) -> dict:
-    """A checkpoint without the optimizer and scheduler state (weights, counters, history)."""
-    return {k: v for k, v in checkpoint.items() if k not in RESUME_ONLY}
-
-
-def _rank_key(criterion: str, metrics: dict) -> tuple[float, ...]:
-    """Higher is better: the criterion first (accuracy up, loss and error rates down), then the
-    others as tie-breakers. A metric not computed ranks last."""
-    def up(name: str) -> float:
-        value = metrics.get(f"val_{name}")
-        if value is None or not math.isfinite(value):
-            return -math.inf
-        return value if name == "acc" else -value
-
-    order = [criterion, *(c for c in (*config.DECODED_CRITERIA, "acc", "loss") if c != criterion)]
-    return tuple(up(name) for name in order)
-
-
-def _metrics_of(state: dict, name: str | None) -> dict:
-    """One checkpoint's validation metrics from the state's per-checkpoint tables."""
-    if not name:
-        return {}
-    return {key[: -len("_step_or_epoch")]: table[name] for key, table in state.items()
-            if key.endswith("_step_or_epoch") and isinstance(table, dict) and name in table}
-
-
-def _epochs_without_improvement(val_losses: dict[str, float]) -> int:
-    """Epochs since the best end-of-epoch validation loss (FunASR's early stopping counts these;
-    mid-epoch validations, `model.pt.epN.STEP`, do not count)."""
-    epochs = sorted((int(name.rsplit("ep", 1)[1]), loss) for name, loss in val_losses.items()
-                    if name.rsplit("ep", 1)[-1].isdigit())
-    best, stale = math.inf, 0
-    for _, loss in epochs:
-        best, stale = (loss, 0) if loss < best else (best, stale + 1)
-    return stale
-
-
-def _brief(result: dict) -> str:
-    """The last validation, for the progress bar."""
-    parts = [f"val loss {result['val_loss']:.3f}"]
-    parts += [f"{label} {100 * result[key]:.1f}%" for key, label in (("val_cer", "CER"), ("val_ctc_cer", "CTC CER"))
-              if result.get(key) is not None]
-    return "| " + " ".join(parts)
-
-
-def _seed_everything(seed: int) -> None:
-    """torch, numpy and Python's random, as FunASR's set_all_random_seed does: FunASR's datasets and
-    samplers draw from Python's random too."""
-    import random
-
-    import numpy
-    import torch
-
-    random.seed(seed)
-    numpy.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def _truncate_metrics(path: Path, lines: int | None) -> None:
-    """metrics.jsonl as it was when the resumed checkpoint was written (lines: 0 for a run that
-    starts over): the records of steps trained again would otherwise appear twice."""
-    if lines is None or not path.is_file():
-        return
-    with path.open("rb") as f:
-        kept = [line for _, line in zip(range(lines), f)]
-        dropped = sum(1 for _ in f)
-    if dropped:
-        path.write_bytes(b"".join(kept))
-        log.info("metrics.jsonl: %d record(s) after the checkpoint this run starts from removed (those steps are "
-                 "trained again)", dropped)
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def _to_device(batch: dict, device: str) -> dict:
     import torch
 
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-class Metrics:
-    """Where rank 0's numbers go: metrics.jsonl, TensorBoard (RUN/tensorboard) and, with
-    train_conf.use_wandb, Weights & Biases (FunASR's keys: wandb_project, wandb_team,
-    wandb_exp_name, wandb_token; WANDB_MODE=offline writes RUN/wandb without a network)."""
-
-    def __init__(self, run_dir: Path, settings: dict, purge_step: int = 0):
-        from torch.utils.tensorboard import SummaryWriter
-
-        path = run_dir / "metrics.jsonl"
-        self.lines = sum(1 for _ in path.open("rb")) if path.is_file() else 0  # checkpoints record it
-        self.file = path.open("a", encoding="utf-8")
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
-        self.wandb = _wandb_run(run_dir, settings) if (settings.get("train_conf") or {}).get("use_wandb") else None
-
-    def emit(self, record: dict, split: str, step: int) -> None:
-        self.file.write(json.dumps(json_safe({"split": split, **record}), allow_nan=False) + "\n")
-        self.file.flush()
-        self.lines += 1
-        scalars = {f"{split}/{key}": float(value) for key, value in record.items()
-                   if key not in ("epoch", "step", "checkpoint", "wall_s") and _is_number(value)}
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
-        if self.wandb is not None:
-            self.wandb.log({**scalars, "epoch": record["epoch"]}, step=step)
-        if split == "valid":
-            rates = "".join(f" {key[4:]} {record[key]:.4f}" for key in ("val_cer", "val_wer", "val_ctc_cer")
-                            if record.get(key) is not None)
-            parts = "".join(f" ({key[4:]} {record[key]:.4f})" for key in ("val_loss_llm", "val_loss_ctc") if key in record)
-            log.info("validation at step %d: loss %.4f%s acc %.4f%s (%s)", step, record["val_loss"], parts,
-                     record["val_acc"], rates, record["checkpoint"])
-
-    def close(self) -> None:
-        self.file.close()
-        self.writer.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def _require_wandb() -> Any:
-    try:
-        import wandb
-    except ImportError:
-        raise UserError("train_conf.use_wandb: true needs Weights & Biases: pip install 'nano8k[wandb]'") from None
-    return wandb
-
-
-def _wandb_run(run_dir: Path, settings: dict) -> Any:
-    wandb = _require_wandb()
-    train_conf = settings.get("train_conf") or {}
-    if train_conf.get("wandb_token"):
-        wandb.login(key=train_conf["wandb_token"])
-    # Never upload the key: not in the config, and not in the command line W&B records (sys.argv).
-    shown = {**settings, "train_conf": {k: v for k, v in train_conf.items() if k != "wandb_token"}}
-    argv = sys.argv
-    sys.argv = [re.sub(r"(wandb_token=).*", r"\1<redacted>", arg) for arg in argv]
-    try:
-        return wandb.init(project=train_conf.get("wandb_project") or "nano8k", entity=train_conf.get("wandb_team"),
-                          name=train_conf.get("wandb_exp_name") or run_dir.name, dir=str(run_dir), config=shown,
-                          job_type="training")
-    finally:
-        sys.argv = argv
-
-
-def _print_parameter_table(rows: list[tuple[str, int, int]], policy: dict, built: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Parameters ({built.model_dir})")
-    table.add_column("module")
-    table.add_column("total", justify="right")
-    table.add_column("trainable", justify="right")
-    table.add_column("policy")
-    for module, total, trainable in rows:
-        table.add_row(module, f"{total:,}", f"{trainable:,}", "frozen" if policy.get(module) else "trains")
-    table.add_row("total", f"{sum(r[1] for r in rows):,}", f"{sum(r[2] for r in rows):,}", "", style="bold")
-    Console(stderr=True).print(table)
-    log.info("parameters: %s", "; ".join(f"{m} {t}/{tr}" for m, t, tr in rows))
-
-
-def _print_summary(summary: Summary) -> None:
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    stopped = " (stopped early: no validation improvement)" if summary.stopped_early else ""
-    console.print(f"[bold]done[/] in {summary.wall_s:.1f}s: {summary.epochs} epochs, {summary.steps} steps{stopped}")
-    for row in summary.epochs_log:
-        train = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
-        rates = "".join(f", {label} {100 * row[key]:.1f}%" for key, label in
-                        (("val_cer", "CER"), ("val_wer", "WER"), ("val_ctc_cer", "CTC CER")) if row.get(key) is not None)
-        console.print(f"  epoch {row['epoch']}: train loss {train}, validation loss {row['val_loss']:.4f}, "
-                      f"accuracy {row['val_acc']:.4f}{rates}")
-    console.print(f"best checkpoint by validation {summary.best_criterion}: {summary.best_step_or_epoch}")
-    console.print(f"run directory: {summary.run_dir}")
-    if summary.averaged_model:
-        console.print(f"averaged model: {summary.averaged_model}")

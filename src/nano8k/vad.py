@@ -97,6 +97,15 @@ class SileroVad:
         return Speech([s for s in segments if s.end > s.start], frames / rate)
 
 
+def detector(settings: dict) -> "SileroVad":
+    """The voice-activity detector a decode config's `vad` names (config.VAD_NAMES; silero when
+    unnamed): the one place a second detector is added."""
+    name = settings.get("name") or "silero"
+    if name not in DETECTORS:
+        raise UserError(f"vad.name: {name!r} is not one of {', '.join(DETECTORS)}")
+    return DETECTORS[name](settings)
+
+
 def defaults() -> dict:
     """conf/vad/silero.yaml: the settings a key left out takes."""
     from importlib.resources import files
@@ -111,6 +120,9 @@ def check(settings: dict) -> None:
     values = {**defaults(), **{k: v for k, v in settings.items() if v is not None}}
     if values.get("neg_threshold") is not None and float(values["neg_threshold"]) >= float(values["threshold"]):
         raise UserError(f"vad.neg_threshold: {values['neg_threshold']} must be below vad.threshold ({values['threshold']})")
+
+
+DETECTORS = {"silero": SileroVad}
 
 
 @contextlib.contextmanager

@@ -80,10 +80,13 @@ from nano8k.data.sources import (
                                read_keyed,
                                read_reco2file_and_channel,
                                read_source,
+                               readable_audio,
+                               SOURCE_FORMATS,
+                               WRITE_FORMATS,
                                write_corpus,
                                write_kaldi,
 )
-from nano8k.data.text import read_lines, read_text, undecodable
+from nano8k.data.text import SCORING_LANGUAGES, read_lines, read_text, undecodable
 from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 
 __all__ = [
@@ -94,6 +97,7 @@ __all__ = [
     "audio_paths", "check", "check_cached", "check_key", "check_list_file", "check_notes_path", "check_rejects_path",
     "count_tokens", "decoding_prompt", "funasr_language", "default_cache_dir", "fake_token_len", "fbank_frames", "folder_key",
     "load_tokenizer", "nearest_sample", "nonfinite_samples", "prepare", "read_keyed", "read_lines", "read_source",
+    "readable_audio", "SOURCE_FORMATS", "WRITE_FORMATS", "SCORING_LANGUAGES",
     "read_reco2file_and_channel", "read_text", "undecodable", "rejects_path", "resampled_length", "resolve_path", "write_jsonl_atomic", "write_lines_atomic",
     "write_notes", "write_rejects",
 ]

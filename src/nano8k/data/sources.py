@@ -15,6 +15,7 @@ entry per channel transcript (``K-A``/``K-B`` for a key ``K``).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -95,6 +96,8 @@ def channel_mode(channel: str | int) -> str | int:
 
 
 SOURCE_FORMATS = ("kaldi", "jsonl", "csv", "tsv", "folder")
+# what write_corpus writes: the sources' formats, and the Nano JSONL FunASR trains on
+WRITE_FORMATS = ("kaldi", "jsonl", "nano", "csv", "tsv", "folder")
 
 
 def read_source(source: Path, *, mode: str | int = "mix", allow_pipes: bool = False, source_format: str | None = None,
@@ -740,6 +743,36 @@ def audio_files(directory: Path, exclude: Path | None) -> Iterable[Path]:
         for name in sorted(files):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_SUFFIXES:
                 yield Path(current) / name
+
+
+def readable_audio(location: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(readable audio files, those left out as unreadable or empty) of a folder (audio_files, in
+    the order of their relative paths; absolute paths) or of a list file (a path a line, relative to
+    the list's directory; blank lines and # comments skipped): the noise and room-response lists of
+    simulate and augment. Cached per location: a noise folder is listed once per process."""
+    return _readable_audio(str(Path(location).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _readable_audio(location: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    import soundfile as sf
+
+    where = Path(location)
+    if where.is_dir():
+        found = sorted(audio_files(where, None), key=lambda p: p.relative_to(where).as_posix())
+    else:
+        lines = (line.strip() for line in read_lines(where))
+        found = [Path(line) if Path(line).is_absolute() else where.parent / line
+                 for line in lines if line and not line.startswith("#")]
+    readable, left_out = [], []
+    for path in found:
+        try:
+            info = sf.info(str(path))
+            good = info.frames > 0 and info.samplerate > 0
+        except Exception:  # noqa: BLE001 -- any unreadable file is left out, and said so by the caller
+            good = False
+        (readable if good else left_out).append(str(path))
+    return tuple(readable), tuple(left_out)
 
 
 def folder_key(relative: Path) -> str:

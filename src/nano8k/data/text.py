@@ -12,6 +12,11 @@ from pathlib import Path
 from nano8k.errors import UserError
 
 
+# the languages transcripts are scored in (score.py): CER for zh/ja, WER for en, MER for mixed;
+# auto: chosen from the text
+SCORING_LANGUAGES = ("auto", "zh", "ja", "en", "mixed")
+
+
 def encoding_of(head: bytes) -> str:
     """The encoding of a text file from its first bytes: UTF-16 by its byte-order mark, or without
     one by its NUL bytes (ASCII-range text in UTF-16 has a NUL in every other byte, which UTF-8 text

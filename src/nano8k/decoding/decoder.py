@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nano8k import checkpoints
 from nano8k.config import STRATEGIES
 from nano8k.decoding import confidence, joint, speculative, speech_gate
 from nano8k.devices import resolve_device
@@ -206,7 +207,7 @@ class ModelSource:
 
 def resolve_model(settings: dict) -> ModelSource:
     """The model directory, the checkpoint file and the config that wins (see the module docstring)."""
-    from nano8k import funasr_gaps, model as nano_model
+    from nano8k import model as nano_model
 
     run_config: dict = {}
     checkpoint = None
@@ -217,11 +218,8 @@ def resolve_model(settings: dict) -> ModelSource:
         if not given.exists():
             raise UserError(f"checkpoint: {given} does not exist (give a checkpoint file or a training run directory "
                             "holding model.pt.avg*, model.pt.best or model.pt)")
-        try:
-            checkpoint = funasr_gaps.checkpoint_in(given)
-        except UserError as err:
-            raise UserError(str(err).replace("init_param:", "checkpoint:", 1)) from None
-        if given.is_dir() and not checkpoint.name.startswith("model.pt.avg"):
+        checkpoint = checkpoints.choose(given, key="checkpoint")
+        if given.is_dir() and not checkpoints.is_averaged(checkpoint.name):
             _check_no_average(given, checkpoint)
         candidate = (given if given.is_dir() else given.parent) / "config.yaml"
         if candidate.is_file():
@@ -237,7 +235,7 @@ def resolve_model(settings: dict) -> ModelSource:
         if not config_path.is_file():
             raise UserError(f"model_dir: {config_path} is missing (every Fun-ASR-Nano model directory has one)")
         run_config = read_yaml(config_path)
-    base = model_dir / "model.pt"
+    base = model_dir / checkpoints.LATEST
     if checkpoint is not None and base.is_file() and checkpoint.resolve() == base.resolve():
         checkpoint = None  # model_dir/model.pt given explicitly: load it once
     if checkpoint is None and not base.is_file():

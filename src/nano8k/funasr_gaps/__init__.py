@@ -8,10 +8,10 @@ The work-arounds live in this package's modules, one concern each (callers impor
 
   runtime.py     8, 9, 21   FunASR's imports, its registry, its prints; CPU threads
   objective.py   1-5, 18, 19  what training optimises: SpecAug, the CTC and LLM losses, freezing, padding
-  weights.py     6, 7, 23   reading, loading and writing weights; LoRA adapters
+  weights.py     6, 23      loading weights; LoRA adapters
   dataset.py     10, 11, 20, 22, 24, 25   FunASR's training data pipeline: index, loader, audio
   inference.py   12-15, 17  decoding as training fed the model, batched
-  (16, deepspeed: nano8k/deepspeed_support.py)
+  (7, checkpoint files: nano8k/checkpoints.py; 16, deepspeed: nano8k/deepspeed_support.py)
 
 1. SPECAUG — FunASR: FunASRNano swallows `specaug`/`specaug_conf` in **kwargs; no augmentation.
    nano8k: builds the configured class (SpecAugLFR) from FunASR's registry and applies it to the LFR
@@ -47,7 +47,8 @@ The work-arounds live in this package's modules, one concern each (callers impor
    the built model's tensors at them (assign_weights()): about once.
 7. CHECKPOINTS — FunASR writes with torch.save directly (a crash leaves a truncated file). nano8k
    writes a temporary file and renames it (atomic on POSIX); a failed write (disk full) is one
-   line and leaves the previous file intact (atomic_save()).
+   line and leaves the previous file intact (checkpoints.save()); it reads them with
+   weights_only=True, so a crafted checkpoint cannot run code (checkpoints.read()).
 8. CPU — FunASR's funasr-train-ds forces CUDA device 0; nano8k picks the device itself (`device`).
 9. IMPORT SIDE EFFECTS — `import funasr` sets HYDRA_FULL_ERROR=1 process-wide, prints a banner,
    and imports every one of its ~1,000 modules (every model it has: 16 s here, for each command).
@@ -170,15 +171,11 @@ from nano8k.funasr_gaps.weights import (  # noqa: F401
     prepare_lora,
     lora_scalings,
     fold_lora,
-    checkpoint_in,
-    read_checkpoint,
-    weights_in,
     module_of,
     check_trained_tensors,
     load_weights,
     assign_weights,
     return_freed_memory,
-    atomic_save,
 )
 from nano8k.funasr_gaps.inference import (  # noqa: F401
     decoding_frontend,
@@ -204,13 +201,11 @@ __all__ = [
     "REGISTRY_KEYS",
     "UtteranceInputs",
     "assign_weights",
-    "atomic_save",
     "attach_augmentation",
     "attach_objective",
     "batches_in",
     "check_trained_tensors",
     "check_training_audio_path",
-    "checkpoint_in",
     "cpu_threads",
     "ctc_greedy",
     "ctc_learns",
@@ -238,7 +233,6 @@ __all__ = [
     "prepare_lora",
     "prompt_embeds",
     "quiet_funasr_import",
-    "read_checkpoint",
     "require_registered",
     "return_freed_memory",
     "sampler_skips",
@@ -248,5 +242,4 @@ __all__ = [
     "training_prompt",
     "utterance_inputs",
     "waveform",
-    "weights_in",
 ]

@@ -1,19 +1,18 @@
-"""FunASR work-arounds 6, 7 and 23: reading, loading and writing weights; LoRA adapters. The
-numbered index is in funasr_gaps/__init__.py.
+"""FunASR work-arounds 6 and 23: loading weights; LoRA adapters (7, reading and writing checkpoint
+files, is nano8k.checkpoints). The numbered index is in funasr_gaps/__init__.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nano8k import checkpoints
 from nano8k.errors import UserError
-from nano8k.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -80,53 +79,6 @@ def fold_lora(state: dict, scalings: dict[str, float]) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def checkpoint_in(path: Path) -> Path:
-    """A checkpoint file as is; a run directory -> its averaged, else best, else latest checkpoint."""
-    if path.is_file():
-        return path
-    if path.is_dir():
-        averaged = sorted(path.glob("model.pt.avg*"), key=lambda p: int(re.sub(r"\D", "", p.name[len("model.pt.avg"):]) or 0))
-        for candidate in [*reversed(averaged), path / "model.pt.best", path / "model.pt"]:
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"init_param: no checkpoint in {path} (looked for model.pt.avg*, model.pt.best, model.pt)")
-    raise UserError(f"init_param: {path} does not exist")
-
-
-def read_checkpoint(path: Path, mmap: bool = False) -> Any:
-    """The object a checkpoint file holds, unpickled with weights_only=True: tensors and plain
-    values only, so a crafted file cannot run code (nano8k's own checkpoints, random states
-    included, need nothing more). One-line error when unreadable or refused. mmap: tensors stay
-    on disk until read (looking at a multi-GB checkpoint's fields costs next to nothing)."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except RuntimeError as err:
-        if mmap and "_use_new_zipfile_serialization" in str(err):  # torch's legacy format cannot be mapped
-            return read_checkpoint(path)
-        reason = str(err).strip().split(". ")[0].splitlines()[0][:120] if str(err).strip() else "empty"
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
-    except pickle.UnpicklingError as err:
-        what = str(err).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0][:120]
-        raise UserError(f"{path}: refused: it holds Python objects beyond tensors and plain values, and loading it "
-                        f"could run code ({what}); nano8k loads checkpoints with weights_only=True") from None
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-liner
-        reason = str(err).strip().split(". ")[0].splitlines()[0][:120] if str(err).strip() else "empty"
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
-
-
-def weights_in(checkpoint: Any) -> dict:
-    """The state dict of a checkpoint object (FunASR's, nano8k's or a bare one), `module.` stripped."""
-    state = checkpoint
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
 def module_of(name: str) -> str:
     """The parameter-table row (module) a tensor belongs to; LoRA adapters are carved out of llm."""
     return "lora" if "lora_" in name else name.split(".", 1)[0]
@@ -158,8 +110,8 @@ def load_weights(model: Any, sources: Sequence[Path], excluded_ok: Iterable[str]
     target = model.state_dict(keep_vars=True)
     origin: dict[str, str] = {}
     for source in sources:
-        checkpoint = read_checkpoint(source, mmap=not partial)
-        state = weights_in(checkpoint)
+        checkpoint = checkpoints.read(source, mmap=not partial)
+        state = checkpoints.weights_in(checkpoint)
         check_trained_tensors(source, checkpoint, state)
         if isinstance(checkpoint, dict) and checkpoint.get("averaged"):
             log.info("%s: the mean of %s (best by validation %s)", source, ", ".join(checkpoint["averaged"]),
@@ -278,23 +230,3 @@ def _handle_missing_ctc(model: Any, missing: list[str], training: bool) -> None:
                     len(missing))
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file and a rename (FunASR writes in place, so a kill or a
-    full disk mid-write leaves a torn checkpoint): the file is whole or not there, and the one it
-    replaces stays intact when the write fails (a one-line error saying how much space is left)."""
-    import shutil
-
-    import torch
-
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except (OSError, RuntimeError) as err:  # torch's zip writer reports ENOSPC as a RuntimeError
-        log.debug("writing %s failed: %s", path, err)
-        reason = (err.strerror if isinstance(err, OSError) else None) or "the write failed"
-        try:
-            free = f"{shutil.disk_usage(path.parent).free / 1e9:.2f} GB free on that file system"
-        except OSError:
-            free = "free space unknown"
-        raise UserError(f"{path}: cannot write the checkpoint ({reason}; {free}: disk full, or a quota?); the "
-                        "checkpoints written before it are intact") from None
