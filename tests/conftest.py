@@ -11,9 +11,18 @@ from helpers import SEED_SPEC, tiny_corpus
 
 
 @pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> dict:
+def tiny_model(tmp_path_factory) -> Path:
+    """The default tiny model (`nano8k model tiny`, seed 0), written once per test process and
+    shared by every fixture that only reads it (nano8k never writes into a model directory)."""
+    from nano8k import tiny
+
+    return tiny.write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, tiny_model) -> dict:
     """The tiny model with 12 train and 4 dev utterances, shared by the scale-out tests."""
-    return tiny_corpus(tmp_path_factory.mktemp("small"), train=12, dev=4)
+    return tiny_corpus(tmp_path_factory.mktemp("small"), train=12, dev=4, model_dir=tiny_model)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,7 +40,7 @@ def seed_spec() -> Path:
 
 # Test files that train or decode for minutes, started first: with pytest-xdist's --dist loadfile a
 # long file that starts last leaves the other worker idle while it runs (make test on 2 cores).
-LONG_FILES = ("test_learning.py", "test_faults.py", "test_pipeline.py", "test_trainer.py", "test_lora.py",
+LONG_FILES = ("test_learning.py", "test_faults.py", "test_pipeline.py", "test_trainer.py", "test_lora.py", "test_export.py",
               "test_augment.py", "test_calls.py", "test_deepspeed.py", "test_sweep.py", "test_objective.py",
               "test_decode.py")
 

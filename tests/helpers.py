@@ -64,12 +64,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def tiny_corpus(root: Path, train: int, dev: int) -> dict:
-    """A tiny model (`nano8k model tiny`) and train/dev manifests prepared from the first utterances
-    of the bundled demo corpus: {"root", "model_dir", "train", "dev"}."""
-    model_dir = root / "model"
-    result = run_cli("model", "tiny", str(model_dir))
-    assert result.code == 0, result.output
+def tiny_corpus(root: Path, train: int, dev: int, model_dir: Path) -> dict:
+    """Train/dev manifests prepared for `model_dir` (conftest's tiny_model: the tests' one default
+    tiny model, never written to) from the first utterances of the bundled demo corpus:
+    {"root", "model_dir", "train", "dev"}."""
     out = {"root": root, "model_dir": model_dir}
     for split, n in (("train", train), ("dev", dev)):
         kaldi = root / f"kaldi_{split}"
@@ -82,6 +80,26 @@ def tiny_corpus(root: Path, train: int, dev: int) -> dict:
         assert result.code == 0, result.output
         out[split] = root / f"{split}.jsonl"
     return out
+
+
+LORA_STAGE = "stage3_lora_domain"
+
+
+def train_lora(corpus: dict, run_dir: Path, *extra: str) -> Result:
+    """One epoch of stage 3 (LoRA, bf16 LLM) on a tiny_corpus, no validation decoding."""
+    return run_cli("train", f"+stage={LORA_STAGE}", "+preset=tiny", f"model_dir={corpus['model_dir']}",
+                   f"train_data_set_list={corpus['train']}", f"valid_data_set_list={corpus['dev']}",
+                   "train_conf.max_epoch=1", "scheduler_conf.warmup_steps=2", "train_conf.accum_grad=1",
+                   "llm_conf.llm_dtype=bf16", "valid_decode.max_utterances=0", f"hydra.run.dir={run_dir}", *extra,
+                   timeout=600)
+
+
+def weights_in(path: Path) -> dict:
+    """A checkpoint file's tensors, read as a user's file is (weights_only)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
 
 
 class RunsCode:

@@ -18,7 +18,6 @@ import soundfile as sf
 from helpers import REPO, run_cli
 
 pytestmark = pytest.mark.funasr
-pytest.importorskip("silero_vad")
 
 NAMES = ("agent", "customer")
 TOLERANCE = 0.3  # seconds, each boundary
@@ -32,18 +31,16 @@ def corpus_utterances(split: str = "train") -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def calls(tmp_path_factory) -> dict:
+def calls(tmp_path_factory, tiny_model) -> dict:
     from nano8k.data.assemble import assemble_call
 
     root = tmp_path_factory.mktemp("calls")
-    result = run_cli("model", "tiny", str(root / "model"))
-    assert result.code == 0, result.output
     folder = root / "calls"
     folder.mkdir()
     turns = assemble_call(corpus_utterances(), folder / "call1.wav", seconds=180, seed=1)
     sf.write(folder / "silent.wav", np.zeros((8000 * 20, 2), dtype=np.float32), 8000)
     (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt not really")
-    return {"root": root, "model": root / "model", "folder": folder, "turns": turns}
+    return {"root": root, "model": tiny_model, "folder": folder, "turns": turns}
 
 
 def decode(calls: dict, run: Path, *extra: str):

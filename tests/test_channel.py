@@ -172,7 +172,6 @@ def test_resample_identity_and_int_input():
 DEMO = __import__("pathlib").Path(__file__).resolve().parent.parent / "data" / "demo"
 
 
-@pytest.mark.skipif(not (DEMO / "wav").is_dir(), reason="data/demo not generated")
 def test_demo_corpus_is_mulaw_and_consistent():
     """The committed corpus decodes to G.711 levels and its Kaldi files point at real WAVs."""
     import soundfile as sf

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.funasr  # trains and decodes the tiny model
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict:
+def corpus(tmp_path_factory, tiny_model) -> dict:
     """The tiny model, a trained run of it, and `many`: 40 utterances to decode."""
-    out = tiny_corpus(tmp_path_factory.mktemp("safety"), train=40, dev=4)
+    out = tiny_corpus(tmp_path_factory.mktemp("safety"), train=40, dev=4, model_dir=tiny_model)
     run = out["root"] / "run"
     trained = run_cli("train", "+stage=stage1", "+preset=tiny", f"model_dir={out['model_dir']}",
                       f"train_data_set_list={out['train']}", f"valid_data_set_list={out['dev']}",

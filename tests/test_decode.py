@@ -15,9 +15,9 @@ pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test
 
 from helpers import REPO, RunsCode, invoke, run_cli, sharpen  # noqa: E402
 
-torch = pytest.importorskip("torch")
-np = pytest.importorskip("numpy")
-sf = pytest.importorskip("soundfile")
+import torch  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
 
 from nano8k import channel, config, decode, decoding, funasr_gaps  # noqa: E402
 from nano8k.errors import UserError  # noqa: E402
@@ -28,9 +28,9 @@ MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
+def env(tmp_path_factory, tiny_model) -> dict:
     root = tmp_path_factory.mktemp("decode")
-    tiny = write_tiny_model(root / "tiny")
+    tiny = tiny_model
     sharp = sharpen(tiny, root / "sharp")
     audio = root / "audio"
     audio.mkdir()

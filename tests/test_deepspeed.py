@@ -92,7 +92,6 @@ def test_without_deepspeed_installed_the_error_names_the_extra(tmp_path):
 
 @pytest.fixture
 def tiny(small_corpus) -> dict:
-    pytest.importorskip("deepspeed")
     return small_corpus
 
 

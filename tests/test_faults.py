@@ -27,7 +27,7 @@ import pytest
 from helpers import NANO8K, RunsCode, run_cli
 
 pytestmark = pytest.mark.funasr
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 EXACT = ("train_conf.max_epoch=2", "train_conf.validate_interval=2", "++dataset_conf.batch_size_sample_max=2",
          "train_conf.log_interval=1", "+frontend_conf.dither=0.0", "scheduler_conf.warmup_steps=2",
@@ -362,7 +362,6 @@ def test_a_run_directory_that_cannot_be_one_is_a_line_before_anything_runs(tmp_p
 
 
 def test_a_preempted_submitit_job_is_requeued_and_resumes(corpus, reference, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
     args = [a for a in command(corpus, tmp_path, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}")
             if not a.startswith("hydra.run.dir")]

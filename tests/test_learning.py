@@ -19,9 +19,9 @@ import pytest
 from helpers import REPO, run_cli
 
 pytestmark = pytest.mark.funasr
-torch = pytest.importorskip("torch")
-np = pytest.importorskip("numpy")
-sf = pytest.importorskip("soundfile")
+import torch  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
 
 IVR = REPO / "data" / "ivr"
 UTTERANCES = 20

@@ -15,7 +15,7 @@ import pytest
 from helpers import NANO8K, run_cli, tiny_corpus
 
 pytestmark = pytest.mark.funasr
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 STAGES = ("stage1_encoder_adapt", "stage2_adapter_align", "stage3_lora_domain")
 EVERY_STAGE = "overrides=['+preset=tiny','train_conf.max_epoch=1','valid_decode.max_utterances=0'," \
@@ -23,8 +23,8 @@ EVERY_STAGE = "overrides=['+preset=tiny','train_conf.max_epoch=1','valid_decode.
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict:
-    return tiny_corpus(tmp_path_factory.mktemp("pipeline"), train=8, dev=2)
+def corpus(tmp_path_factory, tiny_model) -> dict:
+    return tiny_corpus(tmp_path_factory.mktemp("pipeline"), train=8, dev=2, model_dir=tiny_model)
 
 
 def arguments(corpus: dict, pipe: Path, *extra: str) -> list[str]:

@@ -417,20 +417,9 @@ def test_no_torch_or_funasr_import():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-# ------------------------------------------------------------------------------ CLI (once cli.py registers the commands)
+# ------------------------------------------------------------------------------ CLI
 
 
-def _registered(name: str) -> bool:
-    from nano8k.cli import app
-
-    return any((c.name or c.callback.__name__) == name for c in app.registered_commands if c.callback)
-
-
-needs_score = pytest.mark.skipif(not _registered("score"), reason="`nano8k score` is not registered in cli.py yet")
-needs_compare = pytest.mark.skipif(not _registered("compare"), reason="`nano8k compare` is not registered in cli.py yet")
-
-
-@needs_score
 def test_cli_score(tmp_path):
     from helpers import invoke
 
@@ -447,7 +436,6 @@ def test_cli_score(tmp_path):
     assert bad.code == 2 and bad.stderr.startswith("error: ") and "no such file" in bad.stderr
 
 
-@needs_compare
 def test_cli_compare(tmp_path):
     from helpers import invoke
 

@@ -16,19 +16,18 @@ pytestmark = pytest.mark.funasr  # builds a real FunASR model: not in `make test
 
 from helpers import REPO, invoke, sharpen  # noqa: E402
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 from nano8k import decoding, funasr_gaps  # noqa: E402
 from nano8k.decoding import joint, speculative  # noqa: E402
-from nano8k.tiny import write_tiny_model  # noqa: E402
 
 AUDIO = sorted((REPO / "data" / "demo" / "wav").glob("utt0*.wav"))[:4]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict:
+def models(tmp_path_factory, tiny_model) -> dict:
     root = tmp_path_factory.mktemp("strategies")
-    tiny = write_tiny_model(root / "tiny")
+    tiny = tiny_model
     listing = root / "list.txt"
     listing.write_text("".join(f"{p}\n" for p in AUDIO), encoding="utf-8")
     return {"root": root, "tiny": tiny, "sharp": sharpen(tiny, root / "sharp"), "list": listing}

@@ -49,7 +49,6 @@ def test_a_failing_job_does_not_stop_the_sweep_and_the_summary_marks_it(tiny, tm
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
     result = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+stage=stage1",
                      "optim_conf.lr=1e-4,5e-5", "dry_run=true", f"hydra.sweep.dir={sweep}")

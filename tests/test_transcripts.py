@@ -157,8 +157,8 @@ def test_score_reports_non_speech_insertions_and_word_confidence_apart():
 
 
 @pytest.mark.funasr
-def test_empty_transcripts_are_kept_indexed_trained_decoded_and_scored(tmp_path):
-    corpus = tiny_corpus(tmp_path, 2, 2)
+def test_empty_transcripts_are_kept_indexed_trained_decoded_and_scored(tmp_path, tiny_model):
+    corpus = tiny_corpus(tmp_path, 2, 2, model_dir=tiny_model)
     silence = tmp_path / "silence.wav"
     import soundfile
 
@@ -206,11 +206,10 @@ def test_empty_transcripts_are_kept_indexed_trained_decoded_and_scored(tmp_path)
 
 
 @pytest.mark.funasr
-def test_a_model_without_ctc_branch_decodes_without_word_times_and_says_so_once(tmp_path):
+def test_a_model_without_ctc_branch_decodes_without_word_times_and_says_so_once(tmp_path, tiny_model):
     import shutil
 
-    tiny = tmp_path / "tiny"
-    assert run_cli("model", "tiny", str(tiny)).code == 0
+    tiny = tiny_model
     plain = tmp_path / "no-ctc"
     shutil.copytree(tiny, plain)
     state = torch.load(plain / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
