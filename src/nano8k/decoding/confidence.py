@@ -66,21 +66,39 @@ def frame_confidence(log_probs: Any) -> Any:
     return (1 - entropy / maximum).clamp(0.0, 1.0)
 
 
+def emitting_frame_confidence(log_probs: Any, frames: Sequence[Sequence[int]]) -> list[Any]:
+    """frame_confidence of the listed frames of each utterance of log_probs [B, T, V], computed
+    for those frames only (one gather, one vocabulary pass), as one [T] numpy array per utterance
+    holding them (the other frames: 0, never read)."""
+    import numpy as np
+    import torch
+
+    batch, length, _ = log_probs.shape
+    rows = torch.as_tensor([b for b, at in enumerate(frames) for _ in at], dtype=torch.long, device=log_probs.device)
+    columns = torch.as_tensor([t for at in frames for t in at], dtype=torch.long, device=log_probs.device)
+    values = frame_confidence(log_probs[rows, columns]).cpu().numpy() if len(rows) else np.zeros(0)
+    out = np.zeros((batch, length), dtype=np.float32)
+    out[rows.cpu().numpy(), columns.cpu().numpy()] = values
+    return list(out)
+
+
 def token_measures(log_probs: Any, frame_conf: Any, tokens: Sequence[int], frames: Sequence[Sequence[int]]
                    ) -> list[tuple[float, float]]:
     """(entropy, support) of each aligned token: means over the frames that emit it. `log_probs`
     [T, V] and `frame_conf` [T] as numpy arrays (one utterance's)."""
-    import numpy as np
-
     if not len(tokens):
         return []
-    counts = np.array([len(at) for at in frames])
-    flat = np.fromiter((t for at in frames for t in at), dtype=np.int64, count=int(counts.sum()))
-    owner = np.repeat(np.arange(len(tokens)), counts)
-    entropy = np.bincount(owner, weights=frame_conf[flat], minlength=len(tokens)) / counts
-    support = np.bincount(owner, weights=log_probs[flat, np.repeat(np.asarray(tokens), counts)],
-                          minlength=len(tokens)) / counts
-    return list(zip(entropy.tolist(), support.tolist()))
+    # one gather each, then sums in Python: a transcript has tens of tokens, where numpy's per-call
+    # cost outweighs its arithmetic
+    flat = [t for at in frames for t in at]
+    conf = frame_conf[flat].tolist()
+    posterior = log_probs[flat, [token for token, at in zip(tokens, frames) for _ in at]].tolist()
+    out, i = [], 0
+    for at in frames:
+        n = len(at)
+        out.append((sum(conf[i:i + n]) / n, sum(posterior[i:i + n]) / n))
+        i += n
+    return out
 
 
 def word_measures(token_values: Sequence[tuple[float, float]], word_tokens: Sequence[int]) -> dict[str, float]:

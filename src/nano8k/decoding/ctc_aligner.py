@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Sequence
@@ -46,52 +45,54 @@ def forced_paths(log_probs: Any, frame_lens: Sequence[int], targets: Sequence[Se
     import torch
 
     batch, frames, _ = log_probs.shape
-    device = log_probs.device
     longest = max((len(t) for t in targets), default=0)
     states = 2 * longest + 1
-    extended = torch.full((batch, states), blank, dtype=torch.long, device=device)
+    extended = np.full((batch, states), blank, dtype=np.int64)
     for b, target in enumerate(targets):
         if len(target):
-            extended[b, 1:2 * len(target):2] = torch.as_tensor(list(target), dtype=torch.long, device=device)
+            extended[b, 1:2 * len(target):2] = list(target)
+    # The vocabulary pass (the gather of each state's token) runs where the posteriors are; the
+    # recursion over frames works on [B, states] rows, where a device's per-operation cost (a
+    # kernel launch, torch's dispatch) outweighs the arithmetic: on the host, in NumPy.
+    index = torch.as_tensor(extended, device=log_probs.device)
+    emit = log_probs.float().gather(2, index[:, None, :].expand(batch, frames, states)).transpose(0, 1).cpu().numpy()
     # a token state may be entered from two states back (skipping the blank) unless it repeats that token
-    skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
+    skip = np.zeros((batch, states), dtype=bool)
     skip[:, 2:] = (extended[:, 2:] != blank) & (extended[:, 2:] != extended[:, :-2])
-    # what each state may come from: itself, the state before, two states back (where allowed);
+    skip_cost = np.where(skip, 0.0, -np.inf).astype(np.float32)
+    # what each state may come from: itself (0), the state before (1), two states back (2);
     # alpha lives in columns 2.. of a buffer whose first two columns stay -inf (no state before 0)
-    from_mask = torch.zeros(batch, states, 3, device=device)
-    from_mask[:, :, 2] = torch.where(skip, 0.0, float("-inf"))
-    emit = log_probs.float().gather(2, extended[:, None, :].expand(batch, frames, states))
-    lens = torch.as_tensor(list(frame_lens), dtype=torch.long, device=device)
-    shortest = int(lens.min()) if batch else 0
-    buffer = torch.full((batch, states + 2), float("-inf"), device=device)
+    lens = np.asarray(list(frame_lens), dtype=np.int64)
+    buffer = np.full((batch, states + 2), -np.inf, dtype=np.float32)
     alpha = buffer[:, 2:]
-    alpha[:, 0] = emit[:, 0, 0]
+    alpha[:, 0] = emit[0, :, 0]
     if states > 1:
-        alpha[:, 1] = emit[:, 0, 1]
-    back = torch.zeros(frames, batch, states, dtype=torch.uint8, device=device)
-    for t in range(1, frames):
-        best, arg = (torch.stack([alpha, buffer[:, 1:states + 1], buffer[:, :states]], dim=-1) + from_mask).max(dim=-1)
-        if t < shortest:  # every utterance still has frames
-            torch.add(best, emit[:, t], out=alpha)
-            back[t] = arg
-        else:  # an utterance past its last frame keeps its scores (and stays where it is)
-            active = (t < lens)[:, None]
-            alpha.copy_(torch.where(active, best + emit[:, t], alpha))
-            back[t] = torch.where(active, arg, 0)
+        alpha[:, 1] = emit[0, :, 1]
+    back = np.zeros((frames, batch, states), dtype=np.uint8)
+    candidates = np.empty((3, batch, states), dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # -inf + -inf
+        for t in range(1, frames):
+            candidates[0] = alpha
+            candidates[1] = buffer[:, 1:states + 1]
+            np.add(buffer[:, :states], skip_cost, out=candidates[2])
+            arg = candidates.argmax(axis=0)
+            best = candidates.max(axis=0) + emit[t]
+            active = (t < lens)[:, None]  # an utterance past its last frame keeps its scores (and stays)
+            alpha[:] = np.where(active, best, alpha)
+            back[t] = np.where(active, arg, 0)
     # the path ends in the last token's state or the blank after it
-    ends = torch.tensor([2 * len(t) for t in targets], dtype=torch.long, device=device)
-    final = alpha.gather(1, ends[:, None])[:, 0]
-    before = alpha.gather(1, (ends - 1).clamp(min=0)[:, None])[:, 0]
-    take_before = (ends > 0) & (before > final)
-    state = torch.where(take_before, ends - 1, ends).cpu().numpy()
-    score = torch.where(take_before, before, final)
-    moves = back.cpu().numpy()  # the backtrace is a walk, one frame at a time: on the host
+    ends = np.array([2 * len(t) for t in targets], dtype=np.int64)
     rows = np.arange(batch)
+    final = alpha[rows, ends]
+    before = alpha[rows, np.maximum(ends - 1, 0)]
+    take_before = (ends > 0) & (before > final)
+    state = np.where(take_before, ends - 1, ends)
+    score = np.where(take_before, before, final)
     path = np.zeros((frames, batch), dtype=np.int64)
-    for t in range(frames - 1, -1, -1):
+    for t in range(frames - 1, -1, -1):  # the backtrace
         path[t] = state
-        state = state - moves[t, rows, state]
-    path, score, lens = path.T.tolist(), score.cpu().tolist(), list(frame_lens)
+        state = state - back[t, rows, state]
+    path, score, lens = path.T.tolist(), score.tolist(), list(frame_lens)
     out: list[TokenPath | None] = []
     for b, target in enumerate(targets):
         if score[b] == float("-inf") or lens[b] < 1:
@@ -139,18 +140,15 @@ def words_of(text: str, token_bytes: Sequence[bytes]) -> list[Word] | None:
     encoded = text.encode("utf-8")
     if b"".join(token_bytes) != encoded:
         return None
-    token_ends = list(accumulate(len(piece) for piece in token_bytes))  # token i: bytes [end of i-1, end of i)
+    byte_owner = [i for i, piece in enumerate(token_bytes) for _ in piece]  # the token holding each byte
     char_starts = (range(len(text) + 1) if len(encoded) == len(text)  # each character's first byte
                    else [0, *accumulate(len(char.encode("utf-8")) for char in text)])
-
-    def tokens_of(c: int) -> range:  # the tokens holding a byte of character c
-        return range(bisect_right(token_ends, char_starts[c]), bisect_left(token_ends, char_starts[c + 1]) + 1)
-
     words = []
     for match in re.finditer(r"\S+", text):
         spans = _split_cjk(match.start(), match.end(), text) if _CJK.search(match.group()) else [match.span()]
         for start, end in spans:
-            tokens = sorted({t for c in range(start, end) if _spoken(text[c]) for t in tokens_of(c)})
+            tokens = sorted({byte_owner[b] for c in range(start, end) if _spoken(text[c])
+                             for b in range(char_starts[c], char_starts[c + 1])})
             words.append(Word(text[start:end], tokens, start, end))
     return words
 

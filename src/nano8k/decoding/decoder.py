@@ -607,18 +607,22 @@ class Decoder:
         blank = self.model.blank_id
         targets = [self.model.ctc_tokenizer.encode(r["hyp"]) for r in results]
         paths = ctc_aligner.forced_paths(log_probs, [len(frames) for frames in labels], targets, blank)
+        greedy = [_without_specials(*ctc_aligner.greedy_path(frame_labels, blank), encoding) if self.ctc else None
+                  for frame_labels in labels]
+        # the frames' confidence where a token is emitted: only those frames are read (most are blank)
+        used = [sorted({t for p in (path, g[1] if g else None) if p is not None for at in p.frames for t in at})
+                for path, g in zip(paths, greedy)]
+        frame_conf = confidence.emitting_frame_confidence(log_probs, used)
         batch = log_probs.float().cpu().numpy()
-        frame_conf = confidence.frame_confidence(log_probs).cpu().numpy()
-        for r, lp, conf, frame_labels, ids, path in zip(results, batch, frame_conf, labels, targets, paths):
-            lp, conf = lp[:len(frame_labels)], conf[:len(frame_labels)]
+        for r, lp, conf, frame_labels, ids, path, g in zip(results, batch, frame_conf, labels, targets, paths, greedy):
+            lp = lp[:len(frame_labels)]
             heard = [t for t, label in enumerate(frame_labels) if label != blank]
             speech_frames = (heard[0], heard[-1]) if heard else None
             r["words"] = self._placed(r["hyp"], ids, path, lp, conf, speech_frames, encoding, r.get("char_probs"))
-            if self.ctc:
-                greedy_ids, greedy = ctc_aligner.greedy_path(frame_labels, blank)
-                greedy_ids, greedy = _without_specials(greedy_ids, greedy, encoding)
+            if g is not None:
+                greedy_ids, greedy_path = g
                 text = b"".join(encoding.decode_single_token_bytes(t) for t in greedy_ids).decode("utf-8", "replace")
-                r["ctc_words"] = self._placed(text, greedy_ids, greedy, lp, conf, speech_frames, encoding)
+                r["ctc_words"] = self._placed(text, greedy_ids, greedy_path, lp, conf, speech_frames, encoding)
 
     def _placed(self, text: str, ids: list[int], path: Any, lp: Any, frame_conf: Any,
                 speech_frames: tuple[int, int] | None, encoding: Any, char_probs: list[float] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -231,16 +232,32 @@ def prompt_embeds(model: Any, inputs: Sequence[UtteranceInputs], adaptor_out: An
 
 def hypothesis_text(tokenizer: Any, ids: Sequence[int]) -> str:
     """FunASR's `text` of generated ids: special tokens skipped, `/sil` -> space, whitespace collapsed."""
-    return re.sub(r"\s+", " ", tokenizer.decode(list(ids), skip_special_tokens=True).replace("/sil", " "))
+    return _funasr_text(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+def _funasr_text(decoded: str) -> str:
+    return re.sub(r"\s+", " ", decoded.replace("/sil", " "))
+
+
+_TOKEN_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {token: its text}
+
+
+def _token_text(tokenizer: Any, token: int) -> str:
+    """One token decoded alone (special tokens: ""), once per tokenizer and token: a transcript's
+    tokens are decoded one by one for every utterance, and HF's decode costs far more than a lookup."""
+    texts = _TOKEN_TEXTS.setdefault(tokenizer, {})
+    if token not in texts:
+        texts[token] = tokenizer.decode([token], skip_special_tokens=True)
+    return texts[token]
 
 
 def text_with_char_probs(tokenizer: Any, row: list[int], probs: list[float]) -> tuple[str, list[float]]:
     """FunASR's text of the generated ids (special tokens skipped, `/sil` -> space, whitespace
     collapsed) and, for each of its characters, the probability of the token that wrote it."""
     text = tokenizer.decode(row, skip_special_tokens=True)
-    final = hypothesis_text(tokenizer, row)
+    final = _funasr_text(text)
     owner: list[float] = []  # for each character of `text`
-    pieces = tokenizer.batch_decode([[token] for token in row], skip_special_tokens=True)
+    pieces = [_token_text(tokenizer, token) for token in row]
     if "".join(pieces) == text:  # each token decodes alone to its own characters (the common case)
         owner = [p for piece, p in zip(pieces, probs) for _ in piece]
     else:  # a character split over tokens: what decoding one more token adds is that token's
