@@ -392,3 +392,20 @@ def test_a_duplicate_key_in_a_kaldi_directory_decodes_the_first_and_reports_the_
                                                                ("utt2", str(tmp_path / "two.wav"), None)]
     (second,) = items[2:]
     assert second.key == "utt1#2" and "duplicate_key" in second.reason and "wav.scp:1" in second.reason
+
+
+def test_a_library_decoder_takes_the_decode_configs_defaults(env):
+    """nano8k's own defaults live in conf/decode.yaml only: a Decoder built from a partial mapping
+    (a library caller's) decodes with the values `nano8k decode` would use."""
+    import yaml
+    from importlib.resources import files
+
+    from nano8k.decoding import joint, speech_gate
+
+    shipped = yaml.safe_load(files("nano8k.conf").joinpath("decode.yaml").read_text(encoding="utf-8"))
+    decoder = decoding.Decoder({"model_dir": str(env["tiny"]), "device": "cpu"})
+    assert (decoder.max_new_tokens, decoder.max_tokens_per_second, decoder.strategy) == (
+        shipped["max_new_tokens"], shipped["max_tokens_per_second"], shipped["strategy"])
+    assert decoder.joint == joint.JointSettings(**shipped["joint"])
+    assert decoder.gate == speech_gate.GateSettings(**shipped["speech_gate"])
+    assert decoder.timestamps and decoder.ctc  # timestamps: true, ctc: true

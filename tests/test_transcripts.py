@@ -102,7 +102,7 @@ def test_the_repetition_cut_and_the_gate_rule():
     assert speech_gate.cut_repetition("six " * 20 + "two", 8) == (("six " * 8).strip() + " two", True)
     assert speech_gate.cut_repetition("te" * 13 + "chnical", 8) == ("te" * 8 + "chnical", True)
     assert speech_gate.cut_repetition("oh oh oh two", 8) == ("oh oh oh two", False)
-    gate = speech_gate.settings_of({"min_blank_share": 0.9, "max_repeats": None})
+    gate = speech_gate.GateSettings(enabled=True, min_blank_share=0.9, max_repeats=8)
     labels = [BLANK] * 20
     silent = speech_gate.evidence(labels, BLANK, "")
     assert silent == {"blank_share": 1.0, "ctc_words": False} and not speech_gate.is_speech(silent, gate)

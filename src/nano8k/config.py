@@ -12,8 +12,10 @@ lists the IGNORED ones. Nothing here imports torch or funasr.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Iterable, Iterator, Sequence
@@ -769,9 +771,10 @@ def _problems(value: Any, tp: Any, dotted: str, schema: type, meta: dict | None 
 
 
 def problems(container: dict, app: str = "train") -> list[str]:
-    """All schema violations of a composed, resolved config (without its `hydra` node)."""
+    """All schema violations of a composed, resolved config (without its `hydra` node: validate
+    strips it, the one place nano8k does)."""
     schema = SCHEMAS[app]
-    return list(_problems({k: v for k, v in container.items() if k != "hydra"}, schema, "", schema))
+    return list(_problems(container, schema, "", schema))
 
 
 def validate(cfg: Any, app: str = "train") -> dict:
@@ -788,9 +791,9 @@ def validate(cfg: Any, app: str = "train") -> dict:
             container = OmegaConf.to_container(cfg, resolve=True)
         except OmegaConfBaseException as err:
             raise UserError(f"{getattr(err, 'full_key', '') or 'config'}: {err.msg if hasattr(err, 'msg') else err}") from None
-        container.pop("hydra", None)
     else:
         container = dict(cfg)
+    container.pop("hydra", None)  # the one place it is stripped: Hydra's own node is never a setting
     found = problems(container, app)
     if found:
         raise UserError("\n".join(found))
@@ -827,6 +830,40 @@ def setting(settings: Any, dotted: str) -> Any:
     (FUNASR_DEFAULTS; a key not in that table is a programming error)."""
     value = lookup(settings, dotted)
     return FUNASR_DEFAULTS[dotted][0] if value is None else value
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped(name: str) -> dict:
+    from importlib.resources import files
+
+    import yaml
+
+    values = yaml.safe_load(files("nano8k.conf").joinpath(f"{name}.yaml").read_text(encoding="utf-8")) or {}
+    return {k: v for k, v in values.items() if k not in ("defaults", "hydra")}
+
+
+def shipped_defaults(name: str) -> dict:
+    """conf/NAME.yaml's values (NAME: train, decode, vad/silero) without Hydra's `defaults` list
+    and `hydra` section: nano8k's own defaults, written there and nowhere else."""
+    return copy.deepcopy(_shipped(name))
+
+
+def with_shipped_defaults(settings: dict, name: str) -> dict:
+    """`settings` with each key it leaves out or sets to null taken from conf/NAME.yaml (mappings
+    key by key), so that a library caller's partial settings mean what the app's config means."""
+    def merged(given: Any, default: Any) -> Any:
+        if isinstance(default, dict):
+            given = given if isinstance(given, dict) else {}
+            return {**given, **{k: merged(given.get(k), v) for k, v in default.items()}}
+        return default if given is None else given
+
+    return merged(settings, shipped_defaults(name))
+
+
+def own_setting(settings: Any, dotted: str, name: str) -> Any:
+    """A nano8k key's value: the settings', else (absent or null) conf/NAME.yaml's."""
+    value = lookup(settings, dotted)
+    return lookup(_shipped(name), dotted) if value is None else value
 
 
 def lookup(node: Any, dotted: str, default: Any = None) -> Any:

@@ -93,8 +93,7 @@ def check_rerun(settings: dict, run_dir: Path) -> None:
     previous = run_dir / "config.yaml"
     if not (run_dir / RESULTS_FILE).exists() or not previous.is_file():
         return
-    old, new = (config.flatten({k: v for k, v in c.items() if k != "hydra"}) for c in
-                (read_yaml(previous, "decode config"), settings))
+    old, new = (config.flatten(c) for c in (read_yaml(previous, "decode config"), settings))
     changed = sorted(k for k in set(old) | set(new)
                      if old.get(k) != new.get(k) and not k.startswith(RERUN_MAY_CHANGE))
     if changed:
@@ -197,7 +196,7 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     items, kind = read_input(settings.get("input"), settings.get("audio_root"), settings.get("raw_rate"))
     log.info("input: %s (%s), %d utterances", settings.get("input"), kind, len(items))
     prompt_settings = prompt_options(settings)
-    batch_size = int(settings.get("batch_size") or 1)
+    batch_size = int(config.own_setting(settings, "batch_size", "decode"))
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size}: must be at least 1")
     whole_calls = calls.prepare(items, settings) if settings.get("vad") else None  # refusals before the model loads

@@ -88,10 +88,10 @@ def _resolve_path(value: str | None, model_dir: Path, what: str) -> str | None:
 
 
 def funasr_keys(settings: dict) -> dict:
-    """A deep copy of the settings without nano8k's own top-level keys (model_dir, valid_decode, ...)
-    and Hydra's: what FunASR reads."""
+    """A deep copy of the validated settings without nano8k's own top-level keys (model_dir,
+    valid_decode, ...): what FunASR reads."""
     own = {k for k, meta in config.field_effects("train").items() if meta["effect"] == config.NANO8K and "." not in k}
-    return copy.deepcopy({k: v for k, v in settings.items() if k not in own and k != "hydra"})
+    return copy.deepcopy({k: v for k, v in settings.items() if k not in own})
 
 
 def runtime_config(settings: dict, model_dir: Path) -> dict:

@@ -57,7 +57,6 @@ class Trainer:
 
     def __init__(self, settings: dict, run_dir: Path, resume_from: rundir.ResumePoint | None = None,
                  changes: list[str] | tuple = ()):
-        settings.pop("hydra", None)
         self.settings = settings
         self.train_conf = settings.get("train_conf") or {}
         self.run_dir = Path(settings.get("output_dir") or run_dir)
@@ -213,9 +212,9 @@ class Trainer:
         """Validation decoding (valid_decode): the first max_utterances of the validation set,
         decoded through decoding.Decoder at every validation."""
         conf = self.settings.get("valid_decode") or {}
-        limit = int(conf.get("max_utterances") if conf.get("max_utterances") is not None else 200)
+        limit = int(config.own_setting(self.settings, "valid_decode.max_utterances", "train"))
         self.recognizer, self.valid_items = None, []
-        self.valid_decode_batch = int(conf.get("batch_size") or 16)
+        self.valid_decode_batch = int(config.own_setting(self.settings, "valid_decode.batch_size", "train"))
         net = self.net
         self.ctc_trains = net.ctc_decoder is not None and funasr_gaps.ctc_learns(net, bool(self.settings.get("detach_ctc_decoder", True)))
         if limit <= 0:
@@ -265,7 +264,7 @@ class Trainer:
         grad_clip = float(config.setting(self.settings, "train_conf.grad_clip"))
         grad_clip_type = float(config.setting(self.settings, "train_conf.grad_clip_type"))
         patience = int(self.train_conf.get("early_stopping_patience") or 0)
-        nonfinite_budget = int(self.settings.get("max_nonfinite_steps", 20))
+        nonfinite_budget = int(config.own_setting(self.settings, "max_nonfinite_steps", "train"))
         module = self.engine or self.ddp or self.net
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

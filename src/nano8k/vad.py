@@ -108,11 +108,9 @@ def detector(settings: dict) -> "SileroVad":
 
 def defaults() -> dict:
     """conf/vad/silero.yaml: the settings a key left out takes."""
-    from importlib.resources import files
+    from nano8k import config
 
-    import yaml
-
-    return yaml.safe_load(files("nano8k.conf").joinpath("vad", "silero.yaml").read_text(encoding="utf-8"))
+    return config.shipped_defaults("vad/silero")
 
 
 def check(settings: dict) -> None:

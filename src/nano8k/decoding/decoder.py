@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nano8k import checkpoints
+from nano8k import checkpoints, config
 from nano8k.config import STRATEGIES
 from nano8k.decoding import confidence, joint, speculative, speech_gate
 from nano8k.devices import resolve_device
@@ -190,7 +190,7 @@ def prompt_options(settings: dict) -> dict:
     prompt = settings.get("prompt")
     if prompt is not None and (hotwords or language is not None or not itn):
         raise UserError("prompt: a literal prompt replaces FunASR's; leave language, hotwords and itn unset with it")
-    max_new = int(settings.get("max_new_tokens") or 512)
+    max_new = int(config.own_setting(settings, "max_new_tokens", "decode"))
     if max_new < 1:
         raise UserError(f"max_new_tokens={max_new}: must be at least 1")
     return {"hotwords": hotwords, "language": language, "itn": itn, "prompt": prompt}
@@ -241,7 +241,7 @@ def resolve_model(settings: dict) -> ModelSource:
     if checkpoint is None and not base.is_file():
         raise UserError(f"checkpoint: none given and {base} does not exist: no weights to decode with "
                         "(set checkpoint=FILE or a training run directory)")
-    funasr_settings = {k: v for k, v in run_config.items() if k != "hydra"}
+    funasr_settings = dict(run_config)
     funasr_settings["model_dir"] = str(model_dir)
     trained = (config_path.name == "config.yaml" and config_path.parent != model_dir and "model_dir" in run_config) \
         or nano_model.exported_by_nano8k(model_dir)
@@ -289,10 +289,11 @@ class Decoder:
 
         from nano8k import funasr_gaps, model as nano_model
 
+        settings = config.with_shipped_defaults(settings, "decode")
         prompt_settings = prompt_settings or prompt_options(settings)
-        device = resolve_device(settings.get("device"))
+        device = resolve_device(settings["device"])
         source = resolve_model(settings)
-        if (settings.get("strategy") or "greedy") != "greedy" and not source.settings.get("ctc_decoder"):
+        if settings["strategy"] != "greedy" and not source.settings.get("ctc_decoder"):
             raise UserError(f"strategy={settings['strategy']}: the model ({source.config_source}) has no CTC branch "
                             "(strategy=greedy decodes it)")  # before the model loads
         self.model_dir, self.checkpoint, self.config_source = source.model_dir, source.checkpoint, source.config_source
@@ -330,6 +331,7 @@ class Decoder:
                 settings: dict, prompt_settings: dict, trained_by_nano8k: bool) -> None:
         from nano8k import funasr_gaps
 
+        settings = config.with_shipped_defaults(settings, "decode")
         self.model, self.tokenizer, self.funasr_cfg, self.device = model, tokenizer, funasr_cfg, device
         self.dtype_name, self.dtype = dtype_name, torch_dtype(dtype_name)
         # the front end's dither (training's; FunASR's default 1.0), added seeded (item 12)
@@ -337,7 +339,7 @@ class Decoder:
         if settings.get("dither") is not None:
             self.dither = float(settings["dither"])
         self.frontend = funasr_gaps.decoding_frontend(frontend)
-        self.max_new_tokens = int(settings.get("max_new_tokens") or 512)
+        self.max_new_tokens = int(settings["max_new_tokens"])
         self.has_ctc = self.model.ctc_decoder is not None and self.model.ctc is not None
         self.ctc = self.has_ctc and settings.get("ctc") is not False
         # word times and confidence from nano8k's CTC aligner (funasr_gaps 14: no torchaudio)
@@ -347,16 +349,16 @@ class Decoder:
                         "decoded all the same; timestamps=false silences this)")
         elif settings.get("ctc") is not False and not self.has_ctc:
             log.info("the model has no CTC branch: no ctc_hyp")
-        self.strategy = settings.get("strategy") or "greedy"
+        self.strategy = settings["strategy"]
         if self.strategy != "greedy" and not self.has_ctc:
             raise UserError(f"strategy={self.strategy}: the model has no CTC branch (strategy=greedy decodes it)")
         if self.strategy not in STRATEGIES:  # a library caller's (configs are validated)
             raise UserError(f"strategy={self.strategy!r}: not one of {', '.join(STRATEGIES)}")
-        self.joint = joint.settings_of(settings.get("joint"))
+        self.joint = joint.JointSettings(**settings["joint"])
         self.acceptance = speculative.Acceptance()  # strategy=speculative: how much of the CTC drafts the LLM took
-        self.gate = speech_gate.settings_of(settings.get("speech_gate"))
+        self.gate = speech_gate.GateSettings(**settings["speech_gate"])
         self.gate.enabled = self.gate.enabled and self.has_ctc
-        self.max_tokens_per_second = float(settings.get("max_tokens_per_second") or 0)
+        self.max_tokens_per_second = float(settings["max_tokens_per_second"])
         self.calibration = None
         if settings.get("calibration") and self.has_ctc:
             self.calibration = confidence.Calibration.load(Path(str(settings["calibration"])).expanduser(),

@@ -27,18 +27,12 @@ from nano8k import funasr_gaps
 
 @dataclass
 class JointSettings:
-    """The `joint` keys of decode and valid_decode; defaults chosen on 300 training utterances of the
-    demo's corpus (README), never on its dev set."""
+    """The `joint` keys of decode and valid_decode (their defaults, in conf/decode.yaml and
+    conf/train.yaml, were chosen on 300 training utterances of the demo's corpus, never on its dev set)."""
 
-    ctc_weight: float = 0.5  # 0: the LLM's n-best alone; 1: the CTC branch decides among them
-    beam_size: int = 4  # LLM candidates (beam search); 1: its greedy text
-    length_bonus: float = 1.0  # added per LLM token (the end token included)
-
-
-def settings_of(conf: dict | None) -> JointSettings:
-    """JointSettings from a validated config's `joint` mapping (keys left out keep their defaults)."""
-    given = {k: v for k, v in (conf or {}).items() if v is not None}
-    return JointSettings(**given)
+    ctc_weight: float  # 0: the LLM's n-best alone; 1: the CTC branch decides among them
+    beam_size: int  # LLM candidates (beam search); 1: its greedy text
+    length_bonus: float  # added per LLM token (the end token included)
 
 
 @dataclass

@@ -27,15 +27,11 @@ _SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>")
 
 @dataclass
 class GateSettings:
-    """decode's `speech_gate` (conf/decode.yaml); these defaults serve library callers."""
+    """decode's `speech_gate` (its defaults: conf/decode.yaml)."""
 
-    enabled: bool = True
-    min_blank_share: float = 0.9
-    max_repeats: int = 8
-
-
-def settings_of(conf: dict | None) -> GateSettings:
-    return GateSettings(**{k: v for k, v in (conf or {}).items() if v is not None})
+    enabled: bool
+    min_blank_share: float
+    max_repeats: int
 
 
 def spoken_text(ctc_text: str) -> str:
