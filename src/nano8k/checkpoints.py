@@ -147,13 +147,13 @@ def weights_only(checkpoint: dict) -> dict:
 
 
 def rank_key(criterion: str, metrics: dict) -> tuple[float, ...]:
-    """Higher is better: the criterion first (accuracy up, loss and error rates down), then the
-    others as tie-breakers. A metric not computed ranks last."""
+    """Higher is better: the criterion first (in its direction, config.CRITERIA: accuracy up, loss
+    and error rates down), then the others as tie-breakers. A metric not computed ranks last."""
     def up(name: str) -> float:
         value = metrics.get(f"val_{name}")
         if value is None or not math.isfinite(value):
             return -math.inf
-        return value if name == "acc" else -value
+        return config.CRITERIA[name] * value
 
     order = [criterion, *(c for c in (*config.DECODED_CRITERIA, "acc", "loss") if c != criterion)]
     return tuple(up(name) for name in order)

@@ -292,7 +292,7 @@ def score(
         None, "--keywords", "-k", help="Keyword list, one a line (blank lines and # comments skipped): precision, recall, F1."
     ),
     ref_field: Optional[str] = typer.Option(None, "--ref-field", help="JSONL reference field (default: ref, text, target, reference, the assistant turn)."),
-    hyp_field: Optional[str] = typer.Option(None, "--hyp-field", help="JSONL hypothesis field (default: hyp, text, hypothesis)."),
+    hyp_field: Optional[str] = typer.Option(None, "--hyp-field", help="JSONL hypothesis field (default: hyp, hypothesis, text)."),
     key_field: Optional[str] = typer.Option(None, "--key-field", help="JSONL key field (default: key, id, utt_id, utt)."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Leave out references without a hypothesis (default: score them as empty)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report (per-utterance counts) as JSON here."),

@@ -339,8 +339,10 @@ class TokenizerConf:
 
 
 # what "best" can mean (train_conf.avg_keep_nbest_models_type): FunASR's acc and loss, and the
-# recognition rates of nano8k's validation decoding, which need valid_decode.max_utterances > 0
-BEST_CRITERIA = ("acc", "loss", "cer", "wer")
+# recognition rates of nano8k's validation decoding, which need valid_decode.max_utterances > 0;
+# each with its direction (+1: higher is better), read by checkpoints.rank_key
+CRITERIA = {"acc": +1, "loss": -1, "cer": -1, "wer": -1}
+BEST_CRITERIA = tuple(CRITERIA)
 DECODED_CRITERIA = ("cer", "wer")
 
 # decoding strategies (`strategy`): the LLM's greedy text; the same text with CTC drafts verified

@@ -63,6 +63,7 @@ import jiwer.transforms as jiwer_transforms
 import numpy as np
 
 from nano8k.data import manifest
+from nano8k.data.sources import KEY_FIELDS
 from nano8k.data.text import SCORING_LANGUAGES
 from nano8k.errors import UserError
 from nano8k.files import write_json_atomic
@@ -71,10 +72,11 @@ UNITS = ("char", "word", "mixed")
 RATE_NAMES = {"char": "cer", "word": "wer", "mixed": "mer"}
 PRIMARY_UNIT = {"zh": "char", "ja": "char", "en": "word", "mixed": "mixed"}
 
-# JSONL field names tried in order when none is given.
-KEY_FIELDS = ("key", "id", "utt_id", "utt")
+# JSONL field names tried in order when none is given (the key's: data.sources.KEY_FIELDS). A
+# results line holds both texts, so there `text` can only be the hypothesis (RESULTS_REF_FIELDS).
 REF_FIELDS = ("ref", "text", "target", "reference")
-HYP_FIELDS = ("hyp", "text", "hypothesis")
+RESULTS_REF_FIELDS = ("ref", "reference", "target")
+HYP_FIELDS = ("hyp", "hypothesis", "text")
 
 # --------------------------------------------------------------------------- normalization
 
@@ -656,7 +658,7 @@ def read_texts(path: Path, role: str = "ref", field: Optional[str] = None, key_f
     """key -> text from Kaldi text (`key text...`; a key alone is an empty text) or JSONL.
 
     JSONL: the key is `key_field` or the first of key/id/utt_id/utt; the text is `field` or the first of
-    ref/text/target/reference (role="ref", also a Nano manifest's assistant turn) or hyp/text/hypothesis
+    ref/text/target/reference (role="ref", also a Nano manifest's assistant turn) or hyp/hypothesis/text
     (role="hyp"). Duplicate keys are an error."""
     path = Path(path)
     lines = _lines(path)
@@ -700,8 +702,8 @@ def read_results(path: Path, ref_field: Optional[str] = None, hyp_field: Optiona
         if key in seen:
             raise UserError(f"{where}: duplicate key {key!r}")
         seen.add(key)
-        ref = _text(_pick(obj, ref_field, ("ref", "reference", "target"), "reference", where), where)
-        hyp = _text(_pick(obj, hyp_field, ("hyp", "hypothesis", "text"), "hypothesis", where), where)
+        ref = _text(_pick(obj, ref_field, RESULTS_REF_FIELDS, "reference", where), where)
+        hyp = _text(_pick(obj, hyp_field, HYP_FIELDS, "hypothesis", where), where)
         records.append({**obj, "key": key, "ref": ref, "hyp": hyp})
     if not records:
         raise UserError(f"{path}: no utterances")

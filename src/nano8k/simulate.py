@@ -53,7 +53,8 @@ __all__ = [
     "output_names",
 ]
 
-# Reasons an utterance is not written (all have effect "reject"); see data.PREPARE_REASONS too.
+# Reasons an utterance is not written (all have effect "reject"): simulate's own, and those of the
+# corpus readers it shares with prepare (REASONS: what its summary prints beside each count).
 SIMULATE_REASONS: dict[str, str] = {
     "malformed_line": "the line cannot be parsed (bad JSON, not an object, no messages, a field of the wrong type)",
     "duplicate_key": "the key was already used by an earlier line (the first one is kept)",
@@ -73,6 +74,7 @@ SIMULATE_REASONS: dict[str, str] = {
     "no_such_channel": "the channel the entry names is not in the file",
     "simulation_failed": "an unexpected error while simulating (a bug: please report it)",
 }
+REASONS = {**data.PREPARE_REASONS, **SIMULATE_REASONS}
 
 def _wav_subtype(settings: SimulationSettings) -> str:
     """G.711 at 8 kHz is stored as G.711 (one byte a sample, the exact codes); the rest as PCM16."""
@@ -150,9 +152,7 @@ class SimulateReport(RejectCounts):
         if self.written:
             steps = ", ".join(f"{k} {self.applied[k]}" for k in ("noise", "line_noise", "hum", "packet_loss"))
             lines.append(f"applied to: {steps} (of {self.written}; per utterance in its 'channel' field)")
-        if self.rejects:
-            reasons = ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
-            lines.append(f"{self.rejected} rejected ({reasons}): see {self.rejects_file}")
+        lines += self.rejects_summary(REASONS, self.rejects_file)
         if self.hint:
             lines.append(self.hint)
         return "\n".join(lines)

@@ -39,7 +39,7 @@ from nano8k.data.checking import (
                                default_cache_dir,
 )
 from nano8k.data.manifest import (
-                               CHANNEL_FIELDS,
+                               LINE_FIELDS,
                                DEFAULT_FRONTEND_FS,
                                DEFAULT_PROMPT,
                                DEFAULT_SYSTEM,
@@ -56,9 +56,10 @@ from nano8k.data.manifest import (
                                load_tokenizer,
                                resampled_length,
 )
-from nano8k.data.preparing import PREPARE_REASONS, SEGMENT_TOLERANCE, prepare
+from nano8k.data.preparing import SEGMENT_TOLERANCE, prepare
 from nano8k.data.problems import (
                                EFFECTS,
+                               PREPARE_REASONS,
                                REMOVING,
                                CheckReport,
                                PrepareReport,
@@ -90,7 +91,7 @@ from nano8k.data.text import SCORING_LANGUAGES, read_lines, read_text, undecodab
 from nano8k.files import atomic_path, write_jsonl_atomic, write_lines_atomic
 
 __all__ = [
-    "AUDIO_SUFFIXES", "KaldiRow", "RewrittenAudio", "write_corpus", "write_kaldi", "audio_root_hint", "CHANNEL_FIELDS", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS",
+    "AUDIO_SUFFIXES", "KaldiRow", "RewrittenAudio", "write_corpus", "write_kaldi", "audio_root_hint", "LINE_FIELDS", "CHANNEL_MODES", "CHECK_CACHE_FORMAT", "CLIP_FRACTION", "DEFAULTS",
     "DEFAULT_FRONTEND_FS", "DEFAULT_PROMPT", "DEFAULT_SYSTEM", "EFFECTS", "LANGUAGES", "PREPARE_REASONS",
     "RAW_FORMATS", "REMOVING", "RULES", "SEGMENT_TOLERANCE", "SILENCE_DBFS", "SPEECH_BEGIN", "SPEECH_END",
     "TELEPHONE_FS", "AudioProblem", "CheckReport", "Entry", "PrepareReport", "Problem", "atomic_path", "audio_files",

@@ -178,9 +178,11 @@ def longest_token_bytes(tokenizer: Any) -> int:
     return max((len(token.encode("utf-8")) for token in vocab), default=1) or 1
 
 
-# The parameters `nano8k data simulate` records per utterance (its JSONL `channel` object, its
-# CSV columns, its Kaldi utt2channel): prepare carries them into the manifest, decode into results.
-CHANNEL_FIELDS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_rate", "noise_file", "noise_snr_db",
+# The telephone line's parameters `nano8k data simulate` records per utterance: on disk they are
+# its JSONL `channel` object, its CSV columns and its Kaldi utt2channel (FunASR's word, kept);
+# in code "channel" is a stereo side, and these are the line's. Prepare carries them into the
+# manifest, decode into results.
+LINE_FIELDS = ("codec", "level_db", "snr_db", "hum_hz", "hum_snr_db", "loss_rate", "noise_file", "noise_snr_db",
                   "out_rate")
 
 # The fields of a Nano line nano8k writes itself; a source's other fields are carried after them.

@@ -72,29 +72,6 @@ from nano8k.parallel import map_ordered
 
 MAX_TARGET_LENGTH = 2048  # FunASR's index default (datasets.py:405): longer transcripts are dropped
 
-# prepare()'s reasons for not writing an input line (all have effect "reject").
-PREPARE_REASONS: dict[str, str] = {
-    "malformed_line": "the line cannot be parsed (bad JSON, not an object, a field of the wrong type, no path, "
-                      "a segments line that is not `utt rec start end` with 0 <= start < end)",
-    "undecodable_text": "the line is not UTF-8, or its transcript holds U+FFFD or control characters (tabs and "
-                        "line breaks inside a transcript become spaces)",
-    "duplicate_key": "the key was already used by an earlier line (the first one is kept)",
-    "no_audio": "a transcript without audio (no wav.scp/segments entry, no source field, no audio file)",
-    "no_text": "audio without a transcript (no text entry / no target field / no .txt file)",
-    "unused_text": "channel=split: a transcript for the whole recording beside per-channel ones (<key>-A/-B)",
-    "no_recording": "a segment of a recording that wav.scp does not have",
-    "segment_out_of_range": "a segment starting at or ending (beyond segment_tolerance) after the recording's end",
-    "missing_audio": "the audio file does not exist",
-    "unreadable_audio": "soundfile cannot read the audio",
-    "corrupt_audio": "soundfile reads the header but not the samples",
-    "nonfinite_audio": "NaN or infinite samples (a float file): FunASR's front end cannot compute features from them",
-    "no_such_channel": "the channel asked for (A/B) is not in the file",
-    "split_needs_channel_text": "channel=split on a multi-channel file with one transcript: give <key>-A/<key>-B",
-    "text_too_long": "the transcript has more tokens than max_target_length (FunASR's index would drop it)",
-    "audio_too_short": "the audio is shorter than one 25 ms fbank window (speech_length would be 0)",
-    "pipe_failed": "the wav.scp command failed or did not write readable audio",
-    "write_failed": "the cut audio could not be written under <output stem>.audio/",
-}
 
 
 def prepare(

@@ -60,6 +60,32 @@ class Problem:
         return f"{self.where}{key}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
+# prepare()'s reasons for not writing an input line (all have effect "reject"); its summary
+# prints each one's meaning.
+PREPARE_REASONS: dict[str, str] = {
+    "malformed_line": "the line cannot be parsed (bad JSON, not an object, a field of the wrong type, no path, "
+                      "a segments line that is not `utt rec start end` with 0 <= start < end)",
+    "undecodable_text": "the line is not UTF-8, or its transcript holds U+FFFD or control characters (tabs and "
+                        "line breaks inside a transcript become spaces)",
+    "duplicate_key": "the key was already used by an earlier line (the first one is kept)",
+    "no_audio": "a transcript without audio (no wav.scp/segments entry, no source field, no audio file)",
+    "no_text": "audio without a transcript (no text entry / no target field / no .txt file)",
+    "unused_text": "channel=split: a transcript for the whole recording beside per-channel ones (<key>-A/-B)",
+    "no_recording": "a segment of a recording that wav.scp does not have",
+    "segment_out_of_range": "a segment starting at or ending (beyond segment_tolerance) after the recording's end",
+    "missing_audio": "the audio file does not exist",
+    "unreadable_audio": "soundfile cannot read the audio",
+    "corrupt_audio": "soundfile reads the header but not the samples",
+    "nonfinite_audio": "NaN or infinite samples (a float file): FunASR's front end cannot compute features from them",
+    "no_such_channel": "the channel asked for (A/B) is not in the file",
+    "split_needs_channel_text": "channel=split on a multi-channel file with one transcript: give <key>-A/<key>-B",
+    "text_too_long": "the transcript has more tokens than max_target_length (FunASR's index would drop it)",
+    "audio_too_short": "the audio is shorter than one 25 ms fbank window (speech_length would be 0)",
+    "pipe_failed": "the wav.scp command failed or did not write readable audio",
+    "write_failed": "the cut audio could not be written under <output stem>.audio/",
+}
+
+
 class RejectCounts:
     """What prepare's and simulate's reports share: lines written, lines rejected (`rejects`)."""
 
@@ -81,6 +107,14 @@ class RejectCounts:
     @property
     def counts(self) -> Counter:
         return Counter(p.reason for p in self.rejects)
+
+    def rejects_summary(self, meanings: dict[str, str], rejects_file: Path) -> list[str]:
+        """The summary's lines on the rejects: how many, where, and each reason with its count and
+        what it means (`meanings`: the command's reason table)."""
+        if not self.rejects:
+            return []
+        return [f"{self.rejected} rejected, listed in {rejects_file}:",
+                *(f"  {reason} {n}: {meanings.get(reason, '')}".rstrip(": ") for reason, n in self.counts.most_common())]
 
 
 @dataclass
@@ -105,9 +139,7 @@ class PrepareReport(RejectCounts):
         rates = ", ".join(f"{sr} Hz: {n}" for sr, n in sorted(self.sample_rates.items())) or "none"
         lines = [f"{self.output}: {self.written} of {self.total} lines written, {self.total_duration / 3600:.2f} h "
                  f"(sample rates {rates})"]
-        if self.rejects:
-            reasons = ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
-            lines.append(f"{self.rejected} rejected ({reasons}): see {self.rejects_file}")
+        lines += self.rejects_summary(PREPARE_REASONS, self.rejects_file)
         if self.multichannel:
             lines.append(f"{self.multichannel} multi-channel files: FunASR averages their channels")
         if self.materialized:

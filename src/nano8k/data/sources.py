@@ -27,7 +27,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from nano8k.data.audio import AUDIO_SUFFIXES, is_audio_name, is_url, not_a_file, resolve_path
-from nano8k.data.manifest import CHANNEL_FIELDS, fbank_frames, is_manifest, with_audio
+from nano8k.data.manifest import LINE_FIELDS, fbank_frames, is_manifest, with_audio
 from nano8k.data.manifest import parse as parse_manifest
 from nano8k.data.problems import Problem
 from nano8k.data.text import (
@@ -481,7 +481,7 @@ def _row_channel(key: str, mode: str | int) -> tuple[int | None, bool]:
 # JSONL fields of a source line, the first present wins; every other field is carried.
 JSONL_AUDIO_FIELDS = ("source", "audio", "wav", "path")
 JSONL_TEXT_FIELDS = ("target", "text", "reference")
-JSONL_KEY_FIELDS = ("key", "id", "utt_id", "utt")
+KEY_FIELDS = ("key", "id", "utt_id", "utt")  # a JSONL line's key, in order (prepare, score)
 
 
 def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = True,
@@ -524,7 +524,7 @@ def _read_source_jsonl(path: Path, mode: str | int = "mix", need_text: bool = Tr
             checked_format = True
             if is_manifest(obj):
                 raise UserError(f"{path}: already a Nano manifest (it has 'messages'); check it instead of preparing it")
-        key_field = next((k for k in JSONL_KEY_FIELDS if k in obj), "key")
+        key_field = next((k for k in KEY_FIELDS if k in obj), "key")
         key = obj.get(key_field)
         if key is None:
             key = f"sample_{lineno:08d}"
@@ -702,13 +702,13 @@ def _cell_value(text: str) -> int | float | str:
 
 def _table_fields(header: list[str], row: list[str], used: set[int]) -> dict:
     """A row's other columns, carried: numbers as numbers, empty cells left out; simulate's channel
-    columns (manifest.CHANNEL_FIELDS) together as one `channel` object, as its JSONL writes it."""
+    columns (manifest.LINE_FIELDS) together as one `channel` object, as its JSONL writes it."""
     fields: dict = {}
     for i, (name, cell) in enumerate(zip(header, row)):
         if i in used or not cell.strip() or not name:
             continue
         value = _cell_value(cell.strip())
-        if name in CHANNEL_FIELDS:
+        if name in LINE_FIELDS:
             fields.setdefault("channel", {})[name] = value
         else:
             fields[name] = value
@@ -911,10 +911,10 @@ def write_corpus(output_format: str, out_dir: Path, manifest: Path, rows: Sequen
     elif output_format in ("csv", "tsv"):
         with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, delimiter="\t" if output_format == "tsv" else ",")
-            writer.writerow(["key", "audio", "text", "speaker", *CHANNEL_FIELDS])
+            writer.writerow(["key", "audio", "text", "speaker", *LINE_FIELDS])
             for r in rows:
                 writer.writerow([r.entry.key, r.audio, r.entry.text, r.entry.speaker or "",
-                                 *("" if r.channel.get(c) is None else r.channel[c] for c in CHANNEL_FIELDS)])
+                                 *("" if r.channel.get(c) is None else r.channel[c] for c in LINE_FIELDS)])
     elif output_format == "folder":
         for r in rows:
             write_lines_atomic(Path(r.audio).with_suffix(".txt"), [r.entry.text])
