@@ -20,7 +20,7 @@ times, non-speech, confidence and their cost. Prints JSON; README quotes one run
                batch, alternating (the sum of each batch's median of --repeats)
 
 usage: scripts/bench_transcripts.py --run RUN --dev DEV.jsonl [--calls 6] [--repeats 3] [--out DIR]
-                                    [--baseline-run RUN]
+                                    [--baseline-run RUN] [--parts cost,confidence,...]
 """
 
 from __future__ import annotations
@@ -207,6 +207,9 @@ def cost(run: str, dev_path: str, repeats: int, batch_size: int = 16) -> dict:
             "decode_s_without": round(medians["false"], 3), "added": round(medians["true"] / medians["false"] - 1, 4)}
 
 
+PARTS = ("word_times", "word_times_joint", "non_speech", "confidence", "cost")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True)
@@ -215,7 +218,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--baseline-run", help="another model's non-speech, on the same clips")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"which measurements, comma-separated (default: all: "
+                                                             f"{', '.join(PARTS)})")
     args = ap.parse_args()
+    parts = args.parts.split(",")
+    if set(parts) - set(PARTS):
+        ap.error(f"--parts: {', '.join(sorted(set(parts) - set(PARTS)))} unknown; choose from {', '.join(PARTS)}")
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_transcripts_"))
     work.mkdir(parents=True, exist_ok=True)
     dev = []
@@ -223,11 +231,12 @@ def main() -> None:
         obj = json.loads(line)
         dev.append({"key": obj["key"], "ref": obj["messages"][2]["content"],
                     "audio": obj["messages"][1]["content"].split("!", 1)[1].split("<|endofspeech|>")[0]})
-    result = {"run": args.run, "dev": args.dev, "word_times": word_times(args.run, dev, work, args.calls),
-              "word_times_joint": word_times(args.run, dev, work, args.calls, "joint"),
-              "non_speech": non_speech(args.run, args.dev, work, args.baseline_run),
-              "confidence": confidence_quality(args.run, args.dev, work),
-              "cost": cost(args.run, args.dev, args.repeats)}
+    measure = {"word_times": lambda: word_times(args.run, dev, work, args.calls),
+               "word_times_joint": lambda: word_times(args.run, dev, work, args.calls, "joint"),
+               "non_speech": lambda: non_speech(args.run, args.dev, work, args.baseline_run),
+               "confidence": lambda: confidence_quality(args.run, args.dev, work),
+               "cost": lambda: cost(args.run, args.dev, args.repeats)}
+    result = {"run": args.run, "dev": args.dev, **{part: measure[part]() for part in parts}}
     print(json.dumps(result, indent=2))
 
 

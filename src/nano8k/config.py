@@ -626,6 +626,13 @@ def field_effects(app: str = "train") -> dict[str, dict]:
     return {k: meta for k, _, meta in schema_fields(SCHEMAS[app])}
 
 
+def funasr_keys(settings: dict) -> dict:
+    """A deep copy of validated train settings without nano8k's own top-level keys (model_dir,
+    valid_decode, ...): what FunASR reads."""
+    own = {k for k, meta in field_effects("train").items() if meta["effect"] == NANO8K and "." not in k}
+    return copy.deepcopy({k: v for k, v in settings.items() if k not in own})
+
+
 def _type_name(tp: Any) -> str:
     tp = _unwrap_optional(tp)
     if dataclasses.is_dataclass(tp):

@@ -110,12 +110,12 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool, announce:
         current = node.get(path[-1], "auto")
         if current == "auto":
             node[path[-1]] = value
-        elif announce and origin and _set_in(settings, origin) and current != value:
+        elif announce and origin and config.lookup(settings, origin) is not None and current != value:
             log.warning("deepspeed_config %s sets %s=%s; %s=%s is not used", where, ".".join(path), current, origin, value)
     if float(config.setting(settings, "train_conf.grad_clip_type")) != 2.0:
         raise UserError(f"train_conf.grad_clip_type={train_conf['grad_clip_type']}: DeepSpeed clips by the L2 norm "
                         "only; remove it or set 2")
-    leftover = [key for key, value in _leaves(ds) if value == "auto"]
+    leftover = [key for key, value in config.flatten(ds).items() if value == "auto"]
     if leftover:
         raise UserError(f"deepspeed_config: {where}: nano8k cannot fill 'auto' for {', '.join(leftover)}; set a value")
     stage = int((ds.get("zero_optimization") or {}).get("stage", 0))
@@ -127,21 +127,6 @@ def engine_config(settings: dict, on_cuda: bool, bf16_supported: bool, announce:
                  ds["gradient_accumulation_steps"], ds["gradient_clipping"],
                  "bf16" if ds["bf16"]["enabled"] else "fp16" if ds["fp16"]["enabled"] else "fp32")
     return ds
-
-
-def _set_in(settings: dict, dotted: str) -> bool:
-    node: Any = settings
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or node.get(part) is None:
-            return False
-        node = node[part]
-    return True
-
-
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(node, dict):
-        return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
-    return [(prefix.rstrip("."), node)]
 
 
 def autocast_dtype(ds: dict) -> Any:

@@ -181,7 +181,7 @@ def _copy_model_files(funasr_cfg: dict, model_dir: Path, out: Path) -> str:
 def _model_config(settings: dict, llm_dir: str) -> dict:
     """The run's config as a model directory's config.yaml: FunASR's keys only, LoRA folded away,
     paths relative to the model directory (as on the hub)."""
-    cfg = nano_model.funasr_keys(settings)
+    cfg = config.funasr_keys(settings)
     llm_conf = cfg.setdefault("llm_conf", {})
     llm_conf["init_param_path"] = llm_dir
     llm_conf["use_lora"] = False  # the adapters are folded into model.pt's LLM weights

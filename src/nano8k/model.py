@@ -87,17 +87,10 @@ def _resolve_path(value: str | None, model_dir: Path, what: str) -> str | None:
     raise UserError(f"{what}: {value} not found (looked in {model_dir})")
 
 
-def funasr_keys(settings: dict) -> dict:
-    """A deep copy of the validated settings without nano8k's own top-level keys (model_dir,
-    valid_decode, ...): what FunASR reads."""
-    own = {k for k, meta in config.field_effects("train").items() if meta["effect"] == config.NANO8K and "." not in k}
-    return copy.deepcopy({k: v for k, v in settings.items() if k not in own})
-
-
 def runtime_config(settings: dict, model_dir: Path) -> dict:
     """The config FunASR receives: nano8k's own keys removed, relative paths resolved against
     model_dir, the CTC vocabulary defaulting to the model's multilingual.tiktoken."""
-    cfg = funasr_keys(settings)
+    cfg = config.funasr_keys(settings)
     llm_conf = cfg.setdefault("llm_conf", {})
     llm_conf["init_param_path"] = _resolve_path(llm_conf.get("init_param_path"), model_dir, "llm_conf.init_param_path")
     tok = cfg.get("tokenizer_conf") or {}

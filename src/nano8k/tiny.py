@@ -211,10 +211,7 @@ def tiny_config(sizes: TinySizes | None = None) -> dict:
 def model_config(overrides: list[str]) -> dict:
     """The pretrained base composed with `overrides`, validated and resolved, as a model
     directory's config.yaml: FunASR's keys only, paths relative to the model directory as in the release."""
-    cfg = config.validate(config.compose("train", overrides), app="train")
-    for name, _, meta in config.schema_fields(config.TrainConfig):
-        if meta.get("effect") == config.NANO8K:
-            cfg.pop(name, None)
+    cfg = config.funasr_keys(config.validate(config.compose("train", overrides), app="train"))
     for run_key in ("init_param", "output_dir", "train_data_set_list", "valid_data_set_list"):
         if cfg.get(run_key) is None:  # run settings, not model settings; FunASR fills init_param
             cfg.pop(run_key, None)

@@ -121,7 +121,6 @@ class Trainer:
             torch.distributed.init_process_group(backend="nccl" if on_cuda else "gloo")
         devices.seed_everything(int(self.settings.get("seed") or 0) + self.rank)
 
-        funasr_gaps.check_training_audio_path(self.settings)
         self.built = nano_model.build(self.settings, init_param=self.settings.get("init_param"))
         interrupts.defer()  # from here on the run directory's data is touched: signals wait for a safe point
         self.funasr_cfg = self.built.funasr_config

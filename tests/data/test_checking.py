@@ -13,7 +13,7 @@ from nano8k.data import checking
 
 from corpus_helpers import CONF, funasr_dataset, ints, manifest_line, pcm, read_jsonl, write_lines
 
-pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
+pytestmark = pytest.mark.funasr  # runs FunASR's own code (front end, index, dataset): not in `make test-fast`
 
 
 def _sampled(dataset, conf: dict) -> list[list[int]]:

@@ -11,7 +11,7 @@ from nano8k.errors import UserError
 
 from corpus_helpers import PROMPT, funasr_frames, wav
 
-pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
+pytestmark = pytest.mark.funasr  # runs FunASR's own code (front end, index, dataset): not in `make test-fast`
 
 
 @pytest.mark.parametrize("rate,samples", [

@@ -14,7 +14,7 @@ from nano8k.errors import UserError
 from corpus_helpers import CONF, pcm, read_jsonl, wav, write_lines
 from helpers import REPO
 
-pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
+pytestmark = pytest.mark.funasr  # runs FunASR's own code (front end, index, dataset): not in `make test-fast`
 
 
 def _cli_app():

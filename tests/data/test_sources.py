@@ -15,7 +15,7 @@ from nano8k.errors import UserError
 
 from corpus_helpers import CONF, PROMPT, SYSTEM, TRANSCRIPTS, audio_path_of, funasr_dataset, funasr_frames, ints, pcm, read_jsonl, wav, write_lines
 
-pytestmark = pytest.mark.funasr  # builds or trains a real FunASR model: not in `make test-fast`
+pytestmark = pytest.mark.funasr  # runs FunASR's own code (front end, index, dataset): not in `make test-fast`
 
 
 def _without_keys(records: list[dict]) -> list[dict]:
