@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -33,16 +33,24 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, label: s
     return results
 
 
-@contextlib.contextmanager
-def progress_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Long work's progress on stderr (stdout stays the command's output): LABEL, the bar, done of
-    total, time elapsed and remaining; gone when the work ends. Yields advance(n). The training
-    loop has its own bar (losses, learning rate, validation), which stays."""
+def progress(fields: str = "", transient: bool = True, enabled: bool = True) -> Any:
+    """nano8k's one progress display (a rich Progress), on stderr so that stdout stays the
+    command's output: the task's description, the bar, done of total, the time elapsed, then
+    `fields` (a format over the task's fields, e.g. the training loop's loss and learning rate) or
+    else the time remaining. transient: gone when the work ends."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn(fields) if fields else TimeRemainingColumn(), console=Console(stderr=True),
+                    transient=transient, disable=not enabled)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Long work's progress: LABEL, the bar, done of total, time elapsed and remaining; gone when
+    the work ends. Yields advance(n)."""
+    bar = progress(transient=True, enabled=enabled)
     with bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from nano8k.errors import UserError
+from nano8k.files import atomic_path
 
 COLUMNS = ("job", "status", "overrides", "best_val_loss", "best_val_acc", "cer", "wer", "steps", "wall_s", "error")
 # sort keys and whether larger is better
@@ -61,7 +62,8 @@ def sort_rows(rows: list[dict], metric: str) -> list[dict]:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    """The summary table, whole or not at all (atomic: a rerun replaces it)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

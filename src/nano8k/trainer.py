@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nano8k import (checkpoints, config, data, deepspeed_support, devices, funasr_gaps, interrupts, model as nano_model,
-                    run_log, rundir)
+                    parallel, run_log, rundir)
 from nano8k.checkpoints import TrainState
 from nano8k.errors import UserError
 
@@ -266,11 +266,8 @@ class Trainer:
         nonfinite_budget = int(config.own_setting(self.settings, "max_nonfinite_steps", "train"))
         module = self.engine or self.ddp or self.net
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]} {task.fields[val]}"),
-                            TimeElapsedColumn(), disable=not self.is_main, transient=False)
+        progress = parallel.progress("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]} "
+                                     "{task.fields[val]}", transient=False, enabled=self.is_main)
         last_validation = ""
         try:
             with progress:
@@ -285,7 +282,7 @@ class Trainer:
                         devices.restore_random_states(state.rng_states, self.device)
                         state.rng_states = None
                     total = remaining + done_batches if remaining is not None else None
-                    task = progress.add_task("train", total=total, completed=done_batches, epoch=f"{epoch + 1}/{max_epoch}",
+                    task = progress.add_task(f"epoch {epoch + 1}/{max_epoch}", total=total, completed=done_batches,
                                              loss="-", lr="-", speed="", val=last_validation)
                     funasr_gaps.set_train_mode(self.net, self.policy, True)
                     window: list[float] = history.epoch_losses if done_batches else []
