@@ -118,7 +118,7 @@ def main() -> None:
 
     import torch
 
-    from nano8k import score as scoring
+    from nano8k import config, score as scoring
     from nano8k import vad
     from nano8k.decode import decode
     from nano8k.decoding import Decoder
@@ -127,7 +127,7 @@ def main() -> None:
         folder = Path(tmp)
         kaldi = build_calls(corpus(args.corpus), folder, args.calls, args.minutes)
         settings = {"checkpoint": str(args.checkpoint), "input": str(kaldi), "device": "cpu",
-                    "batch_size": args.batch_size, "max_new_tokens": 64, "vad": vad.defaults(), "timestamps": False,
+                    "batch_size": args.batch_size, "max_new_tokens": 64, "vad": config.shipped_defaults(vad.CONF), "timestamps": False,
                     "strategy": args.strategy}
         decoder = Decoder(settings)
 

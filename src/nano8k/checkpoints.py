@@ -261,7 +261,7 @@ class TrainState:
             best, stale = (loss, 0) if loss < best else (best, stale + 1)
         return stale
 
-    def fields(self, epoch: int, step_in_epoch: int | None) -> dict:
+    def checkpoint_fields(self, epoch: int, step_in_epoch: int | None) -> dict:
         """FunASR's checkpoint fields for this state, saved at `epoch` (from 0) and `step_in_epoch`
         (None: the epoch's end), and nano8k's history."""
         return {

@@ -342,7 +342,6 @@ class TokenizerConf:
 # recognition rates of nano8k's validation decoding, which need valid_decode.max_utterances > 0;
 # each with its direction (+1: higher is better), read by checkpoints.rank_key
 CRITERIA = {"acc": +1, "loss": -1, "cer": -1, "wer": -1}
-BEST_CRITERIA = tuple(CRITERIA)
 DECODED_CRITERIA = ("cer", "wer")
 
 # decoding strategies (`strategy`): the LLM's greedy text; the same text with CTC drafts verified

@@ -40,9 +40,9 @@ def check(settings: dict) -> None:
 
         augment.check(settings["augment"])
     criterion = config.setting(settings, "train_conf.avg_keep_nbest_models_type")
-    if criterion not in config.BEST_CRITERIA:
+    if criterion not in config.CRITERIA:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion!r} is not a criterion; use "
-                        f"{', '.join(config.BEST_CRITERIA)}")
+                        f"{', '.join(config.CRITERIA)}")
     decoded = config.lookup(settings, "valid_decode.max_utterances")
     if criterion in config.DECODED_CRITERIA and decoded is not None and int(decoded) <= 0:
         raise UserError(f"train_conf.avg_keep_nbest_models_type: {criterion} needs validation decoding, which "

@@ -627,7 +627,7 @@ class Trainer:
         across ranks: they live in the DeepSpeed state the checkpoint names instead."""
         training_state = {"deepspeed_state": engine_state} if engine_state else {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        fields = state.fields(epoch, step_in_epoch)
+        fields = state.checkpoint_fields(epoch, step_in_epoch)
         # nano8k: what summary.json and metrics.jsonl held at this point (a resume continues them)
         fields["history"].update(wall_s=round(state.history.wall_s + time.perf_counter() - self.started, 2),
                                  metrics_lines=self.metrics.lines if self.metrics else 0)

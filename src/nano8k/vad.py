@@ -16,8 +16,10 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from nano8k import config
 from nano8k.errors import UserError
 
+CONF = "vad/silero"  # conf/vad/silero.yaml: the settings a key left out takes
 NATIVE_RATES = (8000, 16000)  # silero's own; other rates are resampled to the first
 FRAME = {8000: 256, 16000: 512}  # silero's frame, samples
 
@@ -53,7 +55,7 @@ class SileroVad:
             raise UserError("vad=silero needs the silero-vad package: pip install 'silero-vad>=6.2.3'") from None
         self.model = load_silero_vad()
         self._to_segments = get_speech_timestamps_from_probs
-        values = {**defaults(), **{k: v for k, v in settings.items() if v is not None}}
+        values = config.with_shipped_defaults(settings, CONF)
         self.threshold = float(values["threshold"])
         self.neg_threshold = float(values["neg_threshold"]) if values.get("neg_threshold") is not None else None
         self.min_speech_ms, self.min_silence_ms = int(values["min_speech_ms"]), int(values["min_silence_ms"])
@@ -106,16 +108,9 @@ def detector(settings: dict) -> "SileroVad":
     return DETECTORS[name](settings)
 
 
-def defaults() -> dict:
-    """conf/vad/silero.yaml: the settings a key left out takes."""
-    from nano8k import config
-
-    return config.shipped_defaults("vad/silero")
-
-
 def check(settings: dict) -> None:
     """What the schema's single-key bounds cannot say, before any model is loaded."""
-    values = {**defaults(), **{k: v for k, v in settings.items() if v is not None}}
+    values = config.with_shipped_defaults(settings, CONF)
     if values.get("neg_threshold") is not None and float(values["neg_threshold"]) >= float(values["threshold"]):
         raise UserError(f"vad.neg_threshold: {values['neg_threshold']} must be below vad.threshold ({values['threshold']})")
 

@@ -862,7 +862,7 @@ class KaldiRow:
     audio: str
     text: str
     speaker: str | None = None
-    channel: dict | None = None  # simulate's drawn parameters -> utt2channel
+    line: dict | None = None  # simulate's drawn telephone-line parameters -> utt2channel
 
 
 def write_kaldi(directory: Path, rows: Sequence[KaldiRow]) -> None:
@@ -875,9 +875,9 @@ def write_kaldi(directory: Path, rows: Sequence[KaldiRow]) -> None:
         raise UserError(f"{directory}: the key {bad!r} has whitespace, which a Kaldi directory cannot hold")
     write_lines_atomic(directory / "wav.scp", (f"{row.key} {row.audio}" for row in rows))
     write_lines_atomic(directory / "text", (f"{row.key} {' '.join(row.text.split())}" for row in rows))
-    if any(row.channel is not None for row in rows):
+    if any(row.line is not None for row in rows):
         write_lines_atomic(directory / "utt2channel",
-                           (f"{row.key} {json.dumps(row.channel or {}, ensure_ascii=False, separators=(',', ':'))}"
+                           (f"{row.key} {json.dumps(row.line or {}, ensure_ascii=False, separators=(',', ':'))}"
                             for row in rows))
     if any(row.speaker for row in rows):
         pairs = [(row.key, row.speaker or row.key) for row in rows]
@@ -897,7 +897,7 @@ class RewrittenAudio:
     audio: str
     samples: int
     rate: int
-    channel: dict
+    line: dict  # the telephone line's drawn parameters (on disk: the `channel` object)
 
 
 def write_corpus(output_format: str, out_dir: Path, manifest: Path, rows: Sequence[RewrittenAudio],
@@ -907,19 +907,19 @@ def write_corpus(output_format: str, out_dir: Path, manifest: Path, rows: Sequen
     can bucket by them once decoded), a folder (same-stem .txt beside each file, channel.jsonl), or a
     JSONL (manifest: the input's source/target fields, or a Nano line with its audio replaced)."""
     if output_format == "kaldi":
-        write_kaldi(out_dir, [KaldiRow(r.entry.key, r.audio, r.entry.text, r.entry.speaker, r.channel) for r in rows])
+        write_kaldi(out_dir, [KaldiRow(r.entry.key, r.audio, r.entry.text, r.entry.speaker, r.line) for r in rows])
     elif output_format in ("csv", "tsv"):
         with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, delimiter="\t" if output_format == "tsv" else ",")
             writer.writerow(["key", "audio", "text", "speaker", *LINE_FIELDS])
             for r in rows:
                 writer.writerow([r.entry.key, r.audio, r.entry.text, r.entry.speaker or "",
-                                 *("" if r.channel.get(c) is None else r.channel[c] for c in LINE_FIELDS)])
+                                 *("" if r.line.get(c) is None else r.line[c] for c in LINE_FIELDS)])
     elif output_format == "folder":
         for r in rows:
             write_lines_atomic(Path(r.audio).with_suffix(".txt"), [r.entry.text])
         write_jsonl_atomic(out_dir / "channel.jsonl",
-                           [{"key": r.entry.key, "audio": r.audio, "channel": r.channel} for r in rows])
+                           [{"key": r.entry.key, "audio": r.audio, "channel": r.line} for r in rows])
     else:
         write_jsonl_atomic(manifest, [_jsonl_row(r, output_format, frontend_fs) for r in rows])
 
@@ -937,5 +937,5 @@ def _jsonl_row(r: RewrittenAudio, output_format: str, frontend_fs: int) -> dict:
         row = {"key": entry.key, "source": r.audio, "target": entry.text}
         if entry.speaker:
             row["speaker"] = entry.speaker
-    row["channel"] = r.channel
+    row["channel"] = r.line
     return row

@@ -321,17 +321,18 @@ class Decoder:
         dtype = next(model.llm.parameters()).dtype
         dtype_name = next((name for name in DTYPE_NAMES if torch_dtype(name) == dtype), "fp32")
         # validation bounds its hypotheses by its references (valid_decode.max_new_tokens), not by duration
-        settings = {"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False, "max_tokens_per_second": 0,
-                    "strategy": strategy, "joint": joint}
+        settings = config.with_shipped_defaults({"max_new_tokens": max_new_tokens, "ctc": ctc, "timestamps": False,
+                                                 "max_tokens_per_second": 0, "strategy": strategy, "joint": joint},
+                                                "decode")
         self._attach(model, tokenizer, frontend, funasr_cfg, device, dtype_name, settings, prompt_options(settings),
                      trained_by_nano8k=True)
         return self
 
     def _attach(self, model: Any, tokenizer: Any, frontend: Any, funasr_cfg: dict, device: str, dtype_name: str,
                 settings: dict, prompt_settings: dict, trained_by_nano8k: bool) -> None:
+        """`settings`: complete (with_shipped_defaults: both constructors fill them)."""
         from nano8k import funasr_gaps
 
-        settings = config.with_shipped_defaults(settings, "decode")
         self.model, self.tokenizer, self.funasr_cfg, self.device = model, tokenizer, funasr_cfg, device
         self.dtype_name, self.dtype = dtype_name, torch_dtype(dtype_name)
         # the front end's dither (training's; FunASR's default 1.0), added seeded (item 12)
