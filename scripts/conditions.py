@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from nano8k import channel, score
+from nano8k import channel, data, score
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+import make_demo_corpus as corpus  # noqa: E402  (its telephone channel, trimming and mu-law writer)
 import make_nonspeech  # noqa: E402
 
 IVR = REPO / "data" / "ivr"
@@ -42,48 +43,36 @@ KALDI_CONDITIONS = {"seen_voices": IVR / "dev", "unseen_voices": IVR / "voices",
 CONDITIONS = (*KALDI_CONDITIONS, "noisy_line", "non_speech", "real_voice")
 ASTERISK_DIGITS = Path("/usr/share/asterisk/sounds/en/digits")
 REAL_VOICE_PACKAGE = "asterisk-core-sounds-en-wav"
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 REAL_VOICE_UTTERANCES = 60
 
 
 def _kaldi_rows(directory: Path, condition: str) -> list[dict]:
-    def table(name: str) -> dict[str, str]:
-        return dict(line.split(" ", 1) for line in (directory / name).read_text().splitlines() if line.strip())
-
-    text = table("text")
-    return [{"key": f"{condition}/{utt}", "source": str((directory / path).resolve()), "target": text.get(utt, "")}
-            for utt, path in sorted(table("wav.scp").items())]
-
-
-def _trimmed(x: np.ndarray, fs: int) -> np.ndarray:
-    hop = fs // 100
-    energy = np.mean(x[: len(x) // hop * hop].reshape(-1, hop) ** 2, axis=1) + 1e-20
-    active = np.nonzero(10 * np.log10(energy / energy.max()) > -40)[0]
-    return x[active[0] * hop:(active[-1] + 1) * hop]
+    _, _, entries, _ = data.read_source(directory, need_text=False)  # nano8k's one reader: absolute paths
+    return [{"key": f"{condition}/{e.key}", "source": e.audio, "target": e.text or ""} for e in entries]
 
 
 def real_voice(out: Path) -> list[dict]:
     """Digit strings (3-5 digits) of Asterisk's recorded digits, 0.1-0.35 s apart, 0.2 s of
-    silence around, through G.711 mu-law at 8 kHz: a pure function of the index (sha256)."""
+    silence around, through the corpus's telephone channel (make_demo_corpus.telephone_channel:
+    band-pass, speech at -20 dBFS, G.711 mu-law at 8 kHz): a pure function of the index (sha256)."""
+    words = corpus.DIGITS[:10]  # zero..nine: Asterisk records no "oh"
     recordings = {}
-    for digit, word in enumerate(DIGIT_WORDS):
+    for digit, word in enumerate(words):
         x, fs = sf.read(ASTERISK_DIGITS / f"{digit}.wav", dtype="float64")
-        recordings[word] = _trimmed(channel.resample(x, fs, 8000) if fs != 8000 else x, 8000)
+        recordings[word] = corpus.trim_silence(channel.resample(x, fs, 8000), 8000, 0.0)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(REAL_VOICE_UTTERANCES):
         h = hashlib.sha256(f"real-voice-{i}".encode()).digest()
-        words = [DIGIT_WORDS[b % 10] for b in h[1:1 + 3 + h[0] % 3]]
+        said = [words[b % 10] for b in h[1:1 + 3 + h[0] % 3]]
         pieces = [np.zeros(1600)]
-        for k, word in enumerate(words):
+        for k, word in enumerate(said):
             if k:
                 pieces.append(np.zeros(int(8000 * (0.1 + 0.25 * h[10 + k] / 255))))
             pieces.append(recordings[word])
-        y = np.concatenate([*pieces, np.zeros(1600)])
-        y *= 10 ** (-20 / 20) / np.sqrt(np.mean(y[np.abs(y) > 1e-4] ** 2))
         path = out / f"real-{i + 1:03d}.wav"
-        sf.write(path, channel.mulaw_decode(channel.mulaw_encode(channel.float_to_pcm16(y))), 8000, subtype="ULAW")
-        rows.append({"key": f"real_voice/real-{i + 1:03d}", "source": str(path), "target": " ".join(words)})
+        corpus.write_mulaw_wav(path, corpus.telephone_channel(np.concatenate([*pieces, np.zeros(1600)]), 8000, -20.0))
+        rows.append({"key": f"real_voice/real-{i + 1:03d}", "source": str(path), "target": " ".join(said)})
     return rows
 
 

@@ -282,12 +282,17 @@ def trim_silence(x: np.ndarray, fs: int, margin_s: float = TRIM_MARGIN_S) -> np.
     return x[start:stop]
 
 
-def telephone_channel(x: np.ndarray, fs: int) -> np.ndarray:
-    """Speech at ``fs`` -> G.711 mu-law codes at 8 kHz (see module docstring for the chain)."""
+def telephone_channel(x: np.ndarray, fs: int, speech_dbfs: float | None = None) -> np.ndarray:
+    """Speech at ``fs`` -> G.711 mu-law codes at 8 kHz (see module docstring for the chain): the
+    whole signal to TARGET_RMS_DBFS (data/demo), or with `speech_dbfs` its speech frames to that
+    level (speech_level_gain: data/ivr, whose silences vary)."""
     y = channel.resample(x, fs, FS_OUT)
     y = channel.bandpass(y, FS_OUT, *BAND)
-    gain = 10 ** (TARGET_RMS_DBFS / 20) / np.sqrt(np.mean(y**2))
-    gain = min(gain, PEAK_LIMIT / np.max(np.abs(y)))
+    if speech_dbfs is None:
+        gain = 10 ** (TARGET_RMS_DBFS / 20) / np.sqrt(np.mean(y**2))
+        gain = min(gain, PEAK_LIMIT / np.max(np.abs(y)))
+    else:
+        gain = speech_level_gain(y, FS_OUT, speech_dbfs)
     return channel.mulaw_encode(channel.float_to_pcm16(y * gain))
 
 
@@ -564,8 +569,7 @@ def render_ivr(u: IvrUtterance, tmp: Path) -> np.ndarray:
             parts.append(np.zeros(round(u.gaps[k - 1] * fs)))
         parts.append(trim_silence(x, fs, 0.0))
     x = np.concatenate([np.zeros(round(u.margins[0] * fs)), *parts, np.zeros(round(u.margins[1] * fs))])
-    y = channel.bandpass(channel.resample(x, fs, FS_OUT), FS_OUT, *BAND)
-    return channel.mulaw_encode(channel.float_to_pcm16(y * speech_level_gain(y, FS_OUT, u.level_dbfs)))
+    return telephone_channel(x, fs, u.level_dbfs)
 
 
 def _render_one(args: tuple[IvrUtterance, Path]) -> tuple[IvrUtterance, float]:
