@@ -15,11 +15,16 @@ times, non-speech, confidence and their cost. Prints JSON; README quotes one run
   confidence   the dev set decoded with word confidence; the calibration cross-fitted (fitted on
                one half of the utterances, applied to the other, both ways): AUC at telling wrong
                words from right ones and expected calibration error, calibrated with and without
-               the LLM's measure, and each measure alone
+               the LLM's measure, and each measure alone; and the user's path: the calibration
+               fitted on the whole dev set (decode calibrate=true) and applied to --fresh-dev more
+               utterances of the dev split's kind (rendered by the corpus's generator: the dev
+               set's 287 words alone would show ECE ~0.05 for a perfectly calibrated confidence);
+               each ECE beside the one a perfectly calibrated confidence would show on those words
   cost         dev decode time with word times and confidence and without: one process, batch by
-               batch, alternating (the sum of each batch's median of --repeats)
+               batch, taking turns (the sum of each batch's median of --repeats), beside the same
+               decode without times timed twice (the A/A difference: the measurement's noise)
 
-usage: scripts/bench_transcripts.py --run RUN --dev DEV.jsonl [--calls 6] [--repeats 3] [--out DIR]
+usage: scripts/bench_transcripts.py --run RUN --dev DEV.jsonl [--calls 6] [--repeats 21] [--fresh-dev 400] [--out DIR]
                                     [--baseline-run RUN] [--parts cost,confidence,...]
 """
 
@@ -146,8 +151,36 @@ def non_speech(run: str, dev_path: str, work: Path, baseline: str | None) -> dic
     return out
 
 
-def confidence_quality(run: str, dev_path: str, work: Path) -> dict:
-    records, _ = decode(work / "dev-words", f"checkpoint={run}", f"input={dev_path}")
+def perfectly_calibrated_ece(predicted: list[float], draws: int = 200) -> float:
+    """The calibration error a perfectly calibrated confidence would show on these words by chance
+    alone: the mean ECE when each word is right with exactly its predicted probability (seeded
+    draws). A measured ECE is read against it: on a few hundred words it is itself ~0.05."""
+    rng = np.random.default_rng(0)
+    p = np.asarray(predicted)
+    return round(float(np.mean([score.calibration_error(p, rng.random(len(p)) < p) for _ in range(draws)])), 4)
+
+
+def fresh_dev(work: Path, n: int) -> Path:
+    """n utterances more of the dev split (ids after the bundled ones: the corpus's own generator,
+    make_demo_corpus.ivr_utterance, so the same voices, delivery and kinds of text; never trained
+    on), rendered here with the installed TTS engines: a source/target JSONL."""
+    import make_demo_corpus as corpus
+
+    corpus.ivr_engines(allow_version_mismatch=True)  # every engine installed, or a one-line refusal
+    first = corpus.IVR_SPLITS["dev"][0]
+    plan = [corpus.ivr_utterance("dev", i) for i in range(first, first + n)]
+    done = corpus.render_ivr_files(plan, work / "fresh_dev")
+    manifest = work / "fresh_dev.jsonl"
+    manifest.write_text("".join(json.dumps({"key": u.utt, "source": str(work / "fresh_dev" / f"{u.utt}.wav"),
+                                            "target": corpus.normalize_text(u.text)}) + "\n" for u, _ in done))
+    return manifest
+
+
+def confidence_quality(run: str, dev_path: str, work: Path, n_fresh: int) -> dict:
+    """The dev set's words cross-fitted (below), and the user's path end to end: the calibration
+    fitted on the whole dev set (`decode calibrate=true`) and applied (`calibration=FILE`) to
+    n_fresh utterances more of the dev split's kind, scored by `nano8k decode`'s own metrics."""
+    records, _ = decode(work / "dev-words", f"checkpoint={run}", f"input={dev_path}", "calibrate=true")
     scored = score.score_records([r for r in records if r["status"] != "failed"], lang="en")
     halves = [score.Scores([u for i, u in enumerate(scored.utterances) if i % 2 == h], scored.lang) for h in (0, 1)]
     outcomes = [h.word_outcomes() for h in halves]
@@ -160,51 +193,67 @@ def confidence_quality(run: str, dev_path: str, work: Path) -> dict:
             calibration = confidence.Calibration.fit([measures_of(w) for w, _ in outcomes[1 - h]],
                                                      [r for _, r in outcomes[1 - h]], "bench")
             predicted += [calibration(measures_of(w)) for w, _ in outcomes[h]]
-        return {"auc": round(score.auc(predicted, right), 4), "ece": round(score.calibration_error(predicted, right), 4)}
+        return {"auc": round(score.auc(predicted, right), 4), "ece": round(score.calibration_error(predicted, right), 4),
+                "ece_if_perfectly_calibrated": perfectly_calibrated_ece(predicted)}
 
     def alone(name: str) -> dict:
         values = [w["measures"].get(name, 1.0) for h in (0, 1) for w, _ in outcomes[h]]
         return {"auc": round(score.auc(values, right), 4), "ece": round(score.calibration_error(values, right), 4)}
 
-    return {"words": len(right), "wrong": len(right) - sum(right),
-            "calibrated": cross_fitted(lambda w: w["measures"]),
-            "calibrated_without_llm": cross_fitted(lambda w: {k: v for k, v in w["measures"].items() if k != "llm"}),
-            "entropy_alone": alone("entropy"), "support_alone_auc": alone("support")["auc"],
-            "llm_alone_auc": alone("llm")["auc"]}
+    out = {"words": len(right), "wrong": len(right) - sum(right),
+           "calibrated": cross_fitted(lambda w: w["measures"]),
+           "calibrated_without_llm": cross_fitted(lambda w: {k: v for k, v in w["measures"].items() if k != "llm"}),
+           "entropy_alone": alone("entropy"), "support_alone_auc": alone("support")["auc"],
+           "llm_alone_auc": alone("llm")["auc"]}
+    if n_fresh:
+        fresh_records, metrics = decode(work / "fresh-dev-words", f"checkpoint={run}",
+                                        f"input={fresh_dev(work, n_fresh)}",
+                                        f"calibration={work / 'dev-words' / confidence.CALIBRATION_FILE}")
+        quality = metrics["confidence"]
+        fresh = score.score_records([r for r in fresh_records if r["status"] != "failed"], lang="en").word_outcomes()
+        out["fitted_on_dev_applied_to_fresh_dev"] = {
+            "utterances": len(fresh_records), "words": quality["words"], "wrong": quality["wrong"],
+            "auc": round(quality["auc"], 4), "ece": round(quality["ece"], 4),
+            "ece_if_perfectly_calibrated": perfectly_calibrated_ece([float(w["confidence"]) for w, _ in fresh])}
+    return out
 
 
 def cost(run: str, dev_path: str, repeats: int, batch_size: int = 16) -> dict:
     """Decoding time of the dev set with word times and confidence and without: one process, the
     same model, batch by batch (reading, features and the model: Decoder.decode of the batch's
-    items), the two alternating `repeats` times on each batch; the sum of the per-batch medians.
-    Interleaving at the batch cancels the machine's drift, which whole decodes a minute apart do
-    not (two runs of five whole decodes each measured +7% and +23%)."""
+    items), the decoders taking turns `repeats` times on each batch; the sum of the per-batch
+    medians. Interleaving at the batch cancels the machine's drift, which whole decodes a minute
+    apart do not (two runs of five whole decodes each measured +7% and +23%). A second decoder
+    without times is timed alongside: its difference from the first is this machine's noise on the
+    measurement (an A/A comparison), to read `added` against."""
     from nano8k import config
     from nano8k.decoding import Decoder, read_input
 
-    decoders = {flag: Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={dev_path}",
-                                                                          f"timestamps={flag}", "device=cpu"]),
-                                              app="decode"))
-                for flag in ("false", "true")}
+    flags = {"without": "false", "without_again": "false", "with": "true"}
+    decoders = {name: Decoder(config.validate(config.compose("decode", [
+        f"checkpoint={run}", f"input={dev_path}", f"timestamps={flag}", "device=cpu"]), app="decode"))
+        for name, flag in flags.items()}
     items, _ = read_input(dev_path)
     for item in items:
-        decoders["false"].probe(item)
+        decoders["without"].probe(item)
     items.sort(key=lambda item: -(item.duration or 0))  # as decode batches them: longest first
-    medians = {"false": 0.0, "true": 0.0}
+    medians = dict.fromkeys(flags, 0.0)
     for start in range(0, len(items), batch_size):
         keys = [item.key for item in items[start:start + batch_size]]
-        times: dict[str, list[float]] = {"false": [], "true": []}
+        times: dict[str, list[float]] = {name: [] for name in flags}
         for r in range(repeats + 1):
-            for flag in (("false", "true") if r % 2 else ("true", "false")):
+            order = list(flags)[r % 3:] + list(flags)[:r % 3]  # each decoder first, second and last in turn
+            for name in order:
                 batch = [i for i in read_input(dev_path)[0] if i.key in keys]
                 tick = time.perf_counter()
-                decoders[flag].decode(batch, batch_size, progress=False)
+                decoders[name].decode(batch, batch_size, progress=False)
                 if r:  # the first round warms up
-                    times[flag].append(time.perf_counter() - tick)
-        for flag in medians:
-            medians[flag] += statistics.median(times[flag])
-    return {"repeats": repeats, "batches": -(-len(items) // batch_size), "decode_s_with_times": round(medians["true"], 3),
-            "decode_s_without": round(medians["false"], 3), "added": round(medians["true"] / medians["false"] - 1, 4)}
+                    times[name].append(time.perf_counter() - tick)
+        for name in medians:
+            medians[name] += statistics.median(times[name])
+    return {"repeats": repeats, "batches": -(-len(items) // batch_size), "decode_s_with_times": round(medians["with"], 3),
+            "decode_s_without": round(medians["without"], 3), "added": round(medians["with"] / medians["without"] - 1, 4),
+            "a_a_difference": round(medians["without_again"] / medians["without"] - 1, 4)}
 
 
 PARTS = ("word_times", "word_times_joint", "non_speech", "confidence", "cost")
@@ -215,7 +264,9 @@ def main() -> None:
     ap.add_argument("--run", required=True)
     ap.add_argument("--dev", required=True)
     ap.add_argument("--calls", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=21, help="cost: rounds on each batch (fewer spread more)")
+    ap.add_argument("--fresh-dev", type=int, default=400, help="confidence: utterances more of the dev split's kind "
+                                                                 "to measure the calibration on (0: none)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--baseline-run", help="another model's non-speech, on the same clips")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"which measurements, comma-separated (default: all: "
@@ -234,7 +285,7 @@ def main() -> None:
     measure = {"word_times": lambda: word_times(args.run, dev, work, args.calls),
                "word_times_joint": lambda: word_times(args.run, dev, work, args.calls, "joint"),
                "non_speech": lambda: non_speech(args.run, args.dev, work, args.baseline_run),
-               "confidence": lambda: confidence_quality(args.run, args.dev, work),
+               "confidence": lambda: confidence_quality(args.run, args.dev, work, args.fresh_dev),
                "cost": lambda: cost(args.run, args.dev, args.repeats)}
     result = {"run": args.run, "dev": args.dev, **{part: measure[part]() for part in parts}}
     print(json.dumps(result, indent=2))

@@ -572,24 +572,26 @@ def render_ivr(u: IvrUtterance, tmp: Path) -> np.ndarray:
     return telephone_channel(x, fs, u.level_dbfs)
 
 
-def _render_one(args: tuple[IvrUtterance, Path]) -> tuple[IvrUtterance, float]:
-    u, wav_dir = args
-    with tempfile.TemporaryDirectory() as tmp:
-        codes = render_ivr(u, Path(tmp))
-    write_mulaw_wav(wav_dir / f"{u.utt}.wav", codes)
-    return u, len(codes) / FS_OUT
+def render_ivr_files(plan: list[IvrUtterance], wav_dir: Path) -> list[tuple[IvrUtterance, float]]:
+    """Each utterance of `plan` written to wav_dir/UTT.wav, on all cores (each a pure function of
+    its id, so the order of work does not matter): (utterance, seconds) in plan order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def render(u: IvrUtterance) -> tuple[IvrUtterance, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            codes = render_ivr(u, Path(tmp))
+        write_mulaw_wav(wav_dir / f"{u.utt}.wav", codes)
+        return u, len(codes) / FS_OUT
+
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return list(pool.map(render, plan))
 
 
 def generate_ivr(out: Path, versions: dict) -> dict:
-    """data/ivr: every split of IVR_SPLITS, rendered on all cores (each utterance a pure function
-    of its id, so the order of work does not matter)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    wav_dir = out / "wav"
-    wav_dir.mkdir(parents=True, exist_ok=True)
+    """data/ivr: every split of IVR_SPLITS."""
     plan = [ivr_utterance(split, i) for split, (n, _, _) in IVR_SPLITS.items() for i in range(n)]
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        done = list(pool.map(_render_one, [(u, wav_dir) for u in plan]))
+    done = render_ivr_files(plan, out / "wav")
     rows: dict[str, list] = {split: [] for split in IVR_SPLITS}
     speakers: dict[str, list] = {split: [] for split in IVR_SPLITS}
     for u, _ in done:

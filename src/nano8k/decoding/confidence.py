@@ -56,20 +56,18 @@ def uncalibrated(measures: dict[str, float]) -> float:
 
 
 def frame_confidence(log_probs: Any) -> Any:
-    """[..., V] log-posteriors -> [...]: 1 - normalised Tsallis entropy."""
-    import torch
-
+    """[..., V] log-posteriors (a tensor) -> [...]: 1 - normalised Tsallis entropy."""
     vocab = log_probs.size(-1)
-    power_sum = torch.exp(ALPHA * log_probs.float()).sum(-1)
+    power_sum = log_probs.float().mul(ALPHA).exp_().sum(-1)  # in place: a fresh [N, V] tensor costs more than the exp
     entropy = (1 - power_sum) / (ALPHA - 1)
     maximum = (1 - vocab ** (1 - ALPHA)) / (ALPHA - 1)
     return (1 - entropy / maximum).clamp(0.0, 1.0)
 
 
-def emitting_frame_confidence(log_probs: Any, frames: Sequence[Sequence[int]]) -> list[Any]:
+def emitting_frame_confidence(log_probs: Any, frames: Sequence[Sequence[int]]) -> Any:
     """frame_confidence of the listed frames of each utterance of log_probs [B, T, V], computed
-    for those frames only (one gather, one vocabulary pass), as one [T] numpy array per utterance
-    holding them (the other frames: 0, never read)."""
+    for those frames only (one gather, one vocabulary pass), as a [B, T] numpy array holding them
+    (the other frames: 0, never read)."""
     import numpy as np
     import torch
 
@@ -79,25 +77,41 @@ def emitting_frame_confidence(log_probs: Any, frames: Sequence[Sequence[int]]) -
     values = frame_confidence(log_probs[rows, columns]).cpu().numpy() if len(rows) else np.zeros(0)
     out = np.zeros((batch, length), dtype=np.float32)
     out[rows.cpu().numpy(), columns.cpu().numpy()] = values
-    return list(out)
+    return out
 
 
-def token_measures(log_probs: Any, frame_conf: Any, tokens: Sequence[int], frames: Sequence[Sequence[int]]
-                   ) -> list[tuple[float, float]]:
-    """(entropy, support) of each aligned token: means over the frames that emit it. `log_probs`
-    [T, V] and `frame_conf` [T] as numpy arrays (one utterance's)."""
-    if not len(tokens):
-        return []
-    # one gather each, then sums in Python: a transcript has tens of tokens, where numpy's per-call
-    # cost outweighs its arithmetic
-    flat = [t for at in frames for t in at]
-    conf = frame_conf[flat].tolist()
-    posterior = log_probs[flat, [token for token, at in zip(tokens, frames) for _ in at]].tolist()
+def token_measures(log_probs: Any, frame_conf: Any, hypotheses: Sequence[tuple[int, Sequence[int], Sequence[Sequence[int]]]]
+                   ) -> list[list[tuple[float, float]]]:
+    """(entropy, support) of each aligned token of each hypothesis, given as (its row in the batch,
+    its token ids, the frames emitting each): means over those frames. `log_probs` [B, T, V] (a
+    tensor, read where it is: only the gathered values leave a device), `frame_conf` [B, T] (numpy).
+    One gather and one segmented sum for the whole batch: a transcript has tens of tokens, where a
+    call per token or per utterance costs more than its arithmetic."""
+    import numpy as np
+    import torch
+
+    rows: list[int] = []
+    at: list[int] = []
+    ids: list[int] = []
+    counts: list[int] = []  # frames per token, every one >= 1 (a path emits each token)
+    for b, tokens, frames in hypotheses:
+        for token, emitting in zip(tokens, frames):
+            rows += [b] * len(emitting)
+            at += emitting
+            ids += [token] * len(emitting)
+            counts.append(len(emitting))
+    if not counts:
+        return [[] for _ in hypotheses]
+    starts = np.concatenate(([0], np.cumsum(counts[:-1])))
+    n = np.asarray(counts, dtype=np.float64)
+    entropy = (np.add.reduceat(frame_conf[rows, at].astype(np.float64), starts) / n).tolist()
+    index = [torch.as_tensor(i, dtype=torch.long, device=log_probs.device) for i in (rows, at, ids)]
+    posterior = log_probs[index[0], index[1], index[2]].double().cpu().numpy()
+    support = (np.add.reduceat(posterior, starts) / n).tolist()
     out, i = [], 0
-    for at in frames:
-        n = len(at)
-        out.append((sum(conf[i:i + n]) / n, sum(posterior[i:i + n]) / n))
-        i += n
+    for _, tokens, _ in hypotheses:
+        out.append(list(zip(entropy[i:i + len(tokens)], support[i:i + len(tokens)])))
+        i += len(tokens)
     return out
 
 

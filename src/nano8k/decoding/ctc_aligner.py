@@ -17,6 +17,7 @@ times are spread over the frames where the CTC branch heard speech, and flagged 
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -64,30 +65,36 @@ def forced_paths(log_probs: Any, frame_lens: Sequence[int], targets: Sequence[Se
     # alpha lives in columns 2.. of a buffer whose first two columns stay -inf (no state before 0)
     lens = np.asarray(list(frame_lens), dtype=np.int64)
     buffer = np.full((batch, states + 2), -np.inf, dtype=np.float32)
-    alpha = buffer[:, 2:]
+    alpha, before, two_before = buffer[:, 2:], buffer[:, 1:states + 1], buffer[:, :states]
     alpha[:, 0] = emit[0, :, 0]
     if states > 1:
         alpha[:, 1] = emit[0, :, 1]
-    back = np.zeros((frames, batch, states), dtype=np.uint8)
+    # each utterance's scores are read at its own last frame (later frames are padding): the
+    # recursion runs on for the whole batch, the backtrace starts at each one's end
+    final = alpha.copy()
+    ending: dict[int, list[int]] = {}
+    for b, n in enumerate(lens.tolist()):
+        ending.setdefault(n - 1, []).append(b)
+    back = np.zeros((frames, batch, states), dtype=np.intp)
     candidates = np.empty((3, batch, states), dtype=np.float32)
     with np.errstate(invalid="ignore"):  # -inf + -inf
         for t in range(1, frames):
             candidates[0] = alpha
-            candidates[1] = buffer[:, 1:states + 1]
-            np.add(buffer[:, :states], skip_cost, out=candidates[2])
-            arg = candidates.argmax(axis=0)
-            best = candidates.max(axis=0) + emit[t]
-            active = (t < lens)[:, None]  # an utterance past its last frame keeps its scores (and stays)
-            alpha[:] = np.where(active, best, alpha)
-            back[t] = np.where(active, arg, 0)
+            candidates[1] = before
+            np.add(two_before, skip_cost, out=candidates[2])
+            candidates.argmax(axis=0, out=back[t])
+            np.add(candidates.max(axis=0), emit[t], out=alpha)
+            if t in ending:
+                final[ending[t]] = alpha[ending[t]]
+    back[np.arange(frames)[:, None] >= lens[None, :]] = 0  # past an utterance's end: stay
     # the path ends in the last token's state or the blank after it
     ends = np.array([2 * len(t) for t in targets], dtype=np.int64)
     rows = np.arange(batch)
-    final = alpha[rows, ends]
-    before = alpha[rows, np.maximum(ends - 1, 0)]
-    take_before = (ends > 0) & (before > final)
+    last = final[rows, ends]
+    before_last = final[rows, np.maximum(ends - 1, 0)]
+    take_before = (ends > 0) & (before_last > last)
     state = np.where(take_before, ends - 1, ends)
-    score = np.where(take_before, before, final)
+    score = np.where(take_before, before_last, last)
     path = np.zeros((frames, batch), dtype=np.int64)
     for t in range(frames - 1, -1, -1):  # the backtrace
         path[t] = state
@@ -174,6 +181,7 @@ def _split_cjk(start: int, end: int, text: str) -> list[tuple[int, int]]:
     return spans
 
 
+@functools.lru_cache(maxsize=4096)  # asked of every character of every word: a transcript has few distinct ones
 def _spoken(char: str) -> bool:
     """A letter, digit or mark (what is said); punctuation and symbols are not."""
     return unicodedata.category(char)[0] in "LNM"

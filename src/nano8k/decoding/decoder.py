@@ -616,28 +616,32 @@ class Decoder:
         used = [sorted({t for p in (path, g[1] if g else None) if p is not None for at in p.frames for t in at})
                 for path, g in zip(paths, greedy)]
         frame_conf = confidence.emitting_frame_confidence(log_probs, used)
-        batch = log_probs.float().cpu().numpy()
-        for r, lp, conf, frame_labels, ids, path, g in zip(results, batch, frame_conf, labels, targets, paths, greedy):
-            lp = lp[:len(frame_labels)]
+        aligned = {(b, "words"): (ids, path.frames) for b, (ids, path) in enumerate(zip(targets, paths)) if path}
+        aligned.update({(b, "ctc_words"): (g[0], g[1].frames) for b, g in enumerate(greedy) if g is not None})
+        values = dict(zip(aligned, confidence.token_measures(
+            log_probs, frame_conf, [(b, ids, frames) for (b, _), (ids, frames) in aligned.items()])))
+        for b, (r, frame_labels, ids, path, g) in enumerate(zip(results, labels, targets, paths, greedy)):
             heard = [t for t, label in enumerate(frame_labels) if label != blank]
             speech_frames = (heard[0], heard[-1]) if heard else None
-            r["words"] = self._placed(r["hyp"], ids, path, lp, conf, speech_frames, encoding, r.get("char_probs"))
+            r["words"] = self._placed(r["hyp"], ids, path, values.get((b, "words")), speech_frames, encoding,
+                                      r.get("char_probs"))
             if g is not None:
                 greedy_ids, greedy_path = g
                 text = b"".join(encoding.decode_single_token_bytes(t) for t in greedy_ids).decode("utf-8", "replace")
-                r["ctc_words"] = self._placed(text, greedy_ids, greedy_path, lp, conf, speech_frames, encoding)
+                r["ctc_words"] = self._placed(text, greedy_ids, greedy_path, values[b, "ctc_words"], speech_frames, encoding)
 
-    def _placed(self, text: str, ids: list[int], path: Any, lp: Any, frame_conf: Any,
+    def _placed(self, text: str, ids: list[int], path: Any, values: list[tuple[float, float]] | None,
                 speech_frames: tuple[int, int] | None, encoding: Any, char_probs: list[float] | None = None
                 ) -> list[dict]:
+        """The words of `text` (CTC token `ids`, aligned by `path`, each token's (entropy, support)
+        in `values`) with their times and confidence."""
         from nano8k.decoding import ctc_aligner
 
         words = ctc_aligner.words_of(text, [encoding.decode_single_token_bytes(t) for t in ids])
         if words is None:  # bytes that are no UTF-8 text (a CTC hypothesis cut inside a character): spread
             words = [ctc_aligner.Word(w, [0]) for w in text.split()]  # each counted as spoken, none aligned
-            path = None
+            path = values = None
         placed = ctc_aligner.place_words(words, path, self.seconds_per_frame, speech_frames)
-        values = confidence.token_measures(lp, frame_conf, ids, path.frames) if path is not None else None
         for word, entry in zip(words, placed):
             if values is not None and word.tokens:
                 measures = confidence.word_measures(values, word.tokens)
