@@ -118,7 +118,7 @@ def tune(run: str, manifest: str, utterances: int, device: str) -> dict:
     records = [r for r in decoder.decode(read_input(str(part))[0], 16, progress=False) if r.get("candidates")]
     refs = {r["key"]: r["ref"] for r in records}
     grid = []
-    for weight in (0.4, 0.5, 0.6):
+    for weight in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
         for bonus in (0.0, 0.5, 1.0, 1.5, 2.0):
             def rank(c: dict, heard: bool) -> float:  # joint.decode's score (a text CTC cannot emit: -inf)
                 w = weight if heard else 0.0
