@@ -291,13 +291,13 @@ def test_special_files_and_unbounded_hotword_lists_are_one_line(corpus, tmp_path
     rows = [json.loads(line) for line in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["failed", "ok"] and rows[0]["reason"] == f"{fifo} is a FIFO"
     hotwords = tmp_path / "hotwords.txt"
-    hotwords.write_text("".join(f"word{i}\n" for i in range(10_000)))
+    hotwords.write_text("".join(f"word{i}\n" for i in range(100_000)))
     bounded = run_cli("decode", f"checkpoint={corpus['run']}", f"input={corpus['dev']}", f"hotwords_file={hotwords}",
                       f"hydra.run.dir={tmp_path / 'c'}", timeout=120)
     assert bounded.code == 2 and bounded.stderr.splitlines() == [
-        "error: hotwords: 10000 entries (hotwords and hotwords_file together); the limit is 500: every entry goes "
-        "into the prompt of every utterance (about 13 LLM tokens each), so the prompt, memory and time grow with the "
-        "list; keep the ones this audio may hold"]
+        "error: hotwords: 100000 entries (hotwords and hotwords_file together); the limit is 20000 with "
+        "hotword_filter: the CTC branch spots every entry in every utterance, in time that grows with the list; keep "
+        "the ones this audio may hold"]
 
 
 def test_transcripts_with_no_words_are_kept_and_flagged(corpus, tmp_path):

@@ -511,6 +511,15 @@ class DecodeConfig:
                                          at_least=1)
 
     @dataclass
+    class HotwordFilter:
+        enabled: Optional[bool] = key("with hotwords and a CTC branch: each utterance's prompt holds only the "
+                                      "hotwords its CTC posteriors support", NANO8K)
+        threshold: Optional[float] = key("the least score a kept hotword has: its CTC path's log-probability a "
+                                         "token below each frame's best symbol", NANO8K, at_most=0)
+        max_kept: Optional[int] = key("at most this many hotwords in one utterance's prompt, the best first", NANO8K,
+                                      at_least=1)
+
+    @dataclass
     class Score:
         lang: Optional[str] = key("auto, zh, ja, en or mixed (as `nano8k score --lang`)", NANO8K)
         numbers: Optional[bool] = key("spell out digits before scoring", NANO8K)
@@ -530,6 +539,7 @@ class DecodeConfig:
     itn: Optional[bool] = key("inverse text normalization (false adds FunASR's ，不进行文本规整)", NANO8K)
     hotwords: Optional[list[str]] = key("hotwords for FunASR's context prompt", NANO8K)
     hotwords_file: Optional[str] = key("file of hotwords, one a line (# comments)", NANO8K)
+    hotword_filter: Optional[HotwordFilter] = key("which hotwords each utterance's prompt gets (CTC branch)", NANO8K)
     strategy: Optional[str] = key("greedy (the LLM's text), speculative (the same, CTC drafts verified by the LLM), "
                                   "joint (its n-best and the CTC hypothesis rescored by both heads) or ctc (the CTC "
                                   "branch's text)", NANO8K, one_of=STRATEGIES)

@@ -211,6 +211,10 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
         raise UserError("calibrate: the model has no CTC branch, so its words have no confidence to calibrate")
     log.info("model: %s; weights: %s; config: %s; prompt: %r", decoder.model_dir, ", then ".join(decoder.loaded_from),
              decoder.config_source, decoder.prompt)
+    if decoder.filtering:
+        log.info("hotwords: %d listed; each utterance's prompt gets those its CTC posteriors support (score >= %g, "
+                 "at most %d: records' `hotwords`)", len(prompt_settings["hotwords"]), decoder.hotword_filter.threshold,
+                 decoder.hotword_filter.max_kept)
     if stop_at_signals:
         interrupts.defer()  # from here a signal stops after the batch in flight, its results kept
 
@@ -246,9 +250,13 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
         score_conf = settings.get("score") or {}
         scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
                                           numbers=bool(score_conf.get("numbers")))
-    strategy_settings = {"joint": {"joint": asdict(decoder.joint)},
+    decoding_settings = {"joint": {"joint": asdict(decoder.joint)},
                          "speculative": {"speculative": decoder.acceptance.report()}}.get(decoder.strategy, {})
-    metrics.update(strategy=decoder.strategy, **strategy_settings,
+    if decoder.filtering:  # how many hotwords the prompts got
+        kept = [len(r["hotwords"]) for r in records if "hotwords" in r]
+        decoding_settings["hotword_filter"] = {**asdict(decoder.hotword_filter), "listed": len(prompt_settings["hotwords"]),
+                                               "utterances": len(kept), "kept_mean": sum(kept) / len(kept) if kept else 0.0}
+    metrics.update(strategy=decoder.strategy, **decoding_settings,
                    load_s=round(load_s, 3), batch_size=batch_size, device=decoder.device, llm_dtype=decoder.dtype_name,
                    frontend_fs=decoder.frontend.fs, max_new_tokens=decoder.max_new_tokens, prompt=decoder.prompt,
                    model_dir=str(decoder.model_dir), checkpoint=decoder.checkpoint, config=decoder.config_source,

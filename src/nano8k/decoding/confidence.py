@@ -102,7 +102,7 @@ def token_measures(log_probs: Any, frame_conf: Any, hypotheses: Sequence[tuple[i
             counts.append(len(emitting))
     if not counts:
         return [[] for _ in hypotheses]
-    starts = np.concatenate(([0], np.cumsum(counts[:-1])))
+    starts = np.cumsum([0, *counts[:-1]], dtype=np.int64)
     n = np.asarray(counts, dtype=np.float64)
     entropy = (np.add.reduceat(frame_conf[rows, at].astype(np.float64), starts) / n).tolist()
     index = [torch.as_tensor(i, dtype=torch.long, device=log_probs.device) for i in (rows, at, ids)]

@@ -47,11 +47,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from nano8k import checkpoints, config
 from nano8k.config import STRATEGIES
-from nano8k.decoding import confidence, joint, speculative, speech_gate
+from nano8k.decoding import confidence, hotword_filter, joint, speculative, speech_gate
 from nano8k.devices import resolve_device
 from nano8k.errors import UserError, one_line
 from nano8k.files import read_yaml
@@ -153,8 +153,23 @@ def _item(entry: Any) -> Item:
 
 # Hotwords go into the prompt of every utterance: bounded by design (a list of 10,000 grew a
 # decode to 24 GB). 500 entries make a prompt of about 6,500 tokens.
-MAX_HOTWORDS = 500
+MAX_HOTWORDS = 500  # each one in every utterance's prompt
+MAX_FILTERED_HOTWORDS = 20_000  # spotted by the CTC branch (linear cost: bench_hotwords.py), a few in each prompt
 MAX_HOTWORD_CHARS = 100
+
+
+def check_hotword_count(count: int, filtered: bool) -> None:
+    """At most MAX_HOTWORDS hotwords when each goes into every prompt; MAX_FILTERED_HOTWORDS when
+    the CTC branch chooses a few for each utterance (hotword_filter)."""
+    if filtered and count > MAX_FILTERED_HOTWORDS:
+        raise UserError(f"hotwords: {count} entries (hotwords and hotwords_file together); the limit is "
+                        f"{MAX_FILTERED_HOTWORDS} with hotword_filter: the CTC branch spots every entry in every "
+                        "utterance, in time that grows with the list; keep the ones this audio may hold")
+    if not filtered and count > MAX_HOTWORDS:
+        raise UserError(f"hotwords: {count} entries (hotwords and hotwords_file together); the limit is "
+                        f"{MAX_HOTWORDS}: every entry goes into the prompt of every utterance (about 13 LLM tokens "
+                        "each), so the prompt, memory and time grow with the list; keep the ones this audio may hold "
+                        f"(with hotword_filter and a model with a CTC branch: {MAX_FILTERED_HOTWORDS})")
 
 
 def prompt_options(settings: dict) -> dict:
@@ -177,10 +192,8 @@ def prompt_options(settings: dict) -> dict:
             raise UserError(f"hotwords_file: {path} is neither UTF-8 nor UTF-16 text")
         hotwords += [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
     hotwords = list(dict.fromkeys(hotwords))
-    if len(hotwords) > MAX_HOTWORDS:
-        raise UserError(f"hotwords: {len(hotwords)} entries (hotwords and hotwords_file together); the limit is "
-                        f"{MAX_HOTWORDS}: every entry goes into the prompt of every utterance (about 13 LLM tokens "
-                        "each), so the prompt, memory and time grow with the list; keep the ones this audio may hold")
+    # with the filter, the whole list is checked again once the model is known to have no CTC branch
+    check_hotword_count(len(hotwords), filtered=bool((settings.get("hotword_filter") or {}).get("enabled")))
     long = next((w for w in hotwords if len(w) > MAX_HOTWORD_CHARS), None)
     if long is not None:
         raise UserError(f"hotwords: an entry of {len(long)} characters ({long[:40]!r}...); the limit is "
@@ -365,45 +378,69 @@ class Decoder:
             self.calibration = confidence.Calibration.load(Path(str(settings["calibration"])).expanduser(),
                                                            confidence.model_digest(model))
         p = self.prompt_settings = prompt_settings
+        self.hotword_filter = hotword_filter.HotwordFilterSettings(**settings["hotword_filter"])
+        self.filtering = bool(p["hotwords"]) and self.hotword_filter.enabled and self.has_ctc
+        if p["hotwords"] and self.hotword_filter.enabled and not self.has_ctc:
+            check_hotword_count(len(p["hotwords"]), filtered=False)
+            log.warning("the model has no CTC branch: every hotword goes into every utterance's prompt "
+                        "(hotword_filter needs one; hotword_filter.enabled=false silences this)")
+        # each hotword in the CTC branch's tokens, and the ids before the audio of each prompt used
+        self.hotword_spellings = (hotword_filter.spellings(p["hotwords"], model.ctc_tokenizer)
+                                  if self.filtering else [])
+        self._prompt_prefixes: dict[str, Any] = {}
         self.trained_by_nano8k = trained_by_nano8k
         # a Nano manifest's own task prompt is used for its utterances unless decode sets one
         self.manifest_prompts = trained_by_nano8k and p["prompt"] is None and p["language"] is None and p["itn"]
-        self._prompts: dict[str | None, str] = {}
-        self.prompt = self.prompt_for(None)
-        self._check_context()
+        self._prompts: dict[tuple[str | None, tuple[str, ...]], str] = {}
+        self.prompt = self.prompt_for(None)  # with the filter: without hotwords (each utterance gets its own)
+        self._check_context(self.prompt_for(None, sorted(p["hotwords"], key=len)[-self.hotword_filter.max_kept:])
+                            if self.filtering else self.prompt)
         self.seconds_per_frame = self.frontend.lfr_n * self.frontend.frame_shift / 1000
 
-    def _check_context(self) -> None:
-        """The prompt and max_new_tokens fit the LLM's context (max_position_embeddings), leaving
-        room for the audio's positions (one line before any utterance is decoded)."""
+    def _check_context(self, longest_prompt: str) -> None:
+        """The longest prompt an utterance can get and max_new_tokens fit the LLM's context
+        (max_position_embeddings), leaving room for the audio's positions (one line before any
+        utterance is decoded)."""
         context = getattr(getattr(self.model.llm, "config", None), "max_position_embeddings", None)
         if not isinstance(context, int):
             return
-        tokens = len(self.tokenizer.encode(self.prompt))
+        tokens = len(self.tokenizer.encode(longest_prompt))
         if tokens + self.max_new_tokens >= context:
             raise UserError(f"the prompt is {tokens} tokens and max_new_tokens {self.max_new_tokens}: more than the "
                             f"LLM's context of {context} positions, with no room for the audio; shorten the hotword "
                             "list or the prompt, or lower max_new_tokens")
 
-    def prompt_for(self, manifest_prompt: str | None) -> str:
+    def prompt_for(self, manifest_prompt: str | None, hotwords: Sequence[str] | None = None) -> str:
         """The user prompt before the audio: a literal `prompt`; for a run nano8k trained, the
         training prompt (funasr_gaps 17: its prompt class, header and hotword field) around the
         utterance's own task prompt from its manifest (as training read it) or decode's
-        language/itn; else FunASR's inference prompt."""
+        language/itn; else FunASR's inference prompt. `hotwords`: these instead of the list's
+        (None: the whole list, or none when the filter chooses them per utterance)."""
+        p = self.prompt_settings
         key = manifest_prompt if self.manifest_prompts else None
-        if key not in self._prompts:
+        words = tuple(hotwords) if hotwords is not None else () if self.filtering else tuple(p["hotwords"])
+        if (key, words) not in self._prompts:
             from nano8k import funasr_gaps
 
-            p = self.prompt_settings
             if p["prompt"] is not None:
                 prompt = p["prompt"]
             elif self.trained_by_nano8k:
                 task = key if key is not None else self.model.get_prompt([], p["language"], p["itn"])
-                prompt = funasr_gaps.training_prompt(self.funasr_cfg, task, p["hotwords"])
+                prompt = funasr_gaps.training_prompt(self.funasr_cfg, task, list(words))
             else:
-                prompt = self.model.get_prompt(p["hotwords"], p["language"], p["itn"])
-            self._prompts[key] = prompt
-        return self._prompts[key]
+                prompt = self.model.get_prompt(list(words), p["language"], p["itn"])
+            self._prompts[key, words] = prompt
+        return self._prompts[key, words]
+
+    def _with_hotwords(self, inputs: Any, manifest_prompt: str | None, hotwords: list[str]) -> Any:
+        """An utterance prepared with the prompt without hotwords, given the prompt with these."""
+        from nano8k import funasr_gaps
+
+        prompt = self.prompt_for(manifest_prompt, hotwords)
+        if prompt not in self._prompt_prefixes:
+            self._prompt_prefixes[prompt] = funasr_gaps.prompt_prefix_ids(self.model, prompt, self.tokenizer,
+                                                                          self.frontend, self.funasr_cfg)
+        return funasr_gaps.reprompted(inputs, self._prompt_prefixes[prompt])
 
     # -- audio ------------------------------------------------------------------------------
 
@@ -501,7 +538,7 @@ class Decoder:
         out: dict[int, dict] = {}
         if prepared:
             try:
-                outputs = self._forward([x[2] for x in prepared])
+                outputs = self._forward([x[2] for x in prepared], [x[1].prompt for x in prepared])
             except Exception as err:  # noqa: BLE001 - retried one by one below
                 if len(prepared) == 1:
                     prepared[0][1].reason = f"decoding: {type(err).__name__}: {one_line(err)}"
@@ -514,7 +551,7 @@ class Decoder:
                     outputs, kept = [], []
                     for entry in prepared:
                         try:
-                            outputs += self._forward([entry[2]])
+                            outputs += self._forward([entry[2]], [entry[1].prompt])
                             kept.append(entry)
                         except Exception as one:  # noqa: BLE001
                             entry[1].reason = f"decoding: {type(one).__name__}: {one_line(one)}"
@@ -530,10 +567,10 @@ class Decoder:
                 out[index]["decode_time"] = round(elapsed * share, 6)
         return out
 
-    def _forward(self, inputs: list) -> list[dict]:
-        """One batch: encoder and adaptor; the CTC branch (its hypothesis, the speech gate); the
-        LLM on the segments that hold speech, each bounded by its duration; then the words' times
-        and confidence from the CTC posteriors."""
+    def _forward(self, inputs: list, manifest_prompts: list[str | None]) -> list[dict]:
+        """One batch: encoder and adaptor; the CTC branch (its hypothesis, the speech gate, the
+        hotwords each prompt gets); the LLM on the segments that hold speech, each bounded by its
+        duration; then the words' times and confidence from the CTC posteriors."""
         import torch
 
         from nano8k import funasr_gaps
@@ -544,7 +581,8 @@ class Decoder:
             results: list[dict] = [{} for _ in inputs]
             log_probs = None  # the CTC branch's [B, T, V]
             labels: list[list[int]] = []  # each frame's most likely CTC symbol
-            if self.has_ctc and (self.ctc or self.timestamps or self.gate.enabled or self.strategy != "greedy"):
+            if self.has_ctc and (self.ctc or self.timestamps or self.gate.enabled or self.strategy != "greedy"
+                                 or self.filtering):
                 texts, log_probs, labels = funasr_gaps.ctc_greedy(self.model, encoder_out, encoder_lens)
                 for r, text, frames in zip(results, texts, labels):
                     if self.ctc:
@@ -559,6 +597,15 @@ class Decoder:
                     results[i].update(hyp=speech_gate.spoken_text(texts[i]), char_probs=None)
             elif speaking:
                 rows = torch.tensor(speaking, device=adaptor_out.device)
+                if self.filtering:  # each prompt with the hotwords its CTC posteriors support (funasr_gaps 26)
+                    inputs = list(inputs)
+                    spotted = hotword_filter.scores(log_probs[rows], [len(labels[i]) for i in speaking],
+                                                    self.hotword_spellings, self.model.blank_id)
+                    for row, i in zip(spotted, speaking):
+                        chosen = hotword_filter.kept(self.prompt_settings["hotwords"], row, self.hotword_filter)
+                        results[i]["hotwords"] = [{"hotword": word, "score": score} for word, score in chosen]
+                        if chosen:
+                            inputs[i] = self._with_hotwords(inputs[i], manifest_prompts[i], [w for w, _ in chosen])
                 written = self._llm_texts([inputs[i] for i in speaking], adaptor_out[rows], adaptor_lens[rows],
                                           [speech_gate.spoken_text(texts[i]) for i in speaking] if labels else None,
                                           None if log_probs is None else log_probs[rows],
@@ -668,6 +715,8 @@ class Decoder:
             record["ctc_hyp"] = result.get("ctc_hyp")
         if "candidates" in result:
             record["candidates"] = result["candidates"]
+        if "hotwords" in result:
+            record["hotwords"] = result["hotwords"]
         if "words" in result:
             offset = item.segment[0] if item.segment is not None else 0.0  # times from the start of the file
             for name in ("words", "ctc_words"):

@@ -10,7 +10,7 @@ The work-arounds live in this package's modules, one concern each (callers impor
   objective.py   1-5, 18, 19  what training optimises: SpecAug, the CTC and LLM losses, freezing, padding
   weights.py     6, 23      loading weights; LoRA adapters
   dataset.py     10, 11, 20, 22, 24, 25   FunASR's training data pipeline: index, loader, audio
-  inference.py   12-15, 17  decoding as training fed the model, batched
+  inference.py   12-15, 17, 26  decoding as training fed the model, batched
   (7, checkpoint files: nano8k/checkpoints.py; 16, deepspeed: nano8k/deepspeed_support.py)
 
 1. SPECAUG — FunASR: FunASRNano swallows `specaug`/`specaug_conf` in **kwargs; no augmentation.
@@ -136,6 +136,13 @@ The work-arounds live in this package's modules, one concern each (callers impor
    target is the all-blank path). nano8k's manifest writer (data/manifest.py, record()) gives an
    empty transcript text_length 1, the length of that target; `data check` notes such lines
    (`non_speech`) instead of flagging them.
+26. HOTWORDS PER UTTERANCE — FunASR puts the whole hotword list into the prompt of every
+   utterance (get_prompt; the prompt is built before the audio is heard), so a long list costs
+   prompt length and invites the LLM to write listed words the audio does not hold. nano8k
+   (decoding/hotword_filter.py, `hotword_filter`): the CTC branch spots each hotword in each
+   utterance and only the supported ones go into its prompt; the utterance, prepared once with
+   the prompt without hotwords, gets the new prompt's ids before its audio (prompt_prefix_ids(),
+   reprompted()): the features are not computed again.
 """
 
 from nano8k.funasr_gaps.runtime import (  # noqa: F401
@@ -184,6 +191,8 @@ from nano8k.funasr_gaps.inference import (  # noqa: F401
     training_prompt,
     UtteranceInputs,
     utterance_inputs,
+    prompt_prefix_ids,
+    reprompted,
     encode_batch,
     ctc_greedy,
     eos_ids,
@@ -232,7 +241,9 @@ __all__ = [
     "pad_id",
     "prepare_lora",
     "prompt_embeds",
+    "prompt_prefix_ids",
     "quiet_funasr_import",
+    "reprompted",
     "require_registered",
     "return_freed_memory",
     "sampler_skips",

@@ -110,6 +110,28 @@ def utterance_inputs(model: Any, samples: Any, prompt: str, tokenizer: Any, fron
                            int(out["fake_token_len"][0, 0]))
 
 
+def prompt_prefix_ids(model: Any, prompt: str, tokenizer: Any, frontend: Any, funasr_cfg: dict) -> Any:
+    """26: the token ids before the audio for `prompt` (the chat template's system and user text up
+    to <|startofspeech|>), from FunASR's own preparation (utterance_inputs) of half a second of
+    silence: what utterance_inputs would put before any utterance's audio placeholders."""
+    import numpy as np
+
+    silence = utterance_inputs(model, np.zeros(frontend.fs // 2, dtype=np.float32), prompt, tokenizer, frontend,
+                               funasr_cfg)
+    return silence.source_ids[:silence.fbank_beg]
+
+
+def reprompted(inputs: UtteranceInputs, prefix_ids: Any) -> UtteranceInputs:
+    """26: an utterance prepared for another prompt: the ids before its audio replaced by
+    `prefix_ids` (prompt_prefix_ids()); its features, audio placeholders and what follows them
+    unchanged (FunASR's data_load_speech tokenises the text around the audio piece by piece)."""
+    import torch
+
+    ids = torch.cat([prefix_ids.to(inputs.source_ids.device, inputs.source_ids.dtype),
+                     inputs.source_ids[inputs.fbank_beg:]])
+    return UtteranceInputs(inputs.speech, ids, len(prefix_ids), inputs.fake_token_len)
+
+
 def encode_batch(model: Any, speeches: Sequence[Any], device: Any) -> tuple[Any, Any, Any, Any]:
     """13: encoder and adaptor on a padded batch: (encoder_out, encoder_lens, adaptor_out, adaptor_lens)."""
     import torch
