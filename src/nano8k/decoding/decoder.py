@@ -151,8 +151,9 @@ def _item(entry: Any) -> Item:
 # --------------------------------------------------------------------------------------------
 
 
-# Hotwords go into the prompt of every utterance: bounded by design (a list of 10,000 grew a
-# decode to 24 GB). 500 entries make a prompt of about 6,500 tokens.
+# Without the filter, hotwords go into the prompt of every utterance: bounded by design (a list of
+# 10,000 grew a decode to 24 GB). 500 entries make a prompt of about 6,500 tokens. With it
+# (hotword_filter), each prompt gets at most max_kept and the list costs spotting time only.
 MAX_HOTWORDS = 500  # each one in every utterance's prompt
 MAX_FILTERED_HOTWORDS = 20_000  # spotted by the CTC branch (linear cost: bench_hotwords.py), a few in each prompt
 MAX_HOTWORD_CHARS = 100
@@ -663,7 +664,8 @@ class Decoder:
         used = [sorted({t for p in (path, g[1] if g else None) if p is not None for at in p.frames for t in at})
                 for path, g in zip(paths, greedy)]
         frame_conf = confidence.emitting_frame_confidence(log_probs, used)
-        aligned = {(b, "words"): (ids, path.frames) for b, (ids, path) in enumerate(zip(targets, paths)) if path}
+        aligned = {(b, "words"): (ids, path.frames) for b, (ids, path) in enumerate(zip(targets, paths))
+                   if path is not None}
         aligned.update({(b, "ctc_words"): (g[0], g[1].frames) for b, g in enumerate(greedy) if g is not None})
         values = dict(zip(aligned, confidence.token_measures(
             log_probs, frame_conf, [(b, ids, frames) for (b, _), (ids, frames) in aligned.items()])))
@@ -675,7 +677,8 @@ class Decoder:
             if g is not None:
                 greedy_ids, greedy_path = g
                 text = b"".join(encoding.decode_single_token_bytes(t) for t in greedy_ids).decode("utf-8", "replace")
-                r["ctc_words"] = self._placed(text, greedy_ids, greedy_path, values[b, "ctc_words"], speech_frames, encoding)
+                r["ctc_words"] = self._placed(text, greedy_ids, greedy_path, values[b, "ctc_words"], speech_frames,
+                                              encoding)
 
     def _placed(self, text: str, ids: list[int], path: Any, values: list[tuple[float, float]] | None,
                 speech_frames: tuple[int, int] | None, encoding: Any, char_probs: list[float] | None = None
