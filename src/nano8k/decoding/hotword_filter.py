@@ -13,8 +13,8 @@ tokens, blanks between them), each frame scored relative to its most likely symb
 costs what the branch prefers instead. Its score is that cost per token (<= 0); the kept ones
 score at least `threshold`, the best `max_kept` of them, best first. One dynamic programme over
 frames for every hotword and utterance of a batch at once ([batch, hotwords, states] a frame).
-Cost: linear in the frames, the hotwords and their tokens (about 0.1 s a batch of 16 short
-utterances for 2,000 hotwords on 2 CPU cores; scripts/bench_hotwords.py measures it).
+Cost: linear in the frames, the hotwords and their tokens (2,000 hotwords: about 0.14 s more a
+batch of 8 short utterances on 2 CPU cores; scripts/bench_hotwords.py measures it).
 """
 
 from __future__ import annotations
