@@ -126,9 +126,14 @@ def test_each_prompt_gets_its_spotted_hotwords_and_decodes_as_with_those_alone(m
     assert empty and [none[i]["hyp"] for i in empty] == [plain[i]["hyp"] for i in empty]
 
 
-def test_hotword_lists_are_bounded_in_one_line(tmp_path):
+def test_hotword_lists_are_bounded_in_one_line_and_an_empty_one_is_said(tmp_path, caplog):
     words = tmp_path / "hotwords.txt"
     words.write_text("".join(f"word{i}\n" for i in range(1000)))
     assert len(decoding.prompt_options({"hotwords_file": str(words), "hotword_filter": {"enabled": True}})["hotwords"]) == 1000
     with pytest.raises(UserError, match=r"^hotwords: 1000 entries .* the limit is 500: every entry goes into the prompt"):
         decoding.prompt_options({"hotwords_file": str(words), "hotword_filter": {"enabled": False}})
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# none yet\n\n")
+    with caplog.at_level("WARNING", logger="nano8k.decoding.decoder"):
+        assert decoding.prompt_options({"hotwords_file": str(empty)})["hotwords"] == []
+    assert f"hotwords_file: {empty} holds no hotwords" in caplog.text

@@ -191,7 +191,10 @@ def prompt_options(settings: dict) -> dict:
             raise UserError(f"hotwords_file: {err}") from None
         if any(data.undecodable(line) for line in lines):
             raise UserError(f"hotwords_file: {path} is neither UTF-8 nor UTF-16 text")
-        hotwords += [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
+        listed = [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
+        if not listed:
+            log.warning("hotwords_file: %s holds no hotwords (only blank lines and # comments)", path)
+        hotwords += listed
     hotwords = list(dict.fromkeys(hotwords))
     # with the filter, the whole list is checked again once the model is known to have no CTC branch
     check_hotword_count(len(hotwords), filtered=bool((settings.get("hotword_filter") or {}).get("enabled")))
