@@ -29,6 +29,8 @@ speculative's acceptance and passes, and on how many utterances the two heads di
 
 Joint's settings (--run RUN --tune-on TRAIN.jsonl): a grid of ctc_weight x length_bonus, each a
 re-ranking of the candidates one joint decode of the first --tune-utterances lines recorded.
+--accept-ctc X ...: also joint taking the CTC text without the LLM where every CTC frame is at
+least X sure (joint.accept_ctc), each threshold a variant beside the strategies.
 
 usage: scripts/bench_decode.py [--utterances 64] [--batch-sizes 8 16] [--runs 3] [--max-new-tokens 32]
                                [--model-dir DIR] [--device cpu|cuda] [--output FILE]
@@ -65,32 +67,36 @@ def summary(walls: list[float], cpus: list[float], n: int) -> dict:
             "median_cpu_s": round(cpu, 3), "utt_per_s": round(n / wall, 2), "utt_per_cpu_s": round(n / cpu, 2)}
 
 
-def strategies(run: str, dev: str, batch_size: int, runs: int, device: str) -> dict:
+def strategies(run: str, dev: str, batch_size: int, runs: int, device: str, accept_ctc: list[float]) -> dict:
     from nano8k import config
     from nano8k.config import STRATEGIES
     from nano8k.decoding import Decoder, compute_metrics, read_input, speech_gate
 
+    variants = {name: [f"strategy={name}"] for name in STRATEGIES}
+    variants.update({f"joint accept_ctc={x}": ["strategy=joint", f"joint.accept_ctc={x}"] for x in accept_ctc})
     decoders = {name: Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={dev}",
-                                                                         f"strategy={name}", f"device={device}"]),
+                                                                         *overrides, f"device={device}"]),
                                               app="decode"))
-                for name in STRATEGIES}
+                for name, overrides in variants.items()}
 
     def go(name: str) -> list[dict]:
         items, _ = read_input(dev)
         return decoders[name].decode(items, batch_size, progress=False)
 
-    records = {name: go(name) for name in STRATEGIES}  # warm-up
+    records = {name: go(name) for name in variants}  # warm-up
     acceptance = decoders["speculative"].acceptance.report()  # of one decode of the set
-    walls: dict[str, list[float]] = {name: [] for name in STRATEGIES}
+    walls: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(runs):
-        for name in STRATEGIES:
+        for name in variants:
             walls[name].append(timed(lambda: go(name))[1])
     out: dict = {}
-    for name in STRATEGIES:
+    for name in variants:
         _, metrics = compute_metrics(records[name])
         out[name] = {"utt_per_s": round(len(records[name]) / statistics.median(walls[name]), 2),
                      "cer": round(metrics["cer"], 4), "wer": round(metrics["wer"], 4), "walls": walls[name]}
-    for name in STRATEGIES:
+        if name.startswith("joint accept_ctc"):
+            out[name]["ctc_accepted"] = sum("ctc_accepted" in r for r in records[name])
+    for name in variants:
         out[name]["speed_vs_greedy"] = round(out[name]["utt_per_s"] / out["greedy"]["utt_per_s"], 2)
     n = len(records["greedy"])
     out["speculative"].update(acceptance=acceptance, passes_per_utterance=round(acceptance["passes"] / n, 2),
@@ -145,12 +151,14 @@ def main() -> None:
     parser.add_argument("--dev", help="the dev manifest the strategies decode (with --run)")
     parser.add_argument("--tune-on", help="with --run: choose joint's settings on this (training) manifest instead")
     parser.add_argument("--tune-utterances", type=int, default=300)
+    parser.add_argument("--accept-ctc", type=float, nargs="*", default=[],
+                        help="with --run --dev: also joint with joint.accept_ctc at each of these")
     args = parser.parse_args()
     if args.run and args.tune_on:
         print(json.dumps(tune(args.run, args.tune_on, args.tune_utterances, args.device), indent=2))
         return
     if args.run:
-        report = strategies(args.run, args.dev, max(args.batch_sizes), args.runs, args.device)
+        report = strategies(args.run, args.dev, max(args.batch_sizes), args.runs, args.device, args.accept_ctc)
         print(json.dumps(report, indent=2))
         if args.output:
             args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

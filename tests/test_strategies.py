@@ -99,7 +99,8 @@ def test_joint_takes_the_candidate_both_heads_score_best(models, tmp_path):
     records, metrics = decode_records(models, tmp_path, "strategy=joint", "joint.ctc_weight=0.3",
                                       "joint.length_bonus=0", "joint.beam_size=3")
     assert metrics["strategy"] == "joint" and metrics["joint"] == {"ctc_weight": 0.3, "beam_size": 3,
-                                                                   "length_bonus": 0.0}
+                                                                   "length_bonus": 0.0, "accept_ctc": None,
+                                                                   "ctc_accepted": 0}
     for record in records:
         candidates = record["candidates"]
         assert record["strategy"] == "joint" and record["status"] == "ok"
@@ -113,6 +114,33 @@ def test_joint_takes_the_candidate_both_heads_score_best(models, tmp_path):
                                 "joint.beam_size=3")
     for record in records:
         assert record["hyp"] == max(record["candidates"], key=lambda c: c["ctc"])["text"]
+
+
+def test_joint_takes_the_ctc_text_without_the_llm_where_every_frame_is_sure_enough(models, tmp_path):
+    def spoken(record: dict) -> str:
+        return " ".join(re.sub(r"<\|\w+\|>", " ", record["ctc_hyp"]).split())  # tags are no words
+
+    plain, _ = decode_records(models, tmp_path, "strategy=joint")
+    every, metrics = decode_records(models, tmp_path, "strategy=joint", "joint.accept_ctc=0")
+    heard = [bool(spoken(r)) for r in every]  # an empty CTC text is never taken: joint decides there
+    assert metrics["joint"]["accept_ctc"] == 0.0 and metrics["joint"]["ctc_accepted"] == sum(heard) >= 2
+    for record, alone, taken in zip(every, plain, heard):  # every frame is at least 0 sure
+        if taken:
+            assert "candidates" not in record and 0 <= record["ctc_accepted"] <= 1 and record["hyp"] == spoken(record)
+        else:
+            assert "ctc_accepted" not in record and record["hyp"] == alone["hyp"]
+    certainty = {r["key"]: r["ctc_accepted"] for r in every if "ctc_accepted" in r}
+    levels = sorted(set(certainty.values()))
+    assert len(levels) > 1
+    between = (levels[0] + levels[1]) / 2  # the least sure utterance falls below it, the others not
+    some, metrics = decode_records(models, tmp_path, "strategy=joint", f"joint.accept_ctc={between}")
+    assert metrics["joint"]["ctc_accepted"] == sum(c > between for c in certainty.values()) < len(some)
+    for record, taken, alone in zip(some, every, plain):
+        if certainty.get(record["key"], -1) > between:
+            assert record["ctc_accepted"] == certainty[record["key"]] and record["hyp"] == taken["hyp"]
+        else:  # joint's own choice, as without the setting
+            assert "ctc_accepted" not in record and record["hyp"] == alone["hyp"]
+            assert [x["text"] for x in record["candidates"]] == [x["text"] for x in alone["candidates"]]
 
 
 def test_ctc_strategy_writes_the_ctc_text_and_greedy_stays_as_it_was(models, tmp_path):

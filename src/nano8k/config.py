@@ -359,6 +359,8 @@ class JointConf:
                                       at_most=1)
     beam_size: Optional[int] = key("LLM candidates from beam search (1: its greedy text)", NANO8K, at_least=1)
     length_bonus: Optional[float] = key("added to a candidate's score per LLM token", NANO8K, at_least=0)
+    accept_ctc: Optional[float] = key("the CTC text taken without the LLM where every CTC frame is at least this "
+                                      "sure (1 - normalised entropy); null: never", NANO8K, at_least=0, at_most=1)
 
 
 @dataclass

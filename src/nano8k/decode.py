@@ -250,7 +250,8 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
         score_conf = settings.get("score") or {}
         scores, metrics = compute_metrics(records, lang=score_conf.get("lang") or "auto",
                                           numbers=bool(score_conf.get("numbers")))
-    decoding_settings = {"joint": {"joint": asdict(decoder.joint)},
+    decoding_settings = {"joint": {"joint": {**asdict(decoder.joint),
+                                             "ctc_accepted": sum("ctc_accepted" in r for r in records)}},
                          "speculative": {"speculative": decoder.acceptance.report()}}.get(decoder.strategy, {})
     if decoder.filtering:  # how many hotwords the prompts got
         kept = [len(r["hotwords"]) for r in records if "hotwords" in r]

@@ -596,6 +596,13 @@ class Decoder:
                         if not speech_gate.is_speech(r["speech"], self.gate):
                             r["hyp"], r["no_speech"] = "", True
             speaking = [i for i, r in enumerate(results) if "hyp" not in r]
+            if speaking and self.strategy == "joint" and self.joint.accept_ctc is not None:
+                rows = torch.tensor(speaking, device=log_probs.device)
+                for i, sure in zip(speaking, joint.ctc_certainty(log_probs[rows], [len(labels[i]) for i in speaking])):
+                    if sure >= self.joint.accept_ctc and speech_gate.spoken_text(texts[i]):  # the LLM not run
+                        results[i].update(hyp=speech_gate.spoken_text(texts[i]), char_probs=None,
+                                          ctc_accepted=round(sure, 4))
+                speaking = [i for i in speaking if "hyp" not in results[i]]
             if speaking and self.strategy == "ctc":
                 for i in speaking:
                     results[i].update(hyp=speech_gate.spoken_text(texts[i]), char_probs=None)
@@ -723,6 +730,8 @@ class Decoder:
             record["candidates"] = result["candidates"]
         if "hotwords" in result:
             record["hotwords"] = result["hotwords"]
+        if "ctc_accepted" in result:  # joint.accept_ctc: the CTC text, its least sure frame's confidence
+            record["ctc_accepted"] = result["ctc_accepted"]
         if "words" in result:
             offset = item.segment[0] if item.segment is not None else 0.0  # times from the start of the file
             for name in ("words", "ctc_words"):

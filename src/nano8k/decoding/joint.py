@@ -33,6 +33,7 @@ class JointSettings:
     ctc_weight: float  # 0: the LLM's n-best alone; 1: the CTC branch decides among them
     beam_size: int  # LLM candidates (beam search); 1: its greedy text
     length_bonus: float  # added per LLM token (the end token included)
+    accept_ctc: float | None = None  # the CTC text taken without the LLM where every frame is this sure; None: never
 
 
 @dataclass
@@ -49,6 +50,21 @@ class Candidate:
         return {"text": self.text, "source": self.source, "llm": round(self.llm, 3),
                 "ctc": None if math.isinf(self.ctc) else round(self.ctc, 3),
                 "tokens": len(self.token_log_probs or ()), "score": round(self.score, 3)}
+
+
+def ctc_certainty(log_probs: Any, frame_lens: Sequence[int]) -> list[float]:
+    """Each utterance's least sure CTC frame (of its first frame_lens[b] in `log_probs` [B, T, V]):
+    confidence.frame_confidence, 1 - the frame's normalised Tsallis entropy. The first step of
+    self-speculative decoding with CTC drafts (Saon et al., arXiv 2603.11243): where every frame is
+    sure, the CTC text is taken as it is and the LLM is not run."""
+    import torch
+
+    from nano8k.decoding.confidence import frame_confidence
+
+    sure = frame_confidence(log_probs)  # [B, T]
+    past = torch.arange(sure.size(1), device=sure.device)[None, :] >= torch.as_tensor(list(frame_lens),
+                                                                                      device=sure.device)[:, None]
+    return sure.masked_fill(past, 1.0).amin(dim=1).tolist()
 
 
 def nbest(model: Any, inputs: Sequence[Any], adaptor_out: Any, adaptor_lens: Any, tokenizer: Any, beam_size: int,
