@@ -236,6 +236,9 @@ def test_command_exits_0_and_prints_the_table_when_all_decoded(env, tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["result"]["decoded"] == 1
     (record,) = map(json.loads, (tmp_path / "run" / "results.jsonl").read_text().splitlines())
     assert "ctc_hyp" not in record and record["status"] == "ok"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["word_confidence"] == "uncalibrated (decode a dev set with calibrate=true to fit it)"
+    assert "word confidence" in result.stdout  # the table says what a confidence is
 
 
 def test_single_audio_file(env, tmp_path):

@@ -172,6 +172,8 @@ class Outcome:
         if "ctc" in m:
             rate = m["ctc"][m["ctc"]["primary"]]
             rows.append((f"CTC {m['ctc']['primary'].upper()}", "n/a" if rate is None else f"{100 * rate:.2f}%"))
+        if m.get("word_confidence"):  # what a word's confidence is: a calibrated probability or a raw measure
+            rows.append(("word confidence", m["word_confidence"]))
         for name, value in rows:
             table.add_row(name, str(value))
         out: list[Any] = [table]
@@ -262,6 +264,9 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
                    frontend_fs=decoder.frontend.fs, max_new_tokens=decoder.max_new_tokens, prompt=decoder.prompt,
                    model_dir=str(decoder.model_dir), checkpoint=decoder.checkpoint, config=decoder.config_source,
                    input=str(settings.get("input")), input_kind=kind)
+    if decoder.timestamps:
+        metrics["word_confidence"] = (f"calibrated ({settings['calibration']})" if decoder.calibration is not None
+                                      else "uncalibrated (decode a dev set with calibrate=true to fit it)")
     if settings.get("calibrate"):
         metrics["calibration"] = fit_calibration(scores, decoder, run_dir, settings)
     write_results(run_dir / RESULTS_FILE, records)
