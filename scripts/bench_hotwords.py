@@ -43,12 +43,9 @@ DISTRACTORS = (0, 200, 2000)
 
 
 def references(manifest: str) -> dict[str, str]:
-    out = {}
-    for line in Path(manifest).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            obj = json.loads(line)
-            out[obj["key"]] = obj["messages"][2]["content"] if "messages" in obj else obj.get("target", "")
-    return out
+    from nano8k.decoding import read_input  # decode's own reader of the manifest
+
+    return {item.key: item.ref or "" for item in read_input(manifest)[0]}
 
 
 def true_hotwords(refs: dict[str, str], n: int = 5) -> list[str]:

@@ -54,6 +54,7 @@ def test_spotting_is_the_best_local_ctc_path_of_each_spelling():
         for h, tokens in enumerate(spelled):
             want = brute_force(log_probs[b].numpy(), lens[b], tokens, blank=0)
             assert (np.isinf(want) and np.isinf(got[b, h])) or got[b, h] == pytest.approx(want, abs=1e-4), (b, tokens)
+    assert np.isneginf(hotword_filter.spelling_scores(log_probs, lens, [[], [1]], blank=0)[:, 0]).all()  # nothing to spot
     alone = hotword_filter.spelling_scores(log_probs[1:2, :4], [4], spelled, blank=0)
     assert np.array_equal(alone, got[1:2])  # batched as alone: padding frames never count
     # a hotword scores its best spelling

@@ -103,9 +103,7 @@ def spelling_scores(log_probs: Any, frame_lens: Sequence[int], spelled: Sequence
             np.add(stay_or_advance, emit[t][:, where] + invalid_cost, out=alpha)
             ended = alpha[:, rows, last]  # it may end at any frame, on its last token
             np.maximum(best, np.where((t < lens)[:, None], ended, -np.inf), out=best)
-    out = best / np.array([max(len(s), 1) for s in spelled], dtype=np.float32)
-    out[:, [h for h, s in enumerate(spelled) if not s]] = -np.inf
-    return out
+    return best / np.array([max(len(s), 1) for s in spelled], dtype=np.float32)  # an empty spelling stays -inf
 
 
 def kept(hotwords: Sequence[str], row: Any, settings: HotwordFilterSettings) -> list[tuple[str, float]]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from nano8k import funasr_gaps
+from nano8k.decoding.confidence import frame_confidence
 
 
 @dataclass
@@ -58,8 +59,6 @@ def ctc_certainty(log_probs: Any, frame_lens: Sequence[int]) -> list[float]:
     self-speculative decoding with CTC drafts (Saon et al., arXiv 2603.11243): where every frame is
     sure, the CTC text is taken as it is and the LLM is not run."""
     import torch
-
-    from nano8k.decoding.confidence import frame_confidence
 
     sure = frame_confidence(log_probs)  # [B, T]
     past = torch.arange(sure.size(1), device=sure.device)[None, :] >= torch.as_tensor(list(frame_lens),
