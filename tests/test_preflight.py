@@ -68,7 +68,22 @@ def test_everything_frozen_is_named(setup):
     assert [w.split(":")[-1].strip() for w in warnings(result)] == ["every module is frozen, nothing can learn"]
 
 
+def test_a_decay_that_ends_long_before_the_run_is_named(setup):
+    # 90 utterances in batches of about 6: ~15 steps an epoch, 20 epochs
+    result = dry_run(setup, "+stage=from_scratch", "scheduler=custom_lambdalr", "scheduler_conf.warmup_steps=20",
+                     "++scheduler_conf.total_steps=100")
+    assert result.code == 0, result.output
+    [decay] = warnings(result)
+    assert decay.startswith("scheduler_conf.total_steps: the learning rate reaches 0 at step 100, well before the end")
+    result = dry_run(setup, "+stage=from_scratch", "scheduler=custom_lambdalr", "scheduler_conf.warmup_steps=20",
+                     "++scheduler_conf.total_steps=400")
+    assert result.code == 0, result.output
+    assert warnings(result) == []
+
+
 @pytest.mark.parametrize("overrides, message", [
+    (["scheduler=custom_lambdalr", "scheduler_conf.warmup_steps=20", "++scheduler_conf.total_steps=20"],
+     "scheduler_conf.total_steps: 20 is out of range: above warmup_steps (20)"),
     (["++train_conf.avg_keep_nbest_models_type=bleu"], "train_conf.avg_keep_nbest_models_type: 'bleu' is not a criterion"),
     (["++train_conf.avg_keep_nbest_models_type=cer", "valid_decode.max_utterances=0"],
      "train_conf.avg_keep_nbest_models_type: cer needs validation decoding"),

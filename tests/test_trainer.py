@@ -230,3 +230,28 @@ def test_architecture_mismatch_is_caught_before_loading(corpus, tmp_path):
     assert result.code == 2 and "Traceback" not in result.output
     assert "architecture mismatch: audio_encoder_conf.output_size is 64 there but 512 here" in result.stderr
     assert "(a tiny model needs +preset=tiny)" in result.stderr
+
+
+def test_a_warmup_then_linear_decay_schedule_trains(corpus, tmp_path):
+    """funasr_gaps 27: FunASR's custom_lambdalr fails to construct on this torch; nano8k's rises
+    over warmup_steps, then falls linearly to 0 at total_steps (the lr logged at every step)."""
+    run = tmp_path / "decay"
+    result = train(corpus, run, "stage1", "scheduler=custom_lambdalr", "scheduler_conf.warmup_steps=2",
+                   "++scheduler_conf.total_steps=6", "train_conf.log_interval=1", "optim_conf.lr=1e-3",
+                   "dataset_conf.batch_size_sample_max=3")
+    assert result.code == 0, result.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lr = {row["step"]: row["lr"] for row in rows if row["split"] == "train"}
+    assert len(lr) >= 6, lr  # 16 utterances, at most 2 a batch: more steps than the schedule
+    # the lr logged after optimiser step s is the next step's: (s + 1) / 2 in the warmup, then
+    # 1 - (s + 1 - 2) / (6 - 2), then 0
+    expected = {1: 1e-3, 2: 0.75e-3, 3: 0.5e-3, 4: 0.25e-3, 5: 0.0}
+    for step, value in expected.items():
+        assert lr[step] == pytest.approx(value, abs=1e-9), (step, lr)
+    assert all(value == 0.0 for step, value in lr.items() if step >= 5)
+
+
+def test_a_scheduler_key_the_scheduler_does_not_take_is_one_line(corpus, tmp_path):
+    result = train(corpus, tmp_path / "run", "stage1", "++scheduler_conf.total_steps=6")
+    assert result.code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: scheduler_conf: scheduler warmuplr rejects it:"), result.stderr

@@ -248,6 +248,7 @@ class OptimConf:
 @dataclass
 class SchedulerConf:
     warmup_steps: Optional[int] = key("warmuplr: at least 1")
+    total_steps: Optional[int] = key("custom_lambdalr: the optimiser step at which the learning rate, decaying linearly after warmup_steps, reaches 0")
     last_epoch: Optional[int] = key()
 
 

@@ -51,6 +51,10 @@ def check(settings: dict) -> None:
     if config.setting(settings, "scheduler") == "warmuplr" and warmup is not None and warmup < 1:
         raise UserError(f"scheduler_conf.warmup_steps: {warmup} is out of range: at least 1 under scheduler=warmuplr "
                         "(FunASR's WarmupLR divides by it)")
+    total = config.lookup(settings, "scheduler_conf.total_steps")
+    if config.setting(settings, "scheduler") == "custom_lambdalr" and total is not None and total <= (warmup or 0):
+        raise UserError(f"scheduler_conf.total_steps: {total} is out of range: above warmup_steps ({warmup or 0}) under "
+                        "scheduler=custom_lambdalr (the learning rate decays from warmup_steps to 0 at total_steps)")
 
 
 def manifest_lengths(path: Any) -> list[int]:
@@ -128,11 +132,13 @@ def warnings(settings: dict) -> list[str]:
 
 
 def _schedule_warnings(settings: dict, lengths: list[int]) -> list[str]:
-    """warmuplr: lr = peak x step / warmup_steps until warmup_steps, so a run shorter than its
-    warmup never reaches optim_conf.lr."""
-    if config.setting(settings, "scheduler") != "warmuplr":
+    """warmuplr and custom_lambdalr: lr = peak x step / warmup_steps until warmup_steps, so a run
+    shorter than its warmup never reaches optim_conf.lr; custom_lambdalr's lr is 0 from total_steps
+    on, so a run longer than that learns nothing in its last steps."""
+    scheduler = config.setting(settings, "scheduler")
+    if scheduler not in ("warmuplr", "custom_lambdalr"):
         return []
-    warmup = int(config.setting(settings, "scheduler_conf.warmup_steps"))
+    warmup = int(config.lookup(settings, "scheduler_conf.warmup_steps") or 0)
     batch_type = config.lookup(settings, "dataset_conf.batch_type") or "example"
     batch = int(config.lookup(settings, "dataset_conf.batch_size") or 1)
     cap = int(config.lookup(settings, "dataset_conf.batch_size_sample_max") or 10**9)
@@ -146,12 +152,16 @@ def _schedule_warnings(settings: dict, lengths: list[int]) -> list[str]:
     accum = max(1, int(config.setting(settings, "train_conf.accum_grad")))
     epochs = max(1, int(config.setting(settings, "train_conf.max_epoch")))
     total = max(1, steps_per_epoch * epochs // accum)
-    if warmup <= total:
-        return []
-    return [f"scheduler_conf.warmup_steps: {warmup} is longer than the whole run (about {total} optimiser steps: "
-            f"train_conf.max_epoch {epochs} x ~{steps_per_epoch} batches of "
-            f"{Path(str(settings['train_data_set_list'])).name}), so the learning rate peaks at "
-            f"{100 * total / warmup:.0f}% of optim_conf.lr; lower warmup_steps"]
+    run = (f"the whole run (about {total} optimiser steps: train_conf.max_epoch {epochs} x ~{steps_per_epoch} batches "
+           f"of {Path(str(settings['train_data_set_list'])).name})")
+    if warmup > total:
+        return [f"scheduler_conf.warmup_steps: {warmup} is longer than {run}, so the learning rate peaks at "
+                f"{100 * total / warmup:.0f}% of optim_conf.lr; lower warmup_steps"]
+    decayed = config.lookup(settings, "scheduler_conf.total_steps")
+    if scheduler == "custom_lambdalr" and decayed is not None and int(decayed) < 0.9 * total:
+        return [f"scheduler_conf.total_steps: the learning rate reaches 0 at step {decayed}, well before the end of "
+                f"{run}: the rest learns nothing; raise total_steps to about {total}"]
+    return []
 
 
 def _specaug_warnings(settings: dict, lengths: list[int]) -> list[str]:

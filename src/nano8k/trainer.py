@@ -138,20 +138,20 @@ class Trainer:
         self._choose_saved_tensors()
 
         from funasr.optimizers import optim_classes
-        from funasr.schedulers import scheduler_classes
 
         optim_name = config.setting(self.settings, "optim")
         if optim_name not in optim_classes:
             raise UserError(f"optim: unknown optimizer {optim_name!r}; FunASR has {', '.join(sorted(optim_classes))}")
-        scheduler_name = config.setting(self.settings, "scheduler")
-        if scheduler_name not in scheduler_classes:
-            raise UserError(f"scheduler: unknown scheduler {scheduler_name!r}; FunASR has {', '.join(sorted(scheduler_classes))}")
+        scheduler_class = funasr_gaps.scheduler_class(str(config.setting(self.settings, "scheduler")))
 
         def make_optimizer(params: list) -> Any:
             return optim_classes[optim_name](params, **(self.settings.get("optim_conf") or {}))
 
         def make_scheduler(optimizer: Any) -> Any:
-            return scheduler_classes[scheduler_name](optimizer, **(self.settings.get("scheduler_conf") or {}))
+            try:
+                return scheduler_class(optimizer, **(self.settings.get("scheduler_conf") or {}))
+            except TypeError as err:  # a key this scheduler does not take
+                raise UserError(f"scheduler_conf: scheduler {config.setting(self.settings, 'scheduler')} rejects it: {err}") from None
 
         self.criterion = str(config.setting(self.settings, "train_conf.avg_keep_nbest_models_type"))
         self.ddp = self.engine = None

@@ -7,7 +7,8 @@ The work-arounds live in this package's modules, one concern each (callers impor
 `nano8k.funasr_gaps`, which re-exports every name):
 
   runtime.py     8, 9, 21   FunASR's imports, its registry, its prints; CPU threads
-  objective.py   1-5, 18, 19  what training optimises: SpecAug, the CTC and LLM losses, freezing, padding
+  objective.py   1-5, 18, 19, 27  what training optimises: SpecAug, the CTC and LLM losses, freezing, padding,
+                 the learning-rate schedule
   weights.py     6, 23      loading weights; LoRA adapters
   dataset.py     10, 11, 20, 22, 24, 25   FunASR's training data pipeline: index, loader, audio
   inference.py   12-15, 17, 26  decoding as training fed the model, batched
@@ -143,6 +144,11 @@ The work-arounds live in this package's modules, one concern each (callers impor
    utterance and only the supported ones go into its prompt; the utterance, prepared once with
    the prompt without hotwords, gets the new prompt's ids before its audio (prompt_prefix_ids(),
    reprompted()): the features are not computed again.
+27. LEARNING-RATE SCHEDULE — FunASR's `custom_lambdalr` (linear warmup over warmup_steps, then a
+   linear decay to 0 at total_steps: the schedule that suits a run of known length) passes
+   `verbose` to torch's LRScheduler, which torch 2.13 no longer takes: a run naming it fails at
+   start with a TypeError. nano8k builds FunASR's class with the constructor torch has now
+   (scheduler_class()); every other scheduler is FunASR's own.
 """
 
 from nano8k.funasr_gaps.runtime import (  # noqa: F401
@@ -170,6 +176,7 @@ from nano8k.funasr_gaps.objective import (  # noqa: F401
     llm_loss,
     ctc_targets,
     ctc_loss,
+    scheduler_class,
     set_train_mode,
     mask_adaptor_padding,
 )

@@ -1,5 +1,5 @@
-"""FunASR work-arounds 1-5, 18 and 19: what training optimises (SpecAug, the CTC and LLM losses,
-freezing, the adaptor's padding). The numbered index is in funasr_gaps/__init__.py.
+"""FunASR work-arounds 1-5, 18, 19 and 27: what training optimises (SpecAug, the CTC and LLM losses,
+freezing, the adaptor's padding, the learning-rate schedule). The numbered index is in funasr_gaps/__init__.py.
 """
 
 from __future__ import annotations
@@ -106,6 +106,27 @@ def _build_specaug(cfg: dict) -> Any:
         return specaug_class(**(cfg.get("specaug_conf") or {}))
     except (TypeError, ValueError, AssertionError) as err:
         raise UserError(f"specaug_conf: {name} rejects it: {err}") from None
+
+
+def scheduler_class(name: str) -> Any:
+    """27: FunASR's scheduler class of that name; custom_lambdalr (warmup, then a linear decay to 0
+    at total_steps) with its constructor fixed: FunASR's passes `verbose` to torch's LRScheduler,
+    which no longer takes it (TypeError at the first step of any run that names it)."""
+    import torch
+    from funasr.schedulers import scheduler_classes
+    from funasr.schedulers.lambdalr_cus import CustomLambdaLR
+
+    if name not in scheduler_classes:
+        raise UserError(f"scheduler: unknown scheduler {name!r}; FunASR has {', '.join(sorted(scheduler_classes))}")
+    if scheduler_classes[name] is not CustomLambdaLR:
+        return scheduler_classes[name]
+
+    class WarmupLinearDecay(CustomLambdaLR):  # FunASR's get_lr(); torch's constructor as it is now
+        def __init__(self, optimizer: Any, warmup_steps: int = 25000, total_steps: int = 500000, last_epoch: int = -1):
+            self.warmup_steps, self.total_steps = warmup_steps, total_steps
+            torch.optim.lr_scheduler.LRScheduler.__init__(self, optimizer, last_epoch)
+
+    return WarmupLinearDecay
 
 
 def llm_loss(logits: Any, labels: Any, lsm_weight: float, by_tokens: bool) -> Any:
