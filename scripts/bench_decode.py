@@ -30,12 +30,14 @@ speculative's acceptance and passes, and on how many utterances the two heads di
 Joint's settings (--run RUN --tune-on TRAIN.jsonl): a grid of ctc_weight x length_bonus, each a
 re-ranking of the candidates one joint decode of the first --tune-utterances lines recorded.
 --accept-ctc X ...: also joint taking the CTC text without the LLM where every CTC frame is at
-least X sure (joint.accept_ctc), each threshold a variant beside the strategies.
+least X sure (joint.accept_ctc), each threshold a variant beside the strategies. --lexicon FILE:
+also joint with that word list (joint.lexicon, the demo's weights for it); with --tune-on, the
+grid ranks its candidates too.
 
 usage: scripts/bench_decode.py [--utterances 64] [--batch-sizes 8 16] [--runs 3] [--max-new-tokens 32]
                                [--model-dir DIR] [--device cpu|cuda] [--output FILE]
        scripts/bench_decode.py --run RUN --dev DEV.jsonl [--batch-sizes 16] [--runs 3] [--device cpu|cuda]
-       scripts/bench_decode.py --run RUN --tune-on TRAIN.jsonl [--tune-utterances 300]
+       scripts/bench_decode.py --run RUN --tune-on TRAIN.jsonl [--tune-utterances 300] [--lexicon FILE]
 """
 
 from __future__ import annotations
@@ -67,13 +69,19 @@ def summary(walls: list[float], cpus: list[float], n: int) -> dict:
             "median_cpu_s": round(cpu, 3), "utt_per_s": round(n / wall, 2), "utt_per_cpu_s": round(n / cpu, 2)}
 
 
-def strategies(run: str, dev: str, batch_size: int, runs: int, device: str, accept_ctc: list[float]) -> dict:
+def strategies(run: str, dev: str, batch_size: int, runs: int, device: str, accept_ctc: list[float],
+               lexicon: str | None = None) -> dict:
     from nano8k import config
     from nano8k.config import STRATEGIES
     from nano8k.decoding import Decoder, compute_metrics, read_input, speech_gate
 
     variants = {name: [f"strategy={name}"] for name in STRATEGIES}
     variants.update({f"joint accept_ctc={x}": ["strategy=joint", f"joint.accept_ctc={x}"] for x in accept_ctc})
+    if lexicon:  # with the demo's weights for a lexicon
+        sys.path.insert(0, str(REPO / "scripts"))
+        import demo
+
+        variants["joint+lexicon"] = ["strategy=joint", f"joint.lexicon={lexicon}", *demo.LEXICON_WEIGHTS]
     decoders = {name: Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={dev}",
                                                                          *overrides, f"device={device}"]),
                                               app="decode"))
@@ -107,10 +115,11 @@ def strategies(run: str, dev: str, batch_size: int, runs: int, device: str, acce
             "runs": runs, "device": device, "heads_disagree": disagree, "strategies": out}
 
 
-def tune(run: str, manifest: str, utterances: int, device: str) -> dict:
+def tune(run: str, manifest: str, utterances: int, device: str, lexicon: str | None = None) -> dict:
     """strategy=joint's ctc_weight and length_bonus on a grid, from one decode of the first
     `utterances` lines of `manifest` (training data: the dev set must choose nothing): every
-    candidate's scores are in its record, so each setting is a re-ranking of them."""
+    candidate's scores are in its record, so each setting is a re-ranking of them (with a
+    `lexicon`, its candidates among them)."""
     import tempfile
 
     from nano8k import config, score
@@ -120,11 +129,12 @@ def tune(run: str, manifest: str, utterances: int, device: str) -> dict:
     part = Path(tempfile.mkdtemp(prefix="bench_decode_tune_")) / "part.jsonl"
     part.write_text("\n".join(lines) + "\n", encoding="utf-8")
     decoder = Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={part}", "strategy=joint",
-                                                                f"device={device}"]), app="decode"))
+                                                                f"device={device}", f"joint.lexicon={lexicon or 'null'}"]),
+                                      app="decode"))
     records = [r for r in decoder.decode(read_input(str(part))[0], 16, progress=False) if r.get("candidates")]
     refs = {r["key"]: r["ref"] for r in records}
     grid = []
-    for weight in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+    for weight in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
         for bonus in (0.0, 0.5, 1.0, 1.5, 2.0):
             def rank(c: dict, heard: bool) -> float:  # joint.decode's score (a text CTC cannot emit: -inf)
                 w = weight if heard else 0.0
@@ -134,7 +144,7 @@ def tune(run: str, manifest: str, utterances: int, device: str) -> dict:
                     for r in records}
             scores = score.score_texts(refs, hyps)
             grid.append({"ctc_weight": weight, "length_bonus": bonus, "cer": round(scores.cer, 4), "wer": round(scores.wer, 4)})
-    return {"benchmark": "joint settings", "run": run, "manifest": manifest, "utterances": len(records),
+    return {"benchmark": "joint settings", "run": run, "manifest": manifest, "lexicon": lexicon, "utterances": len(records),
             "best_by_cer": min(grid, key=lambda g: (g["cer"], g["wer"])), "grid": grid}
 
 
@@ -153,12 +163,15 @@ def main() -> None:
     parser.add_argument("--tune-utterances", type=int, default=300)
     parser.add_argument("--accept-ctc", type=float, nargs="*", default=[],
                         help="with --run --dev: also joint with joint.accept_ctc at each of these")
+    parser.add_argument("--lexicon", help="with --run: a word list for joint.lexicon (--dev: also joint+lexicon; "
+                                          "--tune-on: its candidates in the grid)")
     args = parser.parse_args()
     if args.run and args.tune_on:
-        print(json.dumps(tune(args.run, args.tune_on, args.tune_utterances, args.device), indent=2))
+        print(json.dumps(tune(args.run, args.tune_on, args.tune_utterances, args.device, args.lexicon), indent=2))
         return
     if args.run:
-        report = strategies(args.run, args.dev, max(args.batch_sizes), args.runs, args.device, args.accept_ctc)
+        report = strategies(args.run, args.dev, max(args.batch_sizes), args.runs, args.device, args.accept_ctc,
+                            args.lexicon)
         print(json.dumps(report, indent=2))
         if args.output:
             args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

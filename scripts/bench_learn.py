@@ -16,7 +16,7 @@ Prints one JSON object:
      "conditions": {"greedy": {CONDITION: {"cer", "wer", "ctc_cer", ...}}, "joint": {...}},
      "left_out": {CONDITION: why}, "targets": {...}}
 
-usage: scripts/bench_learn.py [--out runs/bench-learn] [--epochs 30 | --minutes 60] [--run DIR] [--json FILE]
+usage: scripts/bench_learn.py [--out runs/bench-learn] [--epochs 36 | --minutes 60] [--run DIR] [--json FILE]
 This is a benchmark (run by hand, quoted in the README), not a test.
 """
 

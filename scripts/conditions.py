@@ -123,16 +123,16 @@ def measure(results: Path) -> dict[str, dict]:
 def table(by_strategy: dict[str, dict[str, dict]]) -> str:
     """The conditions as rows, each strategy's CER (non-speech: characters a minute) as columns."""
     strategies = list(by_strategy)
-    lines = [f"  {'condition':<16}" + "".join(f"{s:>10}" for s in strategies) + f"{'CTC alone':>11}"]
+    lines = [f"  {'condition':<16}" + "".join(f"{s:>15}" for s in strategies) + f"{'CTC alone':>11}"]
     for condition in CONDITIONS:
         cells = [by_strategy[s].get(condition) for s in strategies]
         if not any(cells):
             continue
         if condition == "non_speech":
-            row = [f"{c['chars_per_minute']:>6.1f}/min" if c else f"{'-':>10}" for c in cells]
+            row = [f"{c['chars_per_minute']:>11.1f}/min" if c else f"{'-':>15}" for c in cells]
             ctc = next(c for c in cells if c)["ctc_chars_per_minute"]
             lines.append(f"  {condition:<16}" + "".join(row) + f"{ctc:>7.1f}/min")
         else:
-            row = [f"{c['cer']:>10.1%}" if c else f"{'-':>10}" for c in cells]
+            row = [f"{c['cer']:>15.1%}" if c else f"{'-':>15}" for c in cells]
             lines.append(f"  {condition:<16}" + "".join(row) + f"{next(c for c in cells if c)['ctc_cer']:>11.1%}")
     return "\n".join(lines)

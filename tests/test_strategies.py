@@ -100,7 +100,7 @@ def test_joint_takes_the_candidate_both_heads_score_best(models, tmp_path):
                                       "joint.length_bonus=0", "joint.beam_size=3")
     assert metrics["strategy"] == "joint" and metrics["joint"] == {"ctc_weight": 0.3, "beam_size": 3,
                                                                    "length_bonus": 0.0, "accept_ctc": None,
-                                                                   "ctc_accepted": 0}
+                                                                   "lexicon": None, "ctc_accepted": 0}
     for record in records:
         candidates = record["candidates"]
         assert record["strategy"] == "joint" and record["status"] == "ok"

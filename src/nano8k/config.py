@@ -362,6 +362,8 @@ class JointConf:
     length_bonus: Optional[float] = key("added to a candidate's score per LLM token", NANO8K, at_least=0)
     accept_ctc: Optional[float] = key("the CTC text taken without the LLM where every CTC frame is at least this "
                                       "sure (1 - normalised entropy); null: never", NANO8K, at_least=0, at_most=1)
+    lexicon: Optional[str] = key("a word list (UTF-8, whitespace-separated): the CTC branch's beam_size best "
+                                 "word sequences in its words join the candidates; null: none", NANO8K)
 
 
 @dataclass

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 from nano8k import checkpoints, config
 from nano8k.config import STRATEGIES
 from nano8k.decoding import confidence, hotword_filter, joint, speculative, speech_gate
+from nano8k.decoding.lexicon import Lexicon
 from nano8k.devices import resolve_device
 from nano8k.errors import UserError, one_line
 from nano8k.files import read_yaml
@@ -373,6 +374,8 @@ class Decoder:
         if self.strategy not in STRATEGIES:  # a library caller's (configs are validated)
             raise UserError(f"strategy={self.strategy!r}: not one of {', '.join(STRATEGIES)}")
         self.joint = joint.JointSettings(**settings["joint"])
+        self.lexicon = (Lexicon.load(Path(str(self.joint.lexicon)).expanduser(), model.ctc_tokenizer)
+                        if self.joint.lexicon and self.strategy == "joint" else None)
         self.acceptance = speculative.Acceptance()  # strategy=speculative: how much of the CTC drafts the LLM took
         self.gate = speech_gate.GateSettings(**settings["speech_gate"])
         self.gate.enabled = self.gate.enabled and self.has_ctc
@@ -638,7 +641,7 @@ class Decoder:
         limits = [self._token_limit(x) for x in inputs]
         if self.strategy == "joint":
             chosen = joint.decode(self.model, self.tokenizer, inputs, adaptor_out, adaptor_lens, ctc_texts,
-                                  ctc_log_probs, frame_lens, self.joint, limits, self.dtype)
+                                  ctc_log_probs, frame_lens, self.joint, limits, self.dtype, self.lexicon)
             return [(best.text, joint.char_probs(self.tokenizer, best), {"candidates": [c.report() for c in cands]})
                     for best, cands in chosen]
         if self.strategy == "speculative":

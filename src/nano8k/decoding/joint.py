@@ -1,5 +1,6 @@
 """Joint CTC/LLM decoding (`strategy=joint`): the LLM's n-best, and the CTC branch's own
-hypothesis, rescored by both heads.
+hypothesis (with `joint.lexicon`, also its n-best in the lexicon's words: lexicon.py), rescored
+by both heads.
 
 Fun-ASR-Nano has two heads on one encoder. Greedy decoding lets the LLM alone decide, although on
 the demo's model its CTC branch is the more accurate of the two (README, "Decoding strategies"),
@@ -24,6 +25,9 @@ from typing import Any, Sequence
 
 from nano8k import funasr_gaps
 from nano8k.decoding.confidence import frame_confidence
+from nano8k.decoding.lexicon import Lexicon, candidates as lexicon_candidates
+
+LEXICON_BEAM = 2  # the lexicon search keeps twice beam_size hypotheses (4x: 0.3 points of CER better on training utterances, 1.3x slower)
 
 
 @dataclass
@@ -35,13 +39,14 @@ class JointSettings:
     beam_size: int  # LLM candidates (beam search); 1: its greedy text
     length_bonus: float  # added per LLM token (the end token included)
     accept_ctc: float | None = None  # the CTC text taken without the LLM where every frame is this sure; None: never
+    lexicon: str | None = None  # a word list: the CTC branch's n-best spelled in its words joins the candidates
 
 
 @dataclass
 class Candidate:
     text: str
     llm_ids: list[int]  # the LLM's tokens of the text (without the end token)
-    source: str  # "llm" (n-best) or "ctc"
+    source: str  # "llm" (n-best), "ctc" (its greedy text) or "lexicon" (its n-best in the lexicon's words)
     llm: float = 0.0  # log-probability of llm_ids and the end token under the LLM, teacher-forced
     ctc: float = 0.0  # log-likelihood of the text under the CTC branch
     score: float = 0.0
@@ -140,10 +145,14 @@ def ctc_log_likelihoods(log_probs: Any, frame_lens: Sequence[int], rows: Sequenc
 
 def decode(model: Any, tokenizer: Any, inputs: Sequence[Any], adaptor_out: Any, adaptor_lens: Any,
            ctc_texts: Sequence[str], ctc_log_probs: Any, frame_lens: Sequence[int], settings: JointSettings,
-           limits: Sequence[int], dtype: Any = None) -> list[tuple[Candidate, list[Candidate]]]:
-    """Each utterance's chosen candidate and all its candidates (scored)."""
+           limits: Sequence[int], dtype: Any = None, lexicon: Lexicon | None = None
+           ) -> list[tuple[Candidate, list[Candidate]]]:
+    """Each utterance's chosen candidate and all its candidates (scored). With a `lexicon`, the
+    CTC branch's `beam_size` best word sequences in its words are candidates too."""
     stop = funasr_gaps.eos_ids(model.llm, tokenizer)
     end = [stop[0]] if stop else []
+    in_words = (lexicon_candidates(lexicon, ctc_log_probs, frame_lens, model.blank_id, LEXICON_BEAM * settings.beam_size)
+                if lexicon is not None else [[] for _ in inputs])
     candidates: list[list[Candidate]] = []
     for i, ids_list in enumerate(nbest(model, inputs, adaptor_out, adaptor_lens, tokenizer, settings.beam_size,
                                        limits, dtype)):
@@ -151,8 +160,8 @@ def decode(model: Any, tokenizer: Any, inputs: Sequence[Any], adaptor_out: Any, 
         for ids in ids_list:
             text = funasr_gaps.hypothesis_text(tokenizer, ids).strip()
             mine.setdefault(text, Candidate(text, ids, "llm"))
-        text = ctc_texts[i].strip()
-        mine.setdefault(text, Candidate(text, tokenizer.encode(text, add_special_tokens=False), "ctc"))
+        for text, source in [(ctc_texts[i].strip(), "ctc"), *((t, "lexicon") for t in in_words[i][:settings.beam_size])]:
+            mine.setdefault(text, Candidate(text, tokenizer.encode(text, add_special_tokens=False), source))
         candidates.append(list(mine.values()))
     rows = [(i, c) for i, cands in enumerate(candidates) for c in cands]
     token_lp = llm_log_probs(model, inputs, adaptor_out, adaptor_lens, [(i, c.llm_ids + end) for i, c in rows],

@@ -254,6 +254,7 @@ __all__ = [
     "require_registered",
     "return_freed_memory",
     "sampler_skips",
+    "scheduler_class",
     "seeded_dither",
     "set_train_mode",
     "text_with_char_probs",
