@@ -23,7 +23,8 @@ the time, RTF, CER (and the CTC branch's) of both, segment and chunk counts, and
 peak memory.
 
 usage: scripts/bench_calls.py [--checkpoint runs/demo/stage1] [--corpus data/ivr/dev] [--calls 2]
-                              [--minutes 10] [--chunk-s 30] [--batch-size 16] [--strategy greedy] [--output FILE]
+                              [--minutes 10] [--chunk-s 30] [--batch-size 16] [--strategy greedy]
+                              [--lexicon FILE] [--output FILE]
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--chunk-s", type=float, default=30.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--strategy", default="greedy", help="decode's strategy (greedy, speculative, joint, ctc)")
+    parser.add_argument("--lexicon", type=Path, help="with --strategy joint: this word list as joint.lexicon, with the "
+                                                     "demo's weights for it")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     if not (args.checkpoint / "summary.json").is_file():
@@ -129,6 +132,11 @@ def main() -> None:
         settings = {"checkpoint": str(args.checkpoint), "input": str(kaldi), "device": "cpu",
                     "batch_size": args.batch_size, "max_new_tokens": 64, "vad": config.shipped_defaults(vad.CONF), "timestamps": False,
                     "strategy": args.strategy}
+        if args.lexicon:
+            sys.path.insert(0, str(REPO / "scripts"))
+            import demo
+
+            settings["joint"] = {**demo.LEXICON_JOINT, "lexicon": str(args.lexicon)}
         decoder = Decoder(settings)
 
         tick = time.perf_counter()
@@ -160,7 +168,7 @@ def main() -> None:
                                           "torch": torch.__version__},
         "calls": args.calls, "minutes_per_call": args.minutes, "audio_hours": round(audio_h, 4),
         "channel_hours": round(m["channel_hours"], 4), "speech_ratio": round(m["speech_ratio"], 4),
-        "checkpoint": str(args.checkpoint), "strategy": args.strategy,
+        "checkpoint": str(args.checkpoint), "strategy": args.strategy, "lexicon": str(args.lexicon) if args.lexicon else None,
         "vad": {"segments": m["segments"], "wall_s": round(vad_wall, 2), "vad_s": m["vad_s"], "decode_s": m["decode_s"],
                 "vad_share": round(m["vad_share"], 4), "audio_hours_per_compute_hour": round(audio_h * 3600 / vad_wall, 1),
                 "rtf": round(vad_wall / (audio_h * 3600), 5), "cer": m.get("cer"), "ctc_cer": vad_ctc.get("cer"),

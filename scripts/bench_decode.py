@@ -81,7 +81,7 @@ def strategies(run: str, dev: str, batch_size: int, runs: int, device: str, acce
         sys.path.insert(0, str(REPO / "scripts"))
         import demo
 
-        variants["joint+lexicon"] = ["strategy=joint", f"joint.lexicon={lexicon}", *demo.LEXICON_WEIGHTS]
+        variants["joint+lexicon"] = ["strategy=joint", f"joint.lexicon={lexicon}", *demo.LEXICON_OVERRIDES]
     decoders = {name: Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={dev}",
                                                                          *overrides, f"device={device}"]),
                                               app="decode"))

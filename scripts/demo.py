@@ -16,8 +16,10 @@ recognises held-out telephone speech.
    LLM stays frozen), shortened to fit the demo;
 5. decodes the held-out conditions (scripts/conditions.py: seen voices, unseen voices, an unseen
    engine, digit-by-digit delivery with pauses, a noisy line, non-speech, a real person's recorded
-   digits) with the final model, greedy and joint (`runs/demo/decode-greedy/`,
-   `runs/demo/decode-joint/`), and prints them side by side (`runs/demo/conditions.json`).
+   digits) with the final model, greedy, joint, and joint with the training transcripts' words as
+   its lexicon (`runs/demo/decode-greedy/`, `runs/demo/decode-joint/`,
+   `runs/demo/decode-joint+lexicon/`; `runs/demo/lexicon.txt`), and prints them side by side
+   (`runs/demo/conditions.json`).
 
 What the tiny model can show: that training, checkpoints, validation and decoding agree, and how
 far a model trained by nano8k holds on speech it has not heard: new digit strings, voices and an
@@ -119,9 +121,10 @@ def show_run(name: str, run_dir: Path) -> None:
 # (the LLM's n-best and the CTC text, scored by both heads), and joint with the words of the
 # training transcripts as its lexicon (lexicon.txt: 91 words; joint.lexicon's weights chosen on
 # training utterances, README "Decoding strategies").
-LEXICON_WEIGHTS = ["joint.ctc_weight=0.4", "joint.length_bonus=1.0"]  # bench_decode.py --tune-on ... --lexicon
+LEXICON_JOINT = {"ctc_weight": 0.4, "length_bonus": 1.0}  # joint's weights with a lexicon (bench_decode.py --tune-on)
+LEXICON_OVERRIDES = [f"joint.{key}={value}" for key, value in LEXICON_JOINT.items()]
 DECODINGS = {"greedy": ["strategy=greedy"], "joint": ["strategy=joint"],
-             "joint+lexicon": ["strategy=joint", "joint.lexicon={lexicon}", *LEXICON_WEIGHTS]}
+             "joint+lexicon": ["strategy=joint", "joint.lexicon={lexicon}", *LEXICON_OVERRIDES]}
 
 
 def write_lexicon(out: Path) -> Path:
