@@ -376,6 +376,8 @@ class Decoder:
         self.joint = joint.JointSettings(**settings["joint"])
         self.lexicon = (Lexicon.load(Path(str(self.joint.lexicon)).expanduser(), model.ctc_tokenizer)
                         if self.joint.lexicon and self.strategy == "joint" else None)
+        if self.joint.lexicon and self.strategy != "joint":
+            log.warning("joint.lexicon: used by strategy=joint only; strategy=%s decodes without it", self.strategy)
         self.acceptance = speculative.Acceptance()  # strategy=speculative: how much of the CTC drafts the LLM took
         self.gate = speech_gate.GateSettings(**settings["speech_gate"])
         self.gate.enabled = self.gate.enabled and self.has_ctc
