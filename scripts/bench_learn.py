@@ -3,7 +3,8 @@
 from scratch on data/ivr's training voices, then measured on what training never heard, condition
 by condition (scripts/conditions.py: seen voices, unseen voices of the training engines, an unseen
 engine, digit-by-digit delivery with pauses, a noisy line, non-speech, a real person's recorded
-digits), with greedy decoding and with strategy=joint side by side.
+digits), each way of demo.DECODINGS side by side: greedy, strategy=joint, and joint with the
+training transcripts' words as its lexicon.
 
 `--minutes M` is the longer recipe: the from-scratch stage trains until M minutes have passed
 (then it is stopped as a user would stop it, with Ctrl-C: the trainer checkpoints and the best
@@ -13,7 +14,7 @@ Prints one JSON object:
 
     {"recipe": {"epochs" | "minutes"}, "wall_s", "train_s",
      "curve": [{"epoch", "wall_s", "val_cer", "val_wer", "val_ctc_cer"}],
-     "conditions": {"greedy": {CONDITION: {"cer", "wer", "ctc_cer", ...}}, "joint": {...}},
+     "conditions": {"greedy": {CONDITION: {"cer", "wer", "ctc_cer", ...}}, "joint": {...}, "joint+lexicon": {...}},
      "left_out": {CONDITION: why}, "targets": {...}}
 
 usage: scripts/bench_learn.py [--out runs/bench-learn] [--epochs 36 | --minutes 60] [--run DIR] [--json FILE]
