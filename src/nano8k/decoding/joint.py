@@ -27,8 +27,8 @@ from nano8k import funasr_gaps
 from nano8k.decoding.confidence import frame_confidence
 from nano8k.decoding.lexicon import Lexicon, candidates as lexicon_candidates
 
-# the lexicon search keeps twice beam_size hypotheses (four times: 0.3 points of CER better on the
-# demo's training utterances, the decode 1.1x as long)
+# the lexicon search keeps twice beam_size hypotheses (four times, in a one-off measurement on the
+# demo's 300 training utterances: 0.3 points of CER better, the decode 1.1x as long)
 LEXICON_BEAM = 2
 
 
