@@ -312,6 +312,57 @@ def test_sigint_during_start_up_stops_at_once(corpus, tmp_path):
     assert not (run / ".nano8k.lock").exists() and not (run / "metrics.jsonl").exists()
 
 
+def test_a_clean_up_that_fails_at_a_start_up_signal_is_named_and_the_others_still_run(tmp_path):
+    """The clean-ups a start-up signal runs (the lock, status.json) each run even when one fails,
+    and a failure is one line, not silence: a run directory left locked would otherwise be a mystery."""
+    done = tmp_path / "done"
+    script = f"""
+import os, signal, time
+from nano8k import interrupts
+interrupts.install()
+def status_written(signum): open({str(done)!r}, "w").write(signal.Signals(signum).name)
+def lock_released(signum): raise OSError("read-only file system")
+interrupts.at_once(status_written)
+interrupts.at_once(lock_released)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        "nano8k: SIGTERM during start-up: stopped; nothing was trained",
+        "nano8k: SIGTERM: could not finish lock_released before stopping (OSError: read-only file system)"]
+    assert done.read_text() == "SIGTERM"
+
+
+def test_a_start_up_signal_that_lands_inside_an_import_still_leaves_status_json(tmp_path):
+    """Start-up's signal handler runs wherever the main thread is: here inside the first import of
+    a codec (funasr's import reads files too). status.json is still written (it once read the
+    umask through that very codec: "unknown encoding: ascii", no status.json, 1 run in 30)."""
+    script = f"""
+import os, signal, sys, time
+from pathlib import Path
+from nano8k import interrupts, launch
+interrupts.install()
+interrupts.at_once(lambda signum: launch.write_status(Path({str(tmp_path)!r}), "interrupted", time.time(), [],
+                                                     signal=interrupts.signal_name(signum)))
+armed = []
+def land_inside_the_import(event, args):  # encodings.ascii imported, its code not yet run
+    if event == "import" and args[0] == "encodings.ascii" and not armed:
+        armed.append("import")
+    elif event == "exec" and armed == ["import"]:
+        armed.append("exec")
+        os.kill(os.getpid(), signal.SIGINT)
+sys.addaudithook(land_inside_the_import)
+open({str(tmp_path / "plain.txt")!r}, "w", encoding="ascii").close()
+time.sleep(30)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr.splitlines() == ["nano8k: SIGINT during start-up: stopped; nothing was trained"]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGINT"
+
+
 def test_a_second_sigint_aborts_a_long_step_at_once(corpus, tmp_path):
     run = tmp_path / "run"
     # validation decodes up to 1,000 tokens per utterance with the tiny model's random LLM: seconds

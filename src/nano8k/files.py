@@ -72,11 +72,14 @@ def atomic_path(path: Path) -> Iterator[str]:
 
 
 def _umask() -> int:
-    """The process's umask, read without setting it (os.umask sets it, racing other threads)."""
+    """The process's umask, read without setting it (os.umask sets it, racing other threads).
+    Read as bytes: a start-up signal's clean-up writes status.json through here, possibly while
+    the code it interrupted is itself importing a codec, and a second lookup of that codec then
+    fails (test_faults: a clean-up interrupting the first lookup of ascii)."""
     with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open("/proc/self/status", "rb") as f:
             for line in f:
-                if line.startswith("Umask:"):
+                if line.startswith(b"Umask:"):
                     return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)

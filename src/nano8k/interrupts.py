@@ -155,8 +155,9 @@ def _record(signum: int, frame: Any) -> None:
         for clean_up in reversed(_clean_ups):
             try:
                 clean_up(signum)
-            except Exception:  # noqa: BLE001 - the process ends either way
-                pass
+            except Exception as err:  # noqa: BLE001 - the process ends either way; say what was left undone
+                print(f"nano8k: {name}: could not finish {getattr(clean_up, '__qualname__', clean_up)} before stopping "
+                      f"({type(err).__name__}: {err})", file=sys.stderr, flush=True)
         os._exit(EXIT_CODES.get(signum, 128 + int(signum)))
     if signum == signal.SIGINT and signal.SIGINT in _received:
         print(f"nano8k: {name} again: aborted at once (no checkpoint of the last steps)", file=sys.stderr, flush=True)
