@@ -44,6 +44,7 @@ import soundfile
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+import make_demo_corpus  # noqa: E402  (the corpus's speech rule: the word times' truth)
 import make_nonspeech  # noqa: E402
 
 from nano8k import score  # noqa: E402
@@ -61,13 +62,6 @@ def decode(out: Path, *args: str) -> tuple[list[dict], dict]:
     return records, json.loads((out / "metrics.json").read_text())
 
 
-def speech_edges(x: np.ndarray) -> tuple[float, float]:
-    frame = RATE // 100
-    rms = np.sqrt(np.array([np.mean(x[i:i + frame] ** 2) for i in range(0, len(x) - frame + 1, frame)]) + 1e-20)
-    loud = np.nonzero(20 * np.log10(rms / rms.max()) > -40)[0]
-    return loud[0] * frame / RATE, (loud[-1] + 1) * frame / RATE
-
-
 def word_times(run: str, dev: list[dict], work: Path, n_calls: int, strategy: str = "greedy") -> dict:
     rng = np.random.default_rng(0)
     calls = work / "calls"
@@ -82,7 +76,7 @@ def word_times(run: str, dev: list[dict], work: Path, n_calls: int, strategy: st
             at += gap
             x, sr = soundfile.read(u["audio"], dtype="float64")
             assert sr == RATE
-            start, end = speech_edges(x)
+            start, end = (sample / RATE for sample in make_demo_corpus.speech_span(x, RATE))
             truth.append((f"call{c}", at + start, at + end, u["ref"]))
             pieces.append(x)
             at += len(x) / RATE

@@ -273,13 +273,18 @@ def trim_silence(x: np.ndarray, fs: int, margin_s: float = TRIM_MARGIN_S) -> np.
     """
     margin = int(margin_s * fs)
     x = np.pad(x, margin)
+    first, end = speech_span(x, fs)
+    return x[max(first - margin, 0):min(end + margin, len(x))]
+
+
+def speech_span(x: np.ndarray, fs: int) -> tuple[int, int]:
+    """The first sample and the end of the speech in `x`: its 10 ms frames within TRIM_DB of the
+    loudest (the rule the corpus trims by; bench_transcripts takes its word-time truth from it)."""
     hop = fs // 100
     n = len(x) // hop
     env = np.sqrt(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1)) + 1e-12
     active = np.nonzero(20 * np.log10(env / env.max()) > -TRIM_DB)[0]
-    start = max(active[0] * hop - margin, 0)
-    stop = min((active[-1] + 1) * hop + margin, len(x))
-    return x[start:stop]
+    return int(active[0] * hop), int((active[-1] + 1) * hop)
 
 
 def telephone_channel(x: np.ndarray, fs: int, speech_dbfs: float | None = None) -> np.ndarray:

@@ -46,6 +46,19 @@ def test_stage1_on_a_random_tiny_model_is_named_three_times(setup):
     assert specaug.startswith("specaug_conf.time_mask_width_range: 2 time masks of up to 49 LFR frames")
 
 
+def test_a_list_file_of_manifests_is_read_like_its_manifests(setup, tmp_path):
+    """train_data_set_list may name a FunASR list file (one manifest a line, data_split): the run's
+    length is counted over the manifests it names, as the trainer reads them."""
+    listed = tmp_path / "train.list"
+    listed.write_text(f"{setup['manifest']}\n\n{setup['manifest']}\n")
+    direct = warnings(dry_run(setup, "+stage=stage1", "train_conf.max_epoch=3"))
+    via_list = warnings(dry_run({**setup, "manifest": listed}, "+stage=stage1", "train_conf.max_epoch=3"))
+    assert len(direct) == len(via_list) == 3, via_list
+    assert direct[1].startswith("scheduler_conf.warmup_steps: 1000 is longer than the whole run") and direct[1] != via_list[1]
+    assert via_list[1].startswith("scheduler_conf.warmup_steps: 1000 is longer than the whole run")
+    assert direct[2] == via_list[2]  # the same lengths: the same SpecAug warning
+
+
 def test_a_run_that_can_learn_gets_no_warning(setup):
     result = dry_run(setup, "+stage=from_scratch", "scheduler_conf.warmup_steps=20")
     assert result.code == 0, result.output

@@ -436,6 +436,21 @@ def test_cli_score(tmp_path):
     assert bad.code == 2 and bad.stderr.startswith("error: ") and "no such file" in bad.stderr
 
 
+def test_cli_compare_writes_an_undefined_interval_as_null(tmp_path):
+    """Non-speech only (every reference empty): the error rates and their bootstrap are undefined;
+    the JSON says null, as strict JSON must (a bare NaN breaks readers other than Python's)."""
+    from helpers import invoke
+
+    silent = [{"key": f"ns{i}", "ref": "", "hyp": ""} for i in range(4)]
+    pa, pb, out = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "cmp.json"
+    for path in (pa, pb):
+        path.write_text("".join(json.dumps(r) + "\n" for r in silent), encoding="utf-8")
+    result = invoke("compare", str(pa), str(pb), "--n-boot", "20", "--json", str(out))
+    assert result.code == 0, result.output
+    overall = json.loads(out.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))["overall"]
+    assert overall and all(d["ci95"] == [None, None] and d["p_better"] is None for d in overall.values())
+
+
 def test_cli_compare(tmp_path):
     from helpers import invoke
 

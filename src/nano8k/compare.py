@@ -38,12 +38,8 @@ class Delta:
     def to_dict(self) -> dict[str, Any]:
         name = RATE_NAMES[self.unit]
         return {"metric": name, "a": self.a.rate, "b": self.b.rate, "delta": self.delta,
-                "ci95": [_finite(self.ci_low), _finite(self.ci_high)], "p_better": _finite(self.p_better),
+                "ci95": [self.ci_low, self.ci_high], "p_better": self.p_better,  # NaN: null in the JSON written
                 "a_counts": self.a.to_dict(), "b_counts": self.b.to_dict()}
-
-
-def _finite(x: float) -> Optional[float]:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 @dataclass

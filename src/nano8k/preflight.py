@@ -22,6 +22,7 @@ from typing import Any
 
 
 from nano8k import config
+from nano8k.data import manifest
 from nano8k.errors import UserError
 from nano8k.files import read_yaml
 
@@ -58,17 +59,17 @@ def check(settings: dict) -> None:
 
 
 def manifest_lengths(path: Any) -> list[int]:
-    """speech_length + text_length of each line of a Nano JSONL (what token batching counts), or []
-    when the file is absent or not a manifest (the trainer's data check reports that)."""
+    """speech_length + text_length of each line of a Nano JSONL or of the manifests a list file
+    names (what token batching counts), or [] when a file is absent or not a manifest (the
+    trainer's data check reports that)."""
     lengths = []
     try:
-        with open(str(path), encoding="utf-8") as f:
-            for line in f:
-                try:
-                    obj = json.loads(line)
-                    lengths.append(int(obj.get("speech_length") or 0) + int(obj.get("text_length") or 0))
-                except (ValueError, TypeError, AttributeError):
-                    continue
+        for line in manifest.lines(str(path)):
+            try:
+                obj = json.loads(line)
+                lengths.append(int(obj.get("speech_length") or 0) + int(obj.get("text_length") or 0))
+            except (ValueError, TypeError, AttributeError):
+                continue
     except (OSError, UnicodeDecodeError):
         return []
     return [n for n in lengths if n > 0]

@@ -446,15 +446,7 @@ class Trainer:
         if not hasattr(self, "_keys"):
             from nano8k.data import manifest
 
-            def keys(path: str) -> Iterator[str]:
-                with open(path, encoding="utf-8") as f:
-                    for line in (line.strip() for line in f):
-                        if line.startswith("{"):
-                            yield str(manifest.parse(line).key)
-                        elif line:  # a list file of manifests (FunASR's data_split)
-                            yield from keys(line)
-
-            self._keys = list(keys(str(self.settings["train_data_set_list"])))
+            self._keys = [str(manifest.parse(line).key) for line in manifest.lines(self.settings["train_data_set_list"])]
         return self._keys
 
     def _epoch_batches(self, epoch: int, skip: int = 0) -> tuple[Iterator, int | None]:

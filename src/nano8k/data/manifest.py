@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,29 @@ def parse(line: str | dict) -> ManifestLine:
     text = answers[0] if answers and isinstance(answers[0], str) else None
     fields = {k: v for k, v in obj.items() if k not in RECORD_FIELDS}
     return ManifestLine(key, audio_paths(users), prompt, text, fields, obj)
+
+
+def map_audio_paths(content: str, change: Callable[[str], str]) -> str:
+    """A user turn with the audio path of each of its speech tags (`<|startofspeech|>!PATH
+    <|endofspeech|>`, what FunASR's dataset loads) replaced by change(PATH); tags holding no path
+    (inline data) are kept."""
+    def one(match: re.Match) -> str:
+        inside = match[1]
+        return f"{SPEECH_BEGIN}!{change(inside[1:])}{SPEECH_END}" if inside.startswith("!") else match[0]
+
+    return SPEECH_TAG.sub(one, content)
+
+
+def lines(path: str | Path) -> Iterator[str]:
+    """The JSON lines of a Nano JSONL in order, or those of every manifest a FunASR list file
+    names (one path a line: `data_split`, what `train_data_set_list` may be); blank lines skipped.
+    OSError and UnicodeDecodeError reach the caller."""
+    with open(path, encoding="utf-8") as f:
+        for line in (line.strip() for line in f):
+            if line.startswith("{"):
+                yield line
+            elif line:
+                yield from lines(line)
 
 
 def with_audio(obj: dict, path: str) -> dict:

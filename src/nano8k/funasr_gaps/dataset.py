@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +72,13 @@ def manifest_relative_paths() -> None:
     directory (once per process; FunASR's own behaviour for a list file of manifests)."""
     from funasr.register import tables
 
-    from nano8k.data import SPEECH_BEGIN, SPEECH_END, resolve_path
+    from nano8k.data import manifest, resolve_path
     from nano8k.data.audio import is_url
 
     index_class = tables.index_ds_classes.get("FunASR")
     if index_class is None or getattr(index_class, "_nano8k_relative_paths", False):
         return
     original = index_class.__init__
-    tag = re.compile(re.escape(SPEECH_BEGIN) + r"!(.*?)" + re.escape(SPEECH_END), re.S)
 
     def __init__(self, path: str, **kwargs):
         original(self, path, **kwargs)
@@ -88,16 +86,13 @@ def manifest_relative_paths() -> None:
             return
         root = os.path.dirname(os.path.abspath(path))
 
-        def absolute(match: re.Match) -> str:
-            location = match[1]
-            if os.path.isabs(location) or is_url(location):
-                return match[0]
-            return f"{SPEECH_BEGIN}!{resolve_path(location, root)}{SPEECH_END}"
+        def absolute(location: str) -> str:
+            return location if os.path.isabs(location) or is_url(location) else resolve_path(location, root)
 
         for content in getattr(self, "contents", []):
             users = content.get("user")
             if isinstance(users, list):
-                content["user"] = [tag.sub(absolute, u) if isinstance(u, str) else u for u in users]
+                content["user"] = [manifest.map_audio_paths(u, absolute) if isinstance(u, str) else u for u in users]
 
     index_class.__init__ = __init__
     index_class._nano8k_relative_paths = True
