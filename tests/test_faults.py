@@ -363,6 +363,27 @@ time.sleep(30)
     assert status["status"] == "interrupted" and status["signal"] == "SIGINT"
 
 
+def test_a_held_step_is_not_cut_in_two_when_the_process_has_a_second_thread(tmp_path):
+    """interrupts.held() (the run lock written and registered, an export's swap): with a second
+    thread (torch's OpenMP pool is one) the kernel delivers the signal there, and Python ran the
+    handler in the main thread at once, inside the block. Now it waits for the block's end."""
+    done = tmp_path / "swapped"
+    script = f"""
+import os, signal, threading, time
+from nano8k import interrupts
+interrupts.install()
+threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+with interrupts.held():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)
+    open({str(done)!r}, "w").write("both renames")
+time.sleep(30)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and proc.stderr.splitlines() == ["nano8k: SIGTERM during start-up: stopped; nothing was trained"]
+    assert done.read_text() == "both renames"
+
+
 def test_a_second_sigint_aborts_a_long_step_at_once(corpus, tmp_path):
     run = tmp_path / "run"
     # validation decodes up to 1,000 tokens per utterance with the tiny model's random LLM: seconds

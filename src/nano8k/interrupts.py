@@ -32,6 +32,8 @@ _received: list[int] = []
 _previous: dict[int, Any] = {}
 _clean_ups: list[Callable[[int], None]] = []
 _deferred = False
+_holding: list[bool] = []  # one entry per held() block open
+_waiting: list[int] = []  # signals that came during a held() block
 _stopped = ["during start-up: stopped; nothing was trained"]  # the line a signal before defer() ends with
 _stopping = ["stopping after the current step, with a checkpoint"]  # ... and one after defer()
 
@@ -87,14 +89,22 @@ def forget(clean_up: Callable[[int], None]) -> None:
 
 @contextlib.contextmanager
 def held() -> Iterator[None]:
-    """Signals wait (blocked, then delivered) until the block ends: for a step that must not be
-    cut in two, e.g. a lock file written but not yet registered for clean-up."""
+    """Signals wait until the block ends, then are acted on: for a step that must not be cut in
+    two, e.g. a lock file written but not yet registered for clean-up, or an export's swap. Two
+    layers: the signals are blocked in this thread, and nano8k's handler only records one that
+    comes during the block: blocking alone does not hold once the process has a second thread
+    (torch's OpenMP pool, a loader's), since the kernel then delivers the signal there and Python
+    still runs the handler in the main thread at once."""
     wanted = {signal.SIGINT, signal.SIGTERM} | ({preemption_signal()} if preemption_signal() else set())
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    _holding.append(True)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _holding.pop()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal blocked until now is delivered here
+        while not _holding and _waiting:
+            _record(_waiting.pop(0), None)
 
 
 @contextlib.contextmanager
@@ -149,6 +159,9 @@ def passed_to(start: Callable[[], Any]) -> Iterator[Any]:
 
 
 def _record(signum: int, frame: Any) -> None:
+    if _holding:  # inside held(): acted on when the block ends
+        _waiting.append(signum)
+        return
     name = signal.Signals(signum).name
     if not _deferred and signum != preemption_signal():  # submitit's is left for the requeue after start-up
         print(f"nano8k: {name} {_stopped[0]}", file=sys.stderr, flush=True)
