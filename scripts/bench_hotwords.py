@@ -13,8 +13,10 @@ the CTC branch spots in each utterance (`hotword_filter`), on a trained model (t
                  set; keyword precision / recall / F1 of the true five (`nano8k score --keywords`'s
                  counting), CER, decoding time (metrics.json's decode_s: the model's load excluded), and for the filter what it kept: how often a true
                  hotword said in an utterance went into its prompt, how many hotwords a prompt got
-                 and how many utterances without any true hotword got one; distractors written in
-                 a transcript are counted (hotwords inserted where the audio has none)
+                 and how many utterances without any true hotword got one; hotwords inserted where
+                 the audio has none (a word of the utterance's prompt written more often than its
+                 reference says it), and words of the 2,000 distractors written at all, in every
+                 run (with or without a prompt that held them: the model writes some on its own)
 
   --tune-on TRAIN.jsonl  the filter's threshold from training utterances (never the evaluated
                  set): the CTC branch's scores of the true five (of that manifest) and 200
@@ -81,18 +83,19 @@ def decode(out: Path, run: str, manifest: str, *args: str) -> tuple[list[dict], 
     return records, json.loads((out / "metrics.json").read_text())
 
 
-def measure(records: list[dict], metrics: dict, true: list[str], listed: list[str]) -> dict:
+def measure(records: list[dict], metrics: dict, true: list[str], listed: list[str], pool: list[str]) -> dict:
     from nano8k import score
 
     if "refused" in metrics:
         return {"refused": metrics["refused"]}
     scored = score.score_records([r for r in records if r["status"] != "failed"], lang="en")
     micro = score.keyword_metrics(scored, true).micro
-    false_words = set(listed) - set(true)
+    false_words = set(pool)  # the same words in every run: what the model writes of them on its own, too
     out = {"keyword_precision": micro.precision, "keyword_recall": micro.recall, "keyword_f1": micro.f1,
            "keyword_tp_fp_fn": [micro.tp, micro.fp, micro.fn], "cer": round(metrics["cer"], 4),
            "decode_s": metrics["decode_s"],
-           "distractors_written": sum(w in false_words for r in records for w in (r["hyp"] or "").lower().split())}
+           "distractors_written": sum(w in false_words for r in records for w in (r["hyp"] or "").lower().split()),
+           "hotwords_inserted": inserted(records, listed)}
     if any("hotwords" in r for r in records):
         said = [r for r in records if any(w in r["ref"].lower().split() for w in true)]
         kept = [{h["hotword"] for h in r.get("hotwords") or []} for r in said]
@@ -107,13 +110,26 @@ def measure(records: list[dict], metrics: dict, true: list[str], listed: list[st
     return out
 
 
+def inserted(records: list[dict], listed: list[str]) -> int:
+    """Hotwords written where the audio has none: the words of a transcript that its prompt held
+    (the filter's choice for that utterance, else the whole list), each beyond the times its
+    reference says it."""
+    count = 0
+    for r in records:
+        prompt = {h["hotword"].lower() for h in r["hotwords"] or []} if "hotwords" in r else set(listed)
+        said = collections.Counter(r["ref"].lower().split())
+        written = collections.Counter((r["hyp"] or "").lower().split())
+        count += sum(max(0, n - said[w]) for w, n in written.items() if w in prompt)
+    return count
+
+
 def bench(run: str, dev: str, strategy: str, work: Path) -> dict:
     refs = references(dev)
     true = true_hotwords(refs)
     pool = distractors(refs, max(DISTRACTORS))
     result: dict = {"run": run, "dev": dev, "strategy": strategy, "utterances": len(refs), "true_hotwords": true}
     records, metrics = decode(work / "none", run, dev, f"strategy={strategy}")
-    result["no_hotwords"] = measure(records, metrics, true, [])
+    result["no_hotwords"] = measure(records, metrics, true, [], pool)
     for n in DISTRACTORS:
         listed = true + pool[:n]
         hotwords = work / f"hotwords-{n}.txt"
@@ -121,7 +137,7 @@ def bench(run: str, dev: str, strategy: str, work: Path) -> dict:
         for name, enabled in (("whole_list", "false"), ("filtered", "true")):
             records, metrics = decode(work / f"{name}-{n}", run, dev, f"strategy={strategy}",
                                             f"hotwords_file={hotwords}", f"hotword_filter.enabled={enabled}")
-            result[f"{name}_{n}_distractors"] = measure(records, metrics, true, listed)
+            result[f"{name}_{n}_distractors"] = measure(records, metrics, true, listed, pool)
     return result
 
 
