@@ -155,15 +155,17 @@ def test_empty_reference_and_missing_hypotheses():
         sc.score([])
 
 
-def test_write_json_is_strict(tmp_path):
+def test_json_written_is_strict(tmp_path):
+    from nano8k.files import write_json_atomic
+
     only_insertions = sc.score([("a", "", "uh")])
     assert only_insertions.wer == math.inf
-    sc.write_json(tmp_path / "m.json", {**only_insertions.metrics(), "x": np.float64(0.5)})
+    write_json_atomic(tmp_path / "m.json", {**only_insertions.metrics(), "x": np.float64(0.5)})
     loaded = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert loaded["wer"] is None and loaded["x"] == 0.5
     (tmp_path / "plain").write_text("a file, not a directory")
     with pytest.raises(UserError, match="cannot write"):
-        sc.write_json(tmp_path / "plain" / "m.json", {})
+        write_json_atomic(tmp_path / "plain" / "m.json", {})
 
 
 def test_metrics_rtf_and_hours():

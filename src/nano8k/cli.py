@@ -302,6 +302,7 @@ def score(
 
     from nano8k import score as scoring
     from nano8k.errors import reported
+    from nano8k.files import write_json_atomic
 
     with reported():
         if json_out:
@@ -312,7 +313,7 @@ def score(
     Console().print(*scoring.score_tables(scores, report), sep="\n")
     if json_out:
         with reported():
-            scoring.write_json(json_out, {**scores.to_dict(), **({"keywords": report.to_dict()} if report else {})})
+            write_json_atomic(json_out, {**scores.to_dict(), **({"keywords": report.to_dict()} if report else {})})
         typer.echo(f"wrote {json_out}", err=True)
 
 
@@ -344,8 +345,8 @@ def compare(
     from rich.console import Console
 
     from nano8k import compare as comparing
-    from nano8k import score as scoring
     from nano8k.errors import reported
+    from nano8k.files import write_json_atomic
 
     with reported():
         if json_out:
@@ -355,7 +356,7 @@ def compare(
     Console().print(*comparing.compare_tables(result, top=top), sep="\n")
     if json_out:
         with reported():
-            scoring.write_json(json_out, result.to_dict())
+            write_json_atomic(json_out, result.to_dict())
         typer.echo(f"wrote {json_out}", err=True)
     if fail_if_worse and result.overall[result.primary].ci_low > 0:
         raise typer.Exit(1)

@@ -29,7 +29,7 @@ from nano8k.calls import CALLS_DIR, CALLS_FILE
 from nano8k.decoding import (METRICS_FILE, RESULTS_FILE, Decoder, ResultsJournal, compute_metrics, prompt_options,
                              read_input, write_results)
 from nano8k.errors import UserError
-from nano8k.files import atomic_path, read_yaml
+from nano8k.files import atomic_path, read_yaml, write_json_atomic
 
 log = logging.getLogger(__name__)
 launch.register_resolvers()
@@ -270,9 +270,7 @@ def decode(settings: dict, run_dir: Path, progress: bool = True, decoder: Decode
     if settings.get("calibrate"):
         metrics["calibration"] = fit_calibration(scores, decoder, run_dir, settings)
     write_results(run_dir / RESULTS_FILE, records)
-    from nano8k import score as scoring
-
-    scoring.write_json(run_dir / METRICS_FILE, metrics)
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
     return Outcome(records, metrics, scores, run_dir, call_records)
 
 

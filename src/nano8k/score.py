@@ -66,7 +66,6 @@ from nano8k.data import manifest
 from nano8k.data.sources import KEY_FIELDS
 from nano8k.data.text import SCORING_LANGUAGES
 from nano8k.errors import UserError
-from nano8k.files import write_json_atomic
 
 UNITS = ("char", "word", "mixed")
 RATE_NAMES = {"char": "cer", "word": "wer", "mixed": "mer"}
@@ -720,12 +719,6 @@ def read_keywords(path: Path) -> list[str]:
     if not out:
         raise UserError(f"{path}: no keywords (blank lines and # comments are skipped)")
     return out
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Strict JSON (UTF-8, not ASCII-escaped): NaN and infinite rates (an empty reference set with
-    insertions) are written as null; atomically (files.write_json_atomic)."""
-    write_json_atomic(path, obj)
 
 
 # --------------------------------------------------------------------------- keywords
