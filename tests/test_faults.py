@@ -384,6 +384,29 @@ time.sleep(30)
     assert done.read_text() == "both renames"
 
 
+def test_a_start_up_signal_is_acted_on_while_sys_stderr_is_busy(tmp_path):
+    """The handler's line goes to the file descriptor: a signal landing while the interrupted code
+    is inside sys.stderr's writer (a blocked write to a full pipe checks for signals there) made
+    print() raise "reentrant call", out of the handler, and the process trained on."""
+    done = tmp_path / "status"
+    script = f"""
+import sys, time, signal, os
+from nano8k import interrupts
+interrupts.install()
+interrupts.at_once(lambda signum: open({str(done)!r}, "w").write("interrupted"))
+class Busy:  # sys.stderr as the interrupted code leaves it: inside its own write
+    def write(self, text): raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+    def flush(self): raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+sys.stderr = Busy()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+open({str(done)!r}, "w").write("trained on")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and proc.stderr.splitlines() == ["nano8k: SIGTERM during start-up: stopped; nothing was trained"]
+    assert done.read_text() == "interrupted"
+
+
 def test_a_second_sigint_aborts_a_long_step_at_once(corpus, tmp_path):
     run = tmp_path / "run"
     # validation decodes up to 1,000 tokens per utterance with the tiny model's random LLM: seconds

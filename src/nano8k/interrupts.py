@@ -164,20 +164,30 @@ def _record(signum: int, frame: Any) -> None:
         return
     name = signal.Signals(signum).name
     if not _deferred and signum != preemption_signal():  # submitit's is left for the requeue after start-up
-        print(f"nano8k: {name} {_stopped[0]}", file=sys.stderr, flush=True)
+        _say(f"nano8k: {name} {_stopped[0]}")
         for clean_up in reversed(_clean_ups):
             try:
                 clean_up(signum)
             except Exception as err:  # noqa: BLE001 - the process ends either way; say what was left undone
-                print(f"nano8k: {name}: could not finish {getattr(clean_up, '__qualname__', clean_up)} before stopping "
-                      f"({type(err).__name__}: {err})", file=sys.stderr, flush=True)
+                _say(f"nano8k: {name}: could not finish {getattr(clean_up, '__qualname__', clean_up)} before stopping "
+                     f"({type(err).__name__}: {err})")
         os._exit(EXIT_CODES.get(signum, 128 + int(signum)))
     if signum == signal.SIGINT and signal.SIGINT in _received:
-        print(f"nano8k: {name} again: aborted at once (no checkpoint of the last steps)", file=sys.stderr, flush=True)
+        _say(f"nano8k: {name} again: aborted at once (no checkpoint of the last steps)")
         os._exit(EXIT_CODES[signal.SIGINT])
     _received.append(signum)
     again = "; Ctrl-C again aborts at once" if signum == signal.SIGINT else ""
-    print(f"nano8k: {name} received: {_stopping[0]}{again}", file=sys.stderr, flush=True)
+    _say(f"nano8k: {name} received: {_stopping[0]}{again}")
+
+
+def _say(line: str) -> None:
+    """One line to standard error from the signal handler: written to the file descriptor, not
+    through sys.stderr, whose buffered writer the interrupted code may be inside (a second write
+    there raises "reentrant call", and the signal would be lost)."""
+    with contextlib.suppress(Exception):  # what the code wrote before comes first, where it can
+        sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, (line + "\n").encode("utf-8", "replace"))
 
 
 def pending() -> int | None:
