@@ -27,7 +27,6 @@ _WORD = None  # the trie key that marks a node where a word ends (holding the wo
 
 @dataclass
 class Lexicon:
-    path: Path
     words: list[str]
     tries: tuple[dict, dict]  # CTC token tries: the first word of a text, a later word (after a space)
 
@@ -59,7 +58,7 @@ class Lexicon:
                     node = node.setdefault(token, {})
                 node[_WORD] = word
             tries.append(root)
-        return cls(path, words, (tries[0], tries[1]))
+        return cls(words, (tries[0], tries[1]))
 
     def nbest(self, log_probs: Any, blank: int, beam: int) -> list[tuple[str, float]]:
         """The best word sequences of one utterance's CTC log-probabilities ([T, V], numpy), with
