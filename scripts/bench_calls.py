@@ -17,6 +17,10 @@ or chunks' texts in time order) against its utterances' transcripts in time orde
            Decoder in the same batches: what decoding long audio without a VAD does.
   oracle   the truth's own segments decoded as utterances (CER only): what a perfect segmenter gives.
 
+  framing  (--framing) the corpus's utterances decoded with 0, 120, 240 and 360 ms of silence put
+           before each (digital zero, as the corpus's own margins): how much the transcript depends
+           on where a segment starts, which a VAD's segments cannot hold to the truth's.
+
 Both use one Decoder built once (the model load is not counted). Reported: audio hours per hour
 of compute (call audio, not channel audio, over wall time of VAD + decoding), the VAD's share of
 the time, RTF, CER (and the CTC branch's) of both, segment and chunk counts, and the process's
@@ -24,7 +28,7 @@ peak memory.
 
 usage: scripts/bench_calls.py [--checkpoint runs/demo/stage1] [--corpus data/ivr/dev] [--calls 2]
                               [--minutes 10] [--chunk-s 30] [--batch-size 16] [--strategy greedy]
-                              [--lexicon FILE] [--output FILE]
+                              [--lexicon FILE] [--speech-pad-ms MS] [--output FILE] [--framing]
 """
 
 from __future__ import annotations
@@ -103,6 +107,33 @@ def chunk_items(kaldi: Path, chunk_s: float) -> tuple[list, dict[str, str]]:
     return items, {k: " ".join(v) for k, v in refs.items()}
 
 
+DELAYS_MS = (0, 120, 240, 360)
+
+
+def framing(decoder, utterances: list, folder: Path, batch_size: int) -> dict:
+    """CER of the utterances with each of DELAYS_MS of silence before them, and on how many the
+    transcript is the same at every delay."""
+    import numpy as np
+    import soundfile as sf
+
+    from nano8k import score as scoring
+    from nano8k.decoding import Item
+
+    refs = {key: text for key, _, text in utterances}
+    hyps: dict[int, dict[str, str]] = {}
+    for delay in DELAYS_MS:
+        items = []
+        for key, audio, text in utterances:
+            x, rate = sf.read(audio, dtype="float32")
+            path = folder / f"{delay}-{key}.wav"
+            sf.write(path, np.concatenate([np.zeros(rate * delay // 1000, np.float32), x]), rate)
+            items.append(Item(key, str(path), ref=text))
+        hyps[delay] = {r["key"]: r["hyp"] or "" for r in decoder.decode(items, batch_size, progress=False)}
+    return {"delays_ms": list(DELAYS_MS), "utterances": len(refs),
+            "cer": [round(scoring.score_texts(refs, hyps[d]).cer, 4) for d in DELAYS_MS],
+            "same_text_at_every_delay": sum(len({hyps[d][k] for d in DELAYS_MS}) == 1 for k in refs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=REPO / "runs" / "demo" / "stage1")
@@ -115,6 +146,9 @@ def main() -> None:
     parser.add_argument("--lexicon", type=Path, help="with --strategy joint: this word list as joint.lexicon, with the "
                                                      "demo's weights for it")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--speech-pad-ms", type=int, help="the VAD's padding of each segment (default: conf/vad/silero.yaml's)")
+    parser.add_argument("--framing", action="store_true", help="also decode the corpus's utterances with silence put "
+                                                                "before them (0-360 ms): the transcript's dependence on framing")
     args = parser.parse_args()
     if not (args.checkpoint / "summary.json").is_file():
         sys.exit(f"{args.checkpoint}: no trained run there; run `make demo` first (or give --checkpoint RUN)")
@@ -129,8 +163,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nano8k-bench-calls-") as tmp:
         folder = Path(tmp)
         kaldi = build_calls(corpus(args.corpus), folder, args.calls, args.minutes)
+        vad_settings = config.shipped_defaults(vad.CONF)
+        if args.speech_pad_ms is not None:
+            vad_settings["speech_pad_ms"] = args.speech_pad_ms
         settings = {"checkpoint": str(args.checkpoint), "input": str(kaldi), "device": "cpu",
-                    "batch_size": args.batch_size, "max_new_tokens": 64, "vad": config.shipped_defaults(vad.CONF), "timestamps": False,
+                    "batch_size": args.batch_size, "max_new_tokens": 64, "vad": vad_settings, "timestamps": False,
                     "strategy": args.strategy}
         if args.lexicon:
             sys.path.insert(0, str(REPO / "scripts"))
@@ -161,6 +198,10 @@ def main() -> None:
         vad_ctc = scoring.score_records([{"key": c["call"], "ref": c["ref"], "hyp": " ".join(
             t.get("ctc_text") or "" for t in sorted(c["turns"], key=lambda t: (t["channel"], t["start"])))}
             for c in outcome.calls if "ref" in c]).metrics()
+        delayed = None
+        if args.framing:
+            (folder / "framing").mkdir()
+            delayed = framing(decoder, corpus(args.corpus), folder / "framing", args.batch_size)
 
     audio_h = m["audio_hours"]
     report = {
@@ -169,6 +210,7 @@ def main() -> None:
         "calls": args.calls, "minutes_per_call": args.minutes, "audio_hours": round(audio_h, 4),
         "channel_hours": round(m["channel_hours"], 4), "speech_ratio": round(m["speech_ratio"], 4),
         "checkpoint": str(args.checkpoint), "strategy": args.strategy, "lexicon": str(args.lexicon) if args.lexicon else None,
+        "speech_pad_ms": vad_settings["speech_pad_ms"],
         "vad": {"segments": m["segments"], "wall_s": round(vad_wall, 2), "vad_s": m["vad_s"], "decode_s": m["decode_s"],
                 "vad_share": round(m["vad_share"], 4), "audio_hours_per_compute_hour": round(audio_h * 3600 / vad_wall, 1),
                 "rtf": round(vad_wall / (audio_h * 3600), 5), "cer": m.get("cer"), "ctc_cer": vad_ctc.get("cer"),
@@ -180,6 +222,7 @@ def main() -> None:
         "oracle_segments": {"segments": oracle["utterances"], "cer": oracle.get("cer"),
                             "ctc_cer": (oracle.get("ctc") or {}).get("cer")},
         "speed_ratio_vad_over_chunks": round(chunk_wall / vad_wall, 3),
+        "framing": delayed,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     text = json.dumps(report, indent=2)

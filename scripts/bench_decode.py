@@ -34,9 +34,16 @@ least X sure (joint.accept_ctc), each threshold a variant beside the strategies.
 also joint with that word list (joint.lexicon, the demo's weights for it); with --tune-on, the
 grid ranks its candidates too.
 
+Speculative's ceiling (--run RUN --dev DEV.jsonl --ceiling): per batch, the work before the LLM
+(features; encoder, adaptor and CTC branch) and the LLM's part alone for greedy search, for
+speculative with the CTC drafts and for speculative with a perfect draft (greedy's own text), all
+bounded by max_new_tokens: speculative shortens only the LLM's part, so its perfect-draft speed is
+the most any draft can give against greedy on that model and machine.
+
 usage: scripts/bench_decode.py [--utterances 64] [--batch-sizes 8 16] [--runs 3] [--max-new-tokens 32]
                                [--model-dir DIR] [--device cpu|cuda] [--output FILE]
        scripts/bench_decode.py --run RUN --dev DEV.jsonl [--batch-sizes 16] [--runs 3] [--device cpu|cuda]
+       scripts/bench_decode.py --run RUN --dev DEV.jsonl --ceiling [--batch-sizes 16] [--runs 3]
        scripts/bench_decode.py --run RUN --tune-on TRAIN.jsonl [--tune-utterances 300] [--lexicon FILE]
 """
 
@@ -115,6 +122,65 @@ def strategies(run: str, dev: str, batch_size: int, runs: int, device: str, acce
             "runs": runs, "device": device, "heads_disagree": disagree, "strategies": out}
 
 
+def ceiling(run: str, dev: str, batch_size: int, runs: int, device: str) -> dict:
+    """Where speculative decoding's time goes, and the most it could save on this model: per batch
+    of the dev set, the work before the LLM (features, encoder, adaptor, CTC branch) and the LLM's
+    part alone, timed for greedy search, for speculative with the CTC drafts, and for speculative
+    with a perfect draft (greedy's own text: every draft token accepted). Speculative can only
+    shorten the LLM's part, so (before + greedy's LLM) / (before + the perfect draft's LLM) is the
+    fastest it can be against greedy on this model and machine, whatever the draft."""
+    import torch
+
+    from nano8k import config, funasr_gaps
+    from nano8k.decoding import Decoder, read_input, speculative, speech_gate
+
+    decoder = Decoder(config.validate(config.compose("decode", [f"checkpoint={run}", f"input={dev}", f"device={device}"]),
+                                      app="decode"))
+    model, tokenizer, limit = decoder.model, decoder.tokenizer, decoder.max_new_tokens
+    items = [item for item in read_input(dev)[0] if item.reason is None]
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    walls: dict[str, list[float]] = {name: [] for name in ("features", "before_llm", "greedy", "speculative", "perfect_draft")}
+    for repeat in range(runs + 1):  # the first is a warm-up
+        totals = dict.fromkeys(walls, 0.0)
+        accepted = {name: speculative.Acceptance() for name in ("speculative", "perfect_draft")}
+        for batch in batches:
+            with torch.inference_mode():
+                inputs, wall, _ = timed(lambda: [funasr_gaps.utterance_inputs(
+                    model, decoder.load(item), decoder.prompt_for(item.prompt), tokenizer, decoder.frontend,
+                    decoder.funasr_cfg) for item in batch])
+                totals["features"] += wall
+
+                def before():
+                    encoder_out, encoder_lens, adaptor_out, adaptor_lens = funasr_gaps.encode_batch(
+                        model, [x.speech for x in inputs], decoder.device)
+                    return adaptor_out, adaptor_lens, funasr_gaps.ctc_greedy(model, encoder_out, encoder_lens)[0]
+                (adaptor_out, adaptor_lens, ctc_texts), wall, _ = timed(before)
+                totals["before_llm"] += wall
+                limits = [limit] * len(batch)
+                greedy, wall, _ = timed(lambda: funasr_gaps.generate_batch(model, inputs, adaptor_out, adaptor_lens,
+                                                                            tokenizer, limit, decoder.dtype, limits=limits))
+                totals["greedy"] += wall
+                for name, drafts in (("speculative", [speech_gate.spoken_text(t) for t in ctc_texts]),
+                                     ("perfect_draft", [text for text, _ in greedy])):
+                    (_, stats), wall, _ = timed(lambda: speculative.decode(model, tokenizer, inputs, adaptor_out,
+                                                                           adaptor_lens, drafts, limits, decoder.dtype))
+                    totals[name] += wall
+                    accepted[name].add(stats)
+        if repeat:
+            for name in walls:
+                walls[name].append(totals[name])
+    n = len(items)
+    ms = {name: round(1000 * statistics.median(w) / n, 3) for name, w in walls.items()}
+    front = ms["features"] + ms["before_llm"]
+    whole = {name: round(front + ms[name], 3) for name in ("greedy", "speculative", "perfect_draft")}
+    return {"benchmark": "speculative ceiling", "run": run, "dev": dev, "utterances": n, "batch_size": batch_size,
+            "runs": runs, "device": device, "max_new_tokens": limit, "ms_per_utterance": ms,
+            "llm_share_of_greedy": round(ms["greedy"] / whole["greedy"], 3),
+            "speed_vs_greedy": {name: round(whole["greedy"] / whole[name], 2) for name in ("speculative", "perfect_draft")},
+            "llm_part_speed_vs_greedy": {name: round(ms["greedy"] / ms[name], 2) for name in ("speculative", "perfect_draft")},
+            "acceptance": {name: stats.report() for name, stats in accepted.items()}}  # of one pass over the set
+
+
 def tune(run: str, manifest: str, utterances: int, device: str, lexicon: str | None = None) -> dict:
     """strategy=joint's ctc_weight and length_bonus on a grid, from one decode of the first
     `utterances` lines of `manifest` (training data: the dev set must choose nothing): every
@@ -163,11 +229,16 @@ def main() -> None:
     parser.add_argument("--tune-utterances", type=int, default=300)
     parser.add_argument("--accept-ctc", type=float, nargs="*", default=[],
                         help="with --run --dev: also joint with joint.accept_ctc at each of these")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="with --run --dev: where speculative's time goes, and its speed with a perfect draft")
     parser.add_argument("--lexicon", help="with --run: a word list for joint.lexicon (--dev: also joint+lexicon; "
                                           "--tune-on: its candidates in the grid)")
     args = parser.parse_args()
     if args.run and args.tune_on:
         print(json.dumps(tune(args.run, args.tune_on, args.tune_utterances, args.device, args.lexicon), indent=2))
+        return
+    if args.run and args.ceiling:
+        print(json.dumps(ceiling(args.run, args.dev, max(args.batch_sizes), args.runs, args.device), indent=2))
         return
     if args.run:
         report = strategies(args.run, args.dev, max(args.batch_sizes), args.runs, args.device, args.accept_ctc,

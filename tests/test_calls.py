@@ -21,13 +21,21 @@ pytestmark = pytest.mark.funasr
 
 NAMES = ("agent", "customer")
 TOLERANCE = 0.3  # seconds, each boundary
+SLACK = 0.1  # seconds: silero's first speech frame may lead the speech by a few of its 32 ms frames
 
 
-def corpus_utterances(split: str = "train") -> list[tuple[str, str, str]]:
-    demo = REPO / "data" / "demo" / split
-    texts = dict(line.split(maxsplit=1) for line in (demo / "text").read_text().splitlines())
-    return [(key, str((demo / path).resolve()), texts[key])
-            for key, path in (line.split(maxsplit=1) for line in (demo / "wav.scp").read_text().splitlines())]
+def shipped_padding() -> float:
+    """The VAD's padding of each segment by default (conf/vad/silero.yaml), in seconds."""
+    from nano8k import config, vad
+
+    return config.shipped_defaults(vad.CONF)["speech_pad_ms"] / 1000
+
+
+def corpus_utterances(kaldi: Path = REPO / "data" / "demo" / "train") -> list[tuple[str, str, str]]:
+    """(key, audio path, text) of a bundled Kaldi directory's utterances."""
+    texts = dict(line.split(maxsplit=1) for line in (kaldi / "text").read_text().splitlines())
+    return [(key, str((kaldi / path).resolve()), texts[key])
+            for key, path in (line.split(maxsplit=1) for line in (kaldi / "wav.scp").read_text().splitlines())]
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +68,13 @@ def test_a_three_minute_stereo_call_every_utterance_found_once_in_order(calls, t
     segments = [r for r in lines(run / "results.jsonl") if r["call"] == "call1"]
     truth = calls["turns"]
     assert len(truth) > 30 and {t.channel for t in truth} == {0, 1}
-    matched = set()
+    matched, pad = set(), shipped_padding()
     for turn in truth:  # found, on its own channel, once, near where it was placed
         hits = [s for s in segments if s["channel"] == NAMES[turn.channel] and s["start"] < turn.end and s["end"] > turn.start]
         assert len(hits) == 1, (turn, hits)
-        assert abs(hits[0]["start"] - turn.start) <= TOLERANCE and abs(hits[0]["end"] - turn.end) <= TOLERANCE, (turn, hits)
+        # near its edges: inside by at most TOLERANCE, outside by at most the padding (and SLACK)
+        assert -(pad + SLACK) <= hits[0]["start"] - turn.start <= TOLERANCE, (turn, hits)
+        assert -TOLERANCE <= hits[0]["end"] - turn.end <= pad + SLACK, (turn, hits)
         matched.add(hits[0]["key"])
     assert matched == {s["key"] for s in segments}  # no segment without an utterance: nothing invented or doubled
     assert all(s["status"] == "ok" and s["hyp"] is not None and s["decode_time"] is not None for s in segments)
@@ -185,6 +195,25 @@ def test_vad_memory_stays_bounded_on_long_calls(tmp_path):
         assert proc.returncode == 0, proc.stderr
         peaks[minutes] = int(proc.stdout.split()[-1]) / 1024  # MiB
     assert peaks[5] - peaks[1] < 12, peaks
+
+
+def test_vad_finds_a_short_word_after_seconds_of_digital_silence(tmp_path):
+    """The first 30 s of scripts/bench_calls.py's first call (the learning corpus's held-out
+    utterances, seed 0): channel B's "english" (0.6 s) comes 3.8 s of exact zeros after its last
+    turn. silero's state, carried through the zeros from the call's start, scored it under its
+    threshold and no segment held it; each turn must be found on its own channel."""
+    from nano8k import vad
+    from nano8k.data.assemble import assemble_call
+
+    utterances = corpus_utterances(REPO / "data" / "ivr" / "dev")
+    turns = assemble_call(utterances[:40], tmp_path / "call.wav", seconds=30, seed=0)
+    assert any(t.text == "english" and t.channel == 1 for t in turns)
+    detector = vad.SileroVad({})
+    for side in (0, 1):
+        segments = detector.speech(str(tmp_path / "call.wav"), side).segments
+        missed = [t.text for t in turns if t.channel == side
+                  and not any(s.start < t.end and s.end > t.start for s in segments)]
+        assert not missed, (side, missed)
 
 
 def test_a_decode_of_calls_stopped_by_sigterm_resumes_where_it_stopped(calls, tmp_path):
