@@ -5,8 +5,8 @@ analysed at its own 8 kHz, 16 kHz audio at 16 kHz, any other rate resampled to 8
 read `window_s` seconds at a time (data.audio.load) and fed to the model in its 256/512-sample
 frames with its state carried from window to window, so an hour-long call never sits in memory:
 only the per-frame speech probabilities (one float per 32 ms) are kept. A frame of digital silence
-(exact zeros) scores 0 without the model, which starts afresh after it (SileroVad._probability). silero's own
-`get_speech_timestamps_from_probs` turns them into segments: speech of at least `min_speech_ms`,
+(exact zeros) scores 0 without the model, which starts afresh after it (SileroVad.speech). silero's
+own `get_speech_timestamps_from_probs` turns them into segments: speech of at least `min_speech_ms`,
 ended by `min_silence_ms` of silence, padded by `speech_pad_ms`, and split (at the longest pause)
 past `max_segment_s`, because Fun-ASR-Nano repeats or hallucinates on much more than 30 s.
 """
@@ -79,7 +79,23 @@ class SileroVad:
         probs: list[float] = []
         carry = torch.zeros(0)
         self.model.reset_states()
-        self._in_digital_silence = False
+        silent = False  # the frame before was digital silence
+
+        def probability(frame: Any) -> float:
+            """A frame of digital silence (every sample exactly 0: a muted or silence-suppressed
+            channel, a PBX's gap) holds no speech: it scores 0 without the model, which starts
+            afresh after it, as at a file's start. Carried through seconds of exact zeros,
+            silero's state drifted, and short words after the other side's turn scored under its
+            threshold (README, "Whole calls")."""
+            nonlocal silent
+            if not bool(frame.any()):
+                if not silent:
+                    self.model.reset_states()
+                silent = True
+                return 0.0
+            silent = False
+            return float(self.model(frame, vad_rate))
+
         with _torch_threads(1), torch.inference_mode():  # one frame at a time: threads only cost here
             for start in range(0, frames, window):
                 block, _ = audio_files.load(path, raw_rate, start=start, stop=min(start + window, frames), channel=channel)
@@ -89,10 +105,10 @@ class SileroVad:
                 samples = torch.cat([carry, torch.from_numpy(samples.astype("float32"))])
                 whole = len(samples) // frame * frame
                 for i in range(0, whole, frame):
-                    probs.append(self._probability(samples[i:i + frame], vad_rate))
+                    probs.append(probability(samples[i:i + frame]))
                 carry = samples[whole:]
             if len(carry):
-                probs.append(self._probability(torch.nn.functional.pad(carry, (0, frame - len(carry))), vad_rate))
+                probs.append(probability(torch.nn.functional.pad(carry, (0, frame - len(carry)))))
         length = round(frames * vad_rate / rate)
         found = self._to_segments(probs, sampling_rate=vad_rate, threshold=self.threshold,
                                   neg_threshold=self.neg_threshold, min_speech_duration_ms=self.min_speech_ms,
@@ -100,23 +116,6 @@ class SileroVad:
                                   max_speech_duration_s=self.max_segment_s, audio_length_samples=length)
         segments = [Segment(round(s["start"] / vad_rate, 3), round(min(s["end"], length) / vad_rate, 3)) for s in found]
         return Speech([s for s in segments if s.end > s.start], frames / rate)
-
-    def _probability(self, frame: Any, rate: int) -> float:
-        """One frame's speech probability. A frame of digital silence (every sample exactly 0: a
-        muted or silence-suppressed channel, a PBX's gap) holds no speech: it scores 0 without the
-        model, and the model starts afresh after it, as at the start of a file. Carried through
-        seconds of exact zeros, silero's state drifted and the next short word scored under its
-        threshold: 14 of the 327 utterances of scripts/bench_calls.py's calls (0.6-1.1 s commands
-        after the other side's turn) were in none of the VAD's segments (alone, each scores
-        0.85-1); with this rule 2. Leaving the zeros out without starting afresh found all 327
-        but merged turns elsewhere and lost its word times' target (README, "Whole calls")."""
-        if not bool(frame.any()):
-            if not self._in_digital_silence:
-                self.model.reset_states()
-                self._in_digital_silence = True
-            return 0.0
-        self._in_digital_silence = False
-        return float(self.model(frame, rate))
 
 
 def detector(settings: dict) -> "SileroVad":
